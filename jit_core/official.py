@@ -1,0 +1,106 @@
+"""Key mapping between official JiT / V-Co state dicts and ours (both directions).
+
+Official JiT (LTH14/JiT): ``net.blocks.N.attn.qkv.weight`` ...; official V-Co (HL-hanlin/V-Co):
+per-stream suffixes ``_pixel`` / ``_dino`` and heads ``pixels_*`` / ``dinov2_*``. Ours: one
+``streams.<name>`` level per block, ``embedders.<name>`` and ``heads.<name>``. The V-Co DINO stream
+maps to our stream ``feature``; the frozen DINOv2 encoders and the Denoiser's image buffers
+(``img_mean``, ``img_std``) are dropped: they are not part of the network.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import torch
+
+FEATURE = "feature"
+_SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")
+_VCO_BLOCK = {"norm1": "norm1", "norm2": "norm2", "qkv": "attn.qkv", "q_norm": "attn.q_norm",
+              "k_norm": "attn.k_norm", "proj": "attn.proj", "mlp": "mlp", "adaLN_modulation": "adaLN_modulation"}
+_VCO_STREAM = {"pixel": "pixel", "dino": FEATURE}
+_VCO_HEAD = {"pixels": "pixel", "dinov2": FEATURE}
+_DROPPED = ("img_mean", "img_std", "drifting_dinov2.", "x_embedder.dinov2.")
+
+
+class ForeignCheckpointError(ValueError):
+    """A state dict that is neither official JiT/V-Co nor ours."""
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """``"jit"`` (official JiT), ``"vco"`` (official V-Co) or ``"ours"``."""
+    keys = [k[4:] if k.startswith("net.") else k for k in sd]
+    if any(k.startswith("embedders.") for k in keys):
+        return "ours"
+    if any(k.startswith("x_embedder.pix_proj1") for k in keys):
+        return "vco"
+    if any(k.startswith("x_embedder.proj1") for k in keys):
+        return "jit"
+    sample = ", ".join(list(sd)[:5])
+    raise ForeignCheckpointError(f"not a JiT or V-Co state dict (first keys: {sample}); "
+                                 "expected official keys like 'net.x_embedder.proj1.weight' or a jit-vco checkpoint")
+
+
+def _map_jit(key: str) -> str:
+    if key.startswith(_SHARED):
+        return key
+    if key.startswith("x_embedder."):
+        return "embedders.pixel." + key[len("x_embedder."):]
+    m = re.match(r"blocks\.(\d+)\.(.*)", key)
+    if m:
+        return f"blocks.{m[1]}.streams.pixel.{m[2]}"
+    if key.startswith("final_layer."):
+        return "heads.pixel." + key[len("final_layer."):]
+    raise ForeignCheckpointError(f"unexpected official JiT key {key!r}")
+
+
+def _map_vco(key: str) -> str | None:
+    if key.startswith(_DROPPED):
+        return None
+    if key.startswith(_SHARED):
+        return key
+    m = re.match(r"x_embedder\.(pix|dino)_(proj[12]\..*)", key)
+    if m:
+        return f"embedders.{'pixel' if m[1] == 'pix' else FEATURE}.{m[2]}"
+    m = re.match(r"blocks\.(\d+)\.(norm1|norm2|qkv|q_norm|k_norm|proj|mlp|adaLN_modulation)_(pixel|dino)\.(.*)", key)
+    if m:
+        return f"blocks.{m[1]}.streams.{_VCO_STREAM[m[3]]}.{_VCO_BLOCK[m[2]]}.{m[4]}"
+    m = re.match(r"final_layer\.(pixels|dinov2)_(.*)", key)
+    if m:
+        return f"heads.{_VCO_HEAD[m[1]]}.{m[2]}"
+    raise ForeignCheckpointError(f"unexpected official V-Co key {key!r}")
+
+
+def from_official(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Official (``net.``-prefixed) state dict -> ours. Returns (state dict, layout)."""
+    layout = detect_layout(sd)
+    if layout == "ours":
+        return dict(sd), layout
+    mapper = _map_jit if layout == "jit" else _map_vco
+    out = {}
+    for key, value in sd.items():
+        if key.startswith(_DROPPED):
+            continue
+        new = mapper(key[4:] if key.startswith("net.") else key)
+        if new is not None:
+            out[new] = value
+    return out, layout
+
+
+def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Ours -> official layout (JiT when pixel-only, V-Co when a ``feature`` stream exists), ``net.`` keys."""
+    vco = any(k.startswith(f"embedders.{FEATURE}.") for k in sd)
+    inv_stream = {v: k for k, v in _VCO_STREAM.items()}
+    inv_head = {v: k for k, v in _VCO_HEAD.items()}
+    inv_block = {v: k for k, v in _VCO_BLOCK.items()}
+    out = {}
+    for key, value in sd.items():
+        new = key
+        if m := re.match(r"embedders\.(\w+)\.(.*)", key):
+            new = f"x_embedder.{('pix' if m[1] == 'pixel' else 'dino') + '_' if vco else ''}{m[2]}"
+        elif m := re.match(r"blocks\.(\d+)\.streams\.(\w+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp|adaLN_modulation)\.(.*)", key):
+            new = (f"blocks.{m[1]}.{inv_block[m[3]]}_{inv_stream[m[2]]}.{m[4]}" if vco
+                   else f"blocks.{m[1]}.{m[3]}.{m[4]}")
+        elif m := re.match(r"heads\.(\w+)\.(.*)", key):
+            new = f"final_layer.{inv_head[m[1]] + '_' if vco else ''}{m[2]}"
+        out["net." + new] = value
+    return out

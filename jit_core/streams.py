@@ -1,0 +1,50 @@
+"""Token streams: the unit a plugin adds to the multi-stream JiT.
+
+JiT itself has one stream, ``pixel``: an image patchified by the bottleneck patch embed and
+decoded by a per-patch linear head. A co-denoising plugin (V-Co) adds a ``tokens`` stream: a grid
+of feature vectors on the same token grid, embedded by a 1x1 bottleneck and decoded per token.
+Every stream has its own weights in every block and its own head; all streams attend jointly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
+
+import torch
+
+PIXEL = "pixel"
+
+
+@dataclass
+class Stream:
+    """One token stream.
+
+    Architecture fields are read by the model; diffusion fields by the training step and sampler.
+
+    - ``name``: unique key (``pixel`` is the core's image stream).
+    - ``kind``: ``"patch"`` (input ``(B, C, H, W)`` image, patch embed, unpatchified head) or
+      ``"tokens"`` (input ``(B, T, C)`` row-major tokens on the pixel grid, 1x1 embed, per-token head).
+    - ``channels``: input/output channels (3 for pixels, 768 for DINOv2 features).
+    - ``in_context``: whether the stream gets its own copy of the in-context class tokens.
+    - ``loss_weight``: weight of this stream's v-loss in the objective.
+    - ``noise_scale``: std of the Gaussian noise the stream is noised with.
+    - ``target``: ``images -> clean tensor`` (None for ``pixel``: the images are the target).
+    - ``guidance``: True if CFG is applied to this stream's velocity while sampling.
+    - ``default_init``: keep PyTorch's default init for the embed (V-Co's feature embed) instead
+      of JiT's xavier init.
+    """
+
+    name: str
+    kind: Literal["patch", "tokens"] = "tokens"
+    channels: int = 3
+    in_context: bool = True
+    loss_weight: float = 1.0
+    noise_scale: float = 1.0
+    target: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
+    guidance: bool = True
+    default_init: bool = False
+
+
+def pixel_stream(channels: int = 3, noise_scale: float = 1.0) -> Stream:
+    """The core's image stream (JiT's only stream)."""
+    return Stream(name=PIXEL, kind="patch", channels=channels, noise_scale=noise_scale)
