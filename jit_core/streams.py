@@ -32,6 +32,9 @@ class Stream:
     - ``guidance``: True if CFG is applied to this stream's velocity while sampling.
     - ``default_init``: keep PyTorch's default init for the embed (V-Co's feature embed) instead
       of JiT's xavier init.
+    - ``time_shift``: alpha of a noise-schedule shift, t_s = alpha t / (1 + (alpha - 1) t), so that
+      SNR_s(t_s) = alpha^2 SNR(t) (V-Co's alternative to RMS scaling). 1.0 = no shift. The network
+      still receives the shared t; noising, velocities and sampler steps of the stream use t_s.
     """
 
     name: str
@@ -43,6 +46,12 @@ class Stream:
     target: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
     guidance: bool = True
     default_init: bool = False
+    time_shift: float = 1.0
+
+    def shift(self, t):
+        """The stream's own time t_s for the shared time t (identity unless ``time_shift`` != 1)."""
+        a = self.time_shift
+        return t if a == 1.0 else a * t / (1 + (a - 1) * t)
 
 
 def pixel_stream(channels: int = 3, noise_scale: float = 1.0) -> Stream:

@@ -1,0 +1,205 @@
+"""Flow matching as in JiT: t = 1 is clean, x-prediction, v-loss, Heun/Euler sampling with CFG.
+
+    z = t x + (1 - t) e,   e ~ N(0, sigma^2 I),   t = sigmoid(N(P_mean, P_std^2))
+    v = (x - z) / max(1 - t, t_eps),   v_hat = (net(z, t, y) - z) / max(1 - t, t_eps)
+    loss = E |v - v_hat|^2   (an x-loss weighted by max(1 - t, t_eps)^-2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .streams import PIXEL, Stream
+
+
+@dataclass
+class Unconditional:
+    """How a batch is made (partly) unconditional: see the ``jit_unconditional`` hook."""
+
+    labels: torch.Tensor
+    blocked: Optional[torch.Tensor] = None            # (B, S, S) bool
+    loss_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # stream -> (B,) float
+
+
+@dataclass
+class StepState:
+    """Everything a ``jit_loss_terms`` implementation may read about the current training step."""
+
+    config: Any
+    model: torch.nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    t: torch.Tensor
+    drop: torch.Tensor
+    uncond: Unconditional
+    targets: dict[str, torch.Tensor]
+    noisy: dict[str, torch.Tensor]
+    preds: dict[str, torch.Tensor]
+    hidden: dict
+    aux: Any
+    losses: dict[str, torch.Tensor]
+
+
+def noise_scale_for(image_size: int, configured: Optional[float] = None) -> float:
+    """JiT's noise scale: image_size / 256 (1 at 256 px, 2 at 512 px) unless configured."""
+    return configured if configured is not None else image_size / 256
+
+
+def sample_t(n: int, P_mean: float, P_std: float, device=None, generator=None) -> torch.Tensor:
+    """Logit-normal flow time: sigmoid of N(P_mean, P_std^2)."""
+    return torch.sigmoid(torch.randn(n, device=device, generator=generator) * P_std + P_mean)
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def add_noise(x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    tb = _bcast(t, x)
+    return tb * x + (1 - tb) * noise
+
+
+def velocity(x_pred: torch.Tensor, z: torch.Tensor, t: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """v = (x_pred - z) / max(1 - t, t_eps)."""
+    return (x_pred - z) / _bcast((1 - t).clamp_min(t_eps), z)
+
+
+def per_sample_v_loss(x_pred, x, z, t, t_eps) -> torch.Tensor:
+    """(B,) mean over all non-batch dims of (v - v_hat)^2."""
+    diff = velocity(x_pred.float(), z.float(), t, t_eps) - velocity(x.float(), z.float(), t, t_eps)
+    return diff.pow(2).flatten(1).mean(1)
+
+
+def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over the samples with mask 1; exactly 0 when no sample counts."""
+    if mask is None:
+        return per_sample.mean()
+    mask = mask.to(per_sample.dtype)
+    return (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def default_unconditional(labels: torch.Tensor, drop: torch.Tensor, num_classes: int) -> Unconditional:
+    """JiT's label drop: dropped samples get the null class; no mask; every loss kept."""
+    return Unconditional(labels=torch.where(drop, torch.full_like(labels, num_classes), labels))
+
+
+# ----------------------------------------------------------------------------------- training step
+def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
+                    hook, aux=None, capture: Sequence[int] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms)."""
+    d = config.diffusion
+    B, device = images.shape[0], images.device
+    with torch.no_grad():
+        targets = {PIXEL: images}
+        for s in streams[1:]:
+            targets[s.name] = s.target(images)
+        for s in streams:
+            targets[s.name] = hook.jit_normalize(stream=s, target=targets[s.name], config=config)
+    t = sample_t(B, d.P_mean, d.P_std, device)
+    ts = {s.name: s.shift(t) for s in streams}
+    noisy = {s.name: add_noise(targets[s.name], ts[s.name], torch.randn_like(targets[s.name]) * s.noise_scale)
+             for s in streams}
+    drop = torch.rand(B, device=device) < d.label_drop_prob
+    uncond = hook.jit_unconditional(labels=labels, drop=drop, streams=streams, config=config)
+    preds = model(noisy, t, uncond.labels, blocked=uncond.blocked, capture=capture)
+    preds, hidden = preds if capture else (preds, {})
+    losses = {}
+    total = torch.zeros((), device=device)
+    for s in streams:
+        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps)
+        losses[s.name] = masked_mean(per, uncond.loss_masks.get(s.name))
+        total = total + s.loss_weight * losses[s.name]
+    step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
+                     targets=targets, noisy=noisy, preds=preds, hidden=hidden, aux=aux, losses=dict(losses))
+    for terms in hook.jit_loss_terms(step=step):
+        for name, value in (terms or {}).items():
+            if name in losses:
+                raise ValueError(f"loss term {name!r} clashes with an existing term; rename it")
+            losses[name] = value
+            total = total + value
+    return total, losses
+
+
+# ----------------------------------------------------------------------------------- sampling
+def guidance_active(t: float | torch.Tensor, interval: tuple[float, float]) -> torch.Tensor | bool:
+    """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo)."""
+    lo, hi = interval
+    return (t < hi) & ((t > lo) | (lo == 0)) if isinstance(t, torch.Tensor) else (t < hi and (lo == 0 or t > lo))
+
+
+@torch.no_grad()
+def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method: str = "heun",
+           cfg: float = 1.0, interval: tuple[float, float] = (0.1, 1.0), generator: Optional[torch.Generator] = None,
+           batched_cfg: bool = True, noise: Optional[dict[str, torch.Tensor]] = None,
+           return_all_streams: bool = False):
+    """Generate images for ``labels`` by integrating from t=0 (noise) to t=1.
+
+    Heun: ``steps - 1`` Heun steps on the grid ``t_i = i / steps`` and one final Euler step
+    (JiT: 50 -> 99 velocity evaluations). Every evaluation is guided (``cfg`` per stream via the
+    ``jit_guidance_scale`` hook) inside ``interval``; the conditional and unconditional passes run
+    as one batched forward (``batched_cfg=False`` runs them separately, for checking).
+    Initial noise is drawn on the CPU from ``generator`` so results do not depend on the device.
+    """
+    if method not in ("heun", "euler"):
+        raise ValueError(f"unknown sampler {method!r}: use 'heun' or 'euler'")
+    streams = model.streams
+    B, device = labels.shape[0], labels.device
+    mc = model.cfg
+    if noise is None:
+        noise = {}
+        for s in streams:
+            shape = (B, s.channels, mc.image_size, mc.image_size) if s.kind == "patch" else (B, mc.grid ** 2, s.channels)
+            noise[s.name] = torch.randn(shape, generator=generator) * s.noise_scale
+    z = {k: v.to(device=device, dtype=torch.float32) for k, v in noise.items()}
+    scales = {s.name: float(hook.jit_guidance_scale(stream=s, scale=cfg, config=config)) for s in streams}
+    guided = any(w != 1.0 for w in scales.values())
+    uncond = hook.jit_unconditional(labels=labels, drop=torch.ones_like(labels, dtype=torch.bool),
+                                    streams=streams, config=config)
+    t_eps = config.diffusion.t_eps
+
+    def x_pred(zz, tt, yy, blocked):
+        return model(zz, tt, yy, blocked=blocked)
+
+    def vel(zz: dict, t: float) -> dict:
+        tt = torch.full((B,), t, device=device, dtype=torch.float32)
+        guide = guided and guidance_active(torch.tensor(t, dtype=torch.float32).item(), interval)
+        if not guide:
+            out = x_pred(zz, tt, labels, None)
+            return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
+        if batched_cfg:
+            blocked = None
+            if uncond.blocked is not None:
+                blocked = torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked])
+            out = x_pred({k: torch.cat([v, v]) for k, v in zz.items()}, torch.cat([tt, tt]),
+                         torch.cat([labels, uncond.labels]), blocked)
+            cond = {k: v[:B] for k, v in out.items()}
+            unc = {k: v[B:] for k, v in out.items()}
+        else:
+            cond = x_pred(zz, tt, labels, None)
+            unc = x_pred(zz, tt, uncond.labels, uncond.blocked)
+        res = {}
+        for s in streams:
+            k, ts = s.name, s.shift(tt)
+            vc, vu = velocity(cond[k].float(), zz[k], ts, t_eps), velocity(unc[k].float(), zz[k], ts, t_eps)
+            res[k] = vu + scales[k] * (vc - vu)
+        return res
+
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)
+    for i in range(steps):
+        t0, t1 = grid[i].item(), grid[i + 1].item()
+        dt = {s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams}  # per-stream step
+        v1 = vel(z, t0)
+        if method == "euler" or i == steps - 1:
+            z = {k: z[k] + dt[k] * v1[k] for k in z}
+            continue
+        z_tilde = {k: z[k] + dt[k] * v1[k] for k in z}
+        v2 = vel(z_tilde, t1)
+        z = {k: z[k] + dt[k] * 0.5 * (v1[k] + v2[k]) for k in z}
+    return z if return_all_streams else z[PIXEL]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 with round(clip(255 (x + 1) / 2)) (the evaluation protocol's quantisation)."""
+    return (255 * (x.float() + 1) / 2).clamp(0, 255).round().to(torch.uint8)

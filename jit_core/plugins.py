@@ -1,0 +1,183 @@
+"""Plugin manager: discovery through the ``jit_core.plugins`` entry-point group, on/off by name.
+
+Plugins are **installed but off until enabled** (``jit train --plugin vco`` or ``plugins = ["vco"]``
+in the config), so a baseline run never changes because a plugin is installed. A plugin can also be
+given as a module path (``--plugin my_pkg.my_plugin``). ``JIT_DISABLE_PLUGIN_AUTOLOAD=1`` ignores
+entry points entirely (module paths still work), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Iterable, Optional
+
+import pluggy
+
+from . import defaults, hookspecs
+from .config import ConfigError, _suggest
+
+ENTRY_POINT_GROUP = "jit_core.plugins"
+DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
+CORE_NAME = "jit_core.defaults"
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or a hook raised; the message names the plugin and the hook."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str          # "entry point <dist>" or "module <path>"
+    version: str
+    enabled: bool
+    hooks: list[str]
+    options: dict[str, Any]
+    module: Optional[ModuleType] = None
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("module")
+        return d
+
+
+def installed_plugins() -> dict[str, md.EntryPoint]:
+    """Entry points of the ``jit_core.plugins`` group (empty when autoload is disabled)."""
+    if os.environ.get(DISABLE_ENV):
+        return {}
+    return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _hook_names(module) -> list[str]:
+    return sorted(n for n in dir(module) if n.startswith("jit_") and callable(getattr(module, n, None)))
+
+
+def _culprit(exc: BaseException, pm: pluggy.PluginManager, hook_impls) -> str:
+    """The plugin whose hook implementation is on the exception's traceback."""
+    codes = {impl.function.__code__: pm.get_name(impl.plugin) for impl in hook_impls}
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return codes[tb.tb_frame.f_code]
+        tb = tb.tb_next
+    return ", ".join(pm.get_name(i.plugin) for i in hook_impls)
+
+
+def _wrap_errors(pm: pluggy.PluginManager) -> None:
+    """Re-raise any exception inside a hook as PluginError naming the plugin and the hook."""
+    def before(hook_name, hook_impls, kwargs):
+        pass
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        exc = outcome.exception
+        if exc is None or isinstance(exc, (PluginError, ConfigError)):
+            return
+        err = PluginError(f"plugin {_culprit(exc, pm, hook_impls)!r} failed in hook {hook_name}: "
+                          f"{type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        outcome.force_exception(err)
+    pm.add_hookcall_monitoring(before, after)
+
+
+class Plugins:
+    """A pluggy manager with the core defaults and the enabled plugins registered."""
+
+    def __init__(self, enabled: Iterable[str] = (), extra: Iterable[Any] = ()):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.pm.register(defaults, name=CORE_NAME)
+        self.infos: dict[str, PluginInfo] = {}
+        self._installed = installed_plugins()
+        for name in enabled:
+            self.enable(name)
+        for obj in extra:  # objects registered directly (tests, notebooks)
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            self._register(name, obj, "object", "")
+        self.pm.check_pending()
+        _wrap_errors(self.pm)
+        self.hook = self.pm.hook
+
+    def enable(self, name: str) -> None:
+        if name in self.infos:
+            return
+        if name in self._installed:
+            ep = self._installed[name]
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                raise PluginError(f"plugin {name!r} (entry point {ep.value}) failed to import: {exc}") from exc
+            dist = ep.dist
+            self._register(name, module, f"entry point {dist.name if dist else ep.value}",
+                           dist.version if dist else "")
+        elif "." in name or name.endswith(".py"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                raise PluginError(f"plugin module {name!r} could not be imported: {exc}") from exc
+            self._register(name, module, f"module {getattr(module, '__file__', name)}",
+                           getattr(module, "__version__", ""))
+        else:
+            hint = _suggest(name, self._installed)
+            extra = "" if not os.environ.get(DISABLE_ENV) else f" ({DISABLE_ENV} is set: entry points are ignored)"
+            raise PluginError(f"unknown plugin {name!r}{hint}{extra}; installed: "
+                              f"{', '.join(sorted(self._installed)) or 'none'}; a module path (my_pkg.my_plugin) also works")
+
+    def _register(self, name, module, source, version) -> None:
+        self.pm.register(module, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(module)
+            raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}. "
+                              f"Known hooks: {', '.join(sorted(self.hook_names()))}") from exc
+        options = {}
+        opt_fn = getattr(module, "jit_options", None)
+        if opt_fn is not None:
+            schema = opt_fn()
+            if schema is not None:
+                options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
+        self.infos[name] = PluginInfo(name, source, version, True, _hook_names(module), options, module)
+
+    def hook_names(self) -> list[str]:
+        return [n for n in dir(hookspecs) if n.startswith("jit_")]
+
+    def option_schemas(self) -> dict[str, type]:
+        out = {}
+        for name, info in self.infos.items():
+            fn = getattr(info.module, "jit_options", None)
+            schema = fn() if fn else None
+            if schema is not None:
+                out[name] = schema
+        return out
+
+    def streams(self, config, model_config):
+        """The pixel stream plus every plugin's streams; a duplicate name is an error naming both plugins."""
+        from .streams import pixel_stream
+        from .diffusion import noise_scale_for
+        streams = [pixel_stream(model_config.in_channels,
+                                noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
+        owner = {streams[0].name: "jit_core"}
+        for impl in reversed(self.pm.hook.jit_streams.get_hookimpls()):
+            for s in impl.function(config=config, model_config=model_config) or []:
+                plugin = self.pm.get_name(impl.plugin)
+                if s.name in owner:
+                    raise PluginError(f"stream {s.name!r} is added by both {owner[s.name]!r} and {plugin!r}; "
+                                      "rename one of them")
+                owner[s.name] = plugin
+                streams.append(s)
+        return streams
+
+
+def describe_all(enabled: Iterable[str] = ()) -> list[PluginInfo]:
+    """Every installed plugin (and enabled module plugins), enabled or not, for ``jit plugins``."""
+    enabled = list(enabled)
+    pl = Plugins()
+    for name in list(installed_plugins()) + [e for e in enabled if e not in installed_plugins()]:
+        pl.enable(name)
+    for name, info in pl.infos.items():
+        info.enabled = name in enabled
+    return list(pl.infos.values())
