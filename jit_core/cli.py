@@ -1,0 +1,216 @@
+"""The ``jit`` command line (click). Plugins add their own commands through ``jit_add_commands``."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, load_config
+
+
+class JitGroup(click.Group):
+    """Turns our expected errors into one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from .plugins import PluginError
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, PluginError, FileNotFoundError, KeyError) as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from exc
+        except Exception as exc:  # known error types of the other modules, by name to keep imports lazy
+            if type(exc).__name__ in ("DataError", "CheckpointError", "CorruptCheckpointError", "NonFiniteLossError",
+                                      "EncoderWeightsError", "ForeignCheckpointError"):
+                raise click.ClickException(str(exc)) from exc
+            raise
+
+
+@click.group(cls=JitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """JiT pixel-space diffusion with pluggable co-denoising (V-Co: `--plugin vco`).
+
+    \b
+    Quick start (CPU, Fashion-MNIST, a few minutes):
+      jit train --preset tiny --run-dir runs/tiny
+      jit sample runs/tiny --out samples/
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_options(fn):
+    """The options that describe a run; shared by `jit train` and `jit slurm submit`."""
+    fn = click.argument("overrides", nargs=-1)(fn)
+    fn = click.option("--plugin", "plugins", multiple=True,
+                      help="Enable a plugin by name (vco) or module path (my_pkg.my_plugin). Repeatable.")(fn)
+    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON config file.")(fn)
+    fn = click.option("--preset", help="Named preset: jit-b16, tiny, vco-b16, ... (see `jit presets`).")(fn)
+    return fn
+
+
+def build_config(preset, config_file, plugins, overrides, run_dir=None):
+    """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
+    from .config import register_preset
+    from .plugins import Plugins, installed_plugins
+    for name in installed_plugins():
+        with_presets = Plugins([name])
+        for presets in with_presets.hook.jit_presets():
+            for key, factory in (presets or {}).items():
+                register_preset(key, factory)
+    cfg = load_config(preset, config_file, overrides)
+    for name in plugins:
+        if name not in cfg.plugins:
+            cfg.plugins.append(name)
+    if run_dir:
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
+@cli.command()
+@run_options
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (created; resumed if it holds this run).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
+              help="Resume the run in this folder with its saved config (overrides may lengthen it).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run):
+    """Train (or resume) a run. OVERRIDES are KEY=VALUE, e.g. optim.blr=1e-4 train.max_steps=100 vco.drift_coef=5.
+
+    \b
+    jit train --preset jit-b16 --run-dir runs/b16 data.path=/data/imagenet
+    jit train --preset jit-b16 --plugin vco --run-dir runs/b16-vco data.path=/data/imagenet
+    """
+    from .train import train as run_train
+    if resume_dir:
+        from .api import load_config as load_run_config
+        from .config import parse_override, set_key
+        cfg = load_run_config(resume_dir)
+        for text in overrides:
+            set_key(cfg, *parse_override(text))
+        run_dir = resume_dir
+    else:
+        cfg = build_config(preset, config_file, plugins, overrides, run_dir)
+    if dry_run:
+        click.echo(cfg.to_json())
+        return
+    result = run_train(cfg, run_dir)
+    losses = ", ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
+    click.echo(f"{result.status} at step {result.step}: {losses}\nrun folder: {result.run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for PNGs and grid.png (default RUN/samples/cli).")
+@click.option("--labels", default="", help="Comma-separated class labels (default: 8 of each of the first 10 classes).")
+@click.option("--num-per-class", default=8, show_default=True)
+@click.option("--cfg", type=float, help="CFG scale (default: the run's).")
+@click.option("--steps", type=int, help="Sampler grid points (default: the run's).")
+@click.option("--method", type=click.Choice(["heun", "euler"]))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--ema", default="ema1", type=click.Choice(["ema1", "ema2", "model"]), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device):
+    """Sample PNG files and a grid from a run with fixed seeds and labels."""
+    import torch
+    from . import api
+    from .distributed import resolve_device
+    from .images import save_grid, save_pngs
+    run = api.load_run(run_dir, ema=ema, device=resolve_device(device))
+    if labels:
+        lab = torch.tensor([int(x) for x in labels.split(",")])
+    else:
+        lab = torch.arange(min(10, run.model.cfg.num_classes)).repeat_interleave(num_per_class)
+    images = api.generate(run, lab, cfg=cfg, steps=steps, method=method, seed=seed, progress=True)
+    out = Path(out or Path(run_dir) / "samples" / "cli")
+    save_pngs(images, out)
+    grid = save_grid(images, out / "grid.png", nrow=num_per_class if not labels else None, scale=2)
+    click.echo(f"{len(images)} images (step {run.step}, {ema}) in {out}; grid: {grid}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json):
+    """Named model configs with their trainable parameter counts."""
+    import torch
+    from .model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT
+    rows = []
+    for name, mc in MODEL_CONFIGS.items():
+        with torch.device("meta"):
+            m = JiT(mc)
+        rows.append({"name": name, "image_size": mc.image_size, "patch": mc.patch_size, "depth": mc.depth,
+                     "hidden": mc.hidden_size, "heads": mc.num_heads, "trainable_params": m.num_params(),
+                     "with_pos_table": m.num_params(False), "official": OFFICIAL_PARAM_COUNTS.get(name)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'model':10} {'px':>4} {'p':>3} {'depth':>5} {'hidden':>6} {'trainable':>15} {'official':>15}")
+    for r in rows:
+        off = f"{r['official']:,}" if r["official"] else "-"
+        click.echo(f"{r['name']:10} {r['image_size']:>4} {r['patch']:>3} {r['depth']:>5} {r['hidden']:>6} "
+                   f"{r['trainable_params']:>15,} {off:>15}")
+
+
+@cli.command()
+def presets():
+    """List named presets (the core's and the installed plugins')."""
+    build_config(None, None, (), ())
+    from .config import PRESETS
+    for name in sorted(PRESETS):
+        cfg = PRESETS[name]()
+        click.echo(f"{name:10} model={cfg.model:9} data={cfg.data.name:13} plugins={','.join(cfg.plugins) or '-'}")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugin", "enabled", multiple=True, help="Also load this plugin (module path) and mark it enabled.")
+def plugins_cmd(as_json, enabled):
+    """Installed plugins: name, version, source, enabled, hooks, options."""
+    from .plugins import describe_all
+    infos = describe_all(enabled)
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
+        return
+    if not infos:
+        click.echo("no plugins installed")
+    for i in infos:
+        state = "enabled" if i.enabled else "installed, off (enable with --plugin %s)" % i.name
+        click.echo(f"{i.name} {i.version} [{state}]\n  from: {i.source}\n  hooks: {', '.join(i.hooks)}")
+        if i.options:
+            click.echo("  options: " + ", ".join(f"{i.name}.{k}={v!r}" for k, v in i.options.items()))
+
+
+def _add_optional_commands() -> None:
+    """Commands that live in their own modules, and the plugins' commands."""
+    import importlib
+    for module, factory, name in (("jit_core.checkpoint", "convert_command", "convert"),
+                                  ("jit_core.evaluate", "evaluate_command", "evaluate"),
+                                  ("jit_core.metrics", "ref_stats_command", "ref-stats"),
+                                  ("jit_core.report", "compare_command", "compare")):
+        try:
+            cli.add_command(getattr(importlib.import_module(module), factory)(), name)
+        except (ImportError, AttributeError) as exc:
+            logging.getLogger("jit").debug("command %s unavailable: %s", name, exc)
+    try:
+        from slurm.cli import slurm_group
+        cli.add_command(slurm_group, "slurm")
+    except ImportError:
+        pass
+    from .plugins import installed_plugins
+    for name, ep in installed_plugins().items():
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin must not break the CLI
+            click.echo(f"warning: plugin {name!r} failed to import: {exc}", err=True)
+            continue
+        if hasattr(module, "jit_add_commands"):
+            module.jit_add_commands(cli=cli)
+
+
+def main() -> None:
+    _add_optional_commands()
+    cli(prog_name="jit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

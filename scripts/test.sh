@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: setup, a real local SLURM cluster, the whole test suite, cluster down again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --slurm
+export HF_HUB_OFFLINE=1 JIT_REQUIRE_SLURM=${JIT_REQUIRE_SLURM:-1}
+started_slurm=0
+if ! .venv/bin/python -c "from slurm.cluster import cluster_available as c; import sys; sys.exit(0 if c()[0] else 1)"; then
+  bash scripts/slurm-cluster.sh up
+  started_slurm=1
+fi
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+[ -f examples/repa_plugin/tests/test_repa.py ] && { .venv/bin/python -m pytest -q examples/repa_plugin/tests || status=$?; }
+[ "$started_slurm" = 1 ] && bash scripts/slurm-cluster.sh down || true
+exit $status
