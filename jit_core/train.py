@@ -290,9 +290,11 @@ class Trainer:
             ema.load(weights[key], self.model)
         if len(self.aux):
             self.aux.load_state_dict(weights["aux"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.elapsed, self.skipped = state["step"], state["elapsed"], state.get("skipped", 0)
-        set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
+        if state.get("optimizer"):  # empty for an imported official checkpoint
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed, self.skipped = state["step"], state.get("elapsed", 0.0), state.get("skipped", 0)
+        if "rng" in state:
+            set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
         self.last_checkpoint = path
         if self.dist.is_main:
             log.info("resumed from %s (step %d)", path, self.step)

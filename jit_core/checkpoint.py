@@ -1,0 +1,735 @@
+"""Crash-safe checkpoints, and import/export of official JiT and V-Co checkpoints.
+
+Layout of a run folder::
+
+    <run>/checkpoints/step-00000100/   model.safetensors ema1.safetensors ema2.safetensors [aux.safetensors]
+                                       trainer.pt manifest.json
+    <run>/checkpoints/latest           names the newest complete checkpoint directory
+
+A checkpoint is written into ``step-XXXXXXXX.tmp-<pid>``: every file is fsynced, ``manifest.json`` (size
+and SHA-256 of every file) comes last, then the directory is renamed to its final name and ``latest`` is
+replaced atomically. A crash or a full disk at any point leaves the previous checkpoint and ``latest`` as
+they were. A checkpoint damaged later fails :func:`verify_checkpoint`, and :func:`latest_checkpoint` falls
+back to the previous one. ``trainer.pt`` only ever holds plain Python values and tensors, so it loads with
+``torch.load(weights_only=True)``; nothing in this module unpickles arbitrary objects.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .model import MODEL_CONFIGS, ModelConfig, build_model
+from .official import ForeignCheckpointError, detect_layout, from_official, to_official
+from .streams import PIXEL, Stream, pixel_stream
+
+log = logging.getLogger(__name__)
+
+FORMAT = "jit-vco/1"
+WEIGHT_NAMES = ("model", "ema1", "ema2")
+_STEP_RE = re.compile(r"^step-(\d{8,})$")
+# leftovers of interrupted writers: tmp (being written), old (replaced by a re-save), del (being deleted)
+_LEFTOVER_RE = re.compile(r"^(?:step-\d{8,}\.(tmp|old|del)|latest\.tmp)-(\d+)$")
+_CHUNK = 1 << 23
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+_PLAIN = (type(None), bool, int, float, str, bytes, torch.Size, torch.dtype, torch.device)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is foreign, unreadable or incompatible; the message names the file and the fix."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint of ours that is incomplete or damaged (missing file, wrong size or hash)."""
+
+
+# ------------------------------------------------------------------------------------------ writing
+class _Sink:
+    """File wrapper that counts and hashes what passes through: every checkpoint byte is written here."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha.update(view)
+        self.nbytes += view.nbytes
+        return self.f.write(view)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_file(path: Path, fill: Callable[[_Sink], object]) -> dict:
+    """Create ``path``, let ``fill`` write it, flush and fsync; return its manifest entry."""
+    with open(path, "xb") as f:
+        sink = _Sink(f)
+        fill(sink)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": sink.nbytes, "sha256": sink.sha.hexdigest()}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some network file systems cannot fsync a directory
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_safetensors(sink: _Sink, sd: Mapping[str, torch.Tensor]) -> None:
+    """The safetensors format, streamed one tensor at a time (no second copy of the state dict in memory)."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key, t in sd.items():
+        n = t.numel() * t.element_size()
+        header[key] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    sink.write(struct.pack("<Q", len(blob)) + blob)
+    for t in sd.values():
+        sink.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _check_weights(name: str, sd) -> None:
+    if not re.fullmatch(r"\w+", name):
+        raise CheckpointError(f"weights name {name!r} is not a plain identifier (use model/ema1/ema2/aux)")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"weights[{name!r}] is a {type(sd).__name__}, expected a state dict")
+    for key, t in sd.items():
+        if not isinstance(key, str) or key.startswith("__"):
+            raise CheckpointError(f"weights[{name!r}] has an invalid key {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"weights[{name!r}][{key!r}] is a {type(t).__name__}, not a tensor")
+        if t.dtype not in _ST_DTYPES or t.layout != torch.strided:
+            raise CheckpointError(f"weights[{name!r}][{key!r}]: {t.dtype} {t.layout} tensors cannot be stored")
+
+
+def _check_state(obj, where: str = "state") -> None:
+    """Refuse, before anything is written, what ``torch.load(weights_only=True)`` could not read back."""
+    kind = type(obj)
+    if kind in _PLAIN or isinstance(obj, torch.Tensor) and kind in (torch.Tensor, nn.Parameter):
+        return
+    if kind in (dict, collections.OrderedDict):
+        for key, value in obj.items():
+            _check_state(key, f"{where} key {key!r}")
+            _check_state(value, f"{where}[{key!r}]")
+    elif kind in (list, tuple, set):
+        for i, value in enumerate(obj):
+            _check_state(value, f"{where}[{i}]")
+    else:
+        raise CheckpointError(f"{where} is a {kind.__module__}.{kind.__qualname__}, which trainer.pt cannot hold "
+                              "(it must load with torch.load(weights_only=True)); convert it to plain Python "
+                              "(str for paths, .item() / .tolist() for numpy values, dataclasses.asdict for configs)")
+
+
+def _complete(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every final-named checkpoint dir under ``root``, by step."""
+    if not root.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def _read_latest(root: Path) -> Path | None:
+    try:
+        with open(root / "latest", "rb") as f:
+            text = f.read(256).decode(errors="replace").strip()
+    except OSError:
+        return None
+    if _STEP_RE.match(text) and (root / text).is_dir():
+        return root / text
+    log.warning("ignoring %s: it names %r, which is not a checkpoint directory there", root / "latest", text[:64])
+    return None
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / f"latest.tmp-{os.getpid()}"
+    try:
+        _write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
+        os.replace(tmp, root / "latest")
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(root)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint dir so that it disappears at once (rename), then free the space."""
+    doomed = path.with_name(f"{path.name}.del-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Remove what crashed writers left behind: those whose pid is gone, or older than the newest checkpoint."""
+    done = _complete(root)
+    newest = (done[-1][1] / "manifest.json") if done else None
+    newest_time = newest.stat().st_mtime if newest is not None and newest.exists() else None
+    for entry in root.iterdir():
+        m = _LEFTOVER_RE.match(entry.name)
+        if not m:
+            continue
+        pid = int(m[2])
+        try:
+            older = newest_time is not None and entry.stat().st_mtime < newest_time
+        except FileNotFoundError:
+            continue
+        if _pid_alive(pid) and pid != os.getpid() and not older:
+            continue
+        final = root / entry.name.split(".")[0]
+        if m[1] == "old" and not final.exists():  # crashed between the two renames of a re-save: restore it
+            log.warning("restoring %s from %s", final, entry)
+            os.rename(entry, final)
+        elif entry.is_dir():
+            log.info("removing leftover %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _apply_retention(root: Path, step: int, keep_last: int, keep_every: int) -> None:
+    """Keep the newest ``keep_last`` (at least the one just written) and every multiple of ``keep_every``.
+
+    Checkpoints with a higher step than the one just written (left by a run that resumed from an earlier
+    checkpoint) are not touched.
+    """
+    older = [(s, p) for s, p in _complete(root) if s <= step]
+    keep = {s for s, _ in older[-max(keep_last, 1):]} | {step}
+    if keep_every > 0:
+        keep |= {s for s, _ in older if s % keep_every == 0}
+    for s, p in older:
+        if s not in keep:
+            log.info("retention: deleting %s", p)
+            _remove_dir(p)
+
+
+def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
+                    keep_every: int = 0, keep_last: int = 1) -> Path:
+    """Write ``<run_dir>/checkpoints/step-XXXXXXXX/`` atomically and point ``latest`` at it.
+
+    ``weights``: ``{"model": sd, "ema1": sd, "ema2": sd[, "aux": sd]}`` -> ``<name>.safetensors``.
+    ``state``: plain Python and tensors (optimizer state, RNG states, step, config...) -> ``trainer.pt``.
+    Old checkpoints are pruned (see ``keep_last`` / ``keep_every``) only once the new one is complete.
+    Returns the checkpoint directory.
+    """
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if "model" not in weights:
+        raise CheckpointError(f"weights must contain 'model' (got {sorted(weights)})")
+    for name, sd in weights.items():
+        _check_weights(name, sd)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"state must be a dict, got {type(state).__name__}")
+    _check_state(state)
+
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(root)
+    name = f"step-{step:08d}"
+    final, tmp = root / name, root / f"{name}.tmp-{os.getpid()}"
+    previous = _read_latest(root) or next((p for _, p in reversed(_complete(root))), None)
+    aside, renamed = None, False
+    try:
+        tmp.mkdir()
+        files = {f"{k}.safetensors": _write_file(tmp / f"{k}.safetensors", lambda s, sd=sd: _write_safetensors(s, sd))
+                 for k, sd in weights.items()}
+        files["trainer.pt"] = _write_file(tmp / "trainer.pt", lambda s: torch.save(state, s))
+        manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "files": files}
+        _write_file(tmp / "manifest.json", lambda s: s.write(json.dumps(manifest, indent=1).encode()))
+        _fsync_dir(tmp)
+        if final.exists():  # re-save of the same step: move the old one aside, delete it once the new one is in
+            aside = root / f"{name}.old-{os.getpid()}"
+            os.rename(final, aside)
+        os.rename(tmp, final)
+        renamed = True
+        _fsync_dir(root)
+        _write_latest(root, name)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if renamed:
+            shutil.rmtree(final, ignore_errors=True)
+        if aside is not None and aside.exists() and not final.exists():
+            with contextlib.suppress(OSError):  # else the next save's cleanup restores it
+                os.rename(aside, final)
+        if not isinstance(exc, OSError):
+            raise
+        intact = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full while writing checkpoint {final}: free space in {root}; {intact}") from exc
+        raise CheckpointError(f"could not write checkpoint {final}: {exc}; {intact}") from exc
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    _apply_retention(root, step, keep_last, keep_every)
+    _clean_leftovers(root)
+    return final
+
+
+# ------------------------------------------------------------------------------------------ reading
+_HASHED: dict[str, tuple] = {}  # path -> (size, mtime_ns, inode, sha256): files already hashed in this process
+
+
+def _sha256_file(path: Path) -> str:
+    st = path.stat()
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    cached = _HASHED.get(str(path))
+    if cached and cached[:3] == sig:
+        return cached[3]
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+    _HASHED[str(path)] = (*sig, sha.hexdigest())
+    return sha.hexdigest()
+
+
+_FIX = "restore it, or resume from an earlier checkpoint (latest_checkpoint falls back automatically)"
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint directory at {path}")
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise CorruptCheckpointError(f"{mpath} is missing: checkpoint {path} is incomplete or damaged; {_FIX}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{mpath} is unreadable ({e}); {_FIX}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{mpath} has format {found!r}, expected {FORMAT!r}: not a jit-vco checkpoint "
+                              "(or one from a newer version)")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CorruptCheckpointError(f"{mpath} lists no model.safetensors; {_FIX}")
+    return manifest
+
+
+def _check_files(path: Path, manifest: dict, names, verify_hash: bool) -> None:
+    for fname in names:
+        info, fp = manifest["files"][fname], path / fname
+        if Path(fname).name != fname:
+            raise CorruptCheckpointError(f"{path / 'manifest.json'} lists an invalid file name {fname!r}")
+        if not fp.is_file():
+            raise CorruptCheckpointError(f"{fp} is missing; {_FIX}")
+        size = fp.stat().st_size
+        if size != info["bytes"]:
+            raise CorruptCheckpointError(f"{fp} has {size} bytes but the manifest records {info['bytes']} "
+                                         f"(truncated or overwritten); {_FIX}")
+        if verify_hash and (sha := _sha256_file(fp)) != info["sha256"]:
+            raise CorruptCheckpointError(f"{fp} fails its SHA-256 check (file {sha[:12]}..., manifest "
+                                         f"{info['sha256'][:12]}...): the file is damaged; {_FIX}")
+
+
+def verify_checkpoint(path, verify_hash: bool = True) -> dict:
+    """Check that the manifest exists and every file it lists has its recorded size (and SHA-256).
+
+    Returns the manifest; raises :class:`CorruptCheckpointError` naming the bad file. Hashes are cached per
+    file (size, mtime, inode), so verifying the same checkpoint twice in a process reads it once.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _check_files(path, manifest, list(manifest["files"]), verify_hash)
+    return manifest
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete (final-named, not tmp) checkpoint dirs of a run, by step. Not verified."""
+    return [p for _, p in _complete(Path(run_dir) / "checkpoints")]
+
+
+def latest_checkpoint(run_dir, verify_hash: bool = True) -> Path | None:
+    """The newest checkpoint of a run that verifies; None if the run has no checkpoint.
+
+    Starts from the one ``latest`` names (else the highest step), then goes back step by step, warning
+    about every checkpoint that fails verification. Raises :class:`CorruptCheckpointError` if checkpoints
+    exist but none verifies (rather than silently starting over).
+    """
+    root = Path(run_dir) / "checkpoints"
+    candidates = [p for _, p in reversed(_complete(root))]
+    pointer = _read_latest(root)
+    if pointer in candidates:
+        candidates.remove(pointer)
+        candidates.insert(0, pointer)
+    problems = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path, verify_hash=verify_hash)
+            return path
+        except CheckpointError as e:
+            problems.append(str(e))
+            msg = f"skipping checkpoint {path.name}: {e}; falling back to the previous checkpoint"
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=2)
+    if problems:
+        raise CorruptCheckpointError(f"none of the {len(problems)} checkpoints in {root} verifies "
+                                     f"(newest: {problems[0]}); move them away to start the run afresh")
+    return None
+
+
+def _resolve(path) -> Path:
+    """A checkpoint dir, or a run dir -> its latest valid checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    if path.is_dir() and not (path / "manifest.json").exists() and (path / "checkpoints").is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"run {path} has no checkpoint yet (nothing in {path / 'checkpoints'})")
+        return found
+    if path.is_dir() and not (path / "manifest.json").exists() and not _STEP_RE.match(path.name):
+        raise CheckpointError(f"{path} is neither a checkpoint directory (no manifest.json) nor a run directory "
+                              "(no checkpoints/); pass a run folder, a checkpoints/step-XXXXXXXX folder or a file")
+    return path
+
+
+def _device(map_location) -> str:
+    return str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+
+
+def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CorruptCheckpointError(f"cannot read {path}: {e}; {_FIX}") from e
+
+
+def _refused(path: Path, e: Exception) -> CheckpointError:
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    what = f"the pickled object {m[1]}" if m else "pickled objects"
+    return CheckpointError(f"refused to load {path}: it holds {what}, outside torch's weights_only allow-list; "
+                           "jit-vco never unpickles arbitrary code. Re-save the file with plain tensors and "
+                           "Python values (only if you trust where it came from)")
+
+
+def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """``(weights, state)`` of a checkpoint dir (or a run dir -> its latest checkpoint).
+
+    ``weights`` maps model/ema1/ema2[/aux] to state dicts; ``state`` is ``trainer.pt``, read with
+    ``torch.load(weights_only=True)``.
+    """
+    path = _resolve(path)
+    if verify:
+        names = list(verify_checkpoint(path)["files"])
+    elif (path / "manifest.json").is_file():
+        names = list(_read_manifest(path)["files"])
+    else:
+        names = sorted(p.name for p in path.glob("*.safetensors")) + ["trainer.pt"]
+    device = _device(map_location)
+    weights = {Path(n).stem: _load_safetensors(path / n, device) for n in names if n.endswith(".safetensors")}
+    fp = path / "trainer.pt"
+    if not fp.is_file():
+        raise CorruptCheckpointError(f"{fp} is missing; {_FIX}")
+    try:
+        state = torch.load(fp, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise _refused(fp, e) from e
+        raise CorruptCheckpointError(f"cannot read {fp}: {e}; {_FIX}") from e
+    return weights, state
+
+
+def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
+    """One state dict (model/ema1/ema2) from a checkpoint dir, a run dir (its latest checkpoint), a
+    ``.safetensors`` file, or an official ``.pth`` (or a folder holding ``checkpoint-last.pth``)."""
+    path = Path(path)
+    if path.is_file():
+        return _load_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
+    if path.is_dir() and (path / "checkpoint-last.pth").is_file() and not (path / "checkpoints").exists():
+        return _pick(import_official(path / "checkpoint-last.pth"), which, path)
+    ckpt = _resolve(path)
+    manifest = _read_manifest(ckpt)
+    fname = f"{which}.safetensors"
+    if fname not in manifest["files"]:
+        have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
+        raise CheckpointError(f"checkpoint {ckpt} has no {which!r} weights (it has {have})")
+    _check_files(ckpt, manifest, [fname], verify_hash=True)
+    return _load_safetensors(ckpt / fname)
+
+
+def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:
+    if which not in WEIGHT_NAMES:
+        raise CheckpointError(f"official checkpoint {path} has no {which!r} weights (choose from {WEIGHT_NAMES})")
+    return imported[which]
+
+
+# ------------------------------------------------------------------------------------------ official format
+def _load_official(path: Path):
+    # The zip format can be memory-mapped (a 2B model's checkpoint is ~40 GB); legacy pickles cannot.
+    mmap = zipfile.is_zipfile(path)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # only to unpickle `args`; never used
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:
+            if "Weights only load failed" in str(e):
+                raise _refused(path, e) from e
+            raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: {e})") from e
+
+
+def import_official(pth_path) -> dict:
+    """An official JiT / V-Co ``checkpoint-*.pth`` in our key layout.
+
+    Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": "jit" | "vco", "epoch": int}``. The frozen
+    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official`).
+    """
+    path = Path(pth_path)
+    if not path.is_file():
+        raise CheckpointError(f"official checkpoint not found: {path}; pass the checkpoint-last.pth written by "
+                              "the official JiT (main_jit.py) or V-Co code")
+    ck = _load_official(path)
+    if not isinstance(ck, Mapping) or "model" not in ck:
+        found = sorted(map(str, ck))[:8] if isinstance(ck, Mapping) else type(ck).__name__
+        raise CheckpointError(f"{path} is not an official JiT/V-Co checkpoint: it has no 'model' entry (found "
+                              f"{found}); expected a dict with model, model_ema1, model_ema2, optimizer, epoch, args")
+    out, layout = {}, None
+    for ours, theirs in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2")):
+        sd = ck.get(theirs)
+        if sd is None:
+            warnings.warn(f"{path} has no {theirs!r}; using 'model' for {ours}", stacklevel=2)
+            sd = ck["model"]
+        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path}: {theirs!r} is not a state dict of tensors")
+        try:
+            out[ours], layout = from_official(sd)
+        except ForeignCheckpointError as e:
+            raise CheckpointError(f"{path}: {theirs!r} is not a JiT/V-Co state dict: {e}") from e
+    epoch = ck.get("epoch", 0)
+    out.update(layout=layout, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
+    return out
+
+
+def export_official(weights: dict, path, epoch: int = 0) -> None:
+    """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
+    model = weights["model"]
+    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model)).items()}
+          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
+    ck.update(optimizer={}, epoch=int(epoch), args=None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_file(tmp, lambda s: torch.save(ck, s))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+# ------------------------------------------------------------------------------------------ compatibility
+def _shape(t) -> list[int]:
+    return list(t.shape)
+
+
+def check_compatible(sd: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``sd`` has exactly ``model``'s keys and shapes."""
+    ref = model.state_dict()
+    mismatched = [k for k in ref if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
+    missing = [k for k in ref if k not in sd]
+    unexpected = [k for k in sd if k not in ref]
+    if not (mismatched or missing or unexpected):
+        return
+
+    def listing(keys, fmt):
+        more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
+        return "; ".join(fmt(k) for k in keys[:5]) + more
+
+    parts = []
+    if mismatched:
+        parts.append(listing(mismatched, lambda k: f"{k} has shape {_shape(ref[k])} here but {_shape(sd[k])} in the file"))
+    if missing:
+        parts.append("missing from the file: " + listing(missing, lambda k: f"{k} {_shape(ref[k])}"))
+    if unexpected:
+        parts.append("in the file but not in the model: " + listing(unexpected, lambda k: f"{k} {_shape(sd[k])}"))
+    try:
+        cfg = infer_model_config(sd, in_context_start=0)
+        hint = " (its tensors say: " + ", ".join(f"{k}={cfg[k]}" for k in (
+            "image_size", "patch_size", "hidden_size", "depth", "num_heads", "bottleneck_dim", "num_classes")) + ")"
+    except (CheckpointError, KeyError, ValueError):
+        hint = ""
+    raise CheckpointError(f"checkpoint {source} is for a different model: {'; '.join(parts)}; build the model with "
+                          f"the config the checkpoint was trained with{hint} (see its run's config.json)")
+
+
+def _default_in_context_start(depth: int, hidden: int) -> int | None:
+    """in_context_start of a known config with the same depth and width, else of the same depth."""
+    for match in (lambda c: (c.depth, c.hidden_size) == (depth, hidden), lambda c: c.depth == depth):
+        starts = {c.in_context_start for c in MODEL_CONFIGS.values() if match(c)}
+        if len(starts) == 1:
+            return starts.pop()
+    return None
+
+
+def _mlp_ratio(hidden: int, mlp_hidden: int) -> float:
+    for ratio in (4.0, *((1.5 * mlp_hidden + j) / hidden for j in range(3))):
+        if int(int(hidden * ratio) * 2 / 3) == mlp_hidden:
+            return ratio
+    raise CheckpointError(f"cannot infer mlp_ratio from a SwiGLU hidden width of {mlp_hidden} (hidden {hidden})")
+
+
+def infer_model_config(sd: Mapping[str, torch.Tensor], in_context_start: int | None = None) -> dict:
+    """``ModelConfig`` keyword arguments read off the tensor shapes of a state dict (ours or official).
+
+    ``in_context_start`` is not visible in the shapes: pass it, else it comes from a known config with the
+    same depth/width (JiT-B 4, L 8, H/G 10); dropout rates come from a known config with the same shapes.
+    """
+    try:
+        if detect_layout(sd) != "ours":
+            sd, _ = from_official(sd)
+    except ForeignCheckpointError as e:
+        raise CheckpointError(f"cannot infer the model config: {e}") from e
+
+    def shape(key):
+        if key not in sd:
+            raise CheckpointError(f"cannot infer the model config: the state dict has no {key!r}")
+        return tuple(sd[key].shape)
+
+    _, tokens, hidden = shape("pos_embed")
+    grid = math.isqrt(tokens)
+    bottleneck, in_channels, patch, _ = shape(f"embedders.{PIXEL}.proj1.weight")
+    head_dim = shape(f"blocks.0.streams.{PIXEL}.attn.q_norm.weight")[0]
+    cfg = {"image_size": grid * patch, "patch_size": patch, "in_channels": in_channels, "hidden_size": hidden,
+           "depth": 1 + max(int(m[1]) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
+           "num_heads": hidden // head_dim,
+           "mlp_ratio": _mlp_ratio(hidden, shape(f"blocks.0.streams.{PIXEL}.mlp.w3.weight")[1]),
+           "bottleneck_dim": bottleneck, "in_context_len": shape("in_context_posemb")[1],
+           "num_classes": shape("y_embedder.embedding_table.weight")[0] - 1}
+    known = next((c for c in MODEL_CONFIGS.values() if all(getattr(c, k) == v for k, v in cfg.items())), None)
+    if in_context_start is None:
+        in_context_start = known.in_context_start if known else _default_in_context_start(cfg["depth"], hidden)
+    if in_context_start is None:
+        raise CheckpointError(f"in_context_start cannot be read from tensor shapes and no known config has depth "
+                              f"{cfg['depth']}: pass it (jit convert --in-context-start N)")
+    cfg.update(in_context_start=in_context_start, attn_drop=known.attn_drop if known else 0.0,
+               proj_drop=known.proj_drop if known else 0.0)
+    try:
+        ModelConfig(**cfg).validate()
+    except ValueError as e:
+        raise CheckpointError(f"the inferred model config is invalid ({e}): {cfg}") from e
+    return cfg
+
+
+def streams_for(sd: Mapping[str, torch.Tensor]) -> list[Stream]:
+    """The streams a state dict (our layout) was built with: pixel, plus one per extra embedder."""
+    streams = [pixel_stream(sd[f"embedders.{PIXEL}.proj1.weight"].shape[1])]
+    for key, t in sd.items():
+        m = re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", key)
+        if m and m[1] != PIXEL:
+            kind = "patch" if t.shape[-1] > 1 else "tokens"
+            streams.append(Stream(m[1], kind, t.shape[1], default_init=True))
+    return streams
+
+
+# ------------------------------------------------------------------------------------------ jit convert
+def convert_command():
+    """``jit convert OFFICIAL.pth OUT_DIR``: an official JiT / V-Co checkpoint as a jit-vco run folder."""
+    import click
+
+    @click.command("convert")
+    @click.argument("official", type=click.Path(path_type=Path))
+    @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--check-config", "check_config", metavar="NAME",
+                  help="Fail unless the weights fit this named model config (e.g. JiT-B/16).")
+    @click.option("--in-context-start", type=int, default=None,
+                  help="Block where the in-context tokens enter (not visible in the weights; default from a known "
+                       "config of the same depth).")
+    @click.option("--force", is_flag=True, help="Write into OUT_DIR even if it already holds checkpoints.")
+    def convert(official: Path, out_dir: Path, check_config: str | None, in_context_start: int | None,
+                force: bool):
+        """Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000."""
+        try:
+            imported = import_official(official)
+            sd = imported["model"]
+            streams = streams_for(sd)
+            if check_config:
+                try:
+                    model = build_model(check_config, streams, device="meta")
+                except (KeyError, ValueError) as e:
+                    raise click.BadParameter(str(e).strip('"'), param_hint="--check-config") from e
+                check_compatible(sd, model, str(official))
+                if in_context_start is None:
+                    in_context_start = model.cfg.in_context_start
+            depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+            if in_context_start is None and _default_in_context_start(depth, sd["pos_embed"].shape[-1]) is None:
+                raise click.UsageError(f"no known config has depth {depth}: pass --in-context-start "
+                                       "(the block where the in-context tokens enter)")
+            try:
+                cfg = infer_model_config(sd, in_context_start)
+            except CheckpointError as e:
+                cfg = None
+                click.echo(f"note: no config.json written ({e})", err=True)
+            if not force and (list_checkpoints(out_dir) or (out_dir / "config.json").exists()):
+                raise click.UsageError(f"{out_dir} already holds a run; choose an empty folder or pass --force")
+            source = {"path": str(official.resolve()), "sha256": _sha256_file(official.resolve()),
+                      "layout": imported["layout"], "epoch": imported["epoch"]}
+            state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
+            ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
+            if cfg is not None:
+                _write_config_hint(out_dir, cfg, streams)
+        except CheckpointError as e:
+            raise click.ClickException(str(e)) from e
+        total = sum(t.numel() for t in sd.values())
+        click.echo(f"converted {official} ({imported['layout']} layout, epoch {imported['epoch']})\n"
+                   f"  {len(sd)} tensors, {total - sd['pos_embed'].numel():,} trainable parameters "
+                   f"({total:,} with the frozen position table)\n"
+                   f"  streams: {', '.join(f'{s.name} ({s.channels} ch)' for s in streams)}\n"
+                   f"  -> {ckpt}")
+        if cfg is not None:
+            click.echo("  model config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
+                       f"\n  -> {out_dir / 'config.json'}")
+
+    return convert
+
+
+def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
+    """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network."""
+    from .config import Config
+
+    base = next((n for n, c in MODEL_CONFIGS.items() if (c.depth, c.hidden_size) == (cfg["depth"], cfg["hidden_size"])),
+                "JiT-B/16")
+    run = Config(model=base, model_overrides={k: v for k, v in cfg.items() if getattr(MODEL_CONFIGS[base], k) != v})
+    run.data.image_size = cfg["image_size"]
+    if len(streams) > 1:
+        run.plugins = ["vco"]
+    data = run.to_json().encode()
+    tmp = out_dir / f"config.json.tmp-{os.getpid()}"
+    try:
+        _write_file(tmp, lambda s: s.write(data))
+        os.replace(tmp, out_dir / "config.json")
+    finally:
+        tmp.unlink(missing_ok=True)
