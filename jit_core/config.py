@@ -66,6 +66,7 @@ class TrainConfig:
     attention: str = "fast"             # fast (SDPA) | exact (official fp32-logit numerics)
     precision: str = "bf16"             # bf16 autocast on CUDA | fp32
     compile: bool = False
+    grad_checkpointing: bool = False    # activation checkpointing per block (memory for L/H/G)
     nan_policy: str = "stop"            # stop | skip
     max_skipped_steps: int = 10
     device: str = "auto"

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, RMSNorm, SwiGLU, TimestepEmbedder,
                      TokenEmbed, apply_rope, modulate, rope_tables, sincos_2d)
@@ -186,6 +187,7 @@ class JiT(nn.Module):
             raise ValueError("the first stream must be the pixel stream")
         self.cfg, self.streams = cfg, streams
         self.attention_path = attention_path
+        self.grad_checkpointing = False  # recompute block activations in backward (memory lever for L/H/G)
         h, g, K = cfg.hidden_size, cfg.grid, cfg.in_context_len
 
         self.t_embedder = TimestepEmbedder(h)
@@ -297,7 +299,10 @@ class JiT(nn.Module):
                 xs = [torch.cat([ic.to(x.dtype), x], dim=1) if s.in_context else x for s, x in zip(self.streams, xs)]
                 ropes = [(self.rope_ic_cos, self.rope_ic_sin) if s.in_context else plain for s in self.streams]
                 bias = self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
-            xs = block(xs, c, ropes, bias, self.attention_path)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, bias, self.attention_path, use_reentrant=False)
+            else:
+                xs = block(xs, c, ropes, bias, self.attention_path)
             if i in capture:
                 hidden[i] = {s.name: x[:, -self.cfg.grid ** 2:] for s, x in zip(self.streams, xs)}
         out = {}

@@ -193,6 +193,7 @@ class Trainer:
         barrier(self.dist)
         seed_everything(config.train.seed + self.dist.rank)
         self.model = build_for_config(config, self.plugins, self.model_config, self.device)
+        self.model.grad_checkpointing = config.train.grad_checkpointing
         aux = {}
         for mods in self.plugins.hook.jit_trainable_modules(config=config, model=self.model):
             aux.update(mods or {})
