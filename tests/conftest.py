@@ -1,0 +1,25 @@
+"""Shared test fixtures (keep small).
+
+- ``fixtures_dir``: the shared parity fixtures produced by the official code (``../shared/fixtures``
+  next to the repository, overridable with ``JIT_FIXTURES``); tests that need it skip when absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach the Hugging Face Hub from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Folder of the official parity fixtures (``JIT_FIXTURES`` overrides the default location)."""
+    path = Path(os.environ.get("JIT_FIXTURES") or DEFAULT_FIXTURES)
+    if not path.is_dir():
+        pytest.skip(f"shared parity fixtures not found at {path} (set JIT_FIXTURES to their folder)")
+    return path
