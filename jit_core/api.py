@@ -55,6 +55,7 @@ def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: s
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     run_dir = Path(run_dir)
     config = load_config(run_dir)
+    config.run_dir = str(run_dir)  # the folder may have moved since training
     model, plugins = build_model_for(config, device=device)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
     if path is None:

@@ -54,8 +54,13 @@ def build_config(preset, config_file, plugins, overrides, run_dir=None):
     """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
     from .config import register_preset
     from .plugins import Plugins, installed_plugins
+    from .plugins import PluginError
     for name in installed_plugins():
-        with_presets = Plugins([name])
+        try:
+            with_presets = Plugins([name])
+        except PluginError as exc:  # a broken plugin must not break runs that do not use it
+            click.echo(f"warning: {exc}", err=True)
+            continue
         for presets in with_presets.hook.jit_presets():
             for key, factory in (presets or {}).items():
                 register_preset(key, factory)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Turn a CLI string (or JSON value) into the annotated type, or fail naming the key."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(key, value, next(a for a in args if a is not type(None)))

@@ -161,9 +161,16 @@ class Plugins:
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}
+        kwargs = {"config": config, "model_config": model_config}
         for impl in reversed(self.pm.hook.jit_streams.get_hookimpls()):
-            for s in impl.function(config=config, model_config=model_config) or []:
-                plugin = self.pm.get_name(impl.plugin)
+            plugin = self.pm.get_name(impl.plugin)
+            try:
+                added = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames}) or []
+            except (PluginError, ConfigError):
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {plugin!r} failed in hook jit_streams: {type(exc).__name__}: {exc}") from exc
+            for s in added:
                 if s.name in owner:
                     raise PluginError(f"stream {s.name!r} is added by both {owner[s.name]!r} and {plugin!r}; "
                                       "rename one of them")

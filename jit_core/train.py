@@ -187,7 +187,7 @@ class Trainer:
         validate_plugin_options(config, self.plugins.option_schemas())
         self.dist = dist or init_distributed(config.train.device)
         self.device = self.dist.device
-        self.dataset = build_dataset(config.data, train=True)
+        self.dataset = build_dataset(config.data, train=True, seed=config.train.seed)
         self.model_config = resolve_model_config(config, self.dataset)
         self.has_checkpoint = prepare_run_dir(config, self.run_dir, self.dist.is_main)
         barrier(self.dist)

@@ -1,0 +1,322 @@
+"""V-Co through jit_core's hooks: loading, presets, the feature stream, calibration, the masked
+losses, the hybrid term, batches, guidance, sampling and the CLI group.
+
+Real offline encoder (EfficientNet-Lite0) on a small JiT-T/4 (32 px, 8x8 grid), 1-channel images.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+
+from jit_core.config import ConfigError, get_preset, register_preset, set_key, validate_plugin_options
+from jit_core.diffusion import StepState, per_sample_v_loss, sample, training_losses
+from jit_core.hookspecs import hookimpl
+from jit_core.model import JiT, get_model_config
+from jit_core.plugins import Plugins
+from vco_plugin import plugin
+from vco_plugin.batches import ClassBalancedBatchSampler
+from vco_plugin.calibration import compute_stats, load_stats, save_stats
+from vco_plugin.drift_loss import hybrid_loss
+from vco_plugin.features import build_encoder
+
+HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_unconditional", "jit_loss_terms",
+         "jit_batch_sampler", "jit_guidance_scale", "jit_add_commands"}
+
+
+@pytest.fixture(scope="module")
+def vco():
+    pl = Plugins(enabled=["vco"])
+    for presets in pl.hook.jit_presets():
+        for name, factory in (presets or {}).items():
+            register_preset(name, factory)
+    return pl
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory):
+    """Statistics of the real encoder on a few random 32 px images (grid 8)."""
+    enc = build_encoder("efficientnet_lite0")
+    g = torch.Generator().manual_seed(0)
+    stats = compute_stats(enc, [torch.rand(4, 1, 32, 32, generator=g) * 2 - 1 for _ in range(2)], 8, progress=False)
+    path = tmp_path_factory.mktemp("stats") / "stats.safetensors"
+    save_stats(stats, path)
+    return str(path)
+
+
+def small_config(pl, **options):
+    """vco-tiny on the small JiT-T/4 (32 px, grid 8) with 1-channel images."""
+    cfg = get_preset("vco-tiny")
+    cfg.model, cfg.model_overrides = "JiT-T/4", {"in_channels": 1}
+    cfg.plugin_options["vco"].update(options)
+    validate_plugin_options(cfg, pl.option_schemas())
+    return cfg
+
+
+def randomised(model, seed=0):
+    """Perturb every trainable tensor so the zero-initialised adaLN and heads are not trivially zero."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def build(pl, cfg, seed=0):
+    mc = get_model_config(cfg.model, **cfg.model_overrides)
+    return randomised(JiT(mc, pl.streams(cfg, mc), attention_path="exact"), seed)
+
+
+def images(n=4, seed=0):
+    return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ----------------------------------------------------------------------------------- loading and config
+def test_loads_through_entry_point(vco):
+    info = vco.infos["vco"]
+    assert info.source.startswith("entry point")
+    assert HOOKS <= set(info.hooks)
+    assert info.options == dataclasses.asdict(plugin.VCoOptions())
+    assert len(dataclasses.fields(plugin.VCoOptions)) <= 15
+
+
+def test_options_are_typed_and_checked(vco):
+    cfg = get_preset("vco-tiny")
+    schemas = vco.option_schemas()
+    set_key(cfg, "vco.drift_coef", "5", schemas)
+    set_key(cfg, "vco.cfg_feature", "none", schemas)
+    set_key(cfg, "vco.symmetric_mask", "true", schemas)
+    opts = plugin.options(cfg)
+    assert opts.drift_coef == 5.0 and opts.cfg_feature is None and opts.symmetric_mask is True
+    with pytest.raises(ConfigError, match="drift_coef"):
+        set_key(cfg, "vco.drift_cof", "5", schemas)
+    cfg.plugin_options["vco"]["calibration"] = "zscore"
+    with pytest.raises(ConfigError, match="calibration"):
+        plugin.options(cfg)
+
+
+def test_presets(vco):
+    tiny, vtiny = get_preset("tiny").to_dict(), get_preset("vco-tiny").to_dict()
+    assert vtiny.pop("plugins") == ["vco"] and vtiny.pop("plugin_options") == {"vco": {"encoder": "efficientnet_lite0"}}
+    tiny.pop("plugins"), tiny.pop("plugin_options")
+    assert tiny == vtiny                                           # the side-by-side pair
+    b = get_preset("vco-b16")
+    assert (b.model, b.sample.cfg, b.plugins, b.data.image_size) == ("JiT-B/16", 1.8, ["vco"], 256)
+    assert b.optim.batch_size == 128 and b.diffusion.label_drop_prob == 0.1
+    assert b.plugin_options["vco"]["encoder"] == "dinov2"
+    assert get_preset("vco-l16").sample.cfg == 1.4
+    h = get_preset("vco-h16")
+    assert h.sample.cfg == 1.5
+    assert get_model_config(h.model, **h.model_overrides).proj_drop == 0.0   # V-Co scripts: dropout 0
+
+
+def test_disabled_plugin_leaves_the_baseline(vco):
+    cfg = get_preset("tiny")
+    mc = get_model_config("JiT-T/4")
+    labels, drop = torch.tensor([1, 2, 3]), torch.tensor([True, False, True])
+    for pl in (Plugins(), vco):                     # not installed-enabled, or enabled but not in config.plugins
+        streams = pl.streams(cfg, mc)
+        assert [s.name for s in streams] == ["pixel"]
+        u = pl.hook.jit_unconditional(labels=labels, drop=drop, streams=streams, config=cfg)
+        assert u.labels.tolist() == [10, 2, 10] and u.blocked is None and u.loss_masks == {}
+        assert pl.hook.jit_guidance_scale(stream=streams[0], scale=2.0, config=cfg) == 2.0
+        assert pl.hook.jit_batch_sampler(dataset=SimpleNamespace(targets=[0, 1] * 50), config=cfg, rank=0,
+                                         world_size=1, seed=0) is None
+    assert "vco" not in Plugins().infos
+
+
+# ----------------------------------------------------------------------------------- stream and calibration
+def test_feature_stream(vco, stats_file):
+    cfg = small_config(vco, stats=stats_file)
+    mc = get_model_config(cfg.model, **cfg.model_overrides)
+    streams = vco.streams(cfg, mc)
+    assert [s.name for s in streams] == ["pixel", "feature"]
+    f = streams[1]
+    assert (f.kind, f.channels, f.loss_weight, f.noise_scale, f.default_init, f.time_shift, f.guidance) == \
+        ("tokens", 112, 0.1, 1.0, True, 1.0, True)
+    assert f.target(images()).shape == (4, 64, 112)
+
+
+def test_normalize_modes(vco, stats_file):
+    stats = load_stats(stats_file)
+    z = build_encoder("efficientnet_lite0").target_tokens(images(), 8)
+    scaled = z / torch.sqrt(stats.var + 1e-5)
+    base = {"stats": stats_file}
+    for extra, expected in (({}, scaled * stats.rms_factor),
+                            ({"rms_factor": 0.5}, scaled * 0.5),
+                            ({"calibration": "time_shift"}, scaled),
+                            ({"calibration": "none"}, z)):
+        cfg = small_config(vco, **base, **extra)
+        stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
+        out = vco.hook.jit_normalize(stream=stream, target=z, config=cfg)
+        assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6), extra
+        assert stream.time_shift == (stats.rms_factor if extra.get("calibration") == "time_shift" else 1.0)
+    pixel = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[0]
+    x = images()
+    assert vco.hook.jit_normalize(stream=pixel, target=x, config=cfg) is x
+
+
+def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
+    cfg = small_config(vco, calib_images=6)
+    cfg.run_dir = str(tmp_path / "run")
+    stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
+    z = stream.target(images())
+    out = vco.hook.jit_normalize(stream=stream, target=z, config=cfg)
+    saved = load_stats(tmp_path / "run" / plugin.STATS_FILE)
+    assert (tmp_path / "run" / "vco_stats.json").is_file()
+    assert saved.meta["num_images"] == 6 and saved.var.shape == (64, 112)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]   # no temp leftovers
+    # per step: no recomputation; a resumed process (fresh cache) loads the file instead of computing
+    monkeypatch.setattr(plugin._Calibration, "_compute", lambda *a: pytest.fail("statistics recomputed"))
+    assert torch.equal(vco.hook.jit_normalize(stream=stream, target=z, config=cfg), out)
+    plugin._CALIBRATIONS.clear()
+    assert torch.equal(vco.hook.jit_normalize(stream=stream, target=z, config=cfg), out)
+
+
+def test_missing_stats_file_is_a_config_error(vco, tmp_path):
+    cfg = small_config(vco, stats=str(tmp_path / "nope.safetensors"))
+    stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
+    with pytest.raises(ConfigError, match="jit vco calibrate"):
+        vco.hook.jit_normalize(stream=stream, target=torch.zeros(1, 64, 112), config=cfg)
+
+
+# ----------------------------------------------------------------------------------- training objective
+def _losses(vco, cfg, drop_prob, seed=0):
+    cfg.diffusion.label_drop_prob = drop_prob
+    model = build(vco, cfg)
+    torch.manual_seed(seed)
+    total, losses = training_losses(model, model.streams, images(), torch.tensor([0, 0, 3, 3]), cfg, vco.hook)
+    return model, total, losses
+
+
+def test_feature_loss_is_zero_for_dropped_samples(vco, stats_file):
+    cfg = small_config(vco, stats=stats_file)
+    model, total, losses = _losses(vco, cfg, 1.0)
+    assert set(losses) == {"pixel", "feature", "hybrid"}
+    assert losses["feature"].item() == 0.0 and losses["pixel"].item() > 0
+    total.backward()
+    feature_params = [p for n, p in model.named_parameters() if ".feature." in f".{n}."]
+    assert feature_params and all(p.grad is None or not p.grad.any() for p in feature_params)
+    assert model.heads["pixel"].linear.weight.grad.abs().sum() > 0
+
+    _, total, losses = _losses(vco, small_config(vco, stats=stats_file), 0.0)
+    assert losses["feature"].item() > 0 and torch.isfinite(total)
+    assert torch.allclose(total, losses["pixel"] + 0.1 * losses["feature"] + losses["hybrid"])
+
+
+def test_mixed_drop_counts_only_kept_samples_in_feature_loss(vco, stats_file):
+    steps = []
+
+    class Recorder:
+        @staticmethod
+        @hookimpl
+        def jit_loss_terms(step):
+            steps.append(step)
+
+    pl = Plugins(enabled=["vco"], extra=[Recorder])
+    cfg = small_config(pl, stats=stats_file)
+    cfg.diffusion.label_drop_prob = 0.5
+    model = build(pl, cfg)
+    x, labels = images(8), torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, losses = training_losses(model, model.streams, x, labels, cfg, pl.hook)
+        drop = steps[-1].drop
+        if 0 < drop.sum() < len(drop):
+            break
+    s = steps[-1]
+    assert s.uncond.loss_masks["feature"].tolist() == (~drop).float().tolist()
+    assert s.uncond.labels.tolist() == torch.where(drop, 10, labels).tolist()
+    per = per_sample_v_loss(s.preds["feature"], s.targets["feature"], s.noisy["feature"], s.t, cfg.diffusion.t_eps)
+    assert torch.allclose(losses["feature"], per[~drop].mean(), rtol=1e-6)          # dropped samples count 0
+    per_pix = per_sample_v_loss(s.preds["pixel"], s.targets["pixel"], s.noisy["pixel"], s.t, cfg.diffusion.t_eps)
+    assert torch.allclose(losses["pixel"], per_pix.mean(), rtol=1e-6)               # pixel loss kept for all
+
+
+def test_hybrid_term_grads_reach_prediction_not_encoder(vco, stats_file):
+    cfg = small_config(vco, stats=stats_file)
+    x = images(4)
+    x_hat = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    labels = torch.tensor([1, 1, 1, 5])
+    step = StepState(config=cfg, model=None, images=x, labels=labels, t=torch.rand(4), drop=torch.zeros(4, dtype=bool),
+                     uncond=None, targets={}, noisy={}, preds={"pixel": x_hat}, hidden={}, aux=None, losses={})
+    (terms,) = [t for t in vco.hook.jit_loss_terms(step=step) if t]
+    enc = build_encoder("efficientnet_lite0")
+    expected = 10.0 * hybrid_loss(enc.embedding(x_hat), enc.embedding(x), labels)
+    assert torch.allclose(terms["hybrid"], expected, rtol=1e-5)
+    enc.zero_grad(set_to_none=True)
+    terms["hybrid"].backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
+    assert vco.hook.jit_loss_terms(step=dataclasses.replace(step, config=small_config(vco, drift_coef=0.0))) == [{}]
+
+
+# ----------------------------------------------------------------------------------- batches and guidance
+def test_batch_sampler_hook(vco):
+    targets = [i % 10 for i in range(1000)]
+    ds = SimpleNamespace(targets=targets)
+    cfg = small_config(vco)
+    s = vco.hook.jit_batch_sampler(dataset=ds, config=cfg, rank=1, world_size=2, seed=7)
+    assert isinstance(s, ClassBalancedBatchSampler)
+    assert (s.classes_per_batch, s.samples_per_class, s.rank, s.world_size) == (1, 64, 1, 2)
+    assert len(s) == 1000 // (64 * 2)
+    assert all(len({targets[i] for i in b}) == 1 for b in s)
+    s2 = vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, classes_per_batch=4), rank=0,
+                                    world_size=1, seed=7)
+    assert s2.samples_per_class == 16 and s2.batch_size == 64
+    assert vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, class_balanced=False), rank=0,
+                                      world_size=1, seed=0) is None
+    with pytest.raises(Exception, match="multiple of vco.classes_per_batch"):
+        vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, classes_per_batch=3), rank=0,
+                                   world_size=1, seed=0)
+
+
+def test_guidance_scales(vco, stats_file):
+    cfg = small_config(vco, stats=stats_file)
+    pixel, feature = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))
+
+    def scale(stream, w, c=cfg):
+        return vco.hook.jit_guidance_scale(stream=stream, scale=w, config=c)
+
+    assert scale(pixel, 1.0) == 1.0 and scale(feature, 1.0) == 1.0
+    assert scale(pixel, 2.0) == 2.0 and scale(feature, 2.0) == 2.0
+    with_wd = small_config(vco, stats=stats_file, cfg_feature=3.0)
+    assert scale(feature, 2.0, with_wd) == 3.0 and scale(pixel, 2.0, with_wd) == 2.0
+    assert scale(feature, 1.0, with_wd) == 1.0                  # unguided means unguided (spec §10.2)
+
+
+# ----------------------------------------------------------------------------------- sampling and CLI
+def test_sampler_with_structured_cfg(vco, stats_file):
+    cfg = small_config(vco, stats=stats_file)
+    model = build(vco, cfg).eval()
+    labels = torch.tensor([0, 3, 7])
+
+    def run(batched, hook=vco.hook, w=2.0):
+        return sample(model, labels, hook=hook, config=cfg, steps=4, cfg=w, batched_cfg=batched,
+                      generator=torch.Generator().manual_seed(0), return_all_streams=True)
+
+    batched, separate = run(True), run(False)
+    for k in ("pixel", "feature"):
+        assert batched[k].shape == separate[k].shape
+        assert (batched[k] - separate[k]).abs().max() < 1e-5, k
+    # the unconditional pass really uses the mask: the core's plain label drop gives other samples
+    plain = run(True, hook=Plugins().hook)
+    assert (plain["pixel"] - batched["pixel"]).abs().max() > 1e-4
+    unguided = run(True, w=1.0)
+    assert torch.isfinite(unguided["pixel"]).all()
+
+
+def test_cli_group(vco):
+    @click.group()
+    def root():
+        pass
+
+    vco.hook.jit_add_commands(cli=root)
+    assert "calibrate" in root.commands["vco"].commands
+    result = CliRunner().invoke(root, ["vco", "calibrate", "--help"])
+    assert result.exit_code == 0 and "--encoder" in result.output
