@@ -335,7 +335,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        clip = self.config.train and self.config.optim.grad_clip
+        clip = self.config.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         problem = self._nonfinite(losses, total, grad_norm)
         if any_rank(problem is not None, self.dist):
