@@ -430,8 +430,15 @@ def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor
         raise CorruptCheckpointError(f"cannot read {path}: {e}; {_FIX}") from e
 
 
+def _first_line(e: Exception) -> str:
+    """The informative line of a torch.load error (weights-only errors put it after a long preamble)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = [line for line in lines if line.startswith(("Unsupported operand", "WeightsUnpickler error"))]
+    return (detail or lines or [type(e).__name__])[-1 if detail else 0]
+
+
 def _refused(path: Path, e: Exception) -> CheckpointError:
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
     what = f"the pickled object {m[1]}" if m else "pickled objects"
     return CheckpointError(f"refused to load {path}: it holds {what}, outside torch's weights_only allow-list; "
                            "jit-vco never unpickles arbitrary code. Re-save the file with plain tensors and "
@@ -497,9 +504,10 @@ def _load_official(path: Path):
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as e:
-            if "Weights only load failed" in str(e):
+            if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
                 raise _refused(path, e) from e
-            raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: {e})") from e
+            raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: "
+                                  f"{_first_line(e)})") from e
 
 
 def import_official(pth_path) -> dict:

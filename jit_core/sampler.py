@@ -63,6 +63,7 @@ class ResumableBatches:
                 self.dataset.set_epoch(epoch)
             loader = DataLoader(self.dataset, batch_sampler=_Skip(self.sampler, skip),
                                 num_workers=self.cfg.num_workers,
+                                generator=torch.Generator().manual_seed(epoch),  # not the global RNG: resume stays exact
                                 pin_memory=self.cfg.pin_memory and self.device.type == "cuda",
                                 persistent_workers=False)
             yield from loader

@@ -57,7 +57,10 @@ def resolve_model_config(config: Config, dataset) -> Any:
     overrides = dict(config.model_overrides)
     overrides.setdefault("in_channels", dataset.channels)
     overrides.setdefault("num_classes", dataset.num_classes)
-    mc = get_model_config(config.model, **overrides)
+    try:
+        mc = get_model_config(config.model, **overrides)
+    except (ValueError, TypeError) as e:  # ModelConfig.validate / an unknown field in model_overrides
+        raise ConfigError(f"model {config.model} with model_overrides={config.model_overrides}: {e}") from e
     if mc.image_size != config.data.image_size:
         raise ConfigError(f"data.image_size={config.data.image_size} but model {config.model} takes "
                           f"{mc.image_size} px images: set data.image_size={mc.image_size} or "
@@ -155,12 +158,13 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def prepare_run_dir(config: Config, run_dir: Path, is_main: bool) -> bool:
     """Create or check the run folder. Returns True when there is a checkpoint to resume from."""
     saved = run_dir / "config.json"
-    if saved.exists():
+    started = bool(ckpt.list_checkpoints(run_dir))  # a run that never wrote a checkpoint may restart with another config
+    if saved.exists() and started:
         diff = _config_diff(json.loads(saved.read_text()), json.loads(config.to_json()))
         if diff:
             raise ConfigError(f"run folder {run_dir} already holds a different run ({'; '.join(diff[:4])}); "
                               "use a new --run-dir, or resume with the saved config (jit train --resume RUN)")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "checkpoints").exists():
+    elif not saved.exists() and run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "checkpoints").exists():
         raise ConfigError(f"run folder {run_dir} exists and is not empty but holds no jit run; pick a new --run-dir")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,6 @@ class Trainer:
             aux.update(mods or {})
         self.aux = nn.ModuleDict(aux).to(self.device)
         self.capture = sorted({i for blocks in self.plugins.hook.jit_capture_blocks(config=config) for i in (blocks or [])})
-        self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]
         sampler = self.plugins.hook.jit_batch_sampler(dataset=self.dataset, config=config, rank=self.dist.rank,
                                                       world_size=self.dist.world_size, seed=config.train.seed)
         self.batches = ResumableBatches(sampler or DefaultBatchSampler(
@@ -221,6 +224,7 @@ class Trainer:
         self.stop_requested = False
         self._signals = tuple(handle_signals)
         self.objective = self._objective()
+        self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
         self.autocast = (self.device.type == "cuda" and t.precision == "bf16")
         if t.compile:
             for block in self.model.blocks:
@@ -270,6 +274,7 @@ class Trainer:
                                                         keep_every=self.config.train.keep_every)
         elif self.dist.enabled:
             self._gather_rng()
+            self.last_checkpoint = self.run_dir / "checkpoints" / f"step-{self.step:08d}"  # same decisions on every rank
         barrier(self.dist)
         return self.last_checkpoint
 

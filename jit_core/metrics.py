@@ -1,0 +1,372 @@
+"""Sample-quality metrics: Fréchet distance, improved precision/recall, and FID/IS through torch-fidelity.
+
+FID and IS follow the evaluation protocol (shared/spec/evaluation.md §2): torch-fidelity's
+``inception-v3-compat`` extractor (the TF 2015-12-05 FID Inception, TF1-style bilinear resize to 299),
+FID on the 2048-d pool features against a reference ``.npz`` (keys ``mu``, ``sigma``), IS on
+``logits_unbiased`` with 10 splits shuffled with seed 2020. PyPI's torch-fidelity has no
+``fid_statistics_file`` (that is the LTH14 fork), so the sample features are extracted with
+torch-fidelity's own extractor and the Fréchet distance to the reference statistics is computed here.
+
+Offline use: pass the standard weights file with ``inception_weights=PATH`` (CLI ``--inception-weights``).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+log = logging.getLogger(__name__)
+
+INCEPTION = "inception-v3-compat"
+INCEPTION_URL_NAME = "weights-inception-2015-12-05-6726825d.pth"
+IS_SPLITS, IS_RNG_SEED = 10, 2020
+RESIZE_PATH = "torch-fidelity TF1-compatible bilinear resize to 299x299 inside the extractor"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+Images = torch.Tensor | np.ndarray | str | os.PathLike
+
+
+class InceptionWeightsError(RuntimeError):
+    """The FID Inception weights are not available (offline and no local file given)."""
+
+
+# ----------------------------------------------------------------------------------- basic statistics
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (read in 1 MiB chunks; cached per path, size and mtime)."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _np64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased, float64) of ``(N, D)`` features."""
+    f = _np64(features)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"feature_stats needs (N >= 2, D) features, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64.
+
+    If the matrix square root fails (non-finite) or has a non-negligible imaginary part (nearly
+    singular covariances, e.g. fewer samples than dimensions), ``eps * I`` is added to both
+    covariances and the root recomputed; the (tiny) imaginary residue is then dropped.
+    """
+    mu1, mu2, s1, s2 = _np64(mu1), _np64(mu2), _np64(sigma1), _np64(sigma2)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
+    bad = not np.isfinite(covmean).all()
+    if not bad and np.iscomplexobj(covmean):
+        bad = np.abs(covmean.imag).max() > 1e-3 * max(1.0, np.abs(covmean.real).max())
+    if bad:
+        log.warning("Fréchet distance: singular product of covariances; adding %g to the diagonals", eps)
+        offset = np.eye(s1.shape[0]) * eps
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = np.real(covmean)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _kth_radii(feats: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+    """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    out = []
+    for i in range(0, len(feats), rows):
+        d = torch.cdist(feats[i:i + rows], feats)
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(out)
+
+
+def _coverage(queries: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, rows: int) -> float:
+    """Fraction of ``queries`` inside at least one ball (points[j], radii[j])."""
+    hit = 0
+    for i in range(0, len(queries), rows):
+        d = torch.cdist(queries[i:i + rows], points)
+        hit += int((d <= radii[None]).any(dim=1).sum())
+    return hit / len(queries)
+
+
+def precision_recall(real_feats, fake_feats, k: int = 3, max_elements: int = 2 ** 25) -> dict:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN radii.
+
+    Precision: the fraction of fake samples inside the real manifold (the union of balls around
+    each real sample with radius = distance to its k-th nearest real neighbour); recall: the
+    fraction of real samples inside the fake manifold. Distances are computed in row blocks of at
+    most ``max_elements`` entries (float32; float64 for small sets).
+    """
+    real, fake = (torch.as_tensor(_np64(x)) for x in (real_feats, fake_feats))
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"precision_recall needs (N, D) features of equal D, got {tuple(real.shape)}, {tuple(fake.shape)}")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision_recall needs more than k={k} samples in each set")
+    if len(real) * len(fake) > 1e7:
+        real, fake = real.float(), fake.float()
+    rows = max(1, max_elements // max(len(real), len(fake)))
+    r_real, r_fake = _kth_radii(real, k, rows), _kth_radii(fake, k, rows)
+    return {"precision": _coverage(fake, real, r_real, rows), "recall": _coverage(real, fake, r_fake, rows),
+            "k": k, "num_real": len(real), "num_fake": len(fake)}
+
+
+# ----------------------------------------------------------------------------------- Inception (torch-fidelity)
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in
+               ("HF_HUB_OFFLINE", "JIT_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _missing_weights(reason: str) -> InceptionWeightsError:
+    return InceptionWeightsError(f"FID Inception weights unavailable ({reason}): pass the standard torch-fidelity "
+                                 f"weights file ({INCEPTION_URL_NAME}) with --inception-weights PATH")
+
+
+def load_inception(weights: str | os.PathLike | None = None, device="cpu",
+                   features=("2048", "logits_unbiased")):
+    """torch-fidelity's ``inception-v3-compat`` extractor, from ``weights`` if given.
+
+    Without ``weights`` torch-fidelity downloads into the torch hub cache; offline (no cached file and
+    ``HF_HUB_OFFLINE``/``JIT_OFFLINE`` set, or the download fails) this raises a one-line
+    :class:`InceptionWeightsError` naming ``--inception-weights PATH``.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise _missing_weights(f"{weights} is not a file")
+        model = FeatureExtractorInceptionV3(INCEPTION, list(features), feature_extractor_weights_path=str(weights))
+    else:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL_NAME
+        if not cached.is_file() and _offline():
+            raise _missing_weights("offline and not in the torch hub cache")
+        try:
+            model = FeatureExtractorInceptionV3(INCEPTION, list(features), verbose=False)
+        except Exception as e:
+            raise _missing_weights(f"download failed: {type(e).__name__}") from e
+    return model.to(device).eval()
+
+
+def inception_provenance(weights: str | os.PathLike | None) -> dict:
+    import torch_fidelity
+    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL_NAME
+    return {"tool": "torch-fidelity", "tool_version": torch_fidelity.__version__, "extractor": INCEPTION,
+            "feature_layer_fid": "2048", "feature_layer_isc": "logits_unbiased",
+            "weights_path": str(path), "weights_sha256": file_sha256(path) if path.is_file() else None,
+            "resize": RESIZE_PATH, "isc_splits": IS_SPLITS, "isc_rng_seed": IS_RNG_SEED}
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith("."))
+
+
+class _ImageSet(torch.utils.data.Dataset):
+    """uint8 (3, H, W) tensors from an in-memory batch or image files (optionally transformed)."""
+
+    def __init__(self, source: Images, transform=None, max_images: int | None = None, recursive: bool = False):
+        if isinstance(source, (str, os.PathLike)):
+            self.files, self.images = list_images(source, recursive), None
+            if not self.files:
+                raise ValueError(f"no images found in {source}")
+            self.files = self.files[:max_images]
+        else:
+            x = torch.as_tensor(source)
+            if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # NHWC
+                x = x.permute(0, 3, 1, 2)
+            if x.dtype != torch.uint8 or x.ndim != 4:
+                raise ValueError(f"expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+            self.files, self.images = None, x[:max_images]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else len(self.images)
+
+    def __getitem__(self, i):
+        if self.images is not None:
+            x = self.images[i]
+        else:
+            from PIL import Image
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")
+                im = self.transform(im) if self.transform else im
+                x = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+@torch.no_grad()
+def inception_features(images: Images, extractor, batch_size: int = 64, progress: bool = False,
+                       transform=None, max_images: int | None = None, num_workers: int = 0,
+                       recursive: bool = False) -> dict:
+    """``{"2048": (N, 2048), "logits_unbiased": (N, 1008)}`` float32 features of uint8 images or a folder.
+
+    ``transform`` (PIL -> PIL) applies to image files only; grayscale tensors are repeated to RGB.
+    """
+    from tqdm import tqdm
+    data = _ImageSet(images, transform, max_images, recursive)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+    device = next(extractor.parameters()).device
+    out: dict[str, list] = {name: [] for name in extractor.features_list}
+    for batch in tqdm(loader, desc="inception features", unit="batch", disable=not progress, leave=False):
+        for name, f in zip(extractor.features_list, extractor(batch.to(device))):
+            out[name].append(f.cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def load_ref_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(mu, sigma, info)`` from a reference npz (keys ``mu``, ``sigma``; optional ``n``, ``provenance``)."""
+    with np.load(path) as z:
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(f"{path} has no 'mu'/'sigma' arrays (keys: {', '.join(z.files)})")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+        info = {"file": str(Path(path).resolve()), "sha256": file_sha256(path),
+                "num_images": int(z["n"]) if "n" in z else None}
+        if "provenance" in z:
+            info["provenance"] = json.loads(str(z["provenance"]))
+    return mu, sigma, info
+
+
+def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None,
+                     ref_dir: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
+                     isc: bool = True, fid: bool = True, prc: bool = False, k: int = 3, batch_size: int = 64,
+                     device=None, progress: bool = False) -> dict:
+    """FID / IS / precision-recall of ``samples`` (a folder of PNGs or uint8 ``(N, C, H, W)`` images).
+
+    FID against ``ref_stats`` (npz) if given, else against the features of the images in ``ref_dir``.
+    P/R (k-NN, on the 2048-d features) needs ``ref_dir``. Returns metric values plus ``provenance``.
+    """
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    if fid and ref_stats is None and ref_dir is None:
+        raise ValueError("FID needs a reference: --ref-stats PATH (npz with mu, sigma) or a reference image folder")
+    if prc and ref_dir is None:
+        raise ValueError("precision/recall needs a reference image folder (ref_dir)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = load_inception(inception_weights, device)
+    feats = inception_features(samples, extractor, batch_size, progress)
+    res: dict = {"num_images": len(feats["2048"])}
+    prov = inception_provenance(inception_weights)
+    if isc:
+        s = isc_features_to_metric(feats["logits_unbiased"], IS_SPLITS, True, IS_RNG_SEED)
+        res["inception_score"], res["inception_score_std"] = s["inception_score_mean"], s["inception_score_std"]
+    real = None
+    if ref_dir is not None and (prc or (fid and ref_stats is None)):
+        real = inception_features(ref_dir, extractor, batch_size, progress)["2048"]
+        prov["reference_dir"] = {"path": str(Path(ref_dir).resolve()), "num_images": len(real)}
+    if fid:
+        if ref_stats is not None:
+            mu_r, sigma_r, info = load_ref_stats(ref_stats)
+            prov["reference_stats"] = info
+        else:
+            mu_r, sigma_r = feature_stats(real)
+        res["fid"] = frechet_distance(*feature_stats(feats["2048"]), mu_r, sigma_r)
+    if prc:
+        pr = precision_recall(real, feats["2048"], k=k)
+        res["precision"], res["recall"] = pr["precision"], pr["recall"]
+        prov["prc"] = {"k": k, "features": "inception-v3-compat pool 2048", "num_real": pr["num_real"]}
+    res["provenance"] = prov
+    return res
+
+
+def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a randomly initialised ``inception-v3-compat`` state dict (for offline tests only: NOT a metric).
+
+    Convolutions get He-normal init so the pool features are not vanishingly small.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # skip loading: keep the random init
+            return None
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({}, path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = _Unloaded(INCEPTION, ["2048"], feature_extractor_weights_path=str(path))
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- jit ref-stats
+def compute_ref_stats(folder: str | os.PathLike, out: str | os.PathLike, image_size: int = 256,
+                      inception_weights: str | os.PathLike | None = None, max_images: int | None = None,
+                      batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True) -> dict:
+    """ADM-center-crop every image under ``folder`` (recursively, sorted) and save Inception ``mu``/``sigma``."""
+    from .data import adm_center_crop
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = load_inception(inception_weights, device, features=("2048",))
+    crop = functools.partial(adm_center_crop, size=image_size)
+    feats = inception_features(folder, extractor, batch_size, progress, transform=crop, max_images=max_images,
+                               num_workers=num_workers, recursive=True)["2048"]
+    mu, sigma = feature_stats(feats)
+    prov = {**inception_provenance(inception_weights), "folder": str(Path(folder).resolve()), "num_images": len(feats),
+            "image_size": image_size, "preprocessing": "ADM center crop (jit_core.data.adm_center_crop), RGB",
+            "selection": f"first {max_images} files in sorted path order" if max_images else "all files",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as f:  # np.savez would append .npz to a name without it
+        np.savez(f, mu=mu, sigma=sigma, n=np.int64(len(feats)), provenance=np.array(json.dumps(prov)))
+    return {"out": str(out), "num_images": len(feats), "sha256": file_sha256(out)}
+
+
+def ref_stats_command():
+    """The ``jit ref-stats`` click command."""
+    import click
+
+    @click.command("ref-stats")
+    @click.argument("image_folder", type=click.Path(exists=True, file_okay=False))
+    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .npz (mu, sigma, n, provenance)")
+    @click.option("--image-size", default=256, show_default=True, help="ADM center-crop size")
+    @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                  help="local torch-fidelity inception-v3-compat weights (needed offline)")
+    @click.option("--max-images", type=int, default=None, help="use only the first N images (sorted paths)")
+    @click.option("--batch-size", default=64, show_default=True)
+    @click.option("--num-workers", default=0, show_default=True)
+    @click.option("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    def cmd(image_folder, out, image_size, inception_weights, max_images, batch_size, num_workers, device):
+        """Reference Inception statistics (mu, sigma) of IMAGE_FOLDER for FID."""
+        try:
+            info = compute_ref_stats(image_folder, out, image_size, inception_weights, max_images, batch_size,
+                                     device, num_workers)
+        except InceptionWeightsError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"wrote {info['out']} ({info['num_images']} images, sha256 {info['sha256'][:16]}...)")
+
+    return cmd
+
+
+if __name__ == "__main__":  # pragma: no cover
+    ref_stats_command()(sys.argv[1:])
