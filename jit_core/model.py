@@ -82,8 +82,8 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     # small configs for tests and the embedded CPU demo (not in the paper)
     "JiT-T/4": ModelConfig(image_size=32, patch_size=4, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                            in_context_len=4, in_context_start=1, num_classes=10),
-    "JiT-S/4": ModelConfig(image_size=32, patch_size=4, hidden_size=192, depth=6, num_heads=6, bottleneck_dim=32,
-                           in_context_len=8, in_context_start=2, num_classes=10),
+    "JiT-S/4": ModelConfig(image_size=32, patch_size=4, hidden_size=96, depth=4, num_heads=4, bottleneck_dim=16,
+                           in_context_len=4, in_context_start=1, num_classes=10),
 }
 
 # Trainable parameter counts of the official models (the frozen sin-cos table excluded).

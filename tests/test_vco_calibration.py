@@ -131,7 +131,7 @@ def test_calibrate_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "RMS factor" in result.output and str(out) in result.output
     stats = load_stats(out)
-    assert stats.var.shape == (4, 112) and stats.meta["num_images"] == 24 and stats.meta["dataset"] == "digits"
+    assert stats.var.shape == (4, 40) and stats.meta["num_images"] == 24 and stats.meta["dataset"] == "digits"
     assert stats.meta["image_shape"] == [1, 32, 32] and stats.rms_factor > 0
     assert out.with_suffix(".json").is_file()
     bad = CliRunner().invoke(calibrate_command(), ["--data", str(tmp_path / "nope"), "--out", str(out)])

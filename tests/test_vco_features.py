@@ -185,12 +185,12 @@ def effnet():
 def test_effnet_target_tokens(effnet):
     x = _image(b=2)
     z = effnet.target_tokens(x, grid=8)
-    assert z.shape == (2, 64, 112) and effnet.channels == 112 and z.dtype == torch.float32
-    assert effnet.target_tokens(x, grid=2).shape == (2, 4, 112)
+    assert z.shape == (2, 64, 40) and effnet.channels == 40 and z.dtype == torch.float32
+    assert effnet.target_tokens(x, grid=2).shape == (2, 4, 40)
     with torch.no_grad():  # row-major flattening of the stride-16 stage at 16 * grid px
-        x128 = F.interpolate(x, size=128, mode="bilinear")
-        (fmap,) = effnet.net.forward_intermediates(x128, indices=[3], intermediates_only=True)
-    torch.testing.assert_close(z.view(2, 8, 8, 112), fmap.permute(0, 2, 3, 1))
+        x128 = F.interpolate(x, size=64, mode="bilinear")
+        (fmap,) = effnet.net.forward_intermediates(x128, indices=[2], intermediates_only=True)
+    torch.testing.assert_close(z.view(2, 8, 8, 40), fmap.permute(0, 2, 3, 1))
     gray = x[:, :1]
     torch.testing.assert_close(effnet.target_tokens(gray, 8), effnet.target_tokens(gray.repeat(1, 3, 1, 1), 8))
 

@@ -138,8 +138,8 @@ def test_feature_stream(vco, stats_file):
     assert [s.name for s in streams] == ["pixel", "feature"]
     f = streams[1]
     assert (f.kind, f.channels, f.loss_weight, f.noise_scale, f.default_init, f.time_shift, f.guidance) == \
-        ("tokens", 112, 0.1, 1.0, True, 1.0, True)
-    assert f.target(images()).shape == (4, 64, 112)
+        ("tokens", 40, 0.1, 1.0, True, 1.0, True)
+    assert f.target(images()).shape == (4, 64, 40)
 
 
 def test_normalize_modes(vco, stats_file):
@@ -169,7 +169,7 @@ def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
     out = vco.hook.jit_normalize(stream=stream, target=z, config=cfg)
     saved = load_stats(tmp_path / "run" / plugin.STATS_FILE)
     assert (tmp_path / "run" / "vco_stats.json").is_file()
-    assert saved.meta["num_images"] == 6 and saved.var.shape == (64, 112)
+    assert saved.meta["num_images"] == 6 and saved.var.shape == (64, 40)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]   # no temp leftovers
     # per step: no recomputation; a resumed process (fresh cache) loads the file instead of computing
     monkeypatch.setattr(plugin._Calibration, "_compute", lambda *a: pytest.fail("statistics recomputed"))
@@ -182,7 +182,7 @@ def test_missing_stats_file_is_a_config_error(vco, tmp_path):
     cfg = small_config(vco, stats=str(tmp_path / "nope.safetensors"))
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
     with pytest.raises(ConfigError, match="jit vco calibrate"):
-        vco.hook.jit_normalize(stream=stream, target=torch.zeros(1, 64, 112), config=cfg)
+        vco.hook.jit_normalize(stream=stream, target=torch.zeros(1, 64, 40), config=cfg)
 
 
 # ----------------------------------------------------------------------------------- training objective
