@@ -1,0 +1,276 @@
+"""`jit slurm ...`: submit a run (or a sweep) with the same options as `jit train`, and watch it.
+
+Registered by ``jit_core.cli._add_optional_commands`` as the ``slurm`` group.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import time
+from pathlib import Path
+
+import click
+
+from jit_core.cli import build_config, run_options
+
+from . import launcher as L
+from .profiles import ProfileError, available_profiles, load_profile
+
+
+def _friendly(fn):
+    """LaunchError / ProfileError -> one clear line (click.ClickException)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (L.LaunchError, ProfileError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    return wrapper
+
+
+@click.group("slurm")
+def slurm_group() -> None:
+    """Train on SLURM (or local subprocesses) with the same run options as `jit train`.
+
+    \b
+    jit train --preset tiny --run-dir runs/tiny                        # laptop
+    jit slurm submit --preset tiny --run-dir runs/tiny --executor local
+    jit slurm submit --profile mycluster --nodes 2 --gpus-per-node 8 \\
+        --preset jit-b16 --run-dir /shared/runs/b16 data.path=/data/imagenet
+    jit slurm status /shared/runs/b16 ; jit slurm logs /shared/runs/b16 --follow
+    """
+
+
+# ------------------------------------------------------------------------------------------------ submit
+@slurm_group.command("submit")
+@run_options
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Run folder (resumed if it holds this run); a sweep's runs go to RUN_DIR/KEY=VALUE.")
+@click.option("--profile", help="Cluster profile: ~/.config/jit-vco/clusters/NAME.toml or slurm/profiles/NAME.toml.")
+@click.option("--executor", type=click.Choice(L.EXECUTORS),
+              help="slurm (default), local (subprocesses here) or debug (in this process).")
+@click.option("--nodes", type=int, help="Nodes (default 1).")
+@click.option("--gpus-per-node", type=int, help="GPUs per node; one task per GPU. 0: a CPU job.")
+@click.option("--tasks-per-node", type=int, help="Tasks per node of a CPU job (--gpus-per-node 0); default 1.")
+@click.option("--cpus-per-task", type=int, help="CPU cores per task.")
+@click.option("--mem-per-task", type=float, help="Memory per task in GB.")
+@click.option("--partition", help="SLURM partition.")
+@click.option("--account", help="SLURM account.")
+@click.option("--qos", help="SLURM quality of service.")
+@click.option("--time", "time_limit", help=f"Time limit per job: minutes or HH:MM:SS (default {L.DEFAULT_TIME_MIN} min); "
+              "the job requeues itself at the limit and resumes.")
+@click.option("--constraint", help="SLURM node constraint (features), e.g. h100.")
+@click.option("--sbatch", "sbatch_flags", multiple=True, metavar="KEY=VALUE",
+              help="Extra sbatch flag, repeatable: --sbatch mail-type=END --sbatch exclusive=")
+@click.option("--job-name", help="Job name (default jit-<run folder name>).")
+@click.option("--max-requeues", type=int, help=f"Times the job may requeue at its time limit (default {L.DEFAULT_MAX_REQUEUES}).")
+@click.option("--signal-delay", "signal_delay_s", type=int,
+              help=f"Seconds before the time limit at which the job requeues (default {L.DEFAULT_SIGNAL_DELAY_S}).")
+@click.option("--allow-local-run-dir", is_flag=True, default=None,
+              help="Accept a run folder that looks node-local for a multi-node job.")
+@click.option("--sweep", multiple=True, metavar="KEY=V1,V2,...",
+              help="A job array, one run per value (repeatable: all combinations), e.g. --sweep plugins=none,vco.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script and the run config(s); submit nothing.")
+@click.option("--wait", is_flag=True, help="Block until the job(s) end and print the result.")
+@_friendly
+def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, executor, nodes, gpus_per_node,
+               tasks_per_node, cpus_per_task, mem_per_task, partition, account, qos, time_limit, constraint,
+               sbatch_flags, job_name, max_requeues, signal_delay_s, allow_local_run_dir, sweep, dry_run, wait):
+    """Submit a training run. OVERRIDES are KEY=VALUE, as for `jit train`.
+
+    \b
+    jit slurm submit --preset jit-b16 --run-dir /shared/runs/b16 --profile mycluster --nodes 2 --gpus-per-node 8
+    jit slurm submit --preset vco-b16 --run-dir /shared/runs/pair --sweep plugins=none,vco --profile mycluster
+    """
+    prof = load_profile(profile) if profile else {}
+    given = {"executor": executor, "nodes": nodes, "gpus_per_node": gpus_per_node, "tasks_per_node": tasks_per_node,
+             "cpus_per_task": cpus_per_task, "mem_per_task": mem_per_task, "partition": partition,
+             "account": account, "qos": qos, "time": time_limit, "constraint": constraint, "job_name": job_name,
+             "max_requeues": max_requeues, "signal_delay_s": signal_delay_s,
+             "allow_local_run_dir": allow_local_run_dir, "sbatch": L.parse_sbatch_flags(sbatch_flags)}
+    opts = L.resolve_options(prof, given, profile)
+    if not run_dir:
+        run_dir = build_config(preset, config_file, plugins, overrides).run_dir
+    if not run_dir:
+        raise L.LaunchError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
+    root = Path(run_dir).expanduser().absolute()
+
+    def build(extra, folder):
+        return build_config(preset, config_file, plugins, tuple(overrides) + tuple(extra), folder)
+
+    runs = L.plan_runs(build, root, sweep)
+    if dry_run:
+        _print_dry_run(runs, opts, root)
+        return
+    if opts.executor == "debug":
+        wait = True  # an in-process job runs when its result is asked for
+    submission = L.submit(runs, opts, root, command_line=_command_line(click.get_current_context()))
+    shape = f"{opts.nodes} node{'s' if opts.nodes > 1 else ''} x {opts.ntasks_per_node} task" \
+            f"{'s' if opts.ntasks_per_node > 1 else ''}"
+    if len(runs) > 1:
+        as_job = f" as job {submission.jobs[0].job_id.split('_')[0]}" if opts.executor == "slurm" else ""
+        click.echo(f"submitted {len(runs)} runs{as_job} ({opts.executor}, each {shape}) in {root}:")
+        for run, job in zip(runs, submission.jobs):
+            click.echo(f"  {job.job_id}  {run.run_dir}")
+    else:
+        click.echo(f"submitted job {submission.jobs[0].job_id} ({opts.executor}, {shape}) for {runs[0].run_dir}")
+    if not wait:
+        click.echo(f"watch: jit slurm status {root} | logs: jit slurm logs "
+                   f"{runs[0].run_dir} --follow | stop: jit slurm cancel {root}")
+        return
+    failures = []
+    for run, job in zip(runs, submission.jobs):
+        try:
+            results = L.job_results(job, run.run_dir, opts.executor)
+        except L.LaunchError as exc:
+            failures.append(str(exc))
+            click.echo(f"{run.run_dir}: {exc}", err=True)
+            continue
+        first = results[0]
+        losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(first["losses"].items()))
+        click.echo(f"{run.run_dir}: {first['status']} at step {first['step']}: {losses}")
+    if failures:
+        raise L.LaunchError(failures[0] if len(failures) == 1 else f"{len(failures)} of {len(runs)} jobs failed")
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The submit command as given (options in long form), for the run folder's job records."""
+    parts = ["jit", "slurm", ctx.info_name or "submit"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument) or value in (None, (), False):
+            continue
+        opt = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            parts.append(opt)
+        elif getattr(param, "multiple", False):
+            for item in value:
+                parts += [opt, str(item)]
+        else:
+            parts += [opt, str(value)]
+    return shlex.join(parts + list(ctx.params.get("overrides") or ()))
+
+
+def _print_dry_run(runs, opts, root: Path) -> None:
+    if opts.executor == "slurm":
+        click.echo(f"# sbatch script for {root} (dry run: nothing submitted)")
+        click.echo(L.sbatch_script(opts, root, array_size=len(runs) if len(runs) > 1 else None))
+    else:
+        click.echo(f"# {opts.executor} executor: {opts.ntasks_per_node} task(s) on this machine, "
+                   f"time limit {opts.time_min} min, logs in {L.log_folder(root)} (dry run: nothing started)")
+    for index, run in enumerate(runs):
+        head = f"array element {index}: " if len(runs) > 1 else ""
+        click.echo(f"# {head}run config for {run.run_dir}")
+        click.echo(json.dumps(run.config, indent=2, sort_keys=True))
+    problems = []
+    try:
+        L.check_shared_storage(root, opts)
+    except L.LaunchError as exc:
+        problems.append(str(exc))
+    for run in runs:
+        try:
+            L.check_run_dir(run)
+        except L.LaunchError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        click.echo(f"warning: submitting would fail: {problem}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------ watching
+@slurm_group.command("status")
+@click.argument("target", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly
+def status_cmd(target, as_json):
+    """State, requeues, step and loss of a run (RUN_DIR or JOB_ID; a sweep folder: every run).
+
+    Without TARGET: your queued and running jobs (squeue).
+    """
+    if not target:
+        import shutil
+        import subprocess
+        if shutil.which("squeue") is None:
+            raise L.LaunchError(L.SLURM_MISSING)
+        out = subprocess.run(["squeue", "--me", "-o", "%.12i %.24j %.10T %.10M %.6D %R"], capture_output=True,
+                             text=True, timeout=30, check=False)
+        click.echo((out.stdout or out.stderr).rstrip())
+        return
+    info = L.run_status(L.find_run(target))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(L.format_status(info))
+
+
+@slurm_group.command("logs")
+@click.argument("target")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@click.option("--lines", "-n", default=40, show_default=True, help="Lines of each log to show first.")
+@click.option("--task", default=0, show_default=True, help="Task (rank) whose logs to show.")
+@_friendly
+def logs_cmd(target, follow, lines, task):
+    """submitit's stdout and stderr of a run's latest job (RUN_DIR or JOB_ID)."""
+    run_dir = L.find_run(target)
+    record, out_path, err_path = L.log_files(run_dir, task)
+    job_id, executor = record["job_id"], record.get("executor", "slurm")
+    click.echo(f"# job {job_id} ({executor}), logs in {out_path.parent}")
+    positions = {}
+    for path, err in ((out_path, False), (err_path, True)):
+        text = path.read_text(errors="replace") if path.exists() else ""
+        positions[path] = len(text.encode())
+        tail = "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+        click.echo(f"==> {path.name} <==")
+        if tail:
+            click.echo(tail)
+    if not follow:
+        return
+    if executor == "debug":
+        raise L.LaunchError("a debug-executor job runs in the submitting process: there is nothing to follow")
+    last_check, ended = 0.0, False
+    while True:
+        for path, err in ((out_path, False), (err_path, True)):
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(positions.get(path, 0))
+                chunk = f.read()
+            if chunk:
+                positions[path] = positions.get(path, 0) + len(chunk)
+                click.echo(chunk.decode(errors="replace"), nl=False, err=err)
+        if ended:
+            break
+        if time.monotonic() - last_check > 2:
+            last_check = time.monotonic()
+            state = L.job_state(job_id, executor, run_dir)
+            if L.is_terminal(state):
+                ended = True   # one more read for what was written last
+                click.echo(f"\n# job {job_id} ended: {state}", err=True)
+                continue
+        time.sleep(1)
+
+
+@slurm_group.command("cancel")
+@click.argument("target")
+@_friendly
+def cancel_cmd(target):
+    """Cancel a run's jobs (RUN_DIR; a sweep folder: the whole array) or one JOB_ID.
+
+    The trainer gets SIGTERM first and writes a checkpoint if it can; resubmit the same command to resume.
+    """
+    for job_id, outcome in L.cancel(target):
+        click.echo(f"{job_id}: {outcome}")
+
+
+@slurm_group.command("profiles")
+def profiles_cmd():
+    """List the cluster profiles `--profile NAME` can use."""
+    found = available_profiles()
+    if not found:
+        click.echo("no cluster profiles; see slurm/profiles/example.toml")
+    for name, path in sorted(found.items()):
+        try:
+            desc = load_profile(str(path)).get("description", "")
+        except ProfileError as exc:
+            desc = f"(broken: {exc})"
+        click.echo(f"{name:16} {path}\n{'':16} {desc}".rstrip())
