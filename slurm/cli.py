@@ -14,8 +14,20 @@ import click
 
 from jit_core.cli import build_config, run_options
 
-from . import launcher as L
+from .options import (
+    DEFAULT_MAX_REQUEUES,
+    DEFAULT_SIGNAL_DELAY_S,
+    DEFAULT_TIME_MIN,
+    EXECUTORS,
+    LaunchError,
+    parse_sbatch_flags,
+    resolve_options,
+)
 from .profiles import ProfileError, available_profiles, load_profile
+from .records import log_folder
+from .runs import plan_runs
+from .submit import preflight, sbatch_script, submit
+from .watch import cancel, find_run, format_status, is_terminal, job_results, job_state, log_files, queue, run_status
 
 
 def _friendly(fn):
@@ -24,7 +36,7 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (L.LaunchError, ProfileError) as exc:
+        except (LaunchError, ProfileError) as exc:
             raise click.ClickException(str(exc)) from exc
     return wrapper
 
@@ -48,7 +60,7 @@ def slurm_group() -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Run folder (resumed if it holds this run); a sweep's runs go to RUN_DIR/KEY=VALUE.")
 @click.option("--profile", help="Cluster profile: ~/.config/jit-vco/clusters/NAME.toml or slurm/profiles/NAME.toml.")
-@click.option("--executor", type=click.Choice(L.EXECUTORS),
+@click.option("--executor", type=click.Choice(EXECUTORS),
               help="slurm (default), local (subprocesses here) or debug (in this process).")
 @click.option("--nodes", type=int, help="Nodes (default 1).")
 @click.option("--gpus-per-node", type=int, help="GPUs per node; one task per GPU. 0: a CPU job.")
@@ -58,15 +70,15 @@ def slurm_group() -> None:
 @click.option("--partition", help="SLURM partition.")
 @click.option("--account", help="SLURM account.")
 @click.option("--qos", help="SLURM quality of service.")
-@click.option("--time", "time_limit", help=f"Time limit per job: minutes or HH:MM:SS (default {L.DEFAULT_TIME_MIN} min); "
+@click.option("--time", "time_limit", help=f"Time limit per job: minutes or HH:MM:SS (default {DEFAULT_TIME_MIN} min); "
               "the job requeues itself at the limit and resumes.")
 @click.option("--constraint", help="SLURM node constraint (features), e.g. h100.")
 @click.option("--sbatch", "sbatch_flags", multiple=True, metavar="KEY=VALUE",
               help="Extra sbatch flag, repeatable: --sbatch mail-type=END --sbatch exclusive=")
 @click.option("--job-name", help="Job name (default jit-<run folder name>).")
-@click.option("--max-requeues", type=int, help=f"Times the job may requeue at its time limit (default {L.DEFAULT_MAX_REQUEUES}).")
+@click.option("--max-requeues", type=int, help=f"Times the job may requeue at its time limit (default {DEFAULT_MAX_REQUEUES}).")
 @click.option("--signal-delay", "signal_delay_s", type=int,
-              help=f"Seconds before the time limit at which the job requeues (default {L.DEFAULT_SIGNAL_DELAY_S}).")
+              help=f"Seconds before the time limit at which the job requeues (default {DEFAULT_SIGNAL_DELAY_S}).")
 @click.option("--allow-local-run-dir", is_flag=True, default=None,
               help="Accept a run folder that looks node-local for a multi-node job.")
 @click.option("--sweep", multiple=True, metavar="KEY=V1,V2,...",
@@ -88,24 +100,24 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
              "cpus_per_task": cpus_per_task, "mem_per_task": mem_per_task, "partition": partition,
              "account": account, "qos": qos, "time": time_limit, "constraint": constraint, "job_name": job_name,
              "max_requeues": max_requeues, "signal_delay_s": signal_delay_s,
-             "allow_local_run_dir": allow_local_run_dir, "sbatch": L.parse_sbatch_flags(sbatch_flags)}
-    opts = L.resolve_options(prof, given, profile)
+             "allow_local_run_dir": allow_local_run_dir, "sbatch": parse_sbatch_flags(sbatch_flags)}
+    opts = resolve_options(prof, given, profile)
     if not run_dir:
         run_dir = build_config(preset, config_file, plugins, overrides).run_dir
     if not run_dir:
-        raise L.LaunchError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
+        raise LaunchError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
     root = Path(run_dir).expanduser().absolute()
 
     def build(extra, folder):
         return build_config(preset, config_file, plugins, tuple(overrides) + tuple(extra), folder)
 
-    runs = L.plan_runs(build, root, sweep)
+    runs = plan_runs(build, root, sweep)
     if dry_run:
         _print_dry_run(runs, opts, root)
         return
     if opts.executor == "debug":
         wait = True  # an in-process job runs when its result is asked for
-    submission = L.submit(runs, opts, root, command_line=_command_line(click.get_current_context()))
+    submission = submit(runs, opts, root, command_line=_command_line(click.get_current_context()))
     shape = f"{opts.nodes} node{'s' if opts.nodes > 1 else ''} x {opts.ntasks_per_node} task" \
             f"{'s' if opts.ntasks_per_node > 1 else ''}"
     if len(runs) > 1:
@@ -122,8 +134,8 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
     failures = []
     for run, job in zip(runs, submission.jobs):
         try:
-            results = L.job_results(job, run.run_dir, opts.executor)
-        except L.LaunchError as exc:
+            results = job_results(job, run.run_dir, opts.executor)
+        except LaunchError as exc:
             failures.append(str(exc))
             click.echo(f"{run.run_dir}: {exc}", err=True)
             continue
@@ -131,7 +143,7 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
         losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(first["losses"].items()))
         click.echo(f"{run.run_dir}: {first['status']} at step {first['step']}: {losses}")
     if failures:
-        raise L.LaunchError(failures[0] if len(failures) == 1 else f"{len(failures)} of {len(runs)} jobs failed")
+        raise LaunchError(failures[0] if len(failures) == 1 else f"{len(failures)} of {len(runs)} jobs failed")
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -155,25 +167,15 @@ def _command_line(ctx: click.Context) -> str:
 def _print_dry_run(runs, opts, root: Path) -> None:
     if opts.executor == "slurm":
         click.echo(f"# sbatch script for {root} (dry run: nothing submitted)")
-        click.echo(L.sbatch_script(opts, root, array_size=len(runs) if len(runs) > 1 else None))
+        click.echo(sbatch_script(opts, root, array_size=len(runs) if len(runs) > 1 else None))
     else:
         click.echo(f"# {opts.executor} executor: {opts.ntasks_per_node} task(s) on this machine, "
-                   f"time limit {opts.time_min} min, logs in {L.log_folder(root)} (dry run: nothing started)")
+                   f"time limit {opts.time_min} min, logs in {log_folder(root)} (dry run: nothing started)")
     for index, run in enumerate(runs):
         head = f"array element {index}: " if len(runs) > 1 else ""
         click.echo(f"# {head}run config for {run.run_dir}")
         click.echo(json.dumps(run.config, indent=2, sort_keys=True))
-    problems = []
-    try:
-        L.check_shared_storage(root, opts)
-    except L.LaunchError as exc:
-        problems.append(str(exc))
-    for run in runs:
-        try:
-            L.check_run_dir(run)
-        except L.LaunchError as exc:
-            problems.append(str(exc))
-    for problem in problems:
+    for problem in preflight(runs, opts, root):
         click.echo(f"warning: submitting would fail: {problem}", err=True)
 
 
@@ -188,19 +190,13 @@ def status_cmd(target, as_json):
     Without TARGET: your queued and running jobs (squeue).
     """
     if not target:
-        import shutil
-        import subprocess
-        if shutil.which("squeue") is None:
-            raise L.LaunchError(L.SLURM_MISSING)
-        out = subprocess.run(["squeue", "--me", "-o", "%.12i %.24j %.10T %.10M %.6D %R"], capture_output=True,
-                             text=True, timeout=30, check=False)
-        click.echo((out.stdout or out.stderr).rstrip())
+        click.echo(queue())
         return
-    info = L.run_status(L.find_run(target))
+    info = run_status(find_run(target))
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(L.format_status(info))
+        click.echo(format_status(info))
 
 
 @slurm_group.command("logs")
@@ -211,8 +207,8 @@ def status_cmd(target, as_json):
 @_friendly
 def logs_cmd(target, follow, lines, task):
     """submitit's stdout and stderr of a run's latest job (RUN_DIR or JOB_ID)."""
-    run_dir = L.find_run(target)
-    record, out_path, err_path = L.log_files(run_dir, task)
+    run_dir = find_run(target)
+    record, out_path, err_path = log_files(run_dir, task)
     job_id, executor = record["job_id"], record.get("executor", "slurm")
     click.echo(f"# job {job_id} ({executor}), logs in {out_path.parent}")
     positions = {}
@@ -226,7 +222,7 @@ def logs_cmd(target, follow, lines, task):
     if not follow:
         return
     if executor == "debug":
-        raise L.LaunchError("a debug-executor job runs in the submitting process: there is nothing to follow")
+        raise LaunchError("a debug-executor job runs in the submitting process: there is nothing to follow")
     last_check, ended = 0.0, False
     while True:
         for path, err in ((out_path, False), (err_path, True)):
@@ -242,8 +238,8 @@ def logs_cmd(target, follow, lines, task):
             break
         if time.monotonic() - last_check > 2:
             last_check = time.monotonic()
-            state = L.job_state(job_id, executor, run_dir)
-            if L.is_terminal(state):
+            state = job_state(job_id, executor, run_dir)
+            if is_terminal(state):
                 ended = True   # one more read for what was written last
                 click.echo(f"\n# job {job_id} ended: {state}", err=True)
                 continue
@@ -258,7 +254,7 @@ def cancel_cmd(target):
 
     The trainer gets SIGTERM first and writes a checkpoint if it can; resubmit the same command to resume.
     """
-    for job_id, outcome in L.cancel(target):
+    for job_id, outcome in cancel(target):
         click.echo(f"{job_id}: {outcome}")
 
 

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from jit_core.cli import _add_optional_commands, cli
-from slurm import launcher as L
+from slurm.records import read_jobs
+from slurm.watch import slurm_job_info
 
 from .test_launcher import TINY, scancel_recorded, wait_for
 
@@ -42,13 +43,13 @@ def test_submit_wait_status_logs(slurm_cluster, run_dir):
     assert f"{run_dir}: finished at step 4: loss=" in res.output
     assert (run_dir / "checkpoints" / "step-00000004" / "model.safetensors").exists()
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
-    record = L.read_jobs(run_dir)[-1]
+    record = read_jobs(run_dir)[-1]
     assert record["job_id"] == job_id and record["executor"] == "slurm" and record["tasks"] == 1
     assert record["log_dir"] == str(run_dir / "slurm" / "logs" / job_id)
     assert record["command"].startswith(f"jit slurm submit --preset test --run-dir {run_dir} ")
     assert "--wait" in record["command"] and record["command"].endswith(" ".join(TINY))
 
-    wait_for(lambda: L.slurm_job_info(job_id)["State"] == "COMPLETED", 60, "sacct COMPLETED")
+    wait_for(lambda: slurm_job_info(job_id)["State"] == "COMPLETED", 60, "sacct COMPLETED")
     for target in (str(run_dir), job_id):   # by folder, and by job id (found through sacct)
         res = jit("status", target)
         assert res.exit_code == 0, res.output
@@ -69,9 +70,9 @@ def test_sweep_array_two_runs(slurm_cluster, run_dir):
         assert f"{element}: finished at step 2" in res.output
         assert json.loads((element / "config.json").read_text())["optim"]["lr"] == float(lr)
         assert (element / "checkpoints" / "step-00000002").is_dir()
-        rec = L.read_jobs(element)[-1]
+        rec = read_jobs(element)[-1]
         assert rec["job_id"] == f"{array_id}_{index}" and rec["array_index"] == index
-    root = L.read_jobs(run_dir)[-1]
+    root = read_jobs(run_dir)[-1]
     assert root["job_id"] == array_id and len(root["elements"]) == 2
     res = jit("status", str(run_dir))
     assert res.exit_code == 0 and res.output.count("step 2/2") == 2, res.output

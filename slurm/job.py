@@ -1,0 +1,145 @@
+"""The submitted job: :class:`TrainJob`, a submitit ``Checkpointable`` that trains one run.
+
+Every task (one per GPU) turns submitit's job environment into the torchrun variables (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs :class:`jit_core.train.Trainer` on the run
+folder. Preemption and time limits are submitit's USR2 signal: ``checkpoint()`` just resubmits the same
+job, and the requeued job resumes from the run folder's last complete checkpoint (the trainer does that
+by itself). SIGTERM and SIGUSR1 make the trainer finish its step and write a checkpoint.
+
+submitit pickles the job by reference: the nodes unpickle ``slurm.job.TrainJob`` from the same
+installation, so keep the class here under this name.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from .records import append_event, now
+
+log = logging.getLogger("jit.slurm")
+
+INTERRUPT_GRACE_S = 120   # after SIGTERM stopped training: how long a job waits to be requeued or killed
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def distributed_env() -> tuple[dict[str, str], Any]:
+    """torchrun-style variables for this task from submitit's job environment (one process: rank 0 of 1)."""
+    try:
+        job_env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (e.g. called directly)
+        return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}, None
+    world = job_env.num_tasks
+    env = {"RANK": str(job_env.global_rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(job_env.local_rank),
+           "LOCAL_WORLD_SIZE": str(max(1, world // max(1, job_env.num_nodes)))}
+    if world > 1:
+        dist_env = submitit.helpers.TorchDistributedEnvironment()
+        addr = dist_env.master_addr
+        if job_env.cluster in ("local", "debug") or job_env.num_nodes == 1 and addr == socket.gethostname():
+            addr = "127.0.0.1"
+        env.update(MASTER_ADDR=str(addr), MASTER_PORT=str(dist_env.master_port))
+    return env, job_env
+
+
+def _param_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TrainJob(Checkpointable):
+    """One run's training, as a submitit job (every task of the job runs it).
+
+    ``config``: ``Config.to_dict()``; ``run_dir``: the run folder. ``param_hash=True`` adds a SHA-256 of
+    the model's parameters to each task's result (the ranks of a DDP run must agree).
+    """
+
+    def __init__(self, config: dict, run_dir: str, param_hash: bool = False, progress: bool = True):
+        self.config = config
+        self.run_dir = str(run_dir)
+        self.param_hash = param_hash
+        self.progress = progress
+
+    def __call__(self) -> dict:
+        env, job_env = distributed_env()
+        cluster = job_env.cluster if job_env is not None else "none"
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        env.setdefault("TQDM_MININTERVAL", os.environ.get("TQDM_MININTERVAL", "30"))
+        if cluster != "debug":
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        with _environ(env):
+            return self._run(env, job_env, cluster)
+
+    def _run(self, env: dict, job_env, cluster: str) -> dict:
+        import torch
+        import torch.distributed as tdist
+
+        from jit_core.config import Config
+        from jit_core.train import Trainer
+        if "OMP_NUM_THREADS" in env and cluster != "debug":   # torch was imported before it was set
+            torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        job_id = job_env.job_id if job_env is not None else None
+        try:
+            trainer = Trainer(Config.from_dict(self.config), self.run_dir,
+                              handle_signals=(signal.SIGTERM, signal.SIGUSR1), progress=self.progress)
+            if rank == 0:
+                append_event(self.run_dir, {"event": "start", "job_id": job_id, "executor": cluster, "time": now(),
+                                            "host": socket.gethostname(), "world_size": world, "step": trainer.step})
+            result = trainer.fit()
+            out = {"run_dir": str(result.run_dir), "step": result.step, "status": result.status,
+                   "losses": dict(result.losses), "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                   "rank": rank, "world_size": world, "job_id": job_id}
+            if self.param_hash:
+                out["param_hash"] = _param_hash(trainer.model)
+            if rank == 0:
+                append_event(self.run_dir, {"event": "end", "job_id": job_id, "time": now(),
+                                            "status": result.status, "step": result.step})
+        finally:
+            if tdist.is_available() and tdist.is_initialized():
+                tdist.destroy_process_group()
+        if result.status == "interrupted" and cluster == "slurm":
+            self._linger_after_interrupt()
+        return out
+
+    @staticmethod
+    def _linger_after_interrupt() -> None:
+        """SIGTERM/SIGUSR1 stopped training and a checkpoint was written. On SLURM that is a cancel (SIGKILL
+        follows after KillWait), a preemption or a time limit (submitit's USR2 follows, or came first and
+        requeued the job). Returning now would write a result and end the job as if the run were done,
+        so wait for SLURM to end or requeue it; if nothing comes, return the "interrupted" result.
+        """
+        grace = float(os.environ.get("JIT_SLURM_INTERRUPT_GRACE_S", INTERRUPT_GRACE_S))
+        log.warning("training stopped on a signal; waiting up to %.0f s for SLURM to requeue or end the job", grace)
+        time.sleep(grace)
+        log.warning("the job was neither requeued nor ended: returning the interrupted run "
+                    "(resubmit the same command to resume it)")
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Cheap (no collectives): resubmit the same job; it resumes from the last complete checkpoint."""
+        return DelayedSubmission(TrainJob(self.config, self.run_dir, self.param_hash, self.progress))
