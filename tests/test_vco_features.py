@@ -197,7 +197,7 @@ def test_effnet_target_tokens(effnet):
 
 def test_effnet_embedding_frozen_but_differentiable(effnet):
     _assert_frozen_but_differentiable(effnet, _image(b=2))
-    assert effnet.embed_dim == 1280
+    assert effnet.embed_dim == 112
 
 
 def _photos():

@@ -46,7 +46,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFNET_ARCH = "tf_efficientnet_lite0"
 # feature_info index 2: stride 8, 40 channels. Small inputs keep the embedded CPU demo fast: the encoder runs
 # three times per step (target, and the hybrid loss on x-hat with backward and on x), so its cost matters.
-EFFNET_STAGE, EFFNET_STRIDE, EFFNET_EMBED_SIZE = 2, 8, 64
+EFFNET_STAGE, EFFNET_STRIDE = 2, 8          # target tokens: stride-8 stage (40 ch) at 8 * grid px
+EFFNET_EMBED_STAGE, EFFNET_EMBED_SIZE = 3, 32   # hybrid-loss embedding: pooled stride-16 stage (112 ch) at 32 px
 RANDOM = "random"
 
 _OFFLINE_HINT = (f"DINOv2 weights not available offline: pass vco.encoder_weights=/path/to/dinov2_vitb14_reg4.safetensors "
@@ -317,10 +318,11 @@ class EfficientNetLite0Encoder(FeatureEncoder):
     """EfficientNet-Lite0 (ImageNet, inputs in [-1, 1] as they come).
 
     Target tokens: the stride-8 stage (40 channels) at input size ``8 * grid`` (bilinear resize),
-    so any grid works. Embedding: the pooled 1280-d pre-logits at 64 px.
+    so any grid works. Embedding: the globally pooled stride-16 stage (112 channels) at 32 px; the
+    network stops there, which keeps the backward through the encoder cheap on a CPU.
     """
 
-    name, channels, embed_dim = "efficientnet_lite0", 40, 1280
+    name, channels, embed_dim = "efficientnet_lite0", 40, 112
 
     def __init__(self, weights: str | None = None):
         super().__init__()
@@ -342,8 +344,9 @@ class EfficientNetLite0Encoder(FeatureEncoder):
 
     def embedding(self, images: Tensor) -> Tensor:
         x = _resize(_rgb(images), EFFNET_EMBED_SIZE, "bilinear")
-        feats = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-        return F.normalize(feats.float(), dim=-1)
+        (fmap,) = self.net.forward_intermediates(x, indices=[EFFNET_EMBED_STAGE], intermediates_only=True,
+                                                 stop_early=True)
+        return F.normalize(fmap.float().mean((2, 3)), dim=-1)
 
 
 _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}
