@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import feature_stats, file_sha256, frechet_distance
+from .metrics import feature_stats, file_sha256, frechet_distance_to_features
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +202,12 @@ def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: 
     feats, logits = predict(model, images_u8)
     ref_feats, _ = _reference_features(dataset_name, size, info["sha256"], device)
     mu_r, sigma_r = ref_feats
-    fd = frechet_distance(*feature_stats(feats), mu_r, sigma_r)
+    fd = frechet_distance_to_features(feats, mu_r, sigma_r)
     train_x, train_y = load_split(dataset_name, size, "train")
     floor = None
     if len(images_u8) <= len(train_x):
         real = predict(model, train_x[_balanced_subset(train_y, len(images_u8))])[0]
-        floor = frechet_distance(*feature_stats(real), mu_r, sigma_r)
+        floor = frechet_distance_to_features(real, mu_r, sigma_r)
     return {
         "fd_classifier": fd,
         "fd_classifier_label": metric_label(dataset_name),

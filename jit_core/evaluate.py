@@ -268,8 +268,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     cfgs = [float(c) for c in (cfg if isinstance(cfg, (list, tuple)) else [s.cfg if cfg is None else cfg])]
     kind = metric_kind(run, metrics, ref_stats, ref_dir)
     out = Path(out) if out else Path(run_dir) / "eval"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # every rank: shards and PNGs go there (a shared file system)
     labels = class_major_labels(n, run.model.cfg.num_classes)
     blocks = rank_blocks(n, batch_size, rank, world)
     swept = len(cfgs) > 1
@@ -285,37 +284,62 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         if world > 1 and not keep:
             dist.barrier()
         t_gen = time.perf_counter() - t0
-        record = None
+        record, error = None, None
         if rank == 0:
-            sample_path = str(folder) if folder else None
-            if save == "npz":
-                sample_path = str(out / f"{name}.npz")
-                np.savez(sample_path, arr_0=images.permute(0, 2, 3, 1).contiguous().numpy())
-            t1 = time.perf_counter()
-            values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
-                                     inception_weights=inception_weights, prc=prc, device=device, progress=progress)
-            t_metrics = time.perf_counter() - t1
-            metric_prov = values.pop("provenance", None)
-            record = {"name": name, "metrics": values, "metric_kind": kind, "primary_metric": primary_metric(kind),
-                      **provenance(run, cfg=w, steps=steps, method=method, interval=interval, num_images=n, seed=seed,
-                                   batch_size=batch_size, world_size=world, device=device, save=save,
-                                   sample_path=sample_path, swept=swept),
-                      "metric_provenance": metric_prov,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)}}
-            record["json"] = str(out / f"{name}.json")
-            _write_json(record["json"], record)
+            try:
+                record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
+                                           cfg=w, steps=steps, method=method, interval=interval, num_images=n,
+                                           seed=seed, batch_size=batch_size, device=device, swept=swept,
+                                           ref_stats=ref_stats, ref_dir=ref_dir, inception_weights=inception_weights,
+                                           prc=prc, progress=progress)
+            except Exception as e:  # noqa: BLE001 -- re-raised below, on every rank
+                error = e
+        _raise_everywhere(error, world)
         records.append(record)
     result = records[0]
-    if rank == 0 and swept:
-        result = _sweep_summary(records, kind, out / f"{eval_name(run.step, ema, n, method, steps, 'sweep', seed, interval)}.json")
     if rank == 0:
+        if swept:
+            result = _sweep_summary(records, kind, out / f"{eval_name(run.step, ema, n, method, steps, 'sweep', seed, interval)}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
+        _write_json(result["json"], result)
     if world > 1:
         box = [result]
         dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
+
+
+def _raise_everywhere(error: Exception | None, world: int) -> None:
+    """Re-raise rank 0's error on every rank (instead of leaving the others waiting in a collective)."""
+    if world > 1:
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            raise RuntimeError(f"evaluation failed on rank 0: {box[0]}")
+    if error is not None:
+        raise error
+
+
+def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, save: str, t_gen: float, *,
+                      world: int, ref_stats, ref_dir, inception_weights, prc, progress, **settings) -> dict:
+    """Rank 0: save the npz, compute the metrics, assemble and write the result record."""
+    sample_path = str(folder) if folder else None
+    if save == "npz":
+        sample_path = str(out / f"{name}.npz")
+        np.savez(sample_path, arr_0=images.permute(0, 2, 3, 1).contiguous().numpy())
+    t1 = time.perf_counter()
+    values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
+                             inception_weights=inception_weights, prc=prc, device=settings["device"],
+                             progress=progress)
+    t_metrics = time.perf_counter() - t1
+    metric_prov = values.pop("provenance", None)
+    record = {"name": name, "metrics": values, "metric_kind": kind, "primary_metric": primary_metric(kind),
+              **provenance(run, world_size=world, save=save, sample_path=sample_path, **settings),
+              "metric_provenance": metric_prov, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)},
+              "json": str(out / f"{name}.json")}
+    _write_json(record["json"], record)
+    return record
 
 
 def _sweep_summary(records: list[dict], kind: str, path: Path) -> dict:

@@ -97,6 +97,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+def frechet_distance_to_features(features, mu_ref, sigma_ref) -> float:
+    """Fréchet distance between the Gaussian fit of ``(N, D)`` features and reference statistics.
+
+    Equal to ``frechet_distance(*feature_stats(features), mu_ref, sigma_ref)``. When N <= D the sample
+    covariance is S = Y^T Y with Y = (X - mean) / sqrt(N - 1), and the non-zero eigenvalues of
+    S_ref S equal those of the small PSD matrix Y S_ref Y^T, so Tr (S_ref S)^(1/2) is computed exactly
+    from an N x N eigendecomposition instead of a D x D matrix square root (fast for few samples).
+    """
+    x = _np64(features)
+    n, d = x.shape
+    if n > d:
+        return frechet_distance(*feature_stats(x), mu_ref, sigma_ref)
+    mu_r, s_r = _np64(mu_ref), _np64(sigma_ref)
+    if n < 2 or mu_r.shape != (d,) or s_r.shape != (d, d):
+        raise ValueError(f"features {x.shape} do not match reference mu {mu_r.shape} / sigma {s_r.shape}")
+    mu = x.mean(axis=0)
+    y = (x - mu) / np.sqrt(n - 1)
+    eig = np.linalg.eigvalsh(y @ s_r @ y.T)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    diff = mu - mu_r
+    return float(diff @ diff + np.einsum("ij,ij->", y, y) + np.trace(s_r) - 2 * tr_covmean)
+
+
 def _kth_radii(feats: torch.Tensor, k: int, rows: int) -> torch.Tensor:
     """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
     out = []
@@ -283,7 +306,7 @@ def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None
             prov["reference_stats"] = info
         else:
             mu_r, sigma_r = feature_stats(real)
-        res["fid"] = frechet_distance(*feature_stats(feats["2048"]), mu_r, sigma_r)
+        res["fid"] = frechet_distance_to_features(feats["2048"], mu_r, sigma_r)
     if prc:
         pr = precision_recall(real, feats["2048"], k=k)
         res["precision"], res["recall"] = pr["precision"], pr["recall"]

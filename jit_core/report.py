@@ -27,10 +27,8 @@ METRIC_COLUMNS = ("fid", "inception_score", "precision", "recall", "fd_classifie
 def run_names(run_dirs: Sequence[str | Path]) -> list[str]:
     """Folder names, made unique with the parent folder's name, then a counter."""
     paths = [Path(p).resolve() for p in run_dirs]
-    names = [p.name for p in paths]
-    for i, p in enumerate(paths):
-        if names.count(p.name) > 1 and p.parent.name:
-            names[i] = f"{p.parent.name}-{p.name}"
+    base = [p.name for p in paths]
+    names = [f"{p.parent.name}-{p.name}" if base.count(p.name) > 1 and p.parent.name else p.name for p in paths]
     seen: dict[str, int] = {}
     out = []
     for name in names:
@@ -61,7 +59,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):  # an empty dict contributes no keys
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
