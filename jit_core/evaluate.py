@@ -12,6 +12,7 @@ evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifie
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -26,6 +27,7 @@ import torch.distributed as dist
 
 from .diffusion import guidance_active
 
+log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
 JIT_INTERVAL = (0.1, 1.0)
 
@@ -123,6 +125,15 @@ def _last_logged(run_dir: Path) -> dict:
     return last
 
 
+def _trainer_world_size(checkpoint: Path) -> int | None:
+    """Ranks that trained the checkpoint (``trainer.pt``, memory-mapped: the optimizer state is not read)."""
+    path = Path(checkpoint) / "trainer.pt"
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("world_size"))
+    except Exception:  # noqa: BLE001 -- provenance only: an official import or an older checkpoint lacks it
+        return None
+
+
 def _velocity_evaluations(method: str, steps: int, interval) -> tuple[int, int]:
     """(velocity evaluations, how many of them guided) for the sampler grid t_i = i / steps."""
     grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32).tolist()
@@ -136,7 +147,7 @@ def _velocity_evaluations(method: str, steps: int, interval) -> tuple[int, int]:
 
 def _unconditional_form(run) -> dict:
     from .diffusion import Unconditional
-    impls = [run.plugins.pm.get_name(i.plugin) for i in run.plugins.pm.hook.jit_unconditional.get_hookimpls()]
+    impls = [run.plugins.pm.get_name(i.plugin) for i in run.plugins.pm.hook.jit_unconditional.get_hookimpls()][::-1]
     u: Unconditional = run.plugins.hook.jit_unconditional(
         labels=torch.zeros(1, dtype=torch.int64), drop=torch.ones(1, dtype=torch.bool),
         streams=run.model.streams, config=run.config)
@@ -145,7 +156,7 @@ def _unconditional_form(run) -> dict:
     if u.blocked is not None:
         blocked = [f"{names[q]} queries -/-> {names[k]} keys" for q in range(len(names)) for k in range(len(names))
                    if bool(u.blocked[0, q, k])]
-    return {"null_label": int(u.labels[0]), "attention_blocked": blocked, "hook_implementations": impls,
+    return {"null_label": int(u.labels[0]), "attention_blocked": blocked, "hooks_in_call_order": impls,
             "description": "null class label" + (" + attention mask (" + "; ".join(blocked) + ")" if blocked else "")}
 
 
@@ -172,7 +183,7 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
     device = torch.device(device)
     autocast = device.type == "cuda" and c.train.precision == "bf16"
     last = _last_logged(run.run_dir)
-    mc = run.model.cfg
+    mc, world = run.model.cfg, _trainer_world_size(run.checkpoint)
     return {
         "run_dir": str(Path(run.run_dir).resolve()),
         "checkpoint": {"path": str(run.checkpoint), "step": run.step, "epoch": last.get("epoch"),
@@ -182,7 +193,8 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
                   "channels": mc.in_channels, "num_classes": mc.num_classes,
                   "streams": [s.name for s in run.model.streams],
                   "plugins": {n: i.version for n, i in run.plugins.infos.items()}},
-        "training": {"batch_size_per_rank": c.optim.batch_size, "lr_last_logged": last.get("lr"),
+        "training": {"batch_size_per_rank": c.optim.batch_size, "world_size": world,
+                     "global_batch": c.optim.batch_size * world if world else None, "lr_last_logged": last.get("lr"),
                      "wall_time_s": last.get("time"), "dataset": c.data.name},
         "sampler": {"method": method, "steps": steps, "grid_points": steps + 1, "velocity_evaluations": evals,
                     "final_step": "Heun + final Euler" if method == "heun" else "Euler",
@@ -267,6 +279,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     batch_size = int(batch_size or s.batch_size)
     cfgs = [float(c) for c in (cfg if isinstance(cfg, (list, tuple)) else [s.cfg if cfg is None else cfg])]
     kind = metric_kind(run, metrics, ref_stats, ref_dir)
+    if kind == "none" and metrics == "auto" and rank == 0:
+        log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only", run.config.data.name)
     out = Path(out) if out else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)  # every rank: shards and PNGs go there (a shared file system)
     labels = class_major_labels(n, run.model.cfg.num_classes)

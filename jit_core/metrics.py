@@ -217,7 +217,8 @@ class _ImageSet(torch.utils.data.Dataset):
             self.files, self.images = list_images(source, recursive), None
             if not self.files:
                 raise ValueError(f"no images found in {source}")
-            self.files = self.files[:max_images]
+            if max_images and len(self.files) > max_images:  # evenly spaced in sorted order: every class folder
+                self.files = [self.files[i] for i in np.linspace(0, len(self.files) - 1, max_images).round().astype(int)]
         else:
             x = torch.as_tensor(source)
             if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # NHWC
@@ -277,11 +278,12 @@ def load_ref_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dic
 def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None,
                      ref_dir: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
                      isc: bool = True, fid: bool = True, prc: bool = False, k: int = 3, batch_size: int = 64,
-                     device=None, progress: bool = False) -> dict:
+                     device=None, progress: bool = False, num_workers: int | None = None) -> dict:
     """FID / IS / precision-recall of ``samples`` (a folder of PNGs or uint8 ``(N, C, H, W)`` images).
 
     FID against ``ref_stats`` (npz) if given, else against the features of the images in ``ref_dir``.
     P/R (k-NN, on the 2048-d features) needs ``ref_dir``. Returns metric values plus ``provenance``.
+    Folders are decoded by ``num_workers`` loader processes (default: up to 4).
     """
     from torch_fidelity.metric_isc import isc_features_to_metric
     if fid and ref_stats is None and ref_dir is None:
@@ -290,7 +292,9 @@ def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None
         raise ValueError("precision/recall needs a reference image folder (ref_dir)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = load_inception(inception_weights, device)
-    feats = inception_features(samples, extractor, batch_size, progress)
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1) if isinstance(samples, (str, os.PathLike)) else 0
+    feats = inception_features(samples, extractor, batch_size, progress, num_workers=num_workers)
     res: dict = {"num_images": len(feats["2048"])}
     prov = inception_provenance(inception_weights)
     if isc:
@@ -298,7 +302,7 @@ def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None
         res["inception_score"], res["inception_score_std"] = s["inception_score_mean"], s["inception_score_std"]
     real = None
     if ref_dir is not None and (prc or (fid and ref_stats is None)):
-        real = inception_features(ref_dir, extractor, batch_size, progress)["2048"]
+        real = inception_features(ref_dir, extractor, batch_size, progress, num_workers=num_workers)["2048"]
         prov["reference_dir"] = {"path": str(Path(ref_dir).resolve()), "num_images": len(real)}
     if fid:
         if ref_stats is not None:
@@ -355,7 +359,7 @@ def compute_ref_stats(folder: str | os.PathLike, out: str | os.PathLike, image_s
     mu, sigma = feature_stats(feats)
     prov = {**inception_provenance(inception_weights), "folder": str(Path(folder).resolve()), "num_images": len(feats),
             "image_size": image_size, "preprocessing": "ADM center crop (jit_core.data.adm_center_crop), RGB",
-            "selection": f"first {max_images} files in sorted path order" if max_images else "all files",
+            "selection": f"{max_images} files evenly spaced in sorted path order" if max_images else "all files",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     out = Path(out)
@@ -375,7 +379,7 @@ def ref_stats_command():
     @click.option("--image-size", default=256, show_default=True, help="ADM center-crop size")
     @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
                   help="local torch-fidelity inception-v3-compat weights (needed offline)")
-    @click.option("--max-images", type=int, default=None, help="use only the first N images (sorted paths)")
+    @click.option("--max-images", type=int, default=None, help="use N images, evenly spaced in sorted path order")
     @click.option("--batch-size", default=64, show_default=True)
     @click.option("--num-workers", default=0, show_default=True)
     @click.option("--device", default=None, help="cuda | cpu (default: cuda if available)")
