@@ -53,8 +53,7 @@ def run_options(fn):
 def build_config(preset, config_file, plugins, overrides, run_dir=None):
     """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
     from .config import register_preset
-    from .plugins import Plugins, installed_plugins
-    from .plugins import PluginError
+    from .plugins import PluginError, Plugins, installed_plugins
     for name in installed_plugins():
         try:
             with_presets = Plugins([name])
@@ -118,6 +117,7 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
 def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device):
     """Sample PNG files and a grid from a run with fixed seeds and labels."""
     import torch
+
     from . import api
     from .distributed import resolve_device
     from .images import save_grid, save_pngs
@@ -138,6 +138,7 @@ def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, d
 def models(as_json):
     """Named model configs with their trainable parameter counts."""
     import torch
+
     from .model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT
     rows = []
     for name, mc in MODEL_CONFIGS.items():
@@ -179,7 +180,7 @@ def plugins_cmd(as_json, enabled):
     if not infos:
         click.echo("no plugins installed")
     for i in infos:
-        state = "enabled" if i.enabled else "installed, off (enable with --plugin %s)" % i.name
+        state = "enabled" if i.enabled else f"installed, off (enable with --plugin {i.name})"
         click.echo(f"{i.name} {i.version} [{state}]\n  from: {i.source}\n  hooks: {', '.join(i.hooks)}")
         if i.options:
             click.echo("  options: " + ", ".join(f"{i.name}.{k}={v!r}" for k, v in i.options.items()))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -103,7 +104,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         cfg = cls()
         for key, value in _flatten(data).items():
             set_key(cfg, key, value)
@@ -141,6 +142,7 @@ def _preset_tiny() -> Config:
     """
     cfg = Config(model="JiT-S/4")
     cfg.data = DataConfig(name="fashion_mnist", image_size=32, num_workers=0, pin_memory=False)
+    cfg.diffusion.noise_scale = 1.0     # JiT's image_size / 256 rule would give 0.125 at 32 px: too little noise
     cfg.optim = OptimConfig(batch_size=64, blr=4e-3, warmup_epochs=0.05, ema_decays=(0.995, 0.99))
     cfg.train = TrainConfig(epochs=1, max_steps=400, log_every=10, ckpt_every=100, sample_every=0,
                             attention="fast", precision="fp32", device="cpu")

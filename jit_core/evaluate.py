@@ -313,7 +313,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     result = records[0]
     if rank == 0:
         if swept:
-            result = _sweep_summary(records, kind, out / f"{eval_name(run.step, ema, n, method, steps, 'sweep', seed, interval)}.json")
+            name = eval_name(run.step, ema, n, method, steps, "sweep", seed, interval)
+            result = _sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
         _write_json(result["json"], result)
     if world > 1:

@@ -6,16 +6,28 @@ conditioning, the position tables and the in-context table, and attend jointly w
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .layers import (FinalLayer, LabelEmbedder, PatchEmbed, RMSNorm, SwiGLU, TimestepEmbedder,
-                     TokenEmbed, apply_rope, modulate, rope_tables, sincos_2d)
+from .layers import (
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    RMSNorm,
+    SwiGLU,
+    TimestepEmbedder,
+    TokenEmbed,
+    apply_rope,
+    modulate,
+    rope_tables,
+    sincos_2d,
+)
 from .streams import PIXEL, Stream, pixel_stream
 
 ATTENTION_PATHS = ("exact", "fast")
@@ -51,7 +63,7 @@ class ModelConfig:
     def mlp_hidden(self) -> int:
         return int(int(self.hidden_size * self.mlp_ratio) * 2 / 3)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}: "
                              f"pick an image size that is a multiple of {self.patch_size}")
@@ -240,7 +252,7 @@ class JiT(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     # ------------------------------------------------------------------ helpers
-    def set_attention(self, path: str) -> "JiT":
+    def set_attention(self, path: str) -> JiT:
         if path not in ATTENTION_PATHS:
             raise ValueError(f"unknown attention path {path!r}; choose one of {ATTENTION_PATHS}")
         self.attention_path = path
@@ -285,7 +297,7 @@ class JiT(nn.Module):
         if pix.shape[-1] != self.cfg.image_size or pix.shape[-2] != self.cfg.image_size:
             raise ValueError(f"input is {tuple(pix.shape[-2:])} but the model expects "
                              f"{self.cfg.image_size}x{self.cfg.image_size} images")
-        K, s0 = self.cfg.in_context_len, self.cfg.in_context_start
+        s0 = self.cfg.in_context_start
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb
         xs = [self.embedders[s.name](inputs[s.name]) + self.pos_embed for s in self.streams]

@@ -9,7 +9,7 @@ maps to our stream ``feature``; the frozen DINOv2 encoders and the Denoiser's im
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -19,6 +19,8 @@ _VCO_BLOCK = {"norm1": "norm1", "norm2": "norm2", "qkv": "attn.qkv", "q_norm": "
               "k_norm": "attn.k_norm", "proj": "attn.proj", "mlp": "mlp", "adaLN_modulation": "adaLN_modulation"}
 _VCO_STREAM = {"pixel": "pixel", "dino": FEATURE}
 _VCO_HEAD = {"pixels": "pixel", "dinov2": FEATURE}
+_OUR_BLOCK_KEY = (r"blocks\.(\d+)\.streams\.(\w+)\."
+                  r"(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp|adaLN_modulation)\.(.*)")
 _DROPPED = ("img_mean", "img_std", "drifting_dinov2.", "x_embedder.dinov2.")
 
 
@@ -97,7 +99,7 @@ def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new = key
         if m := re.match(r"embedders\.(\w+)\.(.*)", key):
             new = f"x_embedder.{('pix' if m[1] == 'pixel' else 'dino') + '_' if vco else ''}{m[2]}"
-        elif m := re.match(r"blocks\.(\d+)\.streams\.(\w+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp|adaLN_modulation)\.(.*)", key):
+        elif m := re.match(_OUR_BLOCK_KEY, key):
             new = (f"blocks.{m[1]}.{inv_block[m[3]]}_{inv_stream[m[2]]}.{m[4]}" if vco
                    else f"blocks.{m[1]}.{m[3]}.{m[4]}")
         elif m := re.match(r"heads\.(\w+)\.(.*)", key):

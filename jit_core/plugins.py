@@ -12,9 +12,10 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import pluggy
 
@@ -179,8 +180,8 @@ class Plugins:
 
     def streams(self, config, model_config):
         """The pixel stream plus every plugin's streams; a duplicate name is an error naming both plugins."""
-        from .streams import pixel_stream
         from .diffusion import noise_scale_for
+        from .streams import pixel_stream
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}

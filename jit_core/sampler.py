@@ -5,7 +5,7 @@ batches it already trained on (indices only, no image is decoded) and continues 
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader

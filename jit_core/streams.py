@@ -7,8 +7,9 @@ Every stream has its own weights in every block and its own head; all streams at
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 

@@ -13,9 +13,10 @@ import math
 import random
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -320,7 +321,8 @@ class Trainer:
         return previous
 
     # ----------------------------------------------------------------- one step
-    def _nonfinite(self, losses: dict[str, torch.Tensor], total: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> Optional[str]:
+    def _nonfinite(self, losses: dict[str, torch.Tensor], total: torch.Tensor,
+                   grad_norm: Optional[torch.Tensor]) -> Optional[str]:
         bad = [f"loss/{k}={v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v)]
         if not torch.isfinite(total) and not bad:
             bad.append(f"loss={total.item():.4g}")
