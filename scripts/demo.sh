@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: JiT vs V-Co (offline EfficientNet-Lite0 feature stream) on
-# Fashion-MNIST, identical settings, CPU; then evaluation and a side-by-side report.
+# Fashion-MNIST with identical settings, on the CPU; both evaluated; a side-by-side report.
+# Extra arguments are overrides for both runs, e.g. `bash scripts/demo.sh train.max_steps=100`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 OUT=${OUT:-runs/demo}
+start=$(date +%s)
 .venv/bin/jit train --preset tiny --run-dir "$OUT/jit" "$@"
 .venv/bin/jit train --preset vco-tiny --run-dir "$OUT/vco" "$@"
+.venv/bin/jit evaluate "$OUT/jit"
+.venv/bin/jit evaluate "$OUT/vco"
 .venv/bin/jit compare "$OUT/jit" "$OUT/vco" --out "$OUT/report"
-echo "report: $OUT/report/index.html"
+echo "demo finished in $(( $(date +%s) - start )) s; report: $OUT/report/index.html (metrics: $OUT/report/metrics.md)"
