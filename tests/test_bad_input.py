@@ -154,7 +154,7 @@ def test_checkpoint_from_another_model(cli, finished_run):
     (finished_run / "config.json").write_text(cfg.to_json())
     before = ft.tree_snapshot(finished_run / "checkpoints")
     line = one_line_error(invoke(cli, "train", "--resume", finished_run),
-                          "is for a different model", "pos_embed has shape [1, 64, 192] here but [1, 64, 64] in the file",
+                          "is for a different model", "pos_embed has shape [1, 64, 96] here but [1, 64, 64] in the file",
                           "hidden_size=64", "depth=3")
     assert str(ft.step_dir(finished_run, ft.REF_STEPS)) in line
     assert ft.tree_snapshot(finished_run / "checkpoints") == before

@@ -404,8 +404,8 @@ def test_check_compatible_names_key_and_shapes():
         check_compatible(sd, bigger, "tiny.safetensors")
     msg = str(err.value)
     assert "checkpoint tiny.safetensors is for a different model" in msg
-    assert "pos_embed has shape [1, 64, 192] here but [1, 64, 64] in the file" in msg
-    assert "blocks.0.streams.pixel.attn.qkv.weight has shape [576, 192] here but [192, 64] in the file" not in msg
+    assert "pos_embed has shape [1, 64, 96] here but [1, 64, 64] in the file" in msg
+    assert "blocks.0.streams.pixel.attn.qkv.weight has shape [288, 96] here but [192, 64] in the file" not in msg
     assert "more)" in msg and "missing from the file: blocks.3." in msg and "hidden_size=64" in msg and "config.json" in msg
 
 
