@@ -102,13 +102,6 @@ def make_variants(nets, device: str, levers) -> list[Variant]:
     return out
 
 
-def alias_of(variants: list[Variant], v: Variant) -> Variant:
-    for w in variants:
-        if w.key() == v.key():
-            return w
-    return v
-
-
 # ----------------------------------------------------------------------------------- set-up
 class Net:
     """One network's Trainer, its optimizers (fused / unfused) and its compiled block/head calls."""
@@ -324,7 +317,9 @@ def main(argv=None) -> int:
                 before = torch.cuda.memory_allocated()
             try:
                 timer = net.step(v)
-            except torch.cuda.OutOfMemoryError as e:   # (only raised on CUDA)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:   # OOM: report it, go on with the others
+                if args.device != "cuda" or "out of memory" not in str(e).lower():
+                    raise
                 errors[v.key()] = f"OOM: {str(e).splitlines()[0][:120]}"
                 net.trainer.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()

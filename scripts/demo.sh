@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
+# idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made steps up to 10x slower
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=${OUT:-runs/demo}
 start=$(date +%s)
 .venv/bin/jit train --preset tiny --run-dir "$OUT/jit" "$@"
