@@ -6,8 +6,8 @@ conditioning, the position tables and the in-context table, and attend jointly w
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -333,11 +333,3 @@ def build_model(name_or_cfg, streams: Optional[Sequence[Stream]] = None, attenti
         with torch.device(device):
             return JiT(cfg, streams, attention_path)
     return JiT(cfg, streams, attention_path)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)
-
-
-def model_streams_summary(model: JiT) -> Mapping[str, int]:
-    return {s.name: sum(p.numel() for n, p in model.named_parameters() if f".{s.name}." in f".{n}.") for s in model.streams}

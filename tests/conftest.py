@@ -23,3 +23,13 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared parity fixtures not found at {path} (set JIT_FIXTURES to their folder)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread; two threads on a loaded 2-CPU box slow them ~10x."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ from jit_core.streams import PIXEL, pixel_stream
 NULL = 10  # JiT-T/4 has 10 classes; label 10 is the null class
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread; two threads on a loaded 2-CPU box slow them ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

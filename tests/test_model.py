@@ -24,13 +24,7 @@ VCO_TINY = ModelConfig(image_size=256, patch_size=16, hidden_size=64, depth=3, n
 PARITY_TOL = 1e-5  # fixtures README: max |diff| ~1e-6 in fp32 on CPU, 1e-5 is a fair tolerance
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread; two threads on a loaded 2-CPU box slow them ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vco_streams(feature_channels: int = 768):
