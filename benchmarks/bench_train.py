@@ -13,7 +13,8 @@ Variants (each a set of levers; the same Trainer per network is re-configured be
 
 - ``official``: the computation of the official code: exact attention (fp32 logits by hand), no
   torch.compile, unfused AdamW (bf16 autocast on CUDA, as the official training);
-- ``ours``: attention ``fast`` (SDPA), plus torch.compile and fused AdamW on CUDA;
+- ``ours``: attention ``fast`` (SDPA, mask-free grouped attention for V-Co), fused AdamW (the
+  Trainer's default on CUDA and CPU), plus torch.compile on CUDA;
 - ``ours -X``: ``ours`` with one lever X turned off (attention -> exact, compile, fused, bf16);
 - ``ours +ckpt``: ``ours`` with activation checkpointing (the memory lever; costs time).
 
@@ -43,7 +44,7 @@ import flops as F
 import torch
 
 LEVERS_CUDA = ("attention", "compile", "fused", "ckpt", "bf16")
-LEVERS_CPU = ("attention", "ckpt")
+LEVERS_CPU = ("attention", "fused", "ckpt")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def make_variants(nets, device: str, levers) -> list[Variant]:
 
     for net in nets:
         official = Variant(net, "exact", False, False, False, cuda, "official")
-        ours = Variant(net, "fast", cuda and "compile" in levers, cuda and "fused" in levers, False, cuda, "ours")
+        ours = Variant(net, "fast", cuda and "compile" in levers, True, False, cuda, "ours")
         eager = replace(ours, compile=False, label="eager" if ours.compile else "ours")
         b = eager.label
         add(official)

@@ -52,7 +52,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: Optional[float] = None
-    fused: bool = True                  # fused AdamW kernel on CUDA
+    fused: bool = True                  # fused AdamW kernel (CUDA and CPU)
     ema_decays: tuple[float, float] = (0.9999, 0.9996)
 
 

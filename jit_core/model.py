@@ -146,21 +146,67 @@ class StreamBlock(nn.Module):
         return x + mod[5].unsqueeze(1) * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
 
 
-def attention(q, k, v, bias: Optional[torch.Tensor], path: str, dropout: float) -> torch.Tensor:
-    """Softmax attention over (B, heads, L, d).
+class StreamGroups:
+    """A ``(B, S, S)`` stream-level block matrix grouped by pattern, for mask-free fused attention.
 
-    ``exact``: the official numerics, q.k logits and softmax in fp32 with autocast off, then the
-    product with v under autocast. ``fast``: fused ``scaled_dot_product_attention`` (flash or
-    memory-efficient kernels in bf16 on CUDA).
+    Samples with the same pattern form a group. A group without blocked pairs is one plain
+    ``scaled_dot_product_attention``; in a group with blocked pairs each query stream attends to the
+    concatenation of the key streams it may see. The result equals softmax attention with a
+    ``-inf`` token mask, but no ``(B, 1, L, L)`` mask is built and the fused kernels without
+    masks (FlashAttention on CUDA) stay usable. Built once per forward (one device sync).
+    """
+
+    def __init__(self, blocked: torch.Tensor):
+        S = blocked.shape[1]
+        patterns, group = torch.unique(blocked.flatten(1), dim=0, return_inverse=True)
+        self.patterns = [tuple(tuple(row) for row in pat) for pat in patterns.view(-1, S, S).tolist()]
+        for pat in self.patterns:
+            if any(all(row) for row in pat):
+                raise ValueError(f"a stream may see no key stream at all (block pattern {pat}): its attention is undefined")
+        self.single = len(self.patterns) == 1
+        self.indices = [torch.nonzero(group == g).squeeze(1) for g in range(len(self.patterns))]
+        self.order = None if self.single else torch.argsort(torch.cat(self.indices))
+
+    def attention(self, q, k, v, lengths: Sequence[int], dropout: float) -> torch.Tensor:
+        starts = [0]
+        for n in lengths:
+            starts.append(starts[-1] + n)
+        outs = []
+        for idx, pat in zip(self.indices, self.patterns):
+            qg, kg, vg = (q, k, v) if self.single else (q[idx], k[idx], v[idx])
+            if not any(map(any, pat)):
+                outs.append(F.scaled_dot_product_attention(qg, kg, vg, dropout_p=dropout))
+                continue
+            parts = []
+            for i, row in enumerate(pat):
+                keep = [j for j, blocked in enumerate(row) if not blocked]
+                ks, vs = (torch.cat([x[:, :, starts[j]:starts[j + 1]] for j in keep], dim=2) if len(keep) < len(row) else x
+                          for x in (kg, vg))
+                parts.append(F.scaled_dot_product_attention(qg[:, :, starts[i]:starts[i + 1]], ks, vs, dropout_p=dropout))
+            outs.append(torch.cat(parts, dim=2))
+        return outs[0] if self.single else torch.cat(outs)[self.order]
+
+
+def attention(q, k, v, mask, path: str, dropout: float, lengths: Sequence[int] = ()) -> torch.Tensor:
+    """Softmax attention over (B, heads, L, d), streams concatenated along L in ``lengths`` order.
+
+    ``exact``: the official numerics, q.k logits and softmax in fp32 with autocast off (``mask``
+    an additive ``(B, 1, L, L)`` fp32 bias or None), then the product with v under autocast.
+    ``fast``: fused ``scaled_dot_product_attention`` (flash or memory-efficient kernels in bf16 on
+    CUDA); ``mask`` is a :class:`StreamGroups` (mask-free grouped attention), a bias, or None.
     """
     if path == "fast":
-        q, v = q.to(v.dtype), v
-        return F.scaled_dot_product_attention(q, k.to(v.dtype), v, attn_mask=None if bias is None else bias.to(v.dtype),
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        if isinstance(mask, StreamGroups):
+            return mask.attention(q, k, v, lengths, dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(v.dtype),
                                               dropout_p=dropout)
+    if isinstance(mask, StreamGroups):
+        raise TypeError("the exact attention path takes an additive bias, not StreamGroups")
     with torch.autocast(q.device.type, enabled=False):
         logits = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-        if bias is not None:
-            logits = logits + bias
+        if mask is not None:
+            logits = logits + mask
         probs = torch.softmax(logits, dim=-1)
     if dropout:
         probs = F.dropout(probs, dropout)
@@ -175,13 +221,14 @@ class JointBlock(nn.Module):
         self.attn_drop = attn_drop
         self.streams = nn.ModuleDict({s.name: StreamBlock(cfg, attn_drop, proj_drop) for s in streams})
 
-    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, bias, path: str) -> list[torch.Tensor]:
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask, path: str) -> list[torch.Tensor]:
         blocks = list(self.streams.values())
+        lengths = [x.shape[1] for x in xs]
         mods = [blk.adaLN_modulation(c).chunk(6, dim=-1) for blk in blocks]
         qkvs = [blk.qkv(x, mod, *rope) for blk, x, mod, rope in zip(blocks, xs, mods, ropes)]
         q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkvs))
-        out = attention(q, k, v, bias, path, self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).flatten(2).split([x.shape[1] for x in xs], dim=1)
+        out = attention(q, k, v, mask, path, self.attn_drop if self.training else 0.0, lengths)
+        out = out.transpose(1, 2).flatten(2).split(lengths, dim=1)
         return [blk.finish(x, o, mod) for blk, x, o, mod in zip(blocks, xs, out, mods)]
 
 
@@ -303,18 +350,20 @@ class JiT(nn.Module):
         xs = [self.embedders[s.name](inputs[s.name]) + self.pos_embed for s in self.streams]
         plain = (self.rope_cos, self.rope_sin)
         ropes = [plain] * len(xs)
-        bias = self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
+        fast = self.attention_path == "fast"
+        groups = StreamGroups(blocked) if fast and blocked is not None else None
+        mask = groups if fast else self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
         hidden = {}
         for i, block in enumerate(self.blocks):
             if i == s0:
                 ic = y_emb.unsqueeze(1) + self.in_context_posemb
                 xs = [torch.cat([ic.to(x.dtype), x], dim=1) if s.in_context else x for s, x in zip(self.streams, xs)]
                 ropes = [(self.rope_ic_cos, self.rope_ic_sin) if s.in_context else plain for s in self.streams]
-                bias = self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
+                mask = groups if fast else self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, bias, self.attention_path, use_reentrant=False)
+                xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, mask, self.attention_path, use_reentrant=False)
             else:
-                xs = block(xs, c, ropes, bias, self.attention_path)
+                xs = block(xs, c, ropes, mask, self.attention_path)
             if i in capture:
                 hidden[i] = {s.name: x[:, -self.cfg.grid ** 2:] for s, x in zip(self.streams, xs)}
         out = {}

@@ -212,7 +212,7 @@ class Trainer:
         self.global_batch = self.batches.batch_size * self.dist.world_size
         o = config.optim
         self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
-        fused = o.fused and self.device.type == "cuda"
+        fused = o.fused and self.device.type in ("cuda", "cpu")   # torch's fused AdamW runs on both
         self.optimizer = torch.optim.AdamW(param_groups([self.model, self.aux], o.weight_decay), lr=self.base_lr,
                                            betas=tuple(o.betas), fused=fused or None)
         self.steps_per_epoch = len(self.batches)
@@ -323,6 +323,9 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def _nonfinite(self, losses: dict[str, torch.Tensor], total: torch.Tensor,
                    grad_norm: Optional[torch.Tensor]) -> Optional[str]:
+        checked = [*losses.values(), total] + ([grad_norm] if grad_norm is not None else [])
+        if bool(torch.stack([torch.isfinite(x.detach().float()).all() for x in checked]).all()):
+            return None   # one device sync per step; the message below is built only when something is off
         bad = [f"loss/{k}={v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v)]
         if not torch.isfinite(total) and not bad:
             bad.append(f"loss={total.item():.4g}")

@@ -117,8 +117,9 @@ def test_bench_train_memory_probe():
 def test_variants():
     import bench_train
     cpu = {v.label: v for v in bench_train.make_variants(["jit"], "cpu", bench_train.LEVERS_CPU)}
-    assert set(cpu) == {"official", "ours", "ours +ckpt"}
+    assert set(cpu) == {"official", "ours", "ours -fast-attn", "ours -fused", "ours +ckpt"}
     assert cpu["official"].attention == "exact" and cpu["ours"].attention == "fast"
+    assert cpu["ours"].fused and not cpu["official"].fused and not cpu["ours -fused"].fused
     cuda = {v.label: v for v in bench_train.make_variants(["jit", "vco"], "cuda", bench_train.LEVERS_CUDA)}
     ours, official = cuda["ours"], cuda["official"]
     assert ours.compile and ours.fused and ours.bf16 and official.bf16 and not official.fused

@@ -346,6 +346,52 @@ def test_mask_changes_output(two_stream_model):
     torch.testing.assert_close(masked["pixel"][1], plain["pixel"][1], atol=1e-6, rtol=0)
 
 
+def test_grouped_fast_attention_gradients_equal_exact(two_stream_model):
+    """The fast path attends per block pattern without a token mask (StreamGroups); inputs and
+    weight gradients equal the exact masked path's."""
+    model, inputs, t, y, blocked = two_stream_model
+    grads = {}
+    for path in ("exact", "fast"):
+        model.zero_grad()
+        x = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        out = model.set_attention(path)(x, t, y, blocked=blocked)
+        (out["pixel"].square().mean() + out["feature"].square().mean()).backward()
+        grads[path] = [x["pixel"].grad, x["feature"].grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(grads["fast"]) == len(grads["exact"]) > 10
+    for a, b in zip(grads["fast"], grads["exact"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_stream_groups_equal_masked_sdpa():
+    """Three streams, four patterns (one all-open): grouped attention == SDPA with the -inf token mask."""
+    from jit_core.model import StreamGroups
+    model = JiT(TINY, [pixel_stream(), Stream("feature", "tokens", 8), Stream("extra", "tokens", 4)])
+    lengths = [5, 7, 3]
+    blocked = torch.zeros(6, 3, 3, dtype=torch.bool)
+    blocked[0, 0, 1] = blocked[3, 0, 1] = True            # pixel -> feature (V-Co's null branch)
+    blocked[1, 1, 0] = blocked[1, 2, 0] = True            # two query streams blocked from the pixels
+    blocked[4, 0, 1] = blocked[4, 0, 2] = blocked[4, 2, 1] = True
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, sum(lengths), 8, generator=g) for _ in range(3))
+    groups = StreamGroups(blocked)
+    assert len(groups.patterns) == 4
+    bias = model._bias(blocked, lengths, torch.float32)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(groups.attention(q, k, v, lengths, 0.0), ref, atol=1e-6, rtol=0)
+    only_open = StreamGroups(torch.zeros(2, 3, 3, dtype=torch.bool))
+    assert only_open.single
+    torch.testing.assert_close(only_open.attention(q[:2], k[:2], v[:2], lengths, 0.0),
+                               torch.nn.functional.scaled_dot_product_attention(q[:2], k[:2], v[:2]))
+
+
+def test_stream_that_sees_nothing_is_refused():
+    from jit_core.model import StreamGroups
+    blocked = torch.zeros(1, 2, 2, dtype=torch.bool)
+    blocked[0, 1] = True
+    with pytest.raises(ValueError, match="no key stream"):
+        StreamGroups(blocked)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_bf16_autocast_both_paths(two_stream_model, masked):
     """bf16 autocast on CPU: both paths run and stay within 2e-2 relative (Frobenius norm) of the fp32
