@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints, and import/export of official JiT and V-Co checkpoints.
+"""Crash-safe run checkpoints: writing, reading and verifying them, and checking weights against a model.
 
 Layout of a run folder::
 
@@ -12,34 +12,30 @@ replaced atomically. A crash or a full disk at any point leaves the previous che
 they were. A checkpoint damaged later fails :func:`verify_checkpoint`, and :func:`latest_checkpoint` falls
 back to the previous one. ``trainer.pt`` only ever holds plain Python values and tensors, so it loads with
 ``torch.load(weights_only=True)``; nothing in this module unpickles arbitrary objects.
+
+Official JiT / V-Co ``checkpoint-*.pth`` files are read and written by :mod:`jit_core.official`
+(:func:`load_weights` accepts them through it), and ``jit convert`` lives in :mod:`jit_core.convert`.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import struct
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
-
-from .model import MODEL_CONFIGS, ModelConfig, build_model
-from .official import ForeignCheckpointError, detect_layout, from_official, to_official
-from .streams import PIXEL, Stream, pixel_stream
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +471,8 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
 def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
     """One state dict (model/ema1/ema2) from a checkpoint dir, a run dir (its latest checkpoint), a
     ``.safetensors`` file, or an official ``.pth`` (or a folder holding ``checkpoint-last.pth``)."""
+    from .official import import_official  # not at the top: jit_core.official imports this module
+
     path = Path(path)
     if path.is_file():
         return _load_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
@@ -494,69 +492,6 @@ def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:
     if which not in WEIGHT_NAMES:
         raise CheckpointError(f"official checkpoint {path} has no {which!r} weights (choose from {WEIGHT_NAMES})")
     return imported[which]
-
-
-# ------------------------------------------------------------------------------------------ official format
-def _load_official(path: Path):
-    # The zip format can be memory-mapped (a 2B model's checkpoint is ~40 GB); legacy pickles cannot.
-    mmap = zipfile.is_zipfile(path)
-    with torch.serialization.safe_globals([argparse.Namespace]):  # only to unpickle `args`; never used
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as e:
-            if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
-                raise _refused(path, e) from e
-            raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: "
-                                  f"{_first_line(e)})") from e
-
-
-def import_official(pth_path) -> dict:
-    """An official JiT / V-Co ``checkpoint-*.pth`` in our key layout.
-
-    Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": "jit" | "vco", "epoch": int}``. The frozen
-    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official`).
-    """
-    path = Path(pth_path)
-    if not path.is_file():
-        raise CheckpointError(f"official checkpoint not found: {path}; pass the checkpoint-last.pth written by "
-                              "the official JiT (main_jit.py) or V-Co code")
-    ck = _load_official(path)
-    if not isinstance(ck, Mapping) or "model" not in ck:
-        found = sorted(map(str, ck))[:8] if isinstance(ck, Mapping) else type(ck).__name__
-        raise CheckpointError(f"{path} is not an official JiT/V-Co checkpoint: it has no 'model' entry (found "
-                              f"{found}); expected a dict with model, model_ema1, model_ema2, optimizer, epoch, args")
-    out, layout = {}, None
-    for ours, theirs in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2")):
-        sd = ck.get(theirs)
-        if sd is None:
-            warnings.warn(f"{path} has no {theirs!r}; using 'model' for {ours}", stacklevel=2)
-            sd = ck["model"]
-        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointError(f"{path}: {theirs!r} is not a state dict of tensors")
-        try:
-            out[ours], layout = from_official(sd)
-        except ForeignCheckpointError as e:
-            raise CheckpointError(f"{path}: {theirs!r} is not a JiT/V-Co state dict: {e}") from e
-    epoch = ck.get("epoch", 0)
-    out.update(layout=layout, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
-    return out
-
-
-def export_official(weights: dict, path, epoch: int = 0) -> None:
-    """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
-    model = weights["model"]
-    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model)).items()}
-          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
-    ck.update(optimizer={}, epoch=int(epoch), args=None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_file(tmp, lambda s: torch.save(ck, s))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 # ------------------------------------------------------------------------------------------ compatibility
@@ -584,6 +519,8 @@ def check_compatible(sd: dict[str, torch.Tensor], model: nn.Module, source: str)
         parts.append("missing from the file: " + listing(missing, lambda k: f"{k} {_shape(ref[k])}"))
     if unexpected:
         parts.append("in the file but not in the model: " + listing(unexpected, lambda k: f"{k} {_shape(sd[k])}"))
+    from .infer_config import infer_model_config  # not at the top: jit_core.infer_config imports this module
+
     try:
         cfg = infer_model_config(sd, in_context_start=0)
         hint = " (its tensors say: " + ", ".join(f"{k}={cfg[k]}" for k in (
@@ -592,152 +529,3 @@ def check_compatible(sd: dict[str, torch.Tensor], model: nn.Module, source: str)
         hint = ""
     raise CheckpointError(f"checkpoint {source} is for a different model: {'; '.join(parts)}; build the model with "
                           f"the config the checkpoint was trained with{hint} (see its run's config.json)")
-
-
-def _default_in_context_start(depth: int, hidden: int) -> int | None:
-    """in_context_start of a known config with the same depth and width, else of the same depth."""
-    for match in (lambda c: (c.depth, c.hidden_size) == (depth, hidden), lambda c: c.depth == depth):
-        starts = {c.in_context_start for c in MODEL_CONFIGS.values() if match(c)}
-        if len(starts) == 1:
-            return starts.pop()
-    return None
-
-
-def _mlp_ratio(hidden: int, mlp_hidden: int) -> float:
-    for ratio in (4.0, *((1.5 * mlp_hidden + j) / hidden for j in range(3))):
-        if int(int(hidden * ratio) * 2 / 3) == mlp_hidden:
-            return ratio
-    raise CheckpointError(f"cannot infer mlp_ratio from a SwiGLU hidden width of {mlp_hidden} (hidden {hidden})")
-
-
-def infer_model_config(sd: Mapping[str, torch.Tensor], in_context_start: int | None = None) -> dict:
-    """``ModelConfig`` keyword arguments read off the tensor shapes of a state dict (ours or official).
-
-    ``in_context_start`` is not visible in the shapes: pass it, else it comes from a known config with the
-    same depth/width (JiT-B 4, L 8, H/G 10); dropout rates come from a known config with the same shapes.
-    """
-    try:
-        if detect_layout(sd) != "ours":
-            sd, _ = from_official(sd)
-    except ForeignCheckpointError as e:
-        raise CheckpointError(f"cannot infer the model config: {e}") from e
-
-    def shape(key):
-        if key not in sd:
-            raise CheckpointError(f"cannot infer the model config: the state dict has no {key!r}")
-        return tuple(sd[key].shape)
-
-    _, tokens, hidden = shape("pos_embed")
-    grid = math.isqrt(tokens)
-    bottleneck, in_channels, patch, _ = shape(f"embedders.{PIXEL}.proj1.weight")
-    head_dim = shape(f"blocks.0.streams.{PIXEL}.attn.q_norm.weight")[0]
-    cfg = {"image_size": grid * patch, "patch_size": patch, "in_channels": in_channels, "hidden_size": hidden,
-           "depth": 1 + max(int(m[1]) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
-           "num_heads": hidden // head_dim,
-           "mlp_ratio": _mlp_ratio(hidden, shape(f"blocks.0.streams.{PIXEL}.mlp.w3.weight")[1]),
-           "bottleneck_dim": bottleneck, "in_context_len": shape("in_context_posemb")[1],
-           "num_classes": shape("y_embedder.embedding_table.weight")[0] - 1}
-    known = next((c for c in MODEL_CONFIGS.values() if all(getattr(c, k) == v for k, v in cfg.items())), None)
-    if in_context_start is None:
-        in_context_start = known.in_context_start if known else _default_in_context_start(cfg["depth"], hidden)
-    if in_context_start is None:
-        raise CheckpointError(f"in_context_start cannot be read from tensor shapes and no known config has depth "
-                              f"{cfg['depth']}: pass it (jit convert --in-context-start N)")
-    cfg.update(in_context_start=in_context_start, attn_drop=known.attn_drop if known else 0.0,
-               proj_drop=known.proj_drop if known else 0.0)
-    try:
-        ModelConfig(**cfg).validate()
-    except ValueError as e:
-        raise CheckpointError(f"the inferred model config is invalid ({e}): {cfg}") from e
-    return cfg
-
-
-def streams_for(sd: Mapping[str, torch.Tensor]) -> list[Stream]:
-    """The streams a state dict (our layout) was built with: pixel, plus one per extra embedder."""
-    streams = [pixel_stream(sd[f"embedders.{PIXEL}.proj1.weight"].shape[1])]
-    for key, t in sd.items():
-        m = re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", key)
-        if m and m[1] != PIXEL:
-            kind = "patch" if t.shape[-1] > 1 else "tokens"
-            streams.append(Stream(m[1], kind, t.shape[1], default_init=True))
-    return streams
-
-
-# ------------------------------------------------------------------------------------------ jit convert
-def convert_command():
-    """``jit convert OFFICIAL.pth OUT_DIR``: an official JiT / V-Co checkpoint as a jit-vco run folder."""
-    import click
-
-    @click.command("convert")
-    @click.argument("official", type=click.Path(path_type=Path))
-    @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--check-config", "check_config", metavar="NAME",
-                  help="Fail unless the weights fit this named model config (e.g. JiT-B/16).")
-    @click.option("--in-context-start", type=int, default=None,
-                  help="Block where the in-context tokens enter (not visible in the weights; default from a known "
-                       "config of the same depth).")
-    @click.option("--force", is_flag=True, help="Write into OUT_DIR even if it already holds checkpoints.")
-    def convert(official: Path, out_dir: Path, check_config: str | None, in_context_start: int | None,
-                force: bool):
-        """Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000."""
-        try:
-            imported = import_official(official)
-            sd = imported["model"]
-            streams = streams_for(sd)
-            if check_config:
-                try:
-                    model = build_model(check_config, streams, device="meta")
-                except (KeyError, ValueError) as e:
-                    raise click.BadParameter(str(e).strip('"'), param_hint="--check-config") from e
-                check_compatible(sd, model, str(official))
-                if in_context_start is None:
-                    in_context_start = model.cfg.in_context_start
-            depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-            if in_context_start is None and _default_in_context_start(depth, sd["pos_embed"].shape[-1]) is None:
-                raise click.UsageError(f"no known config has depth {depth}: pass --in-context-start "
-                                       "(the block where the in-context tokens enter)")
-            try:
-                cfg = infer_model_config(sd, in_context_start)
-            except CheckpointError as e:
-                cfg = None
-                click.echo(f"note: no config.json written ({e})", err=True)
-            if not force and (list_checkpoints(out_dir) or (out_dir / "config.json").exists()):
-                raise click.UsageError(f"{out_dir} already holds a run; choose an empty folder or pass --force")
-            source = {"path": str(official.resolve()), "sha256": _sha256_file(official.resolve()),
-                      "layout": imported["layout"], "epoch": imported["epoch"]}
-            state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
-            ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
-            if cfg is not None:
-                _write_config_hint(out_dir, cfg, streams)
-        except CheckpointError as e:
-            raise click.ClickException(str(e)) from e
-        total = sum(t.numel() for t in sd.values())
-        click.echo(f"converted {official} ({imported['layout']} layout, epoch {imported['epoch']})\n"
-                   f"  {len(sd)} tensors, {total - sd['pos_embed'].numel():,} trainable parameters "
-                   f"({total:,} with the frozen position table)\n"
-                   f"  streams: {', '.join(f'{s.name} ({s.channels} ch)' for s in streams)}\n"
-                   f"  -> {ckpt}")
-        if cfg is not None:
-            click.echo("  model config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
-                       f"\n  -> {out_dir / 'config.json'}")
-
-    return convert
-
-
-def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
-    """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network."""
-    from .config import Config
-
-    base = next((n for n, c in MODEL_CONFIGS.items() if (c.depth, c.hidden_size) == (cfg["depth"], cfg["hidden_size"])),
-                "JiT-B/16")
-    run = Config(model=base, model_overrides={k: v for k, v in cfg.items() if getattr(MODEL_CONFIGS[base], k) != v})
-    run.data.image_size = cfg["image_size"]
-    if len(streams) > 1:
-        run.plugins = ["vco"]
-    data = run.to_json().encode()
-    tmp = out_dir / f"config.json.tmp-{os.getpid()}"
-    try:
-        _write_file(tmp, lambda s: s.write(data))
-        os.replace(tmp, out_dir / "config.json")
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -189,7 +189,7 @@ def plugins_cmd(as_json, enabled):
 def _add_optional_commands() -> None:
     """Commands that live in their own modules, and the plugins' commands."""
     import importlib
-    for module, factory, name in (("jit_core.checkpoint", "convert_command", "convert"),
+    for module, factory, name in (("jit_core.convert", "convert_command", "convert"),
                                   ("jit_core.evaluate", "evaluate_command", "evaluate"),
                                   ("jit_core.metrics", "ref_stats_command", "ref-stats"),
                                   ("jit_core.report", "compare_command", "compare")):

@@ -1,17 +1,28 @@
-"""Key mapping between official JiT / V-Co state dicts and ours (both directions).
+"""The official JiT / V-Co checkpoint format: key mapping to and from ours, and ``.pth`` import/export.
 
 Official JiT (LTH14/JiT): ``net.blocks.N.attn.qkv.weight`` ...; official V-Co (HL-hanlin/V-Co):
 per-stream suffixes ``_pixel`` / ``_dino`` and heads ``pixels_*`` / ``dinov2_*``. Ours: one
 ``streams.<name>`` level per block, ``embedders.<name>`` and ``heads.<name>``. The V-Co DINO stream
 maps to our stream ``feature``; the frozen DINOv2 encoders and the Denoiser's image buffers
 (``img_mean``, ``img_std``) are dropped: they are not part of the network.
+
+:func:`from_official` / :func:`to_official` map state dicts; :func:`import_official` reads an official
+``checkpoint-*.pth`` (``torch.load(weights_only=True)``, memory-mapped when the file allows it) into our
+layout and :func:`export_official` writes ours as one, atomically.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+
+from .checkpoint import CheckpointError, _first_line, _fsync_dir, _refused, _write_file
 
 FEATURE = "feature"
 _SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")
@@ -106,3 +117,66 @@ def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             new = f"final_layer.{inv_head[m[1]] + '_' if vco else ''}{m[2]}"
         out["net." + new] = value
     return out
+
+
+# ------------------------------------------------------------------------------------------ official checkpoint files
+def _load_official(path: Path):
+    # The zip format can be memory-mapped (a 2B model's checkpoint is ~40 GB); legacy pickles cannot.
+    mmap = zipfile.is_zipfile(path)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # only to unpickle `args`; never used
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:
+            if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
+                raise _refused(path, e) from e
+            raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: "
+                                  f"{_first_line(e)})") from e
+
+
+def import_official(pth_path) -> dict:
+    """An official JiT / V-Co ``checkpoint-*.pth`` in our key layout.
+
+    Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": "jit" | "vco", "epoch": int}``. The frozen
+    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official`).
+    """
+    path = Path(pth_path)
+    if not path.is_file():
+        raise CheckpointError(f"official checkpoint not found: {path}; pass the checkpoint-last.pth written by "
+                              "the official JiT (main_jit.py) or V-Co code")
+    ck = _load_official(path)
+    if not isinstance(ck, Mapping) or "model" not in ck:
+        found = sorted(map(str, ck))[:8] if isinstance(ck, Mapping) else type(ck).__name__
+        raise CheckpointError(f"{path} is not an official JiT/V-Co checkpoint: it has no 'model' entry (found "
+                              f"{found}); expected a dict with model, model_ema1, model_ema2, optimizer, epoch, args")
+    out, layout = {}, None
+    for ours, theirs in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2")):
+        sd = ck.get(theirs)
+        if sd is None:
+            warnings.warn(f"{path} has no {theirs!r}; using 'model' for {ours}", stacklevel=2)
+            sd = ck["model"]
+        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path}: {theirs!r} is not a state dict of tensors")
+        try:
+            out[ours], layout = from_official(sd)
+        except ForeignCheckpointError as e:
+            raise CheckpointError(f"{path}: {theirs!r} is not a JiT/V-Co state dict: {e}") from e
+    epoch = ck.get("epoch", 0)
+    out.update(layout=layout, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
+    return out
+
+
+def export_official(weights: dict, path, epoch: int = 0) -> None:
+    """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
+    model = weights["model"]
+    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model)).items()}
+          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
+    ck.update(optimizer={}, epoch=int(epoch), args=None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_file(tmp, lambda s: torch.save(ck, s))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)

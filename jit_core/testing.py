@@ -15,15 +15,22 @@ Plain functions (no pytest needed)::
 - :func:`tiny_setup` / :func:`one_step`: a real :class:`~jit_core.train.Trainer` (same plugin
   wiring as training: streams, trainable modules, captured blocks, batch sampler) and one call of
   its objective (:func:`jit_core.diffusion.training_losses`) on its first batch.
-- :class:`RecordingPlugin`: implements every hook, records each call (name and keyword
-  arguments) and returns nothing unless told to (``returns=`` values, ``handlers=`` functions).
+- :class:`RecordingPlugin` (from :mod:`jit_core.recording`): implements every hook, records each call
+  (name and keyword arguments) and returns nothing unless told to (``returns=`` values, ``handlers=``
+  functions).
 - :func:`make_plugin_distribution`: a throwaway installed plugin (module + ``*.dist-info`` with the
   ``jit_core.plugins`` entry point) in a folder; put the folder on ``sys.path`` to "install" it.
-- :func:`hook_reference_markdown`: the hook reference of ``docs/plugins.md``, rendered from the
-  hookspec docstrings (``python -m jit_core.testing --update-docs docs/plugins.md`` rewrites it).
+- :func:`run_cli`: ``jit ARGS`` in-process, plugin commands included.
+- :func:`hook_reference_markdown` (from :mod:`jit_core.hookref`): the hook reference of
+  ``docs/plugins.md``, rendered from the hookspec docstrings (``python -m jit_core.hookref
+  --update-docs docs/plugins.md`` rewrites it).
 
 Pytest fixtures (``pytest_plugins = ["jit_core.testing"]`` in a top-level conftest or test module):
 ``jit_recorder``, ``jit_train``, ``jit_one_step``, ``jit_plugin_dist``, ``jit_cli``, ``jit_no_autoload``.
+
+This module holds the tiny-run helpers, the installed-plugin helpers and the pytest fixtures; the
+recording plugin (:mod:`jit_core.recording`) and the hook reference renderer (:mod:`jit_core.hookref`)
+live in their own modules and are re-exported here (``__all__``).
 
 Heavy modules (torch, the trainer) are imported inside the functions, so loading this module as a
 pytest plugin costs nothing. PYTEST_DONT_REWRITE: it has no asserts, and test modules often import
@@ -31,7 +38,6 @@ it before pytest registers it as a plugin.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -39,13 +45,13 @@ import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hookspecs
-from .hookspecs import hookimpl
+from .hookref import HOOKS_END, HOOKS_START, hook_reference_markdown, update_hook_reference
+from .recording import HookCall, RecordingPlugin
 
 __all__ = [
     "HOOKS_END",
@@ -63,9 +69,6 @@ __all__ = [
     "train_tiny",
     "update_hook_reference",
 ]
-
-HOOKS_START = "<!-- hooks:start -->"
-HOOKS_END = "<!-- hooks:end -->"
 
 
 # ----------------------------------------------------------------------------------- configs and runs
@@ -186,116 +189,6 @@ def one_step(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), **k
     return tiny_setup(plugins, extra_plugins, **kwargs).step()
 
 
-# ----------------------------------------------------------------------------------- recording plugin
-@dataclass
-class HookCall:
-    """One recorded hook call: the hook's name and the keyword arguments it was called with."""
-
-    name: str
-    kwargs: dict
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(sorted(self.kwargs))
-
-
-class RecordingPlugin:
-    """A plugin that implements every hook and records every call.
-
-    By default each hook returns None (nothing added, firstresult hooks fall through to the next
-    provider), so registering it changes nothing. ``returns={"jit_capture_blocks": [1]}`` makes a
-    hook return a value; ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its
-    result. The implementations are ``tryfirst``, so the recorder sees every call of a firstresult
-    hook and its non-None results win over other plugins'. ``name`` is the name it is registered
-    under (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
-
-    ``jit_options`` is called directly by the plugin manager when it registers a plugin (and when
-    it collects option schemas), so it is recorded without keyword arguments.
-    """
-
-    def __init__(self, name: str = "recorder", returns: Mapping[str, Any] | None = None,
-                 handlers: Mapping[str, Callable[..., Any]] | None = None):
-        self.__name__ = name
-        self.returns = dict(returns or {})
-        self.handlers = dict(handlers or {})
-        unknown = sorted((set(self.returns) | set(self.handlers)) - set(hook_names()))
-        if unknown:
-            raise ValueError(f"RecordingPlugin: unknown hooks {unknown}; hooks: {', '.join(hook_names())}")
-        self.calls: list[HookCall] = []
-
-    def __repr__(self) -> str:
-        return f"RecordingPlugin({self.__name__!r}, {len(self.calls)} calls)"
-
-    # -- queries
-    def names(self) -> list[str]:
-        """Hook names in call order."""
-        return [c.name for c in self.calls]
-
-    def calls_of(self, name: str) -> list[HookCall]:
-        return [c for c in self.calls if c.name == name]
-
-    def count(self, name: str) -> int:
-        return len(self.calls_of(name))
-
-    def called(self, name: str) -> bool:
-        return self.count(name) > 0
-
-    def clear(self) -> None:
-        self.calls.clear()
-
-    # -- recording
-    def _call(self, name: str, **kwargs: Any) -> Any:
-        self.calls.append(HookCall(name, kwargs))
-        if name in self.handlers:
-            return self.handlers[name](**kwargs)
-        return self.returns.get(name)
-
-    # -- every hook of jit_core.hookspecs, with its full signature
-    @hookimpl(tryfirst=True)
-    def jit_options(self):
-        return self._call("jit_options")
-
-    @hookimpl(tryfirst=True)
-    def jit_presets(self):
-        return self._call("jit_presets")
-
-    @hookimpl(tryfirst=True)
-    def jit_streams(self, config, model_config):
-        return self._call("jit_streams", config=config, model_config=model_config)
-
-    @hookimpl(tryfirst=True)
-    def jit_normalize(self, stream, target, config):
-        return self._call("jit_normalize", stream=stream, target=target, config=config)
-
-    @hookimpl(tryfirst=True)
-    def jit_unconditional(self, labels, drop, streams, config):
-        return self._call("jit_unconditional", labels=labels, drop=drop, streams=streams, config=config)
-
-    @hookimpl(tryfirst=True)
-    def jit_capture_blocks(self, config):
-        return self._call("jit_capture_blocks", config=config)
-
-    @hookimpl(tryfirst=True)
-    def jit_trainable_modules(self, config, model):
-        return self._call("jit_trainable_modules", config=config, model=model)
-
-    @hookimpl(tryfirst=True)
-    def jit_loss_terms(self, step):
-        return self._call("jit_loss_terms", step=step)
-
-    @hookimpl(tryfirst=True)
-    def jit_batch_sampler(self, dataset, config, rank, world_size, seed):
-        return self._call("jit_batch_sampler", dataset=dataset, config=config, rank=rank, world_size=world_size,
-                          seed=seed)
-
-    @hookimpl(tryfirst=True)
-    def jit_guidance_scale(self, stream, scale, config):
-        return self._call("jit_guidance_scale", stream=stream, scale=scale, config=config)
-
-    @hookimpl(tryfirst=True)
-    def jit_add_commands(self, cli):
-        return self._call("jit_add_commands", cli=cli)
-
 
 # ----------------------------------------------------------------------------------- installed plugins
 def make_plugin_distribution(root: str | os.PathLike, source: str, *, entry_name: str = "myplug",
@@ -341,83 +234,6 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None):
     _add_optional_commands()
     return CliRunner().invoke(cli, list(args), env=dict(env) if env else None, catch_exceptions=True)
 
-
-# ----------------------------------------------------------------------------------- hook reference
-def hook_names() -> list[str]:
-    """The hooks of :mod:`jit_core.hookspecs`, in the order they are defined (= documented)."""
-    return [name for name, fn in vars(hookspecs).items()
-            if name.startswith("jit_") and callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")]
-
-
-def _rst_to_markdown(text: str) -> str:
-    """The small subset of reST the hookspec docstrings use: ``literal`` and ``Example::`` blocks."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.rstrip().endswith("::"):
-            head = line.rstrip()[:-2].rstrip()
-            out.append(head + ":" if head and not head.endswith(":") else head)
-            i += 1
-            while i < len(lines) and not lines[i].strip():
-                i += 1
-            block = []
-            indent = None
-            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > 0):
-                if lines[i].strip():
-                    ind = len(lines[i]) - len(lines[i].lstrip())
-                    indent = ind if indent is None else min(indent, ind)
-                block.append(lines[i])
-                i += 1
-            while block and not block[-1].strip():
-                block.pop()
-            out += ["", "```python"] + [b[indent or 0:] for b in block] + ["```", ""]
-            continue
-        out.append(re.sub(r"``([^`]+)``", r"`\1`", line))
-        i += 1
-    return "\n".join(out).strip()
-
-
-def hook_reference_markdown() -> str:
-    """The hook reference (Markdown) rendered from the hookspec docstrings, for ``docs/plugins.md``."""
-    rows, sections = [], []
-    for name in hook_names():
-        fn = getattr(hookspecs, name)
-        opts = getattr(fn, f"{hookspecs.PROJECT}_spec")
-        sig = f"{name}({', '.join(inspect.signature(fn).parameters)})"
-        doc = inspect.cleandoc(fn.__doc__ or "")
-        first = re.sub(r"\*\*[^*]+\*\*\s*", "", doc.split("\n\n")[0].replace("\n", " "))
-        first = re.sub(r"``([^`]+)``", r"`\1`", first)
-        kind = "firstresult" if opts.get("firstresult") else "every plugin"
-        rows.append(f"| [`{name}`](#{name}) | {kind} | {first} |")
-        note = ("the first non-None result wins; if every plugin returns None the core's default applies"
-                if opts.get("firstresult") else "each plugin's implementation is called and the results are combined")
-        sections.append(f"### {name}\n\n`{sig}` — *{kind}*: {note}.\n\n{_rst_to_markdown(doc)}\n")
-    header = ("<!-- generated from jit_core/hookspecs.py by jit_core.testing.hook_reference_markdown(); "
-              "regenerate with: python -m jit_core.testing --update-docs docs/plugins.md -->\n\n"
-              "| hook | called | what it does |\n| --- | --- | --- |\n")
-    return header + "\n".join(rows) + "\n\n" + "\n".join(sections).rstrip() + "\n"
-
-
-def update_hook_reference(path: str | os.PathLike) -> bool:
-    """Rewrite the part of ``path`` between the hook markers; True if it changed."""
-    path = Path(path)
-    text = path.read_text()
-    if HOOKS_START not in text or HOOKS_END not in text:
-        raise ValueError(f"{path} has no {HOOKS_START} ... {HOOKS_END} markers")
-    head, rest = text.split(HOOKS_START, 1)
-    _, tail = rest.split(HOOKS_END, 1)
-    new = f"{head}{HOOKS_START}\n{hook_reference_markdown()}{HOOKS_END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
-
-
-def documented_hook_reference(path: str | os.PathLike) -> str:
-    """The part of ``path`` between the hook markers (to compare with :func:`hook_reference_markdown`)."""
-    text = Path(path).read_text()
-    return text.split(HOOKS_START, 1)[1].split(HOOKS_END, 1)[0].strip("\n") + "\n"
 
 
 # ----------------------------------------------------------------------------------- pytest fixtures
@@ -483,27 +299,3 @@ if pytest is not None:
         cli.commands.update(commands)
         PRESETS.clear()
         PRESETS.update(presets)
-
-
-# ----------------------------------------------------------------------------------- command line
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jit_core.testing [--update-docs FILE | --check-docs FILE]``: print, rewrite or
-    check the generated hook reference."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m jit_core.testing", description=main.__doc__)
-    parser.add_argument("--update-docs", metavar="FILE", help="rewrite the hook reference between the markers")
-    parser.add_argument("--check-docs", metavar="FILE", help="exit 1 if the hook reference is out of date")
-    args = parser.parse_args(argv)
-    if args.update_docs:
-        print(f"{args.update_docs}: {'updated' if update_hook_reference(args.update_docs) else 'up to date'}")
-    elif args.check_docs:
-        ok = documented_hook_reference(args.check_docs) == hook_reference_markdown()
-        print(f"{args.check_docs}: {'up to date' if ok else 'OUT OF DATE (run with --update-docs)'}")
-        return 0 if ok else 1
-    else:
-        sys.stdout.write(hook_reference_markdown())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

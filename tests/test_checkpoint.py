@@ -21,10 +21,6 @@ from jit_core.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
     check_compatible,
-    convert_command,
-    export_official,
-    import_official,
-    infer_model_config,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -32,7 +28,10 @@ from jit_core.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from jit_core.convert import convert_command
+from jit_core.infer_config import infer_model_config
 from jit_core.model import JiT, ModelConfig, build_model
+from jit_core.official import export_official, import_official
 from jit_core.streams import Stream, pixel_stream
 
 FIXTURES = Path(os.environ.get("JIT_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")

@@ -1,5 +1,5 @@
-"""Submitting and watching (slurm/submit.py, slurm/job.py, slurm/watch.py) against the real local SLURM cluster: DDP over 2 tasks, preemption
-with requeue and exact resume, cancel. Plus cluster-free unit checks of option handling.
+"""Submitting and watching (slurm/submit.py, slurm/job.py, slurm/watch.py) against the real local SLURM cluster:
+DDP over 2 tasks, preemption with requeue and exact resume, cancel. Plus cluster-free unit checks of option handling.
 
 Start the cluster with `scripts/slurm-cluster.sh up`; without it the cluster tests skip (or fail under
 JIT_REQUIRE_SLURM=1).

@@ -1,0 +1,88 @@
+"""What network a state dict is: its ``ModelConfig`` and streams, read off the tensor shapes.
+
+:func:`infer_model_config` gives ``ModelConfig`` keyword arguments for a state dict in our layout or an
+official one; :func:`streams_for` the streams it was built with. ``jit convert`` uses both to write a
+run's ``config.json``, and :func:`jit_core.checkpoint.check_compatible` to say which model a mismatched
+checkpoint is for.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+
+from .checkpoint import CheckpointError
+from .model import MODEL_CONFIGS, ModelConfig
+from .official import ForeignCheckpointError, detect_layout, from_official
+from .streams import PIXEL, Stream, pixel_stream
+
+
+def _default_in_context_start(depth: int, hidden: int) -> int | None:
+    """in_context_start of a known config with the same depth and width, else of the same depth."""
+    for match in (lambda c: (c.depth, c.hidden_size) == (depth, hidden), lambda c: c.depth == depth):
+        starts = {c.in_context_start for c in MODEL_CONFIGS.values() if match(c)}
+        if len(starts) == 1:
+            return starts.pop()
+    return None
+
+
+def _mlp_ratio(hidden: int, mlp_hidden: int) -> float:
+    for ratio in (4.0, *((1.5 * mlp_hidden + j) / hidden for j in range(3))):
+        if int(int(hidden * ratio) * 2 / 3) == mlp_hidden:
+            return ratio
+    raise CheckpointError(f"cannot infer mlp_ratio from a SwiGLU hidden width of {mlp_hidden} (hidden {hidden})")
+
+
+def infer_model_config(sd: Mapping[str, torch.Tensor], in_context_start: int | None = None) -> dict:
+    """``ModelConfig`` keyword arguments read off the tensor shapes of a state dict (ours or official).
+
+    ``in_context_start`` is not visible in the shapes: pass it, else it comes from a known config with the
+    same depth/width (JiT-B 4, L 8, H/G 10); dropout rates come from a known config with the same shapes.
+    """
+    try:
+        if detect_layout(sd) != "ours":
+            sd, _ = from_official(sd)
+    except ForeignCheckpointError as e:
+        raise CheckpointError(f"cannot infer the model config: {e}") from e
+
+    def shape(key):
+        if key not in sd:
+            raise CheckpointError(f"cannot infer the model config: the state dict has no {key!r}")
+        return tuple(sd[key].shape)
+
+    _, tokens, hidden = shape("pos_embed")
+    grid = math.isqrt(tokens)
+    bottleneck, in_channels, patch, _ = shape(f"embedders.{PIXEL}.proj1.weight")
+    head_dim = shape(f"blocks.0.streams.{PIXEL}.attn.q_norm.weight")[0]
+    cfg = {"image_size": grid * patch, "patch_size": patch, "in_channels": in_channels, "hidden_size": hidden,
+           "depth": 1 + max(int(m[1]) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
+           "num_heads": hidden // head_dim,
+           "mlp_ratio": _mlp_ratio(hidden, shape(f"blocks.0.streams.{PIXEL}.mlp.w3.weight")[1]),
+           "bottleneck_dim": bottleneck, "in_context_len": shape("in_context_posemb")[1],
+           "num_classes": shape("y_embedder.embedding_table.weight")[0] - 1}
+    known = next((c for c in MODEL_CONFIGS.values() if all(getattr(c, k) == v for k, v in cfg.items())), None)
+    if in_context_start is None:
+        in_context_start = known.in_context_start if known else _default_in_context_start(cfg["depth"], hidden)
+    if in_context_start is None:
+        raise CheckpointError(f"in_context_start cannot be read from tensor shapes and no known config has depth "
+                              f"{cfg['depth']}: pass it (jit convert --in-context-start N)")
+    cfg.update(in_context_start=in_context_start, attn_drop=known.attn_drop if known else 0.0,
+               proj_drop=known.proj_drop if known else 0.0)
+    try:
+        ModelConfig(**cfg).validate()
+    except ValueError as e:
+        raise CheckpointError(f"the inferred model config is invalid ({e}): {cfg}") from e
+    return cfg
+
+
+def streams_for(sd: Mapping[str, torch.Tensor]) -> list[Stream]:
+    """The streams a state dict (our layout) was built with: pixel, plus one per extra embedder."""
+    streams = [pixel_stream(sd[f"embedders.{PIXEL}.proj1.weight"].shape[1])]
+    for key, t in sd.items():
+        m = re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", key)
+        if m and m[1] != PIXEL:
+            kind = "patch" if t.shape[-1] > 1 else "tokens"
+            streams.append(Stream(m[1], kind, t.shape[1], default_init=True))
+    return streams

@@ -1,0 +1,125 @@
+"""A plugin that implements every hook and records each call: :class:`RecordingPlugin`, :class:`HookCall`.
+
+For tests (``jit_core.testing`` re-exports both and provides the ``jit_recorder`` fixture), and as a
+stand-in for a plugin under construction: ``returns=`` makes a hook answer a fixed value, ``handlers=``
+a function.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .hookref import hook_names
+from .hookspecs import hookimpl
+
+
+@dataclass
+class HookCall:
+    """One recorded hook call: the hook's name and the keyword arguments it was called with."""
+
+    name: str
+    kwargs: dict
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(sorted(self.kwargs))
+
+
+class RecordingPlugin:
+    """A plugin that implements every hook and records every call.
+
+    By default each hook returns None (nothing added, firstresult hooks fall through to the next
+    provider), so registering it changes nothing. ``returns={"jit_capture_blocks": [1]}`` makes a
+    hook return a value; ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its
+    result. The implementations are ``tryfirst``, so the recorder sees every call of a firstresult
+    hook and its non-None results win over other plugins'. ``name`` is the name it is registered
+    under (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
+
+    ``jit_options`` is called directly by the plugin manager when it registers a plugin (and when
+    it collects option schemas), so it is recorded without keyword arguments.
+    """
+
+    def __init__(self, name: str = "recorder", returns: Mapping[str, Any] | None = None,
+                 handlers: Mapping[str, Callable[..., Any]] | None = None):
+        self.__name__ = name
+        self.returns = dict(returns or {})
+        self.handlers = dict(handlers or {})
+        unknown = sorted((set(self.returns) | set(self.handlers)) - set(hook_names()))
+        if unknown:
+            raise ValueError(f"RecordingPlugin: unknown hooks {unknown}; hooks: {', '.join(hook_names())}")
+        self.calls: list[HookCall] = []
+
+    def __repr__(self) -> str:
+        return f"RecordingPlugin({self.__name__!r}, {len(self.calls)} calls)"
+
+    # -- queries
+    def names(self) -> list[str]:
+        """Hook names in call order."""
+        return [c.name for c in self.calls]
+
+    def calls_of(self, name: str) -> list[HookCall]:
+        return [c for c in self.calls if c.name == name]
+
+    def count(self, name: str) -> int:
+        return len(self.calls_of(name))
+
+    def called(self, name: str) -> bool:
+        return self.count(name) > 0
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    # -- recording
+    def _call(self, name: str, **kwargs: Any) -> Any:
+        self.calls.append(HookCall(name, kwargs))
+        if name in self.handlers:
+            return self.handlers[name](**kwargs)
+        return self.returns.get(name)
+
+    # -- every hook of jit_core.hookspecs, with its full signature
+    @hookimpl(tryfirst=True)
+    def jit_options(self):
+        return self._call("jit_options")
+
+    @hookimpl(tryfirst=True)
+    def jit_presets(self):
+        return self._call("jit_presets")
+
+    @hookimpl(tryfirst=True)
+    def jit_streams(self, config, model_config):
+        return self._call("jit_streams", config=config, model_config=model_config)
+
+    @hookimpl(tryfirst=True)
+    def jit_normalize(self, stream, target, config):
+        return self._call("jit_normalize", stream=stream, target=target, config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_unconditional(self, labels, drop, streams, config):
+        return self._call("jit_unconditional", labels=labels, drop=drop, streams=streams, config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_capture_blocks(self, config):
+        return self._call("jit_capture_blocks", config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_trainable_modules(self, config, model):
+        return self._call("jit_trainable_modules", config=config, model=model)
+
+    @hookimpl(tryfirst=True)
+    def jit_loss_terms(self, step):
+        return self._call("jit_loss_terms", step=step)
+
+    @hookimpl(tryfirst=True)
+    def jit_batch_sampler(self, dataset, config, rank, world_size, seed):
+        return self._call("jit_batch_sampler", dataset=dataset, config=config, rank=rank, world_size=world_size,
+                          seed=seed)
+
+    @hookimpl(tryfirst=True)
+    def jit_guidance_scale(self, stream, scale, config):
+        return self._call("jit_guidance_scale", stream=stream, scale=scale, config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_add_commands(self, cli):
+        return self._call("jit_add_commands", cli=cli)
+
