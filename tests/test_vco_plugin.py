@@ -82,7 +82,7 @@ def test_loads_through_entry_point(vco):
     assert info.source.startswith("entry point")
     assert HOOKS <= set(info.hooks)
     assert info.options == dataclasses.asdict(plugin.VCoOptions())
-    assert len(dataclasses.fields(plugin.VCoOptions)) <= 15
+    assert len(dataclasses.fields(plugin.VCoOptions)) <= 16
 
 
 def test_options_are_typed_and_checked(vco):

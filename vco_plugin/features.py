@@ -6,7 +6,10 @@ One encoder serves V-Co twice:
   ``(B, grid*grid, channels)`` row-major token grid aligned with the pixel model's patch grid
   (computed without gradients);
 - :meth:`FeatureEncoder.embedding`: the L2-normalised global embedding of the perceptual-drifting
-  hybrid loss (gradients flow through the frozen encoder into the images).
+  hybrid loss (gradients flow through the frozen encoder into the images);
+- :meth:`FeatureEncoder.target_and_embedding`: both for the clean images from ONE trunk pass on the
+  target's input (the ``vco.shared_encoder_pass`` speed lever; no gradients). The embedding then
+  comes from the target's input, not the embedding's own (see each encoder).
 
 Two encoders are provided:
 
@@ -28,7 +31,6 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -93,6 +95,16 @@ class FeatureEncoder(nn.Module):
     def embedding(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` images in [-1, 1] -> ``(B, embed_dim)`` fp32, L2-normalised, differentiable."""
         raise NotImplementedError
+
+    def target_and_embedding(self, images: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """``(target_tokens(images, grid), embedding(images))`` without gradients.
+
+        Encoders override this with one trunk pass on the target's input (see the subclasses);
+        this fallback runs the two passes.
+        """
+        tokens = self.target_tokens(images, grid)
+        with torch.no_grad():
+            return tokens, self.embedding(images)
 
 
 def _rgb(images: Tensor) -> Tensor:
@@ -281,6 +293,7 @@ class DINOv2Encoder(FeatureEncoder):
         super().__init__()
         path = None if weights == RANDOM else (weights if weights is not None else _dinov2_hub_file())
         sd = _read_state_dict(path) if path is not None else None   # fail fast, before building the model
+        import timm  # imported on first use: it pulls in torchvision (seconds), which `jit --help` does not need
         vit = timm.create_model(DINOV2_ARCH, pretrained=False, img_size=DINOV2_SIZE, num_classes=0)
         if sd is None:
             _warn_random(self.name)
@@ -299,19 +312,35 @@ class DINOv2Encoder(FeatureEncoder):
         return self.vit.forward_features(x)
 
     def target_tokens(self, images: Tensor, grid: int) -> Tensor:
-        if grid != DINOV2_GRID:
-            raise ValueError(f"DINOv2 gives a {DINOV2_GRID}x{DINOV2_GRID} token grid at {DINOV2_SIZE} px, but the pixel "
-                             f"model's grid is {grid}x{grid}: use image_size / patch_size = {DINOV2_GRID} (e.g. 256/16)")
         with torch.no_grad():
-            x = _resize((_rgb(images) + 1) / 2, DINOV2_SIZE, "bicubic")
-            h = self.trunk_tokens((x - self.mean) / self.std)
-            h = F.layer_norm(h.float(), (self.channels,), eps=self.final_norm.eps)   # affine-free final LN
-        return h[:, self.num_prefix:]
+            return self._target_from_hidden(self._target_hidden(images, grid))
 
     def embedding(self, images: Tensor) -> Tensor:
         x = (_resize(_rgb(images), DINOV2_SIZE, "bilinear") + 1) / 2
-        cls = self.final_norm(self.trunk_tokens((x - self.mean) / self.std))[:, 0]
-        return F.normalize(cls.float(), dim=-1)
+        return self._embedding_from_hidden(self.trunk_tokens((x - self.mean) / self.std))
+
+    def target_and_embedding(self, images: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """One trunk pass on the target's input (bicubic 224 px): the tokens after the affine-free final
+        LN, and the L2-normalised CLS token after the affine final LN of the same hidden states. The
+        official embedding input is a bilinear resize, so at image sizes other than 224 px the
+        embedding differs slightly from :meth:`embedding` (identical at 224 px)."""
+        with torch.no_grad():
+            h = self._target_hidden(images, grid)
+            return self._target_from_hidden(h), self._embedding_from_hidden(h)
+
+    def _target_hidden(self, images: Tensor, grid: int) -> Tensor:
+        if grid != DINOV2_GRID:
+            raise ValueError(f"DINOv2 gives a {DINOV2_GRID}x{DINOV2_GRID} token grid at {DINOV2_SIZE} px, but the pixel "
+                             f"model's grid is {grid}x{grid}: use image_size / patch_size = {DINOV2_GRID} (e.g. 256/16)")
+        x = _resize((_rgb(images) + 1) / 2, DINOV2_SIZE, "bicubic")
+        return self.trunk_tokens((x - self.mean) / self.std)
+
+    def _target_from_hidden(self, h: Tensor) -> Tensor:
+        h = F.layer_norm(h.float(), (self.channels,), eps=self.final_norm.eps)   # affine-free final LN
+        return h[:, self.num_prefix:]
+
+    def _embedding_from_hidden(self, h: Tensor) -> Tensor:
+        return F.normalize(self.final_norm(h)[:, 0].float(), dim=-1)             # affine final LN, CLS
 
 
 class EfficientNetLite0Encoder(FeatureEncoder):
@@ -326,6 +355,7 @@ class EfficientNetLite0Encoder(FeatureEncoder):
 
     def __init__(self, weights: str | None = None):
         super().__init__()
+        import timm
         net = timm.create_model(EFFNET_ARCH, pretrained=False)
         if weights == RANDOM:
             _warn_random(self.name)
@@ -347,6 +377,17 @@ class EfficientNetLite0Encoder(FeatureEncoder):
         (fmap,) = self.net.forward_intermediates(x, indices=[EFFNET_EMBED_STAGE], intermediates_only=True,
                                                  stop_early=True)
         return F.normalize(fmap.float().mean((2, 3)), dim=-1)
+
+    def target_and_embedding(self, images: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """One forward at the target's input size (``8 * grid`` px) up to the embedding stage: the
+        target stage's tokens and the pooled embedding stage of the same forward. The embedding then
+        comes from the target's resolution, not the 32 px input of :meth:`embedding`: a different
+        feature (hence ``vco.shared_encoder_pass`` is off by default)."""
+        with torch.no_grad():
+            x = _resize(_rgb(images), EFFNET_STRIDE * grid, "bilinear")
+            fmap, emb = self.net.forward_intermediates(x, indices=[EFFNET_STAGE, EFFNET_EMBED_STAGE],
+                                                       intermediates_only=True, stop_early=True)
+        return _tokens(fmap.float()), F.normalize(emb.float().mean((2, 3)), dim=-1)
 
 
 _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}

@@ -5,6 +5,10 @@
 3. drifting hybrid loss     -> ``jit_loss_terms`` (drift_loss.py), ``jit_batch_sampler`` (batches.py);
 4. RMS calibration          -> ``jit_normalize`` (calibration.py statistics), or a time shift.
 
+Two speed levers, off by default (the paper's computation): ``shared_encoder_pass`` (one encoder pass
+on the clean images serves the target tokens and the hybrid loss's f+) and ``feature_cache`` (target
+tokens precomputed by ``jit vco cache-features``, looked up by image content; feature_cache.py).
+
 Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live under ``vco.*``.
 """
 # Options use Optional[X], not X | None: jit_core's option coercion only understands typing.Union.
@@ -16,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -57,6 +62,8 @@ class VCoOptions:
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
     cfg_feature: Optional[float] = None     # CFG scale w_d of the feature stream; None = the pixel scale
     symmetric_mask: bool = False            # ablation: also block feature -> pixel attention when dropped
+    shared_encoder_pass: bool = False       # speed: one clean-image encoder pass gives target and f+ (f+ at target input)
+    feature_cache: Optional[str] = None     # speed: dir from `jit vco cache-features`; targets looked up, not computed
 
 
 def enabled(config) -> bool:
@@ -201,6 +208,61 @@ def _default_device(config) -> torch.device:
     return torch.device(want)
 
 
+# ----------------------------------------------------------------------------------- speed levers
+class _Positives:
+    """The hybrid loss's f+ computed by the stream target in the same encoder pass as the target tokens
+    (``shared_encoder_pass``), remembered for exactly those images.
+
+    One entry: a weak reference to the images tensor plus its storage pointer, shape, strides, dtype,
+    device and version counter (bumped by any in-place change), and the encoder and grid it was
+    computed with. :meth:`take` returns f+ only if all of these still match, and forgets the entry in
+    any case, so a stale f+ can never be used: other images, changed images, another encoder or grid
+    all get ``None`` (and the caller computes f+ as usual).
+    """
+
+    def __init__(self):
+        self._entry = None
+
+    @staticmethod
+    def _fingerprint(images: torch.Tensor):
+        try:
+            version = images._version
+        except RuntimeError:   # inference-mode tensors have no version counter: never remembered
+            return None
+        return (images.data_ptr(), tuple(images.shape), tuple(images.stride()), images.dtype, str(images.device),
+                version)
+
+    def put(self, images: torch.Tensor, key: tuple, f_pos: torch.Tensor) -> None:
+        fp = self._fingerprint(images)
+        self._entry = None if fp is None else (weakref.ref(images), key, fp, f_pos)
+
+    def take(self, images: torch.Tensor, key: tuple) -> Optional[torch.Tensor]:
+        entry, self._entry = self._entry, None
+        if entry is None:
+            return None
+        ref, k, fp, f_pos = entry
+        if ref() is not images or k != key or fp != self._fingerprint(images):
+            return None
+        return f_pos
+
+
+_POSITIVES = _Positives()
+
+
+def _positive_key(enc, grid: int) -> tuple:
+    return (enc, grid)          # the encoder object itself (modules compare by identity) and the grid
+
+
+def open_feature_cache(opts: VCoOptions, model_config):
+    """The opened ``vco.feature_cache``, checked against this run's encoder, weights, grid, image size and
+    channels (FeatureCacheError naming the mismatch and the rebuild command otherwise)."""
+    from .feature_cache import open_cache
+    cache = open_cache(opts.feature_cache)
+    cache.check(opts.encoder, opts.encoder_weights, model_config.grid, model_config.image_size,
+                model_config.in_channels)
+    return cache
+
+
 # ----------------------------------------------------------------------------------- hooks
 @hookimpl
 def jit_options():
@@ -260,7 +322,14 @@ def jit_streams(config, model_config):
         alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
 
     def target(images: torch.Tensor) -> torch.Tensor:
-        return encoder(opts, images.device).target_tokens(images, grid)
+        if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
+            return open_feature_cache(opts, model_config).lookup(images)
+        enc = encoder(opts, images.device)
+        if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
+            tokens, f_pos = enc.target_and_embedding(images, grid)
+            _POSITIVES.put(images, _positive_key(enc, grid), f_pos)
+            return tokens
+        return enc.target_tokens(images, grid)
 
     return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
                    loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
@@ -306,9 +375,23 @@ def jit_loss_terms(step):
         return {}
     enc = encoder(opts, step.images.device)
     f = enc.embedding(step.preds["pixel"])
-    with torch.no_grad():
-        f_pos = enc.embedding(step.images)
+    f_pos = None
+    if opts.shared_encoder_pass and FEATURE in step.targets:   # f+ remembered by the stream target, if it is
+        grid = round(step.targets[FEATURE].shape[1] ** 0.5)    # for exactly these images
+        f_pos = _POSITIVES.take(step.images, _positive_key(enc, grid))
+    if f_pos is None:
+        with torch.no_grad():
+            f_pos = enc.embedding(step.images)
     return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, step.labels, opts.gate_tau, opts.repulsion_tau)}
+
+
+@hookimpl
+def jit_trainable_modules(config, model):
+    """No trainable modules; called once when training starts, it opens and checks ``vco.feature_cache``
+    so that a missing cache or one built for another setting is refused before the first step."""
+    if enabled(config) and options(config).feature_cache:
+        open_feature_cache(options(config), model.cfg)
+    return None
 
 
 @hookimpl
@@ -340,14 +423,16 @@ def jit_guidance_scale(stream, scale, config):
 
 @hookimpl
 def jit_add_commands(cli):
-    """``jit vco calibrate``."""
+    """``jit vco calibrate`` and ``jit vco cache-features``."""
     import click
 
     from .calibration import calibrate_command
+    from .feature_cache import cache_features_command
 
     @click.group(NAME)
     def vco():
         """V-Co commands."""
 
     vco.add_command(calibrate_command())
+    vco.add_command(cache_features_command())
     cli.add_command(vco)
