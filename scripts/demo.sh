@@ -10,9 +10,15 @@ export HF_HUB_OFFLINE=1
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=${OUT:-runs/demo}
 start=$(date +%s)
-.venv/bin/jit train --preset tiny --run-dir "$OUT/jit" "$@"
-.venv/bin/jit train --preset vco-tiny --run-dir "$OUT/vco" "$@"
-.venv/bin/jit evaluate "$OUT/jit"
-.venv/bin/jit evaluate "$OUT/vco"
-.venv/bin/jit compare "$OUT/jit" "$OUT/vco" --out "$OUT/report"
+phase() {  # run one step and say how long it took
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  echo "== $name: $(( $(date +%s) - t0 )) s (demo so far: $(( $(date +%s) - start )) s)"
+}
+phase "train JiT" .venv/bin/jit train --preset tiny --run-dir "$OUT/jit" "$@"
+phase "train V-Co" .venv/bin/jit train --preset vco-tiny --run-dir "$OUT/vco" "$@"
+phase "evaluate JiT" .venv/bin/jit evaluate "$OUT/jit"
+phase "evaluate V-Co" .venv/bin/jit evaluate "$OUT/vco"
+phase "compare" .venv/bin/jit compare "$OUT/jit" "$OUT/vco" --out "$OUT/report"
 echo "demo finished in $(( $(date +%s) - start )) s; report: $OUT/report/index.html (metrics: $OUT/report/metrics.md)"
