@@ -66,6 +66,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+NOT_SET = "(not set)"   # a key one run's config does not have (e.g. another plugin's option)
+
+
+def _diff_cell(value) -> str:
+    return NOT_SET if value is NOT_SET else json.dumps(value, default=str)
+
+
 def config_diff(configs: dict[str, dict]) -> list[tuple[str, dict[str, object]]]:
     """``[(key, {run: value})]`` for every flattened key whose value differs between the runs.
 
@@ -78,7 +85,7 @@ def config_diff(configs: dict[str, dict]) -> list[tuple[str, dict[str, object]]]
     for k in keys:
         vals = {n: f.get(k, missing) for n, f in flat.items()}
         if len({json.dumps(v, default=str) if v is not missing else "<missing>" for v in vals.values()}) > 1:
-            rows.append((k, {n: ("-" if v is missing else v) for n, v in vals.items()}))
+            rows.append((k, {n: (NOT_SET if v is missing else v) for n, v in vals.items()}))
     return rows
 
 
@@ -265,7 +272,8 @@ def _diff_markdown(diff, names) -> str:
         return "# Config differences\n\nThe runs' configs are identical (run_dir aside).\n"
     lines = ["# Config differences", "", "| key | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for key, vals in diff:
-        lines.append(f"| {key} | " + " | ".join(f"`{json.dumps(vals[n], default=str)}`" for n in names) + " |")
+        cells = (NOT_SET if vals[n] is NOT_SET else f"`{_diff_cell(vals[n])}`" for n in names)
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +290,7 @@ def _index_html(names, dirs, table, diff, seed, num_samples) -> str:
             vals = ", ".join(f"{k}={_fmt(e['metrics'][k])}" for k in METRIC_COLUMNS if e["metrics"].get(k) is not None)
             metric_rows.append([name, _fmt(r["step"]), _fmt(r["params"]), _fmt(r["wall_time_s"]), e["name"],
                                 _fmt(e["cfg"]), vals or "-"])
-    diff_rows = [[k] + [json.dumps(v[n], default=str) for n in names] for k, v in diff]
+    diff_rows = [[k] + [_diff_cell(v[n]) for n in names] for k, v in diff]
     runs = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(dirs[n].resolve()))}</li>" for n in names)
     per_run = "".join(f'<figure><img src="samples_{html.escape(n)}.png"><figcaption>{html.escape(n)}</figcaption>'
                       "</figure>" for n in names)

@@ -59,7 +59,7 @@ def test_config_diff_includes_plugin_options():
          "run_dir": "b"}
     diff = dict(R.config_diff({"a": a, "b": b}))
     assert set(diff) == {"optim.lr", "plugins", "plugin_options.vco.drift_coef"}
-    assert diff["plugin_options.vco.drift_coef"] == {"a": "-", "b": 5}
+    assert diff["plugin_options.vco.drift_coef"] == {"a": R.NOT_SET, "b": 5}
 
 
 def test_compare_cli_and_a_run_without_checkpoint(tmp_path):
