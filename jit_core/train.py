@@ -253,7 +253,8 @@ class Trainer:
         obj = Objective()
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            obj = nn.parallel.DistributedDataParallel(obj, device_ids=ids)
+            # gradients live in the all-reduce buckets (no second 4 B/parameter copy)
+            obj = nn.parallel.DistributedDataParallel(obj, device_ids=ids, gradient_as_bucket_view=True)
         return obj
 
     # ----------------------------------------------------------------- checkpoints
@@ -340,7 +341,10 @@ class Trainer:
             group["lr"] = lr
         images = to_model_range(images_u8.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # with checkpointing, autocast's cast cache would keep bf16 copies of every block weight alive
+        # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.model.grad_checkpointing):
             total, losses = self.objective(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
