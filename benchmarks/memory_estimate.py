@@ -699,7 +699,7 @@ def parse_args(argv=None):
     ap.add_argument("--context-gib", type=float, default=1.0, help="CUDA context, cuBLAS workspaces, NCCL buffers")
     ap.add_argument("--allowance", type=float, default=0.15,
                     help="fraction added to activations for temporaries and allocator fragmentation")
-    ap.add_argument("--world-size", type=int, default=8, help="GPUs (DDP; its gradient buckets are the gradients: no extra memory)")
+    ap.add_argument("--world-size", type=int, default=8, help="GPUs (DDP; its buckets hold the gradients)")
     ap.add_argument("--drop-prob", type=float, default=0.1, help="label/feature drop probability (V-Co: dropped "
                                                                  "samples = ceil(p * batch))")
     ap.add_argument("--encoder-blocks", type=int, default=2, help="DINOv2 blocks kept for the measurement")

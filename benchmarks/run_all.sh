@@ -39,3 +39,5 @@ run memory_b16_cpu benchmarks/bench_train.py --model JiT-B/16 --batch 4 --device
 run sample_b16_cpu benchmarks/bench_sample.py --model JiT-B/16 --batch 2 --device cpu --sample-steps 2 \
   --repeats 2 --warmup 1 --json "$R/sample_b16_cpu.json"
 run levers_cpu benchmarks/bench_levers.py --device cpu --batch 4 --repeats 5 --warmup 1 --json "$R/levers_cpu.json"
+# per-GPU training memory on an 80 GB card, estimated on the CPU (saved-tensor count; ~3 min, 1 thread)
+OMP_NUM_THREADS=1 run memory_estimate benchmarks/memory_estimate.py --json "$R/memory_estimate.json"
