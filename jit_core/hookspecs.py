@@ -95,9 +95,10 @@ def jit_unconditional(labels, drop, streams, config):
       unconditional; ``streams``: the model's streams in order.
     - Return ``jit_core.diffusion.Unconditional(labels, blocked, loss_masks)``: the labels the
       model sees (null class ``config`` ``num_classes`` where dropped), an optional ``(B, S, S)``
-      bool matrix, True where queries of stream i may not attend to keys of stream j (expanded by
-      the model to every token, in-context tokens included, in every block), and per-stream
-      ``(B,)`` float loss masks (1 = counted).
+      bool matrix, True where queries of stream i may not attend to keys of stream j (applied to
+      every token, in-context tokens included, in every block: the ``exact`` attention path adds a
+      -inf token mask, the ``fast`` path attends per block pattern without one; every stream must
+      see at least one key stream), and per-stream ``(B,)`` float loss masks (1 = counted).
 
     Called in training with ``drop ~ Bernoulli(config.diffusion.label_drop_prob)`` and, identically,
     for the unconditional half of every CFG evaluation with ``drop`` all True. firstresult; the
