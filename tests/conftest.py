@@ -2,6 +2,8 @@
 
 - ``fixtures_dir``: the shared parity fixtures produced by the official code (``../shared/fixtures``
   next to the repository, overridable with ``JIT_FIXTURES``); tests that need it skip when absent.
+- ``one_thread``: tiny models on one intra-op thread.
+- ``vco``: the V-Co plugin enabled, with its presets registered.
 """
 from __future__ import annotations
 
@@ -33,3 +35,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vco():
+    """A plugin manager with V-Co enabled; its presets (``vco-tiny``, ...) registered in jit_core.config."""
+    from jit_core.config import register_preset
+    from jit_core.plugins import Plugins
+    pl = Plugins(enabled=["vco"])
+    for presets in pl.hook.jit_presets():
+        for name, factory in (presets or {}).items():
+            register_preset(name, factory)
+    return pl

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from jit_core.config import ConfigError, get_preset, register_preset, set_key, validate_plugin_options
+from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_options
 from jit_core.diffusion import StepState, per_sample_v_loss, sample, training_losses
 from jit_core.hookspecs import hookimpl
 from jit_core.model import JiT, get_model_config
@@ -26,15 +26,6 @@ from vco_plugin.features import build_encoder
 
 HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_unconditional", "jit_loss_terms",
          "jit_batch_sampler", "jit_guidance_scale", "jit_add_commands"}
-
-
-@pytest.fixture(scope="module")
-def vco():
-    pl = Plugins(enabled=["vco"])
-    for presets in pl.hook.jit_presets():
-        for name, factory in (presets or {}).items():
-            register_preset(name, factory)
-    return pl
 
 
 @pytest.fixture(scope="module")

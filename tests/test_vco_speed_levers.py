@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from jit_core.config import ConfigError, get_preset, register_preset, validate_plugin_options
+from jit_core.config import ConfigError, get_preset, validate_plugin_options
 from jit_core.data import to_model_range
 from jit_core.diffusion import StepState, training_losses
 from jit_core.hookspecs import hookimpl
@@ -33,15 +33,6 @@ from vco_plugin.feature_cache import FeatureCacheError, build_cache, image_keys,
 from vco_plugin.features import EFFNET_EMBED_STAGE, build_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def vco():
-    pl = Plugins(enabled=["vco"])
-    for presets in pl.hook.jit_presets():
-        for name, factory in (presets or {}).items():
-            register_preset(name, factory)
-    return pl
 
 
 @pytest.fixture(scope="module")
