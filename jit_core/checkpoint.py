@@ -21,21 +21,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import struct
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from .durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ WEIGHT_NAMES = ("model", "ema1", "ema2")
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 # leftovers of interrupted writers: tmp (being written), old (replaced by a re-save), del (being deleted)
 _LEFTOVER_RE = re.compile(r"^(?:step-\d{8,}\.(tmp|old|del)|latest\.tmp)-(\d+)$")
-_CHUNK = 1 << 23
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.Size, torch.dtype, torch.device)
 
 
@@ -60,57 +56,6 @@ class CorruptCheckpointError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------------ writing
-class _Sink:
-    """File wrapper that counts and hashes what passes through: every checkpoint byte is written here."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self.sha.update(view)
-        self.nbytes += view.nbytes
-        return self.f.write(view)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def _write_file(path: Path, fill: Callable[[_Sink], object]) -> dict:
-    """Create ``path``, let ``fill`` write it, flush and fsync; return its manifest entry."""
-    with open(path, "xb") as f:
-        sink = _Sink(f)
-        fill(sink)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"bytes": sink.nbytes, "sha256": sink.sha.hexdigest()}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some network file systems cannot fsync a directory
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_safetensors(sink: _Sink, sd: Mapping[str, torch.Tensor]) -> None:
-    """The safetensors format, streamed one tensor at a time (no second copy of the state dict in memory)."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for key, t in sd.items():
-        n = t.numel() * t.element_size()
-        header[key] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    sink.write(struct.pack("<Q", len(blob)) + blob)
-    for t in sd.values():
-        sink.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def _check_weights(name: str, sd) -> None:
     if not re.fullmatch(r"\w+", name):
         raise CheckpointError(f"weights name {name!r} is not a plain identifier (use model/ema1/ema2/aux)")
@@ -121,7 +66,7 @@ def _check_weights(name: str, sd) -> None:
             raise CheckpointError(f"weights[{name!r}] has an invalid key {key!r}")
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"weights[{name!r}][{key!r}] is a {type(t).__name__}, not a tensor")
-        if t.dtype not in _ST_DTYPES or t.layout != torch.strided:
+        if t.dtype not in SAFETENSORS_DTYPES or t.layout != torch.strided:
             raise CheckpointError(f"weights[{name!r}][{key!r}]: {t.dtype} {t.layout} tensors cannot be stored")
 
 
@@ -166,11 +111,11 @@ def _read_latest(root: Path) -> Path | None:
 def _write_latest(root: Path, name: str) -> None:
     tmp = root / f"latest.tmp-{os.getpid()}"
     try:
-        _write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
+        write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
         os.replace(tmp, root / "latest")
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -262,19 +207,19 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
     aside, renamed = None, False
     try:
         tmp.mkdir()
-        files = {f"{k}.safetensors": _write_file(tmp / f"{k}.safetensors", lambda s, sd=sd: _write_safetensors(s, sd))
+        files = {f"{k}.safetensors": write_file(tmp / f"{k}.safetensors", lambda s, sd=sd: stream_safetensors(s, sd))
                  for k, sd in weights.items()}
-        files["trainer.pt"] = _write_file(tmp / "trainer.pt", lambda s: torch.save(state, s))
+        files["trainer.pt"] = write_file(tmp / "trainer.pt", lambda s: torch.save(state, s))
         manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "files": files}
-        _write_file(tmp / "manifest.json", lambda s: s.write(json.dumps(manifest, indent=1).encode()))
-        _fsync_dir(tmp)
+        write_file(tmp / "manifest.json", lambda s: s.write(json.dumps(manifest, indent=1).encode()))
+        fsync_dir(tmp)
         if final.exists():  # re-save of the same step: move the old one aside, delete it once the new one is in
             aside = root / f"{name}.old-{os.getpid()}"
             os.rename(final, aside)
         os.rename(tmp, final)
         renamed = True
-        _fsync_dir(root)
+        fsync_dir(root)
         _write_latest(root, name)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -297,23 +242,6 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
 
 
 # ------------------------------------------------------------------------------------------ reading
-_HASHED: dict[str, tuple] = {}  # path -> (size, mtime_ns, inode, sha256): files already hashed in this process
-
-
-def _sha256_file(path: Path) -> str:
-    st = path.stat()
-    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-    cached = _HASHED.get(str(path))
-    if cached and cached[:3] == sig:
-        return cached[3]
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-    _HASHED[str(path)] = (*sig, sha.hexdigest())
-    return sha.hexdigest()
-
-
 _FIX = "restore it, or resume from an earlier checkpoint (latest_checkpoint falls back automatically)"
 
 
@@ -348,7 +276,7 @@ def _check_files(path: Path, manifest: dict, names, verify_hash: bool) -> None:
         if size != info["bytes"]:
             raise CorruptCheckpointError(f"{fp} has {size} bytes but the manifest records {info['bytes']} "
                                          f"(truncated or overwritten); {_FIX}")
-        if verify_hash and (sha := _sha256_file(fp)) != info["sha256"]:
+        if verify_hash and (sha := sha256_file(fp)) != info["sha256"]:
             raise CorruptCheckpointError(f"{fp} fails its SHA-256 check (file {sha[:12]}..., manifest "
                                          f"{info['sha256'][:12]}...): the file is damaged; {_FIX}")
 

@@ -13,12 +13,11 @@ from pathlib import Path
 from .checkpoint import (
     WEIGHT_NAMES,
     CheckpointError,
-    _sha256_file,
-    _write_file,
     check_compatible,
     list_checkpoints,
     save_checkpoint,
 )
+from .durable import sha256_file, write_file
 from .infer_config import _default_in_context_start, infer_model_config, streams_for
 from .model import MODEL_CONFIGS, build_model
 from .official import import_official
@@ -64,7 +63,7 @@ def convert_command():
                 click.echo(f"note: no config.json written ({e})", err=True)
             if not force and (list_checkpoints(out_dir) or (out_dir / "config.json").exists()):
                 raise click.UsageError(f"{out_dir} already holds a run; choose an empty folder or pass --force")
-            source = {"path": str(official.resolve()), "sha256": _sha256_file(official.resolve()),
+            source = {"path": str(official.resolve()), "sha256": sha256_file(official.resolve()),
                       "layout": imported["layout"], "epoch": imported["epoch"]}
             state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
             ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
@@ -98,7 +97,7 @@ def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
     data = run.to_json().encode()
     tmp = out_dir / f"config.json.tmp-{os.getpid()}"
     try:
-        _write_file(tmp, lambda s: s.write(data))
+        write_file(tmp, lambda s: s.write(data))
         os.replace(tmp, out_dir / "config.json")
     finally:
         tmp.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, _first_line, _fsync_dir, _refused, _write_file
+from .checkpoint import CheckpointError, _first_line, _refused
+from .durable import fsync_dir, write_file
 
 FEATURE = "feature"
 _SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")
@@ -175,8 +176,8 @@ def export_official(weights: dict, path, epoch: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        _write_file(tmp, lambda s: torch.save(ck, s))
+        write_file(tmp, lambda s: torch.save(ck, s))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -241,7 +241,7 @@ class SignalPlugin:
 
 
 class DiskFull:
-    """Replacement for ``open`` in :mod:`jit_core.checkpoint`: files written inside a checkpoint directory
+    """Replacement for ``open`` in :mod:`jit_core.durable` (checkpoint writes): files written inside a checkpoint directory
     whose name contains ``match`` get ``budget`` bytes in all, then ``write`` writes what fits and raises
     ENOSPC, like a disk that fills up in the middle of a checkpoint."""
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import jit_core.cli as jit_cli
 from jit_core import checkpoint as ckpt
+from jit_core import durable
 from jit_core.checkpoint import CheckpointError
 from jit_core.config import Config, load_config
 from jit_core.train import Trainer
@@ -221,7 +222,7 @@ def test_disk_full_while_writing_a_checkpoint(cli, tmp_path, monkeypatch):
     it, no temporary directory is left; once there is room again, the run resumes and finishes."""
     run = tmp_path / "run"
     disk = ft.DiskFull("step-00000004.tmp-", budget=100_000)
-    monkeypatch.setattr(ckpt, "open", disk, raising=False)
+    monkeypatch.setattr(durable, "open", disk, raising=False)
     res = invoke(cli, *train_args(run, *ft.folder_overrides(6)))
     one_line_error(res, f"disk full while writing checkpoint {ft.step_dir(run, 4)}", f"free space in {run / 'checkpoints'}",
                    f"the previous checkpoint {ft.step_dir(run, 2)} is intact")
@@ -282,7 +283,7 @@ def test_malicious_pickle_is_never_executed(cli, tmp_path):
     torch.save({"step": 1, "rng": ft.Evil(str(marker))}, last / "trainer.pt")
     manifest = json.loads((last / "manifest.json").read_text())
     manifest["files"]["trainer.pt"] = {"bytes": (last / "trainer.pt").stat().st_size,
-                                       "sha256": ckpt._sha256_file(last / "trainer.pt")}
+                                       "sha256": durable.sha256_file(last / "trainer.pt")}
     (last / "manifest.json").write_text(json.dumps(manifest))
     one_line_error(invoke(cli, "train", "--resume", run), f"refused to load {last / 'trainer.pt'}")
     assert not marker.exists()

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from jit_core import checkpoint as ckpt
+from jit_core import durable
 from jit_core.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
@@ -298,13 +298,13 @@ def test_no_checkpoint_and_all_corrupt(tmp_path, two):
 # ------------------------------------------------------------------------------------------ disk full
 def test_disk_full_leaves_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 100, small(1), {"step": 100})
-    real_write, count = ckpt._Sink.write, [0]
+    real_write, count = durable.HashingSink.write, [0]
 
     def counting(self, data):
         count[0] += 1
         return real_write(self, data)
 
-    monkeypatch.setattr(ckpt._Sink, "write", counting)
+    monkeypatch.setattr(durable.HashingSink, "write", counting)
     save_checkpoint(tmp_path / "probe", 1, small(), {"step": 1})
     total = count[0]  # writes of one save; the last is `latest`, the one before it manifest.json
 
@@ -319,11 +319,11 @@ def test_disk_full_leaves_previous_checkpoint(tmp_path, monkeypatch):
                     raise OSError(errno.ENOSPC, "No space left on device")
                 return real_write(self, data)
 
-            monkeypatch.setattr(ckpt._Sink, "write", full)
+            monkeypatch.setattr(durable.HashingSink, "write", full)
             with pytest.raises(CheckpointError, match="disk full while writing checkpoint") as err:
                 save_checkpoint(tmp_path, step, small(2), {"step": step})
             assert "step-00000100 is intact" in str(err.value) and "free space in" in str(err.value)
-            monkeypatch.setattr(ckpt._Sink, "write", real_write)
+            monkeypatch.setattr(durable.HashingSink, "write", real_write)
             assert steps(tmp_path) == [100] and pointer(tmp_path) == "step-00000100"
             assert leftovers(tmp_path) == [], (step, fail_at)
             verify_checkpoint(tmp_path / "checkpoints" / "step-00000100")

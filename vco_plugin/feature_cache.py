@@ -42,7 +42,6 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +52,7 @@ import torch
 from torch import Tensor
 
 from jit_core.config import ConfigError
+from jit_core.durable import replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +132,10 @@ def _hash_spec() -> dict:
 
 
 # ----------------------------------------------------------------------------------- safetensors I/O
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_shard(path: Path, keys: Tensor, tokens: Tensor) -> None:
-    from safetensors.torch import save_file
-    _atomic_write_bytes(path, lambda tmp: save_file({"keys": keys.contiguous(), "tokens": tokens.contiguous()}, tmp))
+    from safetensors.torch import save
+    blob = save({"keys": keys.contiguous(), "tokens": tokens.contiguous()})
+    replace_durably(path, lambda sink: sink.write(blob))
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
@@ -260,7 +249,7 @@ def build_cache(encoder, images_iter: Iterable, grid: int, out: str | os.PathLik
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(index, indent=2) + "\n"
-    _atomic_write_bytes(out / INDEX, lambda tmp: Path(tmp).write_text(text))
+    replace_durably(out / INDEX, lambda sink: sink.write(text.encode()))
     return index
 
 
