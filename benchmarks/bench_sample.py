@@ -99,13 +99,7 @@ def main(argv=None) -> int:
     from jit_core.diffusion import sample
 
     dev = args.device
-    nets = [n for n in args.nets.split(",") if n]
-    notes = []
-    if "vco" in nets:
-        ok, why = common.vco_available()
-        if not ok:
-            notes.append(f"V-Co plugin unavailable ({why}): V-Co skipped")
-            nets.remove("vco")
+    nets, notes = common.select_nets(args.nets)
     keep = set(args.variants.split(","))
     variants = [v for v in VARIANTS if v[0] in keep]
     hw = common.hardware(dev)

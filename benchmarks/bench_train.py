@@ -257,13 +257,7 @@ def main(argv=None) -> int:
     if args.probe:
         print("PROBE " + json.dumps(probe(args)), flush=True)
         return 0
-    nets = [n for n in args.nets.split(",") if n]
-    notes = []
-    if "vco" in nets:
-        ok, why = common.vco_available()
-        if not ok:
-            notes.append(f"V-Co plugin unavailable ({why}): V-Co skipped")
-            nets.remove("vco")
+    nets, notes = common.select_nets(args.nets)
     variants = make_variants(nets, args.device, args.levers)
     if args.variants:
         keep = set(args.variants.split(","))

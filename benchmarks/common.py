@@ -219,6 +219,17 @@ def vco_available() -> tuple[bool, str]:
         return False, f"{type(e).__name__}: {e}"
 
 
+def select_nets(spec: str) -> tuple[list[str], list[str]]:
+    """The nets of a ``--nets`` list (``jit,vco``) and notes; V-Co is dropped, with a note, where it cannot run."""
+    nets, notes = [n for n in spec.split(",") if n], []
+    if "vco" in nets:
+        ok, why = vco_available()
+        if not ok:
+            notes.append(f"V-Co plugin unavailable ({why}): V-Co skipped")
+            nets.remove("vco")
+    return nets, notes
+
+
 def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 

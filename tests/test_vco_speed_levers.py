@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from jit_core.config import ConfigError, get_preset, validate_plugin_options
+from jit_core.config import ConfigError
 from jit_core.data import to_model_range
 from jit_core.diffusion import StepState, training_losses
 from jit_core.hookspecs import hookimpl
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.testing import run_cli, train_tiny
+from tests.test_vco_plugin import small_config  # the same small V-Co run
 from vco_plugin import features, plugin
 from vco_plugin.calibration import compute_stats, load_stats, save_stats, standardize
 from vco_plugin.drift_loss import hybrid_loss
@@ -58,16 +59,8 @@ def images(n=4, seed=0):
     return to_model_range(u8_images(n, seed=seed))
 
 
-def small_config(pl, **options):
-    """vco-tiny on JiT-T/4 (32 px, grid 8), 1-channel images."""
-    cfg = get_preset("vco-tiny")
-    cfg.model, cfg.model_overrides = "JiT-T/4", {"in_channels": 1}
-    cfg.plugin_options["vco"].update(options)
-    validate_plugin_options(cfg, pl.option_schemas())
-    return cfg
-
-
 def build(pl, cfg, seed=0):
+    """A perturbed model; also seeds the global RNG, so that two runs draw the same noise."""
     mc = get_model_config(cfg.model, **cfg.model_overrides)
     torch.manual_seed(seed)
     model = JiT(mc, pl.streams(cfg, mc), attention_path="exact")
