@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_options
 from jit_core.diffusion import StepState, per_sample_v_loss, sample, training_losses
-from jit_core.hookspecs import hookimpl
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
+from jit_core.recording import RecordingPlugin
 from vco_plugin import plugin
 from vco_plugin.batches import ClassBalancedBatchSampler
 from vco_plugin.calibration import compute_stats, load_stats, save_stats
@@ -201,15 +201,8 @@ def test_feature_loss_is_zero_for_dropped_samples(vco, stats_file):
 
 
 def test_mixed_drop_counts_only_kept_samples_in_feature_loss(vco, stats_file):
-    steps = []
-
-    class Recorder:
-        @staticmethod
-        @hookimpl
-        def jit_loss_terms(step):
-            steps.append(step)
-
-    pl = Plugins(enabled=["vco"], extra=[Recorder])
+    rec = RecordingPlugin()
+    pl = Plugins(enabled=["vco"], extra=[rec])
     cfg = small_config(pl, stats=stats_file)
     cfg.diffusion.label_drop_prob = 0.5
     model = build(pl, cfg)
@@ -217,10 +210,10 @@ def test_mixed_drop_counts_only_kept_samples_in_feature_loss(vco, stats_file):
     for seed in range(20):
         torch.manual_seed(seed)
         _, losses = training_losses(model, model.streams, x, labels, cfg, pl.hook)
-        drop = steps[-1].drop
+        drop = rec.calls_of("jit_loss_terms")[-1].kwargs["step"].drop
         if 0 < drop.sum() < len(drop):
             break
-    s = steps[-1]
+    s = rec.calls_of("jit_loss_terms")[-1].kwargs["step"]
     assert s.uncond.loss_masks["feature"].tolist() == (~drop).float().tolist()
     assert s.uncond.labels.tolist() == torch.where(drop, 10, labels).tolist()
     per = per_sample_v_loss(s.preds["feature"], s.targets["feature"], s.noisy["feature"], s.t, cfg.diffusion.t_eps)

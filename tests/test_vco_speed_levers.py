@@ -22,9 +22,9 @@ from PIL import Image
 from jit_core.config import ConfigError
 from jit_core.data import to_model_range
 from jit_core.diffusion import StepState, training_losses
-from jit_core.hookspecs import hookimpl
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
+from jit_core.recording import RecordingPlugin
 from jit_core.testing import run_cli, train_tiny
 from tests.test_vco_plugin import small_config  # the same small V-Co run
 from vco_plugin import features, plugin
@@ -135,19 +135,12 @@ def test_dinov2_target_and_embedding_is_one_trunk_pass(small_dinov2, monkeypatch
 
 def _objective(pl, cfg, x, labels, seed=0):
     """training_losses once; returns (losses, the StepState of the loss hooks)."""
-    steps = []
-
-    class Recorder:
-        @staticmethod
-        @hookimpl
-        def jit_loss_terms(step):
-            steps.append(step)
-
-    plugins = Plugins(enabled=list(cfg.plugins), extra=[Recorder])
+    rec = RecordingPlugin()
+    plugins = Plugins(enabled=list(cfg.plugins), extra=[rec])
     model = build(plugins, cfg)
     torch.manual_seed(seed)
     _, losses = training_losses(model, model.streams, x, labels, cfg, plugins.hook)
-    return losses, steps[-1]
+    return losses, rec.calls_of("jit_loss_terms")[-1].kwargs["step"]
 
 
 def test_shared_pass_loss_terms_and_one_clean_encoder_pass(vco, stats_file, effnet, monkeypatch):

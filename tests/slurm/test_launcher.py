@@ -36,16 +36,6 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s:
         time.sleep(poll_s)
 
 
-def scancel_recorded(run_dir: Path) -> None:
-    """Never leave a job holding one of the node's 2 CPUs after a failed test."""
-    ids = {rec["job_id"].split("_")[0] for rec in read_jobs(run_dir)} if Path(run_dir).exists() else set()
-    for sub in Path(run_dir).glob("*/slurm/jobs.jsonl") if Path(run_dir).exists() else []:
-        ids |= {rec["job_id"].split("_")[0] for rec in read_jobs(sub.parent.parent)}
-    for jid in ids:
-        if jid.isdigit():
-            subprocess.run(["scancel", jid], capture_output=True, timeout=30, check=False)
-
-
 def build(overrides=(), preset="test"):
     from jit_core.cli import build_config
 
@@ -56,13 +46,6 @@ def build(overrides=(), preset="test"):
 
 def cpu_options(**given) -> ClusterOptions:
     return resolve_options({"env": JOB_ENV}, {**CPU_JOB, **given})
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    folder = tmp_path / "run"
-    yield folder
-    scancel_recorded(folder)
 
 
 # ---------------------------------------------------------------------------------------------- cluster

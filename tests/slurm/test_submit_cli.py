@@ -15,7 +15,7 @@ from jit_core.cli import _add_optional_commands, cli
 from slurm.records import read_jobs
 from slurm.watch import slurm_job_info
 
-from .test_launcher import TINY, scancel_recorded, wait_for
+from .test_launcher import TINY, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,13 +25,6 @@ CPU = ["--cpus-per-task", "1", "--mem-per-task", "1", "--time", "10"]
 def jit(*args: str, env=None):
     _add_optional_commands()
     return CliRunner().invoke(cli, ["slurm", *args], env=env, catch_exceptions=False)
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    folder = tmp_path / "run"
-    yield folder
-    scancel_recorded(folder)
 
 
 # ---------------------------------------------------------------------------------------------- cluster
