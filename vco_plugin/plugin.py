@@ -321,9 +321,13 @@ def jit_streams(config, model_config):
     if opts.calibration == "time_shift":
         alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
 
+    cache = []   # the opened, checked feature cache, after the first step
+
     def target(images: torch.Tensor) -> torch.Tensor:
         if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
-            return open_feature_cache(opts, model_config).lookup(images)
+            if not cache:
+                cache.append(open_feature_cache(opts, model_config))
+            return cache[0].lookup(images)
         enc = encoder(opts, images.device)
         if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
             tokens, f_pos = enc.target_and_embedding(images, grid)
