@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from .config import Config, validate_plugin_options
 from .diffusion import sample, to_uint8
 from .model import JiT, get_model_config
-from .plugins import Plugins
+from .plugins import Plugins, check_run_plugins
 from .streams import PIXEL
 
 
@@ -34,11 +34,16 @@ class LoadedRun:
     ema: str
 
 
-def load_config(run_dir: str | Path) -> Config:
+def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
+    """A run folder's saved config. Plugins it names that are not installed entry points (module paths,
+    ``.py`` files) must be in ``trust_plugins`` (or ``trust_plugins=True``): see
+    :func:`jit_core.plugins.check_run_plugins`."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass the folder given to jit train")
-    return Config.from_dict(json.loads(path.read_text()))
+    cfg = Config.from_dict(json.loads(path.read_text()))
+    check_run_plugins(cfg.plugins, trust_plugins, path)
+    return cfg
 
 
 def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="cpu") -> tuple[JiT, Plugins]:
@@ -49,12 +54,16 @@ def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="c
     return JiT(mc, plugins.streams(config, mc), config.train.attention).to(device), plugins
 
 
-def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | Path | None = None) -> LoadedRun:
-    """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode."""
+def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | Path | None = None,
+             trust_plugins=()) -> LoadedRun:
+    """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode.
+
+    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_config`).
+    """
     if ema not in ("model", "ema1", "ema2"):
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
+    config = load_config(run_dir, trust_plugins)
     config.run_dir = str(run_dir)  # the folder may have moved since training
     model, plugins = build_model_for(config, device=device)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)

@@ -1,6 +1,7 @@
 """The ``jit`` command line (click). Plugins add their own commands through ``jit_add_commands``."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -50,6 +51,21 @@ def run_options(fn):
     return fn
 
 
+def trust_options(fn):
+    """``--plugin NAME`` / ``--trust-plugins`` for commands that load a run folder; passes ``trust_plugins``.
+
+    A run folder's config.json may name plugin modules or .py files; they are imported only when the user
+    names them here (installed entry-point plugins always load)."""
+    def wrapper(*args, trusted_plugin_names=(), trust_all_plugins=False, **kwargs):
+        return fn(*args, trust_plugins=True if trust_all_plugins else tuple(trusted_plugin_names), **kwargs)
+    wrapper = functools.update_wrapper(wrapper, fn)
+    wrapper = click.option("--trust-plugins", "trust_all_plugins", is_flag=True,
+                           help="Import every plugin module the run folder's config.json names (only for runs you trust).")(wrapper)
+    wrapper = click.option("--plugin", "trusted_plugin_names", multiple=True, metavar="NAME",
+                           help="A plugin module or .py file the run's config names that may be imported. Repeatable.")(wrapper)
+    return wrapper
+
+
 def build_config(preset, config_file, plugins, overrides, run_dir=None):
     """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
     from .config import register_preset
@@ -89,7 +105,11 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
     if resume_dir:
         from .api import load_config as load_run_config
         from .config import parse_override, set_key
-        cfg = load_run_config(resume_dir)
+        cfg = load_run_config(resume_dir, trust_plugins=plugins)  # --plugin names the modules the user trusts
+        stray = [p for p in plugins if p not in cfg.plugins]
+        if stray:
+            raise ConfigError(f"--plugin {stray[0]} with --resume: the run in {resume_dir} does not use it (its plugins: "
+                              f"{', '.join(cfg.plugins) or 'none'}); with --resume, --plugin only trusts a module the run names")
         for text in overrides:
             set_key(cfg, *parse_override(text))
         run_dir = resume_dir
@@ -114,14 +134,15 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ema", default="ema1", type=click.Choice(["ema1", "ema2", "model"]), show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device):
+@trust_options
+def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device, trust_plugins):
     """Sample PNG files and a grid from a run with fixed seeds and labels."""
     import torch
 
     from . import api
     from .distributed import resolve_device
     from .images import save_grid, save_pngs
-    run = api.load_run(run_dir, ema=ema, device=resolve_device(device))
+    run = api.load_run(run_dir, ema=ema, device=resolve_device(device), trust_plugins=trust_plugins)
     if labels:
         lab = torch.tensor([int(x) for x in labels.split(",")])
     else:

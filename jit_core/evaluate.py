@@ -257,7 +257,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                  steps: int | None = None, method: str | None = None, interval: Sequence[float] | None = None,
                  ema: str = "ema1", seed: int = 0, batch_size: int | None = None, out=None, ref_stats=None,
                  inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None, prc: bool = True,
-                 device=None, checkpoint=None, progress: bool = True) -> dict:
+                 device=None, checkpoint=None, progress: bool = True, trust_plugins=()) -> dict:
     """Generate and evaluate a run; ``cfg`` may be a list (a sweep, best by the primary metric).
 
     Returns the result record (a sweep: ``{"results": [...], "best": record, ...}``), also written to
@@ -271,7 +271,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     rank, world = _dist()
     device = torch.device(device) if device else resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
     t_start = time.perf_counter()
-    run = api.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint)
+    run = api.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
     s = run.config.sample
     n = int(num_images or s.num_images)
     steps, method = int(steps or s.steps), method or s.method
@@ -409,6 +409,8 @@ def evaluate_command():
     """The ``jit evaluate`` click command."""
     import click
 
+    from .cli import trust_options
+
     @click.command("evaluate")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
     @click.option("--num-images", type=int, help="Images to generate (default: the run's sample.num_images).")
@@ -429,8 +431,9 @@ def evaluate_command():
                   type=click.Choice(["auto", "fid", "classifier", "none"]))
     @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint other than the latest.")
     @click.option("--device", default="auto", show_default=True)
+    @trust_options
     def cmd(run_dir, num_images, cfg, steps, method, interval, ema, seed, batch_size, out, ref_stats, ref_dir,
-            inception_weights, save, metrics, checkpoint, device):
+            inception_weights, save, metrics, checkpoint, device, trust_plugins):
         """Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."""
         from .distributed import init_distributed
         from .metrics import InceptionWeightsError
@@ -440,7 +443,7 @@ def evaluate_command():
             result = evaluate_run(run_dir, num_images, cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
                                   steps, method, _floats(interval), ema, seed, batch_size, out, ref_stats,
                                   inception_weights, save, metrics, ref_dir=ref_dir, device=info.device,
-                                  checkpoint=checkpoint)
+                                  checkpoint=checkpoint, trust_plugins=trust_plugins)
         except InceptionWeightsError as e:
             raise click.ClickException(str(e)) from None
         if info.is_main:

@@ -55,6 +55,24 @@ def installed_plugins() -> dict[str, md.EntryPoint]:
     return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def check_run_plugins(names: Iterable[str], trusted, source) -> None:
+    """Refuse plugins that only a file names: a run folder's ``config.json`` is untrusted input.
+
+    Installed entry-point plugins are the user's own and always load. A module path or ``.py`` file
+    named by ``source`` (a run folder) is imported only if ``trusted`` is True or names it (the user
+    passed ``--plugin NAME`` or ``--trust-plugins``); otherwise this raises PluginError, before any import.
+    """
+    if trusted is True:
+        return
+    trusted = set(trusted or ())
+    installed = installed_plugins()
+    for name in names:
+        if name not in installed and name not in trusted:
+            raise PluginError(f"{source} names the plugin {name!r}, which is not an installed plugin: jit does not "
+                              f"import code named only by a run folder; if you trust it, pass --plugin {name} "
+                              "(or --trust-plugins)")
+
+
 def _import_plugin_module(name: str) -> ModuleType:
     """Import a plugin given as a module path (``my_pkg.my_plugin``) or a ``.py`` file path."""
     try:

@@ -216,8 +216,10 @@ def metrics_markdown(table: dict) -> str:
 # ----------------------------------------------------------------------------------- the report
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, num_samples: int = 20, seed: int = 0,
                  cfg: float | None = None, evaluate: bool = False, num_images: int | None = None,
-                 device=None) -> Path:
-    """Write the comparison report of ``run_dirs`` into ``out_dir``; returns ``out_dir``."""
+                 device=None, trust_plugins=()) -> Path:
+    """Write the comparison report of ``run_dirs`` into ``out_dir``; returns ``out_dir``.
+
+    ``trust_plugins``: module-path plugins the runs' configs may name (see :func:`jit_core.api.load_config`)."""
     from . import api
     from .evaluate import class_major_labels, evaluate_run
     from .images import make_grid
@@ -236,8 +238,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, num_sample
     for name, d in dirs.items():
         configs[name] = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
         run, params = None, None
+        api.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
         try:
-            run = api.load_run(d, device=device)
+            run = api.load_run(d, device=device, trust_plugins=trust_plugins)
             params = run.model.num_params()
             labels = class_major_labels(num_samples, run.model.cfg.num_classes)
             imgs = api.generate(run, labels, cfg=cfg, seed=seed)
@@ -249,7 +252,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, num_sample
         grid.save(out / f"samples_{name}.png")
         panels.append(_panel(grid, name))
         if evaluate and run is not None and not eval_results(d):
-            evaluate_run(d, num_images=num_images, device=device, progress=False)
+            evaluate_run(d, num_images=num_images, device=device, progress=False, trust_plugins=trust_plugins)
         last = logs[name][-1] if logs[name] else {}
         evals = [{"name": e.get("name"), "cfg": e.get("guidance", {}).get("cfg"),
                   "num_images": e.get("samples", {}).get("num_images"), "metrics": e["metrics"],
@@ -315,6 +318,8 @@ def compare_command():
     """The ``jit compare`` click command."""
     import click
 
+    from .cli import trust_options
+
     @click.command("compare")
     @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
     @click.option("--out", type=click.Path(file_okay=False), default="compare", show_default=True,
@@ -325,10 +330,11 @@ def compare_command():
     @click.option("--num-samples", default=20, show_default=True, help="Samples per run in samples.png.")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--cfg", type=float, help="CFG scale for samples.png (default: each run's own).")
-    def cmd(run_dirs, out, evaluate, num_images, num_samples, seed, cfg):
+    @trust_options
+    def cmd(run_dirs, out, evaluate, num_images, num_samples, seed, cfg, trust_plugins):
         """Compare runs: loss curves, samples from the same seeds, metrics, config differences."""
         folder = compare_runs(run_dirs, out, num_samples=num_samples, seed=seed, cfg=cfg, evaluate=evaluate,
-                              num_images=num_images)
+                              num_images=num_images, trust_plugins=trust_plugins)
         click.echo(f"report: {folder / 'index.html'}")
 
     return cmd

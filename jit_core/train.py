@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 import signal
 import time
 from collections.abc import Iterable
@@ -120,8 +121,11 @@ class EMA:
 
 
 def rng_state() -> dict:
+    """Every RNG's state as data (tensors and numbers), so that trainer.pt never holds text to evaluate."""
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
+    py_version, py_internal, py_gauss = random.getstate()
+    python = {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss}
+    state = {"torch": torch.get_rng_state(), "python": python,
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
     if torch.cuda.is_available():
@@ -129,9 +133,33 @@ def rng_state() -> dict:
     return state
 
 
+_LEGACY_PY_RNG = re.compile(r"\(\s*(\d+)\s*,\s*\(([\d,\s]+)\)\s*,\s*(None|[-+0-9.eE]+)\s*\)")
+
+
+def _python_rng(saved) -> tuple:
+    """The ``random.setstate`` tuple from trainer.pt: a dict of numbers, or (checkpoints of jit-vco <= 0.1) the
+    repr of the tuple, read by a strict pattern of integers, never evaluated."""
+    if isinstance(saved, str):
+        m = _LEGACY_PY_RNG.fullmatch(saved.strip())
+        if m is None:
+            raise ValueError("the saved Python RNG state is text that is not a tuple of integers")
+        ints = [int(x) for x in m[2].replace(" ", "").split(",") if x]
+        saved = {"version": int(m[1]), "state": ints, "gauss": None if m[3] == "None" else float(m[3])}
+    if not isinstance(saved, dict) or set(saved) != {"version", "state", "gauss"}:
+        raise ValueError("the saved Python RNG state is not {version, state, gauss}")
+    ints = saved["state"].tolist() if isinstance(saved["state"], torch.Tensor) else list(saved["state"])
+    if len(ints) != 625 or not all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in ints):
+        raise ValueError("the saved Python RNG state is not 625 unsigned 32-bit integers")
+    gauss = saved["gauss"]
+    if gauss is not None and not isinstance(gauss, (int, float)):
+        raise ValueError("the saved Python RNG gauss value is not a number")
+    return int(saved["version"]), tuple(ints), None if gauss is None else float(gauss)
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore the RNGs saved by :func:`rng_state`; a malformed state raises ValueError (nothing is evaluated)."""
     torch.set_rng_state(state["torch"])
-    random.setstate(eval(state["python"], {"__builtins__": {}}))  # a tuple of ints, written by rng_state
+    random.setstate(_python_rng(state["python"]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -302,7 +330,11 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed, self.skipped = state["step"], state.get("elapsed", 0.0), state.get("skipped", 0)
         if "rng" in state:
-            set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
+            try:
+                set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+                raise ckpt.CheckpointError(f"{path / 'trainer.pt'} holds a malformed RNG state ({e}); it was not "
+                                           "written by jit-vco: resume from another checkpoint") from e
         self.last_checkpoint = path
         if self.dist.is_main:
             log.info("resumed from %s (step %d)", path, self.step)
