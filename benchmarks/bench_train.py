@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py --model JiT-B/16 --batch 4 --device cpu --steps 5 --warmup 1
 
-Every figure comes from the real training step, ``jit_core.train.Trainer.train_step`` (lr set,
+Every figure comes from the real training step, ``jit_core.training.Trainer.train_step`` (lr set,
 ``training_losses`` with the plugin hooks, backward, grad-norm and finiteness checks, AdamW step,
 two EMA updates). V-Co runs with its plugin enabled, so its step includes the frozen encoder work:
 the target tokens, the clean-image embedding and the hybrid loss's embedding of x-hat with the
@@ -108,7 +108,7 @@ class Net:
     """One network's Trainer, its optimizers (fused / unfused) and its compiled block/head calls."""
 
     def __init__(self, args, net: str, data_path: str, scratch: Path):
-        from jit_core.train import Trainer, param_groups
+        from jit_core.training import Trainer, param_groups
         self.net, self.args = net, args
         cfg = common.run_config(args.model, batch=args.batch, device=args.device, net=net, encoder=args.encoder,
                                 encoder_weights=args.encoder_weights, channels=args.channels,

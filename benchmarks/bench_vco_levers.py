@@ -2,7 +2,7 @@
 
     python benchmarks/bench_vco_levers.py --steps 5 --warmup 1            # JiT-S/4, Fashion-MNIST 32 px, batch 64
 
-Variants (one ``jit_core.train.Trainer`` each, same seed, fed the same real batches):
+Variants (one ``jit_core.training.Trainer`` each, same seed, fed the same real batches):
 
 - ``jit``: the JiT baseline (no V-Co), for reference: what the network alone costs;
 - ``vco``: V-Co as the paper computes it (both levers off): target tokens, the clean-image embedding f+
@@ -80,7 +80,7 @@ def make_config(args, variant: str, stats: str | None, cache: str | None):
 
 def real_batches(args, scratch: Path, n: int):
     """``n`` real training batches (uint8 images, labels) of the vco-tiny run (class-balanced, flipped)."""
-    from jit_core.train import Trainer
+    from jit_core.training import Trainer
     tr = Trainer(make_config(args, "vco", None, None), scratch / "batches", handle_signals=(), progress=False)
     out = []
     for images, labels in tr.batches.iterate(0):
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown variants {sorted(unknown)}")
 
     from jit_core.data import build_dataset, to_model_range
-    from jit_core.train import Trainer
+    from jit_core.training import Trainer
     from vco_plugin.calibration import compute_stats, save_stats
     from vco_plugin.feature_cache import build_cache
     from vco_plugin.features import build_encoder

@@ -107,7 +107,7 @@ import torch.utils.checkpoint
 from jit_core.config import Config
 from jit_core.diffusion import default_unconditional, training_losses
 from jit_core.model import JiT, ModelConfig, get_model_config
-from jit_core.streams import Stream, pixel_stream
+from jit_core.model.streams import Stream, pixel_stream
 
 GIB = 2 ** 30
 FEATURE_CHANNELS = 768          # DINOv2-B/14 tokens: V-Co's feature stream

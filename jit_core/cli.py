@@ -1,7 +1,7 @@
 """The ``jit`` command line (click). Plugins add their own commands through ``jit_add_commands``."""
 from __future__ import annotations
 
-import functools
+import importlib.metadata as md
 import json
 import logging
 import sys
@@ -9,14 +9,17 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, load_config
+from jit_core.config import ConfigError, load_config
+from jit_core.runs.loading import trust_options
+
+COMMANDS_GROUP = "jit_core.commands"   # entry points: name -> a click command or group added to `jit`
 
 
 class JitGroup(click.Group):
     """Turns our expected errors into one clear line instead of a traceback."""
 
     def invoke(self, ctx):
-        from .plugins import PluginError
+        from jit_core.plugins import PluginError
         try:
             return super().invoke(ctx)
         except (ConfigError, PluginError, FileNotFoundError, KeyError) as exc:
@@ -51,25 +54,10 @@ def run_options(fn):
     return fn
 
 
-def trust_options(fn):
-    """``--plugin NAME`` / ``--trust-plugins`` for commands that load a run folder; passes ``trust_plugins``.
-
-    A run folder's config.json may name plugin modules or .py files; they are imported only when the user
-    names them here (installed entry-point plugins always load)."""
-    def wrapper(*args, trusted_plugin_names=(), trust_all_plugins=False, **kwargs):
-        return fn(*args, trust_plugins=True if trust_all_plugins else tuple(trusted_plugin_names), **kwargs)
-    wrapper = functools.update_wrapper(wrapper, fn)
-    wrapper = click.option("--trust-plugins", "trust_all_plugins", is_flag=True,
-                           help="Import every plugin module the run folder's config.json names (only for runs you trust).")(wrapper)
-    wrapper = click.option("--plugin", "trusted_plugin_names", multiple=True, metavar="NAME",
-                           help="A plugin module or .py file the run's config names that may be imported. Repeatable.")(wrapper)
-    return wrapper
-
-
 def build_config(preset, config_file, plugins, overrides, run_dir=None):
     """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
-    from .config import register_preset
-    from .plugins import PluginError, Plugins, installed_plugins
+    from jit_core.config import register_preset
+    from jit_core.plugins import PluginError, Plugins, installed_plugins
     for name in installed_plugins():
         try:
             with_presets = Plugins([name])
@@ -101,10 +89,10 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
     jit train --preset jit-b16 --run-dir runs/b16 data.path=/data/imagenet
     jit train --preset jit-b16 --plugin vco --run-dir runs/b16-vco data.path=/data/imagenet
     """
-    from .train import train as run_train
+    from jit_core.training import train as run_train
     if resume_dir:
-        from .api import load_config as load_run_config
-        from .config import parse_override, set_key
+        from jit_core.api import load_config as load_run_config
+        from jit_core.config import parse_override, set_key
         cfg = load_run_config(resume_dir, trust_plugins=plugins)  # --plugin names the modules the user trusts
         stray = [p for p in plugins if p not in cfg.plugins]
         if stray:
@@ -139,9 +127,9 @@ def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, d
     """Sample PNG files and a grid from a run with fixed seeds and labels."""
     import torch
 
-    from . import api
-    from .distributed import resolve_device
-    from .images import save_grid, save_pngs
+    from jit_core import api
+    from jit_core.distributed import resolve_device
+    from jit_core.images import save_grid, save_pngs
     run = api.load_run(run_dir, ema=ema, device=resolve_device(device), trust_plugins=trust_plugins)
     if labels:
         lab = torch.tensor([int(x) for x in labels.split(",")])
@@ -160,7 +148,7 @@ def models(as_json):
     """Named model configs with their trainable parameter counts."""
     import torch
 
-    from .model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT
+    from jit_core.model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT
     rows = []
     for name, mc in MODEL_CONFIGS.items():
         with torch.device("meta"):
@@ -182,7 +170,7 @@ def models(as_json):
 def presets():
     """List named presets (the core's and the installed plugins')."""
     build_config(None, None, (), ())
-    from .config import PRESETS
+    from jit_core.config import PRESETS
     for name in sorted(PRESETS):
         cfg = PRESETS[name]()
         click.echo(f"{name:10} model={cfg.model:9} data={cfg.data.name:13} plugins={','.join(cfg.plugins) or '-'}")
@@ -193,7 +181,7 @@ def presets():
 @click.option("--plugin", "enabled", multiple=True, help="Also load this plugin (module path) and mark it enabled.")
 def plugins_cmd(as_json, enabled):
     """Installed plugins: name, version, source, enabled, hooks, options."""
-    from .plugins import describe_all
+    from jit_core.plugins import describe_all
     infos = describe_all(enabled)
     if as_json:
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
@@ -210,20 +198,20 @@ def plugins_cmd(as_json, enabled):
 def _add_optional_commands() -> None:
     """Commands that live in their own modules, and the plugins' commands."""
     import importlib
-    for module, factory, name in (("jit_core.convert", "convert_command", "convert"),
-                                  ("jit_core.evaluate", "evaluate_command", "evaluate"),
-                                  ("jit_core.metrics", "ref_stats_command", "ref-stats"),
-                                  ("jit_core.report", "compare_command", "compare")):
+    for module, factory, name in (("jit_core.runs.convert", "convert_command", "convert"),
+                                  ("jit_core.eval.evaluate", "evaluate_command", "evaluate"),
+                                  ("jit_core.eval.fid", "ref_stats_command", "ref-stats"),
+                                  ("jit_core.eval.report", "compare_command", "compare")):
         try:
             cli.add_command(getattr(importlib.import_module(module), factory)(), name)
         except (ImportError, AttributeError) as exc:
             logging.getLogger("jit").debug("command %s unavailable: %s", name, exc)
-    try:
-        from slurm.cli import slurm_group
-        cli.add_command(slurm_group, "slurm")
-    except ImportError:
-        pass
-    from .plugins import installed_plugins
+    for ep in md.entry_points(group=COMMANDS_GROUP):   # `jit slurm` (slurm/) and other packages' command groups
+        try:
+            cli.add_command(ep.load(), ep.name)
+        except Exception as exc:  # noqa: BLE001 -- a broken package must not break the CLI
+            click.echo(f"warning: command {ep.name!r} ({ep.value}) failed to import: {exc}", err=True)
+    from jit_core.plugins import installed_plugins
     for name, ep in installed_plugins().items():
         try:
             module = ep.load()

@@ -1,7 +1,7 @@
 """Durable files: every byte hashed on its way to disk, fsynced, then published by rename.
 
-The primitives behind crash-safe checkpoints (:mod:`jit_core.checkpoint`), converted official
-checkpoints (:mod:`jit_core.convert`, :mod:`jit_core.official`) and V-Co's feature cache: a reader
+The primitives behind crash-safe checkpoints (:mod:`jit_core.runs.checkpoint`), converted official
+checkpoints (:mod:`jit_core.runs.convert`, :mod:`jit_core.official.layout`) and V-Co's feature cache: a reader
 never sees half a file, and every file written has its size and SHA-256 for a manifest.
 """
 from __future__ import annotations

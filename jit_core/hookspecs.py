@@ -3,7 +3,7 @@
 A plugin is a module or object with functions marked ``@jit_core.hookimpl`` whose names are
 the hooks below. Every hook is called with keyword arguments; an implementation may accept any
 subset of them (pluggy passes only the names it declares). The core implements the JiT defaults
-itself (``jit_core.defaults``, registered ``trylast``), so with no plugin enabled a run is JiT.
+itself (``jit_core.plugins.defaults``, registered ``trylast``), so with no plugin enabled a run is JiT.
 
 Order of one training step, with the hook that acts at each point::
 
@@ -60,7 +60,7 @@ def jit_presets():
 
 @hookspec
 def jit_streams(config, model_config):
-    """**Stream construction.** Return a list of ``jit_core.streams.Stream`` this plugin adds.
+    """**Stream construction.** Return a list of ``jit_core.model.streams.Stream`` this plugin adds.
 
     Called once when the model is built (training, sampling, loading a run). Each stream gets its
     own embed, its own weights in every block, its own head and its own in-context tokens, and

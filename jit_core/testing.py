@@ -10,26 +10,26 @@ Plain functions (no pytest needed)::
 
 - :func:`tiny_config`: the core's ``test`` preset (sklearn digits, JiT-T/4, exact attention, fp32,
   CPU) with a batch of 8, ``steps`` optimizer steps, every step logged, a 2-step sampler.
-- :func:`train_tiny`: a real :func:`jit_core.train.train` run in a folder under ``tmp_path``;
-  returns the :class:`~jit_core.train.TrainResult` and the ``metrics.jsonl`` records.
-- :func:`tiny_setup` / :func:`one_step`: a real :class:`~jit_core.train.Trainer` (same plugin
+- :func:`train_tiny`: a real :func:`jit_core.training.train` run in a folder under ``tmp_path``;
+  returns the :class:`~jit_core.training.TrainResult` and the ``metrics.jsonl`` records.
+- :func:`tiny_setup` / :func:`one_step`: a real :class:`~jit_core.training.Trainer` (same plugin
   wiring as training: streams, trainable modules, captured blocks, batch sampler) and one call of
   its objective (:func:`jit_core.diffusion.training_losses`) on its first batch.
-- :class:`RecordingPlugin` (from :mod:`jit_core.recording`): implements every hook, records each call
+- :class:`RecordingPlugin` (from :mod:`jit_core.plugins.recording`): implements every hook, records each call
   (name and keyword arguments) and returns nothing unless told to (``returns=`` values, ``handlers=``
   functions).
 - :func:`make_plugin_distribution`: a throwaway installed plugin (module + ``*.dist-info`` with the
   ``jit_core.plugins`` entry point) in a folder; put the folder on ``sys.path`` to "install" it.
 - :func:`run_cli`: ``jit ARGS`` in-process, plugin commands included.
-- :func:`hook_reference_markdown` (from :mod:`jit_core.hookref`): the hook reference of
-  ``docs/plugins.md``, rendered from the hookspec docstrings (``python -m jit_core.hookref
+- :func:`hook_reference_markdown` (from :mod:`jit_core.plugins.hookref`): the hook reference of
+  ``docs/plugins.md``, rendered from the hookspec docstrings (``python -m jit_core.plugins.hookref
   --update-docs docs/plugins.md`` rewrites it).
 
 Pytest fixtures (``pytest_plugins = ["jit_core.testing"]`` in a top-level conftest or test module):
 ``jit_recorder``, ``jit_train``, ``jit_one_step``, ``jit_plugin_dist``, ``jit_cli``, ``jit_no_autoload``.
 
 This module holds the tiny-run helpers, the installed-plugin helpers and the pytest fixtures; the
-recording plugin (:mod:`jit_core.recording`) and the hook reference renderer (:mod:`jit_core.hookref`)
+recording plugin (:mod:`jit_core.plugins.recording`) and the hook reference renderer (:mod:`jit_core.plugins.hookref`)
 live in their own modules and are re-exported here (``__all__``).
 
 Heavy modules (torch, the trainer) are imported inside the functions, so loading this module as a
@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .hookref import HOOKS_END, HOOKS_START, hook_reference_markdown, update_hook_reference
-from .recording import HookCall, RecordingPlugin
+from jit_core.plugins.hookref import HOOKS_END, HOOKS_START, hook_reference_markdown, update_hook_reference
+from jit_core.plugins.recording import HookCall, RecordingPlugin
 
 __all__ = [
     "HOOKS_END",
@@ -80,7 +80,7 @@ def tiny_config(plugins: Iterable[str] = (), steps: int = 3, **overrides: Any):
     ``overrides`` are config keys, dotted or with ``__`` for the dots (``optim__lr=1e-3``,
     ``**{"repa.coef": 0.1}``); plugin options are checked when the run starts, as in ``jit train``.
     """
-    from .config import get_preset, set_key
+    from jit_core.config import get_preset, set_key
     cfg = get_preset("test")
     cfg.plugins = list(plugins)
     cfg.optim.batch_size = 8
@@ -117,7 +117,7 @@ def train_tiny(tmp_path: str | os.PathLike, plugins: Iterable[str] = (), extra_p
     or modules registered directly (as ``Trainer(extra_plugins=...)``); ``config``: use this config
     instead of :func:`tiny_config` (``plugins``, ``steps`` and ``overrides`` then do not apply).
     """
-    from .train import train
+    from jit_core.training import train
     cfg = config if config is not None else tiny_config(plugins, steps, **overrides)
     run_dir = _fresh_dir(Path(tmp_path), run_name)
     result = train(cfg, run_dir, extra_plugins=list(extra_plugins), progress=False, handle_signals=())
@@ -162,15 +162,15 @@ class TinySetup:
 
 def tiny_setup(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), config=None, batch_size: int = 4,
                seed: int = 0, run_dir: str | os.PathLike | None = None, **overrides: Any) -> TinySetup:
-    """A real :class:`~jit_core.train.Trainer` on the tiny config and its first batch of ``batch_size``.
+    """A real :class:`~jit_core.training.Trainer` on the tiny config and its first batch of ``batch_size``.
 
     Plugins are loaded, their options checked, the model built with their streams, their trainable
     modules, captured blocks and batch sampler set up exactly as in training. The trainer writes
     its ``config.json`` into ``run_dir`` (default: a temporary folder removed with the object).
     Seeds the global RNGs (``train.seed = seed``), as training does.
     """
-    from .data import to_model_range
-    from .train import Trainer
+    from jit_core.data import to_model_range
+    from jit_core.training import Trainer
     cfg = config if config is not None else tiny_config(plugins, 1, **overrides)
     cfg.optim.batch_size = batch_size
     cfg.train.seed = seed
@@ -230,7 +230,7 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None):
     """
     from click.testing import CliRunner
 
-    from .cli import _add_optional_commands, cli
+    from jit_core.cli import _add_optional_commands, cli
     _add_optional_commands()
     return CliRunner().invoke(cli, list(args), env=dict(env) if env else None, catch_exceptions=True)
 
@@ -266,7 +266,7 @@ if pytest is not None:
     @pytest.fixture
     def jit_no_autoload(monkeypatch):
         """``JIT_DISABLE_PLUGIN_AUTOLOAD=1`` for the test: entry-point plugins are invisible."""
-        from .plugins import DISABLE_ENV
+        from jit_core.plugins import DISABLE_ENV
         monkeypatch.setenv(DISABLE_ENV, "1")
 
     @pytest.fixture
@@ -291,8 +291,8 @@ if pytest is not None:
     def jit_cli():
         """``jit_cli(*args, env=None) -> click Result`` (see :func:`run_cli`); the ``jit`` group's
         commands and the preset registry are restored afterwards."""
-        from .cli import cli
-        from .config import PRESETS
+        from jit_core.cli import cli
+        from jit_core.config import PRESETS
         commands, presets = dict(cli.commands), dict(PRESETS)
         yield run_cli
         cli.commands.clear()

@@ -10,6 +10,7 @@ if ! .venv/bin/python -c "from slurm.cluster import cluster_available as c; impo
   started_slurm=1
 fi
 status=0
+.venv/bin/lint-imports || status=$?      # the architecture's contracts (pyproject.toml [tool.importlinter])
 .venv/bin/python -m pytest "$@" || status=$?
 [ -f examples/repa_plugin/tests/test_repa.py ] && { .venv/bin/python -m pytest -q examples/repa_plugin/tests || status=$?; }
 [ "$started_slurm" = 1 ] && bash scripts/slurm-cluster.sh down || true

@@ -1,6 +1,6 @@
 """`jit slurm ...`: submit a run (or a sweep) with the same options as `jit train`, and watch it.
 
-Registered by ``jit_core.cli._add_optional_commands`` as the ``slurm`` group.
+Registered as ``jit slurm`` through the ``jit_core.commands`` entry point (pyproject.toml): jit_core does not import it.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The submitted job: :class:`TrainJob`, a submitit ``Checkpointable`` that trains one run.
 
 Every task (one per GPU) turns submitit's job environment into the torchrun variables (RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs :class:`jit_core.train.Trainer` on the run
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs :class:`jit_core.training.Trainer` on the run
 folder. Preemption and time limits are submitit's USR2 signal: ``checkpoint()`` just resubmits the same
 job, and the requeued job resumes from the run folder's last complete checkpoint (the trainer does that
 by itself). SIGTERM and SIGUSR1 make the trainer finish its step and write a checkpoint.
@@ -100,7 +100,7 @@ class TrainJob(Checkpointable):
         import torch.distributed as tdist
 
         from jit_core.config import Config
-        from jit_core.train import Trainer
+        from jit_core.training import Trainer
         if "OMP_NUM_THREADS" in env and cluster != "debug":   # torch was imported before it was set
             torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])

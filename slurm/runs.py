@@ -70,8 +70,8 @@ def check_run_dir(run: RunSpec) -> None:
     folder = run.run_dir
     saved = folder / "config.json"
     if saved.exists():
-        from jit_core.checkpoint import list_checkpoints
-        from jit_core.train import _config_diff
+        from jit_core.runs.checkpoint import list_checkpoints
+        from jit_core.training import config_diff
         if not list_checkpoints(folder):  # as the trainer: a run that never checkpointed may start over
             return
         old = json.loads(saved.read_text())
@@ -81,7 +81,7 @@ def check_run_dir(run: RunSpec) -> None:
             if key in (old.get("model_overrides") or {}) and key not in overrides:
                 overrides[key] = old["model_overrides"][key]
         now["model_overrides"] = overrides
-        diff = _config_diff(old, now)
+        diff = config_diff(old, now)
         if diff:
             raise LaunchError(f"run folder {folder} already holds a different run ({'; '.join(diff[:4])}); "
                               "use a new --run-dir (only the run's length, logging and resources may change "

@@ -184,7 +184,7 @@ class Submission:
 
 def _prepare_folder(folder: Path) -> None:
     (folder / "slurm").mkdir(parents=True, exist_ok=True)
-    # jit_core.train.prepare_run_dir refuses a non-empty folder without checkpoints/ (the slurm/ records
+    # jit_core.training.prepare_run_dir refuses a non-empty folder without checkpoints/ (the slurm/ records
     # and logs land before the trainer starts), so the (empty) checkpoints folder is made here
     (folder / "checkpoints").mkdir(exist_ok=True)
 

@@ -9,7 +9,7 @@
 - :class:`NaNPlugin`: an ``extra_plugins`` object whose ``jit_loss_terms`` returns a NaN term at chosen
   steps (it counts its own calls: the StepState carries no step number);
 - ``python -m tests.fault_tools ddp ...``: a DDP worker (torchrun-style environment) that trains with
-  :class:`jit_core.train.Trainer` and all-gathers a hash of every rank's parameters at the end.
+  :class:`jit_core.training.Trainer` and all-gathers a hash of every rank's parameters at the end.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def single_thread():
 
 
 def train_in_process(config, run_dir: Path, **kwargs):
-    from jit_core.train import train
+    from jit_core.training import train
     with single_thread():
         return train(config, run_dir, progress=False, **kwargs)
 
@@ -342,7 +342,7 @@ def ddp_main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     from jit_core.config import load_config
-    from jit_core.train import Trainer
+    from jit_core.training import Trainer
     run_dir, out_prefix, overrides = argv[0], argv[1], argv[2:]
     torch.set_num_threads(1)
     trainer = Trainer(load_config("test", None, overrides), run_dir, progress=False)

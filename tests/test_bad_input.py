@@ -17,11 +17,12 @@ import torch
 from click.testing import CliRunner
 
 import jit_core.cli as jit_cli
-from jit_core import checkpoint as ckpt
 from jit_core import durable
-from jit_core.checkpoint import CheckpointError
 from jit_core.config import Config, load_config
-from jit_core.train import Trainer
+from jit_core.runs import checkpoint as ckpt
+from jit_core.runs.checkpoint import CheckpointError
+from jit_core.runs.loading import load_weights
+from jit_core.training import Trainer
 
 from . import fault_tools as ft
 
@@ -276,7 +277,7 @@ def test_malicious_pickle_is_never_executed(cli, tmp_path):
     one_line_error(invoke(cli, "convert", evil, tmp_path / "out"), f"refused to load {evil}: it holds", "weights_only")
     assert not marker.exists() and not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="refused to load"):
-        ckpt.load_weights(evil)
+        load_weights(evil)
     # a run whose trainer.pt was replaced, manifest updated to match (so it verifies)
     run = ft.copy_run(ft.reference_run(), tmp_path / "run")
     last = ft.step_dir(run, ft.REF_STEPS)

@@ -17,22 +17,22 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from jit_core import durable
-from jit_core.checkpoint import (
+from jit_core.model import JiT, ModelConfig, build_model
+from jit_core.model.streams import Stream, pixel_stream
+from jit_core.official.infer import infer_model_config
+from jit_core.official.layout import export_official, import_official
+from jit_core.runs.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
-    check_compatible,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
     verify_checkpoint,
 )
-from jit_core.convert import convert_command
-from jit_core.infer_config import infer_model_config
-from jit_core.model import JiT, ModelConfig, build_model
-from jit_core.official import export_official, import_official
-from jit_core.streams import Stream, pixel_stream
+from jit_core.runs.compat import check_compatible
+from jit_core.runs.convert import convert_command
+from jit_core.runs.loading import load_weights
 
 FIXTURES = Path(os.environ.get("JIT_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
 TINY = ModelConfig(image_size=32, patch_size=4, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,

@@ -11,8 +11,8 @@ from torch import nn
 from jit_core.config import get_preset
 from jit_core.diffusion import guidance_active, noise_scale_for, per_sample_v_loss, sample, sample_t, training_losses
 from jit_core.model import JiT, get_model_config
+from jit_core.model.streams import PIXEL, pixel_stream
 from jit_core.plugins import Plugins
-from jit_core.streams import PIXEL, pixel_stream
 
 NULL = 10  # JiT-T/4 has 10 classes; label 10 is the null class
 

@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 
 from jit_core import api
-from jit_core import classifier as C
-from jit_core import evaluate as E
-from jit_core import metrics as M
-from jit_core.checkpoint import save_checkpoint
 from jit_core.config import load_config
+from jit_core.eval import classifier as C
+from jit_core.eval import evaluate as E
+from jit_core.eval import fid as M
+from jit_core.runs.checkpoint import save_checkpoint
 
 PROVENANCE_KEYS = {
     "run_dir", "checkpoint", "model", "training", "sampler", "guidance", "samples", "selection", "versions",

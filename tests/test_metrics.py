@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from jit_core import classifier as C
-from jit_core import metrics as M
+from jit_core.eval import classifier as C
+from jit_core.eval import fid as M
 
 
 # ----------------------------------------------------------------------------------- Fréchet distance

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from jit_core.layers import apply_rope, rope_tables, sincos_2d
 from jit_core.model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT, ModelConfig, get_model_config
-from jit_core.official import from_official, to_official
-from jit_core.streams import Stream, pixel_stream
+from jit_core.model.layers import apply_rope, rope_tables, sincos_2d
+from jit_core.model.streams import Stream, pixel_stream
+from jit_core.official.layout import from_official, to_official
 
 TINY = ModelConfig(image_size=32, patch_size=4, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                    in_context_len=4, in_context_start=1, num_classes=10)

@@ -17,10 +17,10 @@ from torch import nn
 from jit_core import hookspecs
 from jit_core.config import ConfigError, get_preset
 from jit_core.diffusion import StepState, Unconditional
-from jit_core.hookref import documented_hook_reference, hook_names, hook_reference_markdown
 from jit_core.model import JiT, get_model_config
+from jit_core.model.streams import Stream
 from jit_core.plugins import DISABLE_ENV, PluginError, Plugins, describe_all, installed_plugins
-from jit_core.streams import Stream
+from jit_core.plugins.hookref import documented_hook_reference, hook_names, hook_reference_markdown
 from jit_core.testing import (
     RecordingPlugin,
     one_step,
@@ -126,17 +126,17 @@ def test_recording_plugin_implements_every_hook_with_its_signature():
 
 def test_testing_reexports_the_recorder_and_the_hook_reference():
     """jit_core.testing is the plugin authors' front door: every name in its __all__ is importable
-    from it, including those defined in jit_core.recording and jit_core.hookref."""
-    import jit_core.hookref
-    import jit_core.recording
+    from it, including those defined in jit_core.plugins.recording and jit_core.plugins.hookref."""
+    import jit_core.plugins.hookref
+    import jit_core.plugins.recording
     import jit_core.testing
 
     assert all(hasattr(jit_core.testing, name) for name in jit_core.testing.__all__)
-    assert jit_core.testing.RecordingPlugin is jit_core.recording.RecordingPlugin
-    assert jit_core.testing.HookCall is jit_core.recording.HookCall
-    assert jit_core.testing.hook_reference_markdown is jit_core.hookref.hook_reference_markdown
-    assert (jit_core.testing.HOOKS_START, jit_core.testing.HOOKS_END) == (jit_core.hookref.HOOKS_START,
-                                                                          jit_core.hookref.HOOKS_END)
+    assert jit_core.testing.RecordingPlugin is jit_core.plugins.recording.RecordingPlugin
+    assert jit_core.testing.HookCall is jit_core.plugins.recording.HookCall
+    assert jit_core.testing.hook_reference_markdown is jit_core.plugins.hookref.hook_reference_markdown
+    assert (jit_core.testing.HOOKS_START, jit_core.testing.HOOKS_END) == (jit_core.plugins.hookref.HOOKS_START,
+                                                                          jit_core.plugins.hookref.HOOKS_END)
 
 
 def test_tiny_config_is_the_small_real_run():
@@ -149,7 +149,7 @@ def test_tiny_config_is_the_small_real_run():
 
 def test_hook_reference_in_docs_is_generated_from_the_docstrings(monkeypatch):
     """docs/plugins.md holds hook_reference_markdown() between its markers: regenerate with
-    `python -m jit_core.hookref --update-docs docs/plugins.md` after editing hookspecs.py."""
+    `python -m jit_core.plugins.hookref --update-docs docs/plugins.md` after editing hookspecs.py."""
     generated = hook_reference_markdown()
     assert [line[4:] for line in generated.splitlines() if line.startswith("### ")] == hook_names()
     assert "`jit_normalize(stream, target, config)` — *firstresult*" in generated
@@ -157,7 +157,7 @@ def test_hook_reference_in_docs_is_generated_from_the_docstrings(monkeypatch):
     assert "Changed `here`." in hook_reference_markdown()
     monkeypatch.undo()
     assert documented_hook_reference(ROOT / "docs" / "plugins.md") == generated, \
-        "docs/plugins.md is out of date: python -m jit_core.hookref --update-docs docs/plugins.md"
+        "docs/plugins.md is out of date: python -m jit_core.plugins.hookref --update-docs docs/plugins.md"
 
 
 # ----------------------------------------------------------------------------------- hooks are called where documented

@@ -25,8 +25,8 @@ import torch
 from click.testing import CliRunner
 
 import jit_core.cli as jit_cli
-from jit_core import checkpoint as ckpt
-from jit_core.train import NonFiniteLossError, Trainer
+from jit_core.runs import checkpoint as ckpt
+from jit_core.training import NonFiniteLossError, Trainer
 
 from . import fault_tools as ft
 

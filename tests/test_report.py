@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 from PIL import Image
 
-from jit_core import report as R
+from jit_core.eval import report as R
 
 from .test_evaluate import make_run
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from jit_core import checkpoint as ckpt
 from jit_core.config import load_config
-from jit_core.train import EMA, Trainer, lr_at, param_groups
+from jit_core.runs import checkpoint as ckpt
+from jit_core.training import EMA, Trainer, lr_at, param_groups
 
 from . import fault_tools as ft
 

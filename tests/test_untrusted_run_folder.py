@@ -20,7 +20,7 @@ import jit_core.cli as jit_cli
 from jit_core import api
 from jit_core.plugins import PluginError
 from jit_core.testing import train_tiny
-from jit_core.train import rng_state, set_rng_state
+from jit_core.training import rng_state, set_rng_state
 
 
 def _rehash(ckpt_dir: Path, fname: str) -> None:

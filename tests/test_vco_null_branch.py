@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from jit_core.model import JiT, ModelConfig, get_model_config
-from jit_core.official import from_official
-from jit_core.streams import Stream, pixel_stream
+from jit_core.model.streams import Stream, pixel_stream
+from jit_core.official.layout import from_official
 from vco_plugin.null_branch import blocked_matrix, structured_unconditional
 
 

@@ -17,7 +17,7 @@ from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_op
 from jit_core.diffusion import StepState, per_sample_v_loss, sample, training_losses
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
-from jit_core.recording import RecordingPlugin
+from jit_core.plugins.recording import RecordingPlugin
 from vco_plugin import plugin
 from vco_plugin.batches import ClassBalancedBatchSampler
 from vco_plugin.calibration import compute_stats, load_stats, save_stats

@@ -24,7 +24,7 @@ from jit_core.data import to_model_range
 from jit_core.diffusion import StepState, training_losses
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
-from jit_core.recording import RecordingPlugin
+from jit_core.plugins.recording import RecordingPlugin
 from jit_core.testing import run_cli, train_tiny
 from tests.test_vco_plugin import small_config  # the same small V-Co run
 from vco_plugin import features, plugin

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from jit_core.diffusion import Unconditional
-from jit_core.streams import PIXEL, Stream
+from jit_core.model.streams import PIXEL, Stream
 
 FEATURE = "feature"
 

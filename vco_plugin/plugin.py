@@ -30,7 +30,7 @@ import torch
 from jit_core.config import Config, ConfigError, get_preset, plugin_options
 from jit_core.hookspecs import hookimpl
 from jit_core.model import get_model_config
-from jit_core.streams import Stream
+from jit_core.model.streams import Stream
 
 from .batches import ClassBalancedBatchSampler
 from .drift_loss import hybrid_loss

@@ -65,7 +65,7 @@ def test_two_tasks_ddp_params_identical(slurm_cluster, run_dir):
 def _weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    from jit_core.checkpoint import latest_checkpoint
+    from jit_core.runs.checkpoint import latest_checkpoint
     return {name: load_file(latest_checkpoint(run_dir) / f"{name}.safetensors") for name in ("model", "ema1")}
 
 
@@ -75,8 +75,8 @@ def test_preempted_job_requeues_and_resumes_bit_identical(slurm_cluster, run_dir
     (model, ema1: bit-identical) as an uninterrupted run of the same config."""
     import torch
 
-    from jit_core.checkpoint import latest_checkpoint
-    from jit_core.train import train
+    from jit_core.runs.checkpoint import latest_checkpoint
+    from jit_core.training import train
 
     steps = 40
     overrides = [f"train.max_steps={steps}", "train.ckpt_every=4", "train.log_every=4"]
@@ -170,7 +170,7 @@ def test_shared_storage_heuristic(tmp_path):
 
 
 def test_run_dir_holding_another_run_is_refused_at_submit(tmp_path):
-    from jit_core.train import train
+    from jit_core.training import train
     folder = tmp_path / "run"
     train(build(["train.max_steps=1"])((), folder), folder, progress=False)
     same = plan_runs(build(["train.max_steps=3"]), folder)       # longer: allowed

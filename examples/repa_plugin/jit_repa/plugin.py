@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from jit_core import hookimpl
 from jit_core.config import ConfigError, plugin_options
 from jit_core.model import get_model_config
-from jit_core.streams import PIXEL
+from jit_core.model.streams import PIXEL
 from torch import nn
 
 from .encoder import ENCODER_CHANNELS, build_encoder

@@ -6,9 +6,9 @@ value.
 """
 from __future__ import annotations
 
-from .diffusion import default_unconditional
-from .hookspecs import hookimpl
-from .model import get_model_config
+from jit_core.diffusion import default_unconditional
+from jit_core.hookspecs import hookimpl
+from jit_core.model import get_model_config
 
 
 @hookimpl(trylast=True)

@@ -13,8 +13,9 @@ they were. A checkpoint damaged later fails :func:`verify_checkpoint`, and :func
 back to the previous one. ``trainer.pt`` only ever holds plain Python values and tensors, so it loads with
 ``torch.load(weights_only=True)``; nothing in this module unpickles arbitrary objects.
 
-Official JiT / V-Co ``checkpoint-*.pth`` files are read and written by :mod:`jit_core.official`
-(:func:`load_weights` accepts them through it), and ``jit convert`` lives in :mod:`jit_core.convert`.
+Official JiT / V-Co ``checkpoint-*.pth`` files are read and written by :mod:`jit_core.official.layout`;
+:func:`jit_core.runs.loading.load_weights` reads weights from any of these sources, and ``jit convert``
+lives in :mod:`jit_core.runs.convert`.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
+from jit_core.durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
+from jit_core.errors import CheckpointError, CorruptCheckpointError, first_line, weights_only_refusal
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,6 @@ _STEP_RE = re.compile(r"^step-(\d{8,})$")
 # leftovers of interrupted writers: tmp (being written), old (replaced by a re-save), del (being deleted)
 _LEFTOVER_RE = re.compile(r"^(?:step-\d{8,}\.(tmp|old|del)|latest\.tmp)-(\d+)$")
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.Size, torch.dtype, torch.device)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is foreign, unreadable or incompatible; the message names the file and the fix."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint of ours that is incomplete or damaged (missing file, wrong size or hash)."""
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -354,21 +348,6 @@ def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor
         raise CorruptCheckpointError(f"cannot read {path}: {e}; {_FIX}") from e
 
 
-def _first_line(e: Exception) -> str:
-    """The informative line of a torch.load error (weights-only errors put it after a long preamble)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = [line for line in lines if line.startswith(("Unsupported operand", "WeightsUnpickler error"))]
-    return (detail or lines or [type(e).__name__])[-1 if detail else 0]
-
-
-def _refused(path: Path, e: Exception) -> CheckpointError:
-    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
-    what = f"the pickled object {m[1]}" if m else "pickled objects"
-    return CheckpointError(f"refused to load {path}: it holds {what}, outside torch's weights_only allow-list; "
-                           "jit-vco never unpickles arbitrary code. Re-save the file with plain tensors and "
-                           "Python values (only if you trust where it came from)")
-
-
 def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """``(weights, state)`` of a checkpoint dir (or a run dir -> its latest checkpoint).
 
@@ -391,69 +370,6 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
         state = torch.load(fp, map_location=map_location, weights_only=True)
     except Exception as e:
         if "Weights only load failed" in str(e):
-            raise _refused(fp, e) from e
+            raise weights_only_refusal(fp, e) from e
         raise CorruptCheckpointError(f"cannot read {fp}: {e}; {_FIX}") from e
     return weights, state
-
-
-def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
-    """One state dict (model/ema1/ema2) from a checkpoint dir, a run dir (its latest checkpoint), a
-    ``.safetensors`` file, or an official ``.pth`` (or a folder holding ``checkpoint-last.pth``)."""
-    from .official import import_official  # not at the top: jit_core.official imports this module
-
-    path = Path(path)
-    if path.is_file():
-        return _load_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
-    if path.is_dir() and (path / "checkpoint-last.pth").is_file() and not (path / "checkpoints").exists():
-        return _pick(import_official(path / "checkpoint-last.pth"), which, path)
-    ckpt = _resolve(path)
-    manifest = _read_manifest(ckpt)
-    fname = f"{which}.safetensors"
-    if fname not in manifest["files"]:
-        have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
-        raise CheckpointError(f"checkpoint {ckpt} has no {which!r} weights (it has {have})")
-    _check_files(ckpt, manifest, [fname], verify_hash=True)
-    return _load_safetensors(ckpt / fname)
-
-
-def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:
-    if which not in WEIGHT_NAMES:
-        raise CheckpointError(f"official checkpoint {path} has no {which!r} weights (choose from {WEIGHT_NAMES})")
-    return imported[which]
-
-
-# ------------------------------------------------------------------------------------------ compatibility
-def _shape(t) -> list[int]:
-    return list(t.shape)
-
-
-def check_compatible(sd: dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
-    """Raise :class:`CheckpointError` unless ``sd`` has exactly ``model``'s keys and shapes."""
-    ref = model.state_dict()
-    mismatched = [k for k in ref if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
-    missing = [k for k in ref if k not in sd]
-    unexpected = [k for k in sd if k not in ref]
-    if not (mismatched or missing or unexpected):
-        return
-
-    def listing(keys, fmt):
-        more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
-        return "; ".join(fmt(k) for k in keys[:5]) + more
-
-    parts = []
-    if mismatched:
-        parts.append(listing(mismatched, lambda k: f"{k} has shape {_shape(ref[k])} here but {_shape(sd[k])} in the file"))
-    if missing:
-        parts.append("missing from the file: " + listing(missing, lambda k: f"{k} {_shape(ref[k])}"))
-    if unexpected:
-        parts.append("in the file but not in the model: " + listing(unexpected, lambda k: f"{k} {_shape(sd[k])}"))
-    from .infer_config import infer_model_config  # not at the top: jit_core.infer_config imports this module
-
-    try:
-        cfg = infer_model_config(sd, in_context_start=0)
-        hint = " (its tensors say: " + ", ".join(f"{k}={cfg[k]}" for k in (
-            "image_size", "patch_size", "hidden_size", "depth", "num_heads", "bottleneck_dim", "num_classes")) + ")"
-    except (CheckpointError, KeyError, ValueError):
-        hint = ""
-    raise CheckpointError(f"checkpoint {source} is for a different model: {'; '.join(parts)}; build the model with "
-                          f"the config the checkpoint was trained with{hint} (see its run's config.json)")

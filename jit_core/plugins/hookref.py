@@ -5,8 +5,8 @@
 - :func:`update_hook_reference` / :func:`documented_hook_reference`: rewrite / read the part of a
   Markdown file between :data:`HOOKS_START` and :data:`HOOKS_END`.
 
-Command line: ``python -m jit_core.hookref [--update-docs FILE | --check-docs FILE]`` (run
-``python -m jit_core.hookref --update-docs docs/plugins.md`` after editing ``hookspecs.py``;
+Command line: ``python -m jit_core.plugins.hookref [--update-docs FILE | --check-docs FILE]`` (run
+``python -m jit_core.plugins.hookref --update-docs docs/plugins.md`` after editing ``hookspecs.py``;
 ``tests/test_plugins.py`` checks that the docs are in sync).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import hookspecs
+from jit_core import hookspecs
 
 HOOKS_START = "<!-- hooks:start -->"
 HOOKS_END = "<!-- hooks:end -->"
@@ -75,8 +75,8 @@ def hook_reference_markdown() -> str:
         note = ("the first non-None result wins; if every plugin returns None the core's default applies"
                 if opts.get("firstresult") else "each plugin's implementation is called and the results are combined")
         sections.append(f"### {name}\n\n`{sig}` — *{kind}*: {note}.\n\n{_rst_to_markdown(doc)}\n")
-    header = ("<!-- generated from jit_core/hookspecs.py by jit_core.hookref.hook_reference_markdown(); "
-              "regenerate with: python -m jit_core.hookref --update-docs docs/plugins.md -->\n\n"
+    header = ("<!-- generated from jit_core/hookspecs.py by jit_core.plugins.hookref.hook_reference_markdown(); "
+              "regenerate with: python -m jit_core.plugins.hookref --update-docs docs/plugins.md -->\n\n"
               "| hook | called | what it does |\n| --- | --- | --- |\n")
     return header + "\n".join(rows) + "\n\n" + "\n".join(sections).rstrip() + "\n"
 
@@ -103,10 +103,10 @@ def documented_hook_reference(path: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jit_core.hookref [--update-docs FILE | --check-docs FILE]``: print, rewrite or
+    """``python -m jit_core.plugins.hookref [--update-docs FILE | --check-docs FILE]``: print, rewrite or
     check the generated hook reference."""
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m jit_core.hookref", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jit_core.plugins.hookref", description=main.__doc__)
     parser.add_argument("--update-docs", metavar="FILE", help="rewrite the hook reference between the markers")
     parser.add_argument("--check-docs", metavar="FILE", help="exit 1 if the hook reference is out of date")
     args = parser.parse_args(argv)

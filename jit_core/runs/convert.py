@@ -1,8 +1,8 @@
 """``jit convert``: an official JiT / V-Co checkpoint as a jit-vco run folder.
 
-The ``.pth`` is read by :func:`jit_core.official.import_official` and written as
-``OUT_DIR/checkpoints/step-00000000`` by :func:`jit_core.checkpoint.save_checkpoint`; when the model
-config can be read off the weights (:mod:`jit_core.infer_config`), ``OUT_DIR/config.json`` rebuilds the
+The ``.pth`` is read by :func:`jit_core.official.layout.import_official` and written as
+``OUT_DIR/checkpoints/step-00000000`` by :func:`jit_core.runs.checkpoint.save_checkpoint`; when the model
+config can be read off the weights (:mod:`jit_core.official.infer`), ``OUT_DIR/config.json`` rebuilds the
 network. Registered by ``jit_core.cli._add_optional_commands``.
 """
 from __future__ import annotations
@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import (
+from jit_core.runs.checkpoint import (
     WEIGHT_NAMES,
     CheckpointError,
-    check_compatible,
     list_checkpoints,
     save_checkpoint,
 )
-from .durable import sha256_file, write_file
-from .infer_config import _default_in_context_start, infer_model_config, streams_for
-from .model import MODEL_CONFIGS, build_model
-from .official import import_official
-from .streams import Stream
+from jit_core.durable import sha256_file, write_file
+from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
+from jit_core.model import MODEL_CONFIGS, build_model
+from jit_core.official.layout import import_official
+from jit_core.model.streams import Stream
+from jit_core.runs.compat import check_compatible
 
 
 def convert_command():
@@ -86,7 +86,7 @@ def convert_command():
 
 def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
     """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network."""
-    from .config import Config
+    from jit_core.config import Config
 
     base = next((n for n, c in MODEL_CONFIGS.items() if (c.depth, c.hidden_size) == (cfg["depth"], cfg["hidden_size"])),
                 "JiT-B/16")

@@ -350,7 +350,7 @@ def compute_ref_stats(folder: str | os.PathLike, out: str | os.PathLike, image_s
                       inception_weights: str | os.PathLike | None = None, max_images: int | None = None,
                       batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True) -> dict:
     """ADM-center-crop every image under ``folder`` (recursively, sorted) and save Inception ``mu``/``sigma``."""
-    from .data import adm_center_crop
+    from jit_core.data import adm_center_crop
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = load_inception(inception_weights, device, features=("2048",))
     crop = functools.partial(adm_center_crop, size=image_size)

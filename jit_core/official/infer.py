@@ -2,7 +2,7 @@
 
 :func:`infer_model_config` gives ``ModelConfig`` keyword arguments for a state dict in our layout or an
 official one; :func:`streams_for` the streams it was built with. ``jit convert`` uses both to write a
-run's ``config.json``, and :func:`jit_core.checkpoint.check_compatible` to say which model a mismatched
+run's ``config.json``, and :func:`jit_core.runs.checkpoint.check_compatible` to say which model a mismatched
 checkpoint is for.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import torch
 
-from .checkpoint import CheckpointError
-from .model import MODEL_CONFIGS, ModelConfig
-from .official import ForeignCheckpointError, detect_layout, from_official
-from .streams import PIXEL, Stream, pixel_stream
+from jit_core.errors import CheckpointError
+from jit_core.model import MODEL_CONFIGS, ModelConfig
+from jit_core.model.streams import PIXEL, Stream, pixel_stream
+from jit_core.official.layout import ForeignCheckpointError, detect_layout, from_official
 
 
 def _default_in_context_start(depth: int, hidden: int) -> int | None:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .hookref import hook_names
-from .hookspecs import hookimpl
+from jit_core.hookspecs import hookimpl
+from jit_core.plugins.hookref import hook_names
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, _first_line, _refused
-from .durable import fsync_dir, write_file
+from jit_core.durable import fsync_dir, write_file
+from jit_core.errors import CheckpointError, first_line, weights_only_refusal
 
 FEATURE = "feature"
 _SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")
@@ -129,16 +129,16 @@ def _load_official(path: Path):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as e:
             if "Weights only load failed" in str(e) and "GLOBAL" in str(e):
-                raise _refused(path, e) from e
+                raise weights_only_refusal(path, e) from e
             raise CheckpointError(f"not a checkpoint: {path} (torch.load failed: {type(e).__name__}: "
-                                  f"{_first_line(e)})") from e
+                                  f"{first_line(e)})") from e
 
 
 def import_official(pth_path) -> dict:
     """An official JiT / V-Co ``checkpoint-*.pth`` in our key layout.
 
     Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": "jit" | "vco", "epoch": int}``. The frozen
-    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official`).
+    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official.layout`).
     """
     path = Path(pth_path)
     if not path.is_file():

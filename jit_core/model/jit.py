@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .layers import (
+from jit_core.model.layers import (
     FinalLayer,
     LabelEmbedder,
     PatchEmbed,
@@ -28,7 +28,7 @@ from .layers import (
     rope_tables,
     sincos_2d,
 )
-from .streams import PIXEL, Stream, pixel_stream
+from jit_core.model.streams import PIXEL, Stream, pixel_stream
 
 ATTENTION_PATHS = ("exact", "fast")
 

@@ -19,12 +19,13 @@ from typing import Any, Optional
 
 import pluggy
 
-from . import defaults, hookspecs
-from .config import ConfigError, _suggest
+from jit_core import hookspecs
+from jit_core.config import ConfigError, _suggest
+from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
 DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
-CORE_NAME = "jit_core.defaults"
+CORE_NAME = "jit_core.plugins.defaults"
 
 
 class PluginError(RuntimeError):
@@ -198,8 +199,8 @@ class Plugins:
 
     def streams(self, config, model_config):
         """The pixel stream plus every plugin's streams; a duplicate name is an error naming both plugins."""
-        from .diffusion import noise_scale_for
-        from .streams import pixel_stream
+        from jit_core.diffusion import noise_scale_for
+        from jit_core.model.streams import pixel_stream
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}

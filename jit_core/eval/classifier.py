@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import feature_stats, file_sha256, frechet_distance_to_features
+from jit_core.eval.fid import feature_stats, file_sha256, frechet_distance_to_features
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class SmallCNN(nn.Module):
 def load_split(dataset_name: str, image_size: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(uint8 (N, 1, S, S), int64 labels)`` for split ``train`` or ``test``, preprocessed as for training
     a JiT (Fashion-MNIST at 32 px: padded 28 -> 32). Digits has no test split: a fixed 1/6 is held out."""
-    from .config import DataConfig
-    from .data import build_dataset
+    from jit_core.config import DataConfig
+    from jit_core.data import build_dataset
     if dataset_name not in DATASETS:
         raise ValueError(f"no classifier metric for dataset {dataset_name!r}: only {', '.join(DATASETS)}")
     cfg = DataConfig(name=dataset_name, image_size=image_size, flip=False, num_workers=0, pin_memory=False)

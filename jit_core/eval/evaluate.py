@@ -5,8 +5,8 @@ floor(n C / N), i.e. N / C per class), rank r at step i covers ids ``i b world +
 initial noise of image n depends only on (seed, n), so results do not depend on batch size or world
 size. Samples are lossless PNGs ``00000.png ...`` or one ``.npz`` (uint8 NHWC, key ``arr_0``, the ADM
 evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifier Fréchet distance
-(:mod:`jit_core.classifier`, not FID); other runs with reference statistics or images -> FID/IS
-(:mod:`jit_core.metrics`, + P/R with a reference folder). Every result is written to
+(:mod:`jit_core.eval.classifier`, not FID); other runs with reference statistics or images -> FID/IS
+(:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
 ``<run>/eval/<name>.json`` with the provenance list of the protocol's §6.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .diffusion import guidance_active
+from jit_core.diffusion import guidance_active
 
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
@@ -87,10 +87,10 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
                     progress: bool = False) -> dict:
     """Metric values (+ ``provenance``) of one set of samples; module-level so tests can replace it."""
     if kind == "classifier":
-        from .classifier import fmnist_metrics
+        from jit_core.eval.classifier import fmnist_metrics
         return fmnist_metrics(images, labels, run.config.data.name, device=device or "cpu")
     if kind == "inception":
-        from .metrics import fidelity_metrics
+        from jit_core.eval.fid import fidelity_metrics
         source = images if images is not None else sample_dir
         return fidelity_metrics(source, ref_stats=ref_stats, ref_dir=ref_dir, inception_weights=inception_weights,
                                 isc=True, fid=bool(ref_stats or ref_dir), prc=prc and ref_dir is not None,
@@ -100,7 +100,7 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
 
 # ----------------------------------------------------------------------------------- provenance
 def _weights_hash(checkpoint: Path, ema: str) -> tuple[str, str | None]:
-    from .metrics import file_sha256
+    from jit_core.eval.fid import file_sha256
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
         return str(checkpoint), file_sha256(checkpoint)
@@ -146,7 +146,7 @@ def _velocity_evaluations(method: str, steps: int, interval) -> tuple[int, int]:
 
 
 def _unconditional_form(run) -> dict:
-    from .diffusion import Unconditional
+    from jit_core.diffusion import Unconditional
     impls = [run.plugins.pm.get_name(i.plugin) for i in run.plugins.pm.hook.jit_unconditional.get_hookimpls()][::-1]
     u: Unconditional = run.plugins.hook.jit_unconditional(
         labels=torch.zeros(1, dtype=torch.int64), drop=torch.ones(1, dtype=torch.bool),
@@ -207,7 +207,7 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
                      "all_streams_unguided": all(w == 1.0 for w in scales.values()),
                      "unconditional": _unconditional_form(run)},
         "samples": {"num_images": num_images, "label_scheme": "class-major: label(n) = floor(n * C / N), N/C per class",
-                    "seed": seed, "noise": "image n: torch.Generator seeded seed * 1000003 + n (api.initial_noise)",
+                    "seed": seed, "noise": "image n: torch.Generator seeded seed * 1000003 + n (initial_noise)",
                     "quantisation": "round(clip(255 (x + 1) / 2, 0, 255)), uint8", "format": save,
                     "path": sample_path, "world_size": world_size},
         "selection": {"cfg_chosen_on_these_samples": swept, "ema_chosen_on_these_samples": False},
@@ -221,12 +221,12 @@ def _generate(run, labels: torch.Tensor, blocks, *, cfg, steps, method, interval
     """Generate this rank's blocks; write PNGs as they come; keep ``{start: uint8 block}`` if asked."""
     from tqdm import tqdm
 
-    from . import api
-    from .images import save_pngs
+    from jit_core.images import save_pngs
+    from jit_core.runs import loading
     kept = {}
     bar = tqdm(total=sum(b - a for a, b in blocks), desc=f"sampling cfg={cfg:g}", unit="img", disable=not progress)
     for lo, hi in blocks:
-        imgs = api.generate(run, labels[lo:hi], cfg=cfg, steps=steps, method=method, interval=interval, seed=seed,
+        imgs = loading.generate(run, labels[lo:hi], cfg=cfg, steps=steps, method=method, interval=interval, seed=seed,
                             batch_size=batch_size, start_index=lo)
         if folder is not None:
             save_pngs(imgs, folder, start_index=lo)
@@ -264,14 +264,14 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     ``<out or run/eval>/<name>.json``. Under torch.distributed every rank generates its share; rank 0
     writes files and computes metrics, and the result is broadcast to every rank.
     """
-    from . import api
-    from .distributed import resolve_device
+    from jit_core.distributed import resolve_device
+    from jit_core.runs import loading
     if save not in ("png", "npz", "none"):
         raise ValueError(f"unknown save format {save!r}: use png, npz or none")
     rank, world = _dist()
     device = torch.device(device) if device else resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
     t_start = time.perf_counter()
-    run = api.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+    run = loading.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
     s = run.config.sample
     n = int(num_images or s.num_images)
     steps, method = int(steps or s.steps), method or s.method
@@ -409,7 +409,7 @@ def evaluate_command():
     """The ``jit evaluate`` click command."""
     import click
 
-    from .cli import trust_options
+    from jit_core.runs.loading import trust_options
 
     @click.command("evaluate")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -435,8 +435,8 @@ def evaluate_command():
     def cmd(run_dir, num_images, cfg, steps, method, interval, ema, seed, batch_size, out, ref_stats, ref_dir,
             inception_weights, save, metrics, checkpoint, device, trust_plugins):
         """Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."""
-        from .distributed import init_distributed
-        from .metrics import InceptionWeightsError
+        from jit_core.distributed import init_distributed
+        from jit_core.eval.fid import InceptionWeightsError
         info = init_distributed(device)
         cfgs = _floats(cfg)
         try:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from .streams import PIXEL, Stream
+from jit_core.model.streams import PIXEL, Stream
 
 
 @dataclass

@@ -219,10 +219,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, num_sample
                  device=None, trust_plugins=()) -> Path:
     """Write the comparison report of ``run_dirs`` into ``out_dir``; returns ``out_dir``.
 
-    ``trust_plugins``: module-path plugins the runs' configs may name (see :func:`jit_core.api.load_config`)."""
-    from . import api
-    from .evaluate import class_major_labels, evaluate_run
-    from .images import make_grid
+    ``trust_plugins``: module-path plugins the runs' configs may name (see :func:`jit_core.runs.loading.load_config`)."""
+    from jit_core.eval.evaluate import class_major_labels, evaluate_run
+    from jit_core.images import make_grid
+    from jit_core.runs import loading
     if not run_dirs:
         raise ValueError("compare_runs needs at least one run folder")
     out = Path(out_dir)
@@ -238,12 +238,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, num_sample
     for name, d in dirs.items():
         configs[name] = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
         run, params = None, None
-        api.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
+        loading.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
         try:
-            run = api.load_run(d, device=device, trust_plugins=trust_plugins)
+            run = loading.load_run(d, device=device, trust_plugins=trust_plugins)
             params = run.model.num_params()
             labels = class_major_labels(num_samples, run.model.cfg.num_classes)
-            imgs = api.generate(run, labels, cfg=cfg, seed=seed)
+            imgs = loading.generate(run, labels, cfg=cfg, seed=seed)
             scale = max(1, 96 // run.model.cfg.image_size)
             grid = make_grid(imgs, nrow=math.ceil(math.sqrt(num_samples)), scale=scale)
         except Exception as e:  # noqa: BLE001 -- a run without a checkpoint still gets its curves and config
@@ -318,7 +318,7 @@ def compare_command():
     """The ``jit compare`` click command."""
     import click
 
-    from .cli import trust_options
+    from jit_core.runs.loading import trust_options
 
     @click.command("compare")
     @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))

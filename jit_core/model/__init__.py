@@ -1,0 +1,22 @@
+"""The network: the multi-stream JiT (``jit.py``), its layers and the stream type a plugin adds.
+
+``from jit_core.model import JiT, get_model_config`` is the usual entry; ``Stream`` is also
+``jit_core.Stream``.
+"""
+from jit_core.model.jit import (
+    ATTENTION_PATHS,
+    MODEL_CONFIGS,
+    OFFICIAL_PARAM_COUNTS,
+    JiT,
+    JointBlock,
+    ModelConfig,
+    StreamBlock,
+    StreamGroups,
+    attention,
+    build_model,
+    get_model_config,
+)
+from jit_core.model.streams import PIXEL, Stream, pixel_stream
+
+__all__ = ["ATTENTION_PATHS", "MODEL_CONFIGS", "OFFICIAL_PARAM_COUNTS", "JiT", "JointBlock", "ModelConfig", "StreamBlock",
+           "StreamGroups", "attention", "build_model", "get_model_config", "PIXEL", "Stream", "pixel_stream"]

@@ -1,0 +1,75 @@
+"""What a run trains: the model config from the data, the network with the plugins' streams, the objective
+(model + plugin modules as one module, so that DDP averages every gradient), the batches and the optimizer."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from jit_core.config import Config, ConfigError
+from jit_core.diffusion import training_losses
+from jit_core.model import JiT, get_model_config
+from jit_core.plugins import Plugins
+from jit_core.training.batches import DefaultBatchSampler, ResumableBatches
+from jit_core.training.optim import param_groups
+
+
+def resolve_model_config(config: Config, dataset) -> Any:
+    """The model config for this run: the named config, with channels/classes taken from the data."""
+    overrides = dict(config.model_overrides)
+    overrides.setdefault("in_channels", dataset.channels)
+    overrides.setdefault("num_classes", dataset.num_classes)
+    try:
+        mc = get_model_config(config.model, **overrides)
+    except (ValueError, TypeError) as e:  # ModelConfig.validate / an unknown field in model_overrides
+        raise ConfigError(f"model {config.model} with model_overrides={config.model_overrides}: {e}") from e
+    if mc.image_size != config.data.image_size:
+        raise ConfigError(f"data.image_size={config.data.image_size} but model {config.model} takes "
+                          f"{mc.image_size} px images: set data.image_size={mc.image_size} or "
+                          f"model_overrides={{\"image_size\": {config.data.image_size}}}")
+    config.model_overrides = {**config.model_overrides, "in_channels": mc.in_channels, "num_classes": mc.num_classes}
+    return mc
+
+
+def build_for_config(config: Config, plugins: Plugins, model_config, device=None) -> JiT:
+    streams = plugins.streams(config, model_config)
+    return JiT(model_config, streams, config.train.attention).to(device or "cpu")
+
+
+class Objective(nn.Module):
+    """The training objective of one batch: ``(total loss, named terms)`` (:func:`jit_core.diffusion.training_losses`)."""
+
+    def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture):
+        super().__init__()
+        self.model, self.aux = model, aux
+        self._config, self._hook, self._capture = config, hook, capture
+
+    def forward(self, images, labels):
+        return training_losses(self.model, self.model.streams, images, labels, self._config, self._hook,
+                               aux=self.aux, capture=self._capture)
+
+
+def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Module:
+    obj = Objective(model, aux, config, plugins.hook, capture)
+    if dist.enabled:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        # gradients live in the all-reduce buckets (no second 4 B/parameter copy)
+        obj = nn.parallel.DistributedDataParallel(obj, device_ids=ids, gradient_as_bucket_view=True)
+    return obj
+
+
+def make_batches(dataset, config: Config, plugins: Plugins, dist) -> ResumableBatches:
+    """A plugin's batch sampler (``jit_batch_sampler``) or the core's shuffled one, replayable from any step."""
+    sampler = plugins.hook.jit_batch_sampler(dataset=dataset, config=config, rank=dist.rank,
+                                             world_size=dist.world_size, seed=config.train.seed)
+    sampler = sampler or DefaultBatchSampler(len(dataset), config.optim.batch_size, dist.rank, dist.world_size,
+                                             config.train.seed)
+    return ResumableBatches(sampler, dataset, config.data, dist.device)
+
+
+def make_optimizer(modules, config: Config, base_lr: float, device) -> torch.optim.Optimizer:
+    o = config.optim
+    fused = o.fused and device.type in ("cuda", "cpu")   # torch's fused AdamW runs on both
+    return torch.optim.AdamW(param_groups(modules, o.weight_decay), lr=base_lr, betas=tuple(o.betas),
+                             fused=fused or None)

@@ -1,0 +1,68 @@
+"""A trainer's checkpoint: weights (model, EMAs, plugin modules) and state (optimizer, step, every RNG), and back."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from jit_core.config import ConfigError
+from jit_core.distributed import barrier
+from jit_core.runs import checkpoint as ckpt
+from jit_core.runs.compat import check_compatible
+from jit_core.training.state import rng_state, set_rng_state
+
+log = logging.getLogger("jit")
+
+
+def _gather_rng(trainer) -> list:
+    import torch.distributed as dist
+    out = [None] * trainer.dist.world_size
+    dist.all_gather_object(out, rng_state())
+    return out
+
+
+def save(trainer) -> Path:
+    """Write the trainer's checkpoint (rank 0 writes; every rank contributes its RNG state); returns its folder."""
+    if trainer.dist.is_main:
+        weights = {"model": trainer.model.state_dict(),
+                   "ema1": trainer.emas[0].state_dict(trainer.model), "ema2": trainer.emas[1].state_dict(trainer.model)}
+        if len(trainer.aux):
+            weights["aux"] = trainer.aux.state_dict()
+        state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(), "elapsed": trainer.elapsed,
+                 "skipped": trainer.skipped, "rng": rng_state(), "config": trainer.config.to_json(),
+                 "world_size": trainer.dist.world_size}
+        if trainer.dist.enabled:  # every rank's RNG, so each rank resumes its own stream
+            state["rng_per_rank"] = _gather_rng(trainer)
+        trainer.last_checkpoint = ckpt.save_checkpoint(trainer.run_dir, trainer.step, weights, state,
+                                                       keep_every=trainer.config.train.keep_every)
+    elif trainer.dist.enabled:
+        _gather_rng(trainer)
+        trainer.last_checkpoint = trainer.run_dir / "checkpoints" / f"step-{trainer.step:08d}"  # same decisions on every rank
+    barrier(trainer.dist)
+    return trainer.last_checkpoint
+
+
+def resume(trainer) -> None:
+    """Restore the trainer from the run folder's latest verified checkpoint."""
+    path = ckpt.latest_checkpoint(trainer.run_dir)
+    weights, state = ckpt.load_checkpoint(path)
+    check_compatible(weights["model"], trainer.model, str(path))
+    if state.get("world_size", 1) != trainer.dist.world_size:
+        raise ConfigError(f"{path} was written by {state.get('world_size')} ranks, now {trainer.dist.world_size}: "
+                          "resume with the same number of processes (data order and RNG are per rank)")
+    trainer.model.load_state_dict(weights["model"])
+    for ema, key in zip(trainer.emas, ("ema1", "ema2")):
+        ema.load(weights[key], trainer.model)
+    if len(trainer.aux):
+        trainer.aux.load_state_dict(weights["aux"])
+    if state.get("optimizer"):  # empty for an imported official checkpoint
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.step, trainer.elapsed, trainer.skipped = state["step"], state.get("elapsed", 0.0), state.get("skipped", 0)
+    if "rng" in state:
+        try:
+            set_rng_state(state["rng_per_rank"][trainer.dist.rank] if "rng_per_rank" in state else state["rng"])
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"{path / 'trainer.pt'} holds a malformed RNG state ({e}); it was not "
+                                       "written by jit-vco: resume from another checkpoint") from e
+    trainer.last_checkpoint = path
+    if trainer.dist.is_main:
+        log.info("resumed from %s (step %d)", path, trainer.step)

@@ -1,0 +1,36 @@
+"""``metrics.jsonl``: the means of every logged quantity since the last log line, one JSON object per line."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from jit_core.distributed import DistInfo, all_reduce_mean
+
+
+class MetricsLog:
+    """Accumulates a step's outputs; :meth:`write` averages them (across ranks too) and appends a line (rank 0)."""
+
+    def __init__(self, path: Path, dist: DistInfo):
+        self.path, self.dist = path, dist
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.last_write = time.time()
+
+    def add(self, out: dict) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def write(self, step: int, epoch: float, elapsed: float, global_batch: int) -> dict[str, float]:
+        sums, count = self.sums, self.count
+        means = all_reduce_mean({k: v / count for k, v in sums.items() if k != "lr"}, self.dist)
+        means["lr"] = sums["lr"] / count
+        now = time.time()
+        means.update(step=step, epoch=epoch, time=elapsed,
+                     img_per_s=count * global_batch / max(now - self.last_write, 1e-9))
+        if self.dist.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(means) + "\n")
+        self.sums, self.count, self.last_write = {}, 0, time.time()
+        return means

@@ -1,0 +1,218 @@
+"""The training loop: AdamW, warmup, two EMAs, bf16 autocast, DDP, checkpoints, exact resume.
+
+``train(config, run_dir)`` trains (or resumes) one run. A run folder holds ``config.json``,
+``metrics.jsonl`` (one JSON object per logged step), ``checkpoints/`` and ``samples/``. Resuming
+restores model, EMAs, optimizer, step, RNG states and the data position, so that an interrupted
+and resumed CPU run ends bit-identical to an uninterrupted one. The pieces: :mod:`.build` (what is
+trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`, :mod:`.signals`, :mod:`.metrics_log`,
+:mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from jit_core.config import Config, ConfigError, validate_plugin_options
+from jit_core.data import build_dataset, to_model_range
+from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
+from jit_core.plugins import Plugins
+from jit_core.runs import checkpoint as ckpt
+from jit_core.training import checkpointing
+from jit_core.training.build import build_for_config, make_batches, make_objective, make_optimizer, resolve_model_config
+from jit_core.training.metrics_log import MetricsLog
+from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
+from jit_core.training.optim import lr_at
+from jit_core.training.run_dir import check_run_dir, write_config
+from jit_core.training.signals import STOP_SIGNALS, StopSignals
+from jit_core.training.state import EMA, seed_everything
+
+log = logging.getLogger("jit")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    status: str              # "finished" | "interrupted"
+    losses: dict[str, float]
+    checkpoint: Optional[Path]
+
+
+class Trainer:
+    """One run's state; ``Trainer(config, run_dir).fit()``."""
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, *, extra_plugins=(),
+                 handle_signals: Iterable[int] = STOP_SIGNALS, progress: bool = True, dist: DistInfo | None = None):
+        self.config = config
+        run_dir = run_dir or config.run_dir
+        if run_dir is None:
+            raise ConfigError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
+        self.run_dir = Path(run_dir)
+        config.run_dir = str(self.run_dir)
+        self.progress = progress
+        self.plugins = Plugins(config.plugins, extra=extra_plugins)
+        validate_plugin_options(config, self.plugins.option_schemas())
+        self.dist = dist or init_distributed(config.train.device)
+        self.device = self.dist.device
+        self.dataset = build_dataset(config.data, train=True, seed=config.train.seed)
+        self.model_config = resolve_model_config(config, self.dataset)
+        check_run_dir(config, self.run_dir)        # every rank reads the folder before any rank writes it
+        barrier(self.dist)
+        if self.dist.is_main:
+            write_config(config, self.run_dir)
+        barrier(self.dist)
+        self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
+        seed_everything(config.train.seed + self.dist.rank)
+        self.model = build_for_config(config, self.plugins, self.model_config, self.device)
+        self.model.grad_checkpointing = config.train.grad_checkpointing
+        aux = {}
+        for mods in self.plugins.hook.jit_trainable_modules(config=config, model=self.model):
+            aux.update(mods or {})
+        self.aux = nn.ModuleDict(aux).to(self.device)
+        self.capture = sorted({i for blocks in self.plugins.hook.jit_capture_blocks(config=config) for i in (blocks or [])})
+        self.batches = make_batches(self.dataset, config, self.plugins, self.dist)
+        self.global_batch = self.batches.batch_size * self.dist.world_size
+        o, t = config.optim, config.train
+        self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
+        self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
+        self.steps_per_epoch = len(self.batches)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the dataset ({len(self.dataset)} images) is smaller than one global batch "
+                              f"({self.global_batch}): lower optim.batch_size")
+        self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
+        self.step, self.elapsed, self.skipped = 0, 0.0, 0
+        self.signals = StopSignals(handle_signals)
+        self.objective = make_objective(self.model, self.aux, config, self.plugins, self.capture, self.dist)
+        self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
+        self.autocast = (self.device.type == "cuda" and t.precision == "bf16")
+        if t.compile:
+            for block in self.model.blocks:
+                block.compile()
+            for head in self.model.heads.values():
+                head.compile()
+        self.last_checkpoint: Optional[Path] = None
+        if self.has_checkpoint:
+            self.resume()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.signals.requested
+
+    def save(self) -> Path:
+        return checkpointing.save(self)
+
+    def resume(self) -> None:
+        checkpointing.resume(self)
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self, images_u8: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        lr = lr_at(self.config, self.step / self.steps_per_epoch, self.base_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = to_model_range(images_u8.to(self.device, non_blocking=True))
+        labels = labels.to(self.device, non_blocking=True)
+        # with checkpointing, autocast's cast cache would keep bf16 copies of every block weight alive
+        # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.model.grad_checkpointing):
+            total, losses = self.objective(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        problem = find_nonfinite(losses, total, grad_norm)
+        if any_rank(problem is not None, self.dist):
+            self._handle_nonfinite(problem or "another rank saw a non-finite value")
+            return {}
+        self.optimizer.step()
+        for ema in self.emas:
+            ema.update(self.model)
+        self.step += 1
+        out = {f"loss/{k}": v.detach() for k, v in losses.items()}
+        out.update(loss=total.detach(), lr=lr, grad_norm=grad_norm.detach())
+        return out
+
+    def _handle_nonfinite(self, problem: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        last = self.last_checkpoint or "none (no checkpoint was written yet)"
+        if self.config.train.nan_policy == "skip" and self.skipped < self.config.train.max_skipped_steps:
+            self.skipped += 1
+            self.step += 1
+            log.warning("non-finite values at step %d (%s): step skipped (%d/%d)", self.step, problem,
+                        self.skipped, self.config.train.max_skipped_steps)
+            return
+        raise NonFiniteLossError(
+            f"non-finite values at step {self.step + 1}: {problem}. The run stopped without writing them; "
+            f"last good checkpoint: {last}. Lower the lr (optim.blr), enable optim.grad_clip, or use "
+            f"train.nan_policy=skip; resume with `jit train --resume {self.run_dir}`")
+
+    def sample_grid(self, tag: str) -> Optional[Path]:
+        """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        from jit_core.diffusion.generate import sample_with_weights
+        from jit_core.images import save_grid
+        n_cls = self.model_config.num_classes
+        labels = torch.arange(min(n_cls, 10)).repeat_interleave(max(1, 40 // min(n_cls, 10)))[:40]
+        imgs = sample_with_weights(self.model, self.emas[0].state_dict(self.model), labels, self.config,
+                                   self.plugins, seed=0, autocast=self.autocast)
+        return save_grid(imgs, self.run_dir / "samples" / f"{tag}.png", nrow=len(labels) // min(n_cls, 10), scale=2)
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> TrainResult:
+        t = self.config.train
+        started = time.time()
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.dist)
+        status, last = "finished", {}
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True)
+        try:
+            with self.signals:
+                self.model.train()
+                for images, labels in self.batches.iterate(self.step):
+                    if self.step >= self.total_steps:
+                        break
+                    out = self.train_step(images, labels)
+                    if bar:
+                        bar.update(1)
+                    if out:
+                        metrics.add(out)
+                    if metrics.count and (self.step % t.log_every == 0 or self.step == self.total_steps):
+                        last = metrics.write(self.step, self.step / self.steps_per_epoch,
+                                             self.elapsed + time.time() - started, self.global_batch)
+                        if bar:
+                            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                    stop = any_rank(self.stop_requested, self.dist)
+                    if stop or self.step % t.ckpt_every == 0 or self.step >= self.total_steps:
+                        self.elapsed, started = self.elapsed + time.time() - started, time.time()
+                        self.save()
+                    if t.sample_every and self.step % t.sample_every == 0 and self.step < self.total_steps:
+                        self.sample_grid(f"step-{self.step:08d}")
+                    if stop:
+                        status = "interrupted"
+                        break
+                if status == "finished":
+                    if self.last_checkpoint is None or not str(self.last_checkpoint).endswith(f"{self.step:08d}"):
+                        self.elapsed += time.time() - started
+                        self.save()
+                    self.sample_grid(f"step-{self.step:08d}")
+        finally:
+            if bar:
+                bar.close()
+        return TrainResult(self.run_dir, self.step, status, {k: v for k, v in last.items() if k.startswith("loss")},
+                           self.last_checkpoint)
+
+
+def train(config: Config, run_dir: str | Path | None = None, **kwargs) -> TrainResult:
+    """Train or resume the run in ``run_dir`` (see :class:`Trainer`)."""
+    return Trainer(config, run_dir, **kwargs).fit()
