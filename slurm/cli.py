@@ -151,7 +151,8 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
                                                                                   run.run_dir)
         except LaunchError as exc:
             failures.append(str(exc))
-            click.echo(f"{run.run_dir}: {exc}", err=True)
+            if len(runs) > 1:   # one run: the error below says it
+                click.echo(f"{run.run_dir}: {exc}", err=True)
             continue
         losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted((end.get("losses") or {}).items()))
         click.echo(f"{run.run_dir}: {end['status']} at step {end['step']}: {losses}")

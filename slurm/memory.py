@@ -33,6 +33,7 @@ GB = 1024 ** 3
 ENCODER_PARAMS = {"dinov2": 86_600_000, "efficientnet_lite0": 4_700_000}
 FLOOR_GB = {"cpu": 2.0, "gpu": 8.0}
 MARGIN = 1.25
+MEMORY_FLAGS = ("mem", "mem-per-cpu", "mem-per-gpu")
 
 
 def _param_count(mc, streams: int) -> int:
@@ -67,6 +68,8 @@ def estimate_task_gb(config: dict, gpu: bool) -> float:
 
 def plan_memory(runs: Sequence[RunSpec], opts: ClusterOptions) -> tuple[ClusterOptions, list[str]]:
     """``opts`` with ``mem_per_task`` set (the default from the estimate when unset), and the warnings to show."""
+    if opts.mem_per_task is None and any(k.replace("_", "-") in MEMORY_FLAGS for k in opts.sbatch):
+        return opts, []   # memory asked for through --sbatch mem-per-cpu=... (sbatch refuses two ways at once)
     gpu = opts.gpus_per_node > 0
     estimate = max(estimate_task_gb(run.config, gpu) for run in runs)
     if opts.mem_per_task is None:

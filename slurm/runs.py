@@ -1,8 +1,9 @@
 """The runs a submission trains: one, or one per combination of ``--sweep KEY=V1,V2`` values.
 
-A sweep's element trains in ``<root>/<KEY>=<Vi>`` (several keys: ``K1=..,K2=..``). Each run carries
-its config as the trainer will see it, so that a folder already holding a different run is refused
-before anything is queued.
+A sweep's element trains in ``<root>/<KEY>=<Vi>`` (several keys: ``K1=..,K2=..``); its sweep values are
+set last, over the preset, file, overrides and ``--plugin``. Each run carries its config as the trainer will
+see it (plugin options checked, defaults filled in), so that a folder already holding a different run, or
+two elements that are the same run, are refused before anything is queued.
 """
 from __future__ import annotations
 

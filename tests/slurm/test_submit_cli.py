@@ -262,6 +262,8 @@ def test_memory_default_and_warning(tmp_path):
     res = jit("submit", "--preset", "tiny", "--run-dir", str(tmp_path / "r"), "--mem-per-task", "0.5", "--dry-run")
     assert res.exit_code == 0 and "#SBATCH --mem=512MB\n" in res.stdout, res.output
     assert "warning: --mem-per-task 0.5 GB is below the estimated 1.2 GB a task of this run uses" in res.stderr
+    res = jit("submit", "--preset", "test", "--run-dir", str(tmp_path / "r"), "--sbatch", "mem-per-cpu=4G", "--dry-run")
+    assert "#SBATCH --mem-per-cpu=4G\n" in res.stdout and "--mem=" not in res.stdout   # asked for otherwise
 
 
 def test_unknown_profile_lists_available(tmp_path):
