@@ -14,6 +14,7 @@ import click
 
 from jit_core.cli import build_config, run_options
 
+from .memory import plan_memory
 from .options import (
     DEFAULT_MAX_REQUEUES,
     DEFAULT_SIGNAL_DELAY_S,
@@ -23,11 +24,13 @@ from .options import (
     parse_sbatch_flags,
     resolve_options,
 )
+from .outcome import debug_result, wait_for_end
 from .profiles import ProfileError, available_profiles, load_profile
 from .records import log_folder
-from .runs import plan_runs
+from .run_checks import run_warnings
+from .runs import differing_keys, flat_config, plan_runs
 from .submit import preflight, sbatch_script, submit
-from .watch import cancel, find_run, format_status, is_terminal, job_results, job_state, log_files, queue, run_status
+from .watch import cancel, find_run, format_status, is_terminal, job_state, log_files, queue, run_status
 
 
 def _friendly(fn):
@@ -66,7 +69,8 @@ def slurm_group() -> None:
 @click.option("--gpus-per-node", type=int, help="GPUs per node; one task per GPU. 0: a CPU job.")
 @click.option("--tasks-per-node", type=int, help="Tasks per node of a CPU job (--gpus-per-node 0); default 1.")
 @click.option("--cpus-per-task", type=int, help="CPU cores per task.")
-@click.option("--mem-per-task", type=float, help="Memory per task in GB.")
+@click.option("--mem-per-task", type=float, help="Memory per task in GB (default: an estimate from the run's model "
+              "and data, at least 2 GB per CPU task / 8 GB per GPU task; a lower request is warned about).")
 @click.option("--partition", help="SLURM partition.")
 @click.option("--account", help="SLURM account.")
 @click.option("--qos", help="SLURM quality of service.")
@@ -82,8 +86,11 @@ def slurm_group() -> None:
 @click.option("--allow-local-run-dir", is_flag=True, default=None,
               help="Accept a run folder that looks node-local for a multi-node job.")
 @click.option("--sweep", multiple=True, metavar="KEY=V1,V2,...",
-              help="A job array, one run per value (repeatable: all combinations), e.g. --sweep plugins=none,vco.")
-@click.option("--dry-run", is_flag=True, help="Print the sbatch script and the run config(s); submit nothing.")
+              help="A job array, one run per value (repeatable: all combinations), e.g. --sweep plugins=none,vco. "
+              "A sweep value wins over --preset/--config/overrides/--plugin; a plugin's options go to the elements "
+              "that enable it.")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch script, the run config(s) and how a sweep's runs differ, "
+              "and every problem submitting would refuse; submit nothing.")
 @click.option("--wait", is_flag=True, help="Block until the job(s) end and print the result.")
 @_friendly
 def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, executor, nodes, gpus_per_node,
@@ -93,7 +100,8 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
 
     \b
     jit slurm submit --preset jit-b16 --run-dir /shared/runs/b16 --profile mycluster --nodes 2 --gpus-per-node 8
-    jit slurm submit --preset vco-b16 --run-dir /shared/runs/pair --sweep plugins=none,vco --profile mycluster
+    jit slurm submit --preset vco-b16 --run-dir /shared/runs/pair --sweep plugins=none,vco --profile mycluster \
+        data.path=/shared/imagenet vco.encoder_weights=/shared/dinov2.safetensors
     """
     prof = load_profile(profile) if profile else {}
     given = {"executor": executor, "nodes": nodes, "gpus_per_node": gpus_per_node, "tasks_per_node": tasks_per_node,
@@ -108,10 +116,15 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
         raise LaunchError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
     root = Path(run_dir).expanduser().absolute()
 
-    def build(extra, folder):
-        return build_config(preset, config_file, plugins, tuple(overrides) + tuple(extra), folder)
+    def build(folder):
+        return build_config(preset, config_file, plugins, overrides, folder)
 
     runs = plan_runs(build, root, sweep)
+    opts, mem_warnings = plan_memory(runs, opts)
+    warnings = [note for run in runs for note in run.notes] + mem_warnings
+    warnings += [w for run in runs for w in run_warnings(run)]
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if dry_run:
         _print_dry_run(runs, opts, root)
         return
@@ -134,14 +147,15 @@ def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, execut
     failures = []
     for run, job in zip(runs, submission.jobs):
         try:
-            results = job_results(job, run.run_dir, opts.executor)
+            end = debug_result(job) if opts.executor == "debug" else wait_for_end(job.job_id, opts.executor,
+                                                                                  run.run_dir)
         except LaunchError as exc:
             failures.append(str(exc))
-            click.echo(f"{run.run_dir}: {exc}", err=True)
+            if len(runs) > 1:   # one run: the error below says it
+                click.echo(f"{run.run_dir}: {exc}", err=True)
             continue
-        first = results[0]
-        losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(first["losses"].items()))
-        click.echo(f"{run.run_dir}: {first['status']} at step {first['step']}: {losses}")
+        losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted((end.get("losses") or {}).items()))
+        click.echo(f"{run.run_dir}: {end['status']} at step {end['step']}: {losses}")
     if failures:
         raise LaunchError(failures[0] if len(failures) == 1 else f"{len(failures)} of {len(runs)} jobs failed")
 
@@ -171,6 +185,14 @@ def _print_dry_run(runs, opts, root: Path) -> None:
     else:
         click.echo(f"# {opts.executor} executor: {opts.ntasks_per_node} task(s) on this machine, "
                    f"time limit {opts.time_min} min, logs in {log_folder(root)} (dry run: nothing started)")
+    if len(runs) > 1:
+        keys = differing_keys(runs)
+        click.echo(f"# {len(runs)} runs; they differ in {len(keys)} key{'s' if len(keys) != 1 else ''}:")
+        for run in runs:
+            flat = flat_config(run.config)
+            unset = dict.fromkeys(k.split(".")[0] + ".*" for k in keys if k not in flat)   # a plugin not enabled
+            shown = [f"{k}={json.dumps(flat[k])}" for k in keys if k in flat] + [f"{k} unset" for k in unset]
+            click.echo(f"#   {run.label}: {', '.join(shown)}")
     for index, run in enumerate(runs):
         head = f"array element {index}: " if len(runs) > 1 else ""
         click.echo(f"# {head}run config for {run.run_dir}")
@@ -185,7 +207,9 @@ def _print_dry_run(runs, opts, root: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_friendly
 def status_cmd(target, as_json):
-    """State, requeues, step and loss of a run (RUN_DIR or JOB_ID; a sweep folder: every run).
+    """State (a pending job: why), requeues, elapsed and CPU time over all attempts, peak memory, the step a
+    resume starts from (newest verified checkpoint) and the last loss of a run (RUN_DIR or JOB_ID; a sweep
+    folder: every run). Reads sacct and the run folder's JSON files only (never its pickles).
 
     Without TARGET: your queued and running jobs (squeue).
     """

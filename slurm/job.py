@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import submitit
+from submitit.core.utils import UncompletedJobError
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .records import append_event, now
@@ -63,6 +64,21 @@ def distributed_env() -> tuple[dict[str, str], Any]:
     return env, job_env
 
 
+def _step(trainer) -> int | None:
+    """The step a failed run had reached (None if the trainer was not built)."""
+    return getattr(trainer, "step", None)
+
+
+def _checkpoint_note(run_dir: str) -> str:
+    """`` (step N)`` of the run's newest checkpoint, for messages ("" if there is none)."""
+    from jit_core.runs.checkpoint import latest_checkpoint
+    try:
+        path = latest_checkpoint(run_dir, verify_hash=False)
+    except Exception:  # noqa: BLE001 - only words a message; the trainer checks checkpoints itself
+        return ""
+    return f" ({path.name})" if path is not None else ""
+
+
 def _param_hash(model) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -75,14 +91,21 @@ class TrainJob(Checkpointable):
     """One run's training, as a submitit job (every task of the job runs it).
 
     ``config``: ``Config.to_dict()``; ``run_dir``: the run folder. ``param_hash=True`` adds a SHA-256 of
-    the model's parameters to each task's result (the ranks of a DDP run must agree).
+    the model's parameters to each task's result (the ranks of a DDP run must agree). ``max_requeues``
+    (submitit's ``max_num_timeout``) only words the message when the job stops requeueing.
+
+    Rank 0 writes a ``start`` event when training starts and an ``end`` event however the training ends
+    (finished, interrupted, failed: with the error), so `jit slurm status|--wait` read outcomes from
+    ``events.jsonl`` and never from submitit's result pickles.
     """
 
-    def __init__(self, config: dict, run_dir: str, param_hash: bool = False, progress: bool = True):
+    def __init__(self, config: dict, run_dir: str, param_hash: bool = False, progress: bool = True,
+                 max_requeues: int | None = None):
         self.config = config
         self.run_dir = str(run_dir)
         self.param_hash = param_hash
         self.progress = progress
+        self.max_requeues = max_requeues
 
     def __call__(self) -> dict:
         env, job_env = distributed_env()
@@ -105,26 +128,42 @@ class TrainJob(Checkpointable):
             torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         job_id = job_env.job_id if job_env is not None else None
+        trainer = None
+
+        def end(record: dict) -> None:
+            if rank == 0:
+                append_event(self.run_dir, {"event": "end", "job_id": job_id, "time": now(), **record})
         try:
-            trainer = Trainer(Config.from_dict(self.config), self.run_dir,
-                              handle_signals=(signal.SIGTERM, signal.SIGUSR1), progress=self.progress)
-            if rank == 0:
-                append_event(self.run_dir, {"event": "start", "job_id": job_id, "executor": cluster, "time": now(),
-                                            "host": socket.gethostname(), "world_size": world, "step": trainer.step})
-            result = trainer.fit()
-            out = {"run_dir": str(result.run_dir), "step": result.step, "status": result.status,
-                   "losses": dict(result.losses), "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                   "rank": rank, "world_size": world, "job_id": job_id}
-            if self.param_hash:
-                out["param_hash"] = _param_hash(trainer.model)
-            if rank == 0:
-                append_event(self.run_dir, {"event": "end", "job_id": job_id, "time": now(),
-                                            "status": result.status, "step": result.step})
-        finally:
-            if tdist.is_available() and tdist.is_initialized():
-                tdist.destroy_process_group()
-        if result.status == "interrupted" and cluster == "slurm":
-            self._linger_after_interrupt()
+            try:
+                trainer = Trainer(Config.from_dict(self.config), self.run_dir,
+                                  handle_signals=(signal.SIGTERM, signal.SIGUSR1), progress=self.progress)
+                if rank == 0:
+                    append_event(self.run_dir, {"event": "start", "job_id": job_id, "executor": cluster,
+                                                "time": now(), "host": socket.gethostname(), "world_size": world,
+                                                "step": trainer.step})
+                result = trainer.fit()
+                out = {"run_dir": str(result.run_dir), "step": result.step, "status": result.status,
+                       "losses": dict(result.losses), "rank": rank, "world_size": world, "job_id": job_id,
+                       "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+                if self.param_hash:
+                    out["param_hash"] = _param_hash(trainer.model)
+                end({"status": result.status, "step": result.step, "losses": dict(result.losses)})
+            finally:
+                if tdist.is_available() and tdist.is_initialized():
+                    tdist.destroy_process_group()
+            if result.status == "interrupted" and cluster == "slurm":
+                self._linger_after_interrupt()
+        except UncompletedJobError as exc:   # raised by submitit's USR2 handler: no more requeues allowed
+            limit = getattr(self, "max_requeues", None)   # absent from pickles of older versions
+            allowed = f" (--max-requeues {limit})" if limit is not None else ""
+            message = (f"the job reached its time limit more often than allowed{allowed} and was not requeued "
+                       f"({exc}); the run's last checkpoint{_checkpoint_note(self.run_dir)} is kept: resubmit the "
+                       "same command to resume it")
+            end({"status": "failed", "step": _step(trainer), "error": message, "reason": "max_requeues"})
+            raise UncompletedJobError(message) from exc
+        except Exception as exc:
+            end({"status": "failed", "step": _step(trainer), "error": f"{type(exc).__name__}: {exc}"})
+            raise
         return out
 
     @staticmethod
@@ -142,4 +181,5 @@ class TrainJob(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Cheap (no collectives): resubmit the same job; it resumes from the last complete checkpoint."""
-        return DelayedSubmission(TrainJob(self.config, self.run_dir, self.param_hash, self.progress))
+        return DelayedSubmission(TrainJob(self.config, self.run_dir, self.param_hash, self.progress,
+                                          getattr(self, "max_requeues", None)))   # absent from older pickles

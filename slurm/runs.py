@@ -1,8 +1,9 @@
 """The runs a submission trains: one, or one per combination of ``--sweep KEY=V1,V2`` values.
 
-A sweep's element trains in ``<root>/<KEY>=<Vi>`` (several keys: ``K1=..,K2=..``). Each run carries
-its config as the trainer will see it, so that a folder already holding a different run is refused
-before anything is queued.
+A sweep's element trains in ``<root>/<KEY>=<Vi>`` (several keys: ``K1=..,K2=..``); its sweep values are
+set last, over the preset, file, overrides and ``--plugin``. Each run carries its config as the trainer will
+see it (plugin options checked, defaults filled in), so that a folder already holding a different run, or
+two elements that are the same run, are refused before anything is queued.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import itertools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .options import LaunchError
@@ -18,10 +19,12 @@ from .options import LaunchError
 
 @dataclass
 class RunSpec:
-    """One run to train: its resolved config (as a dict) and folder; ``label`` is its sweep value."""
+    """One run to train: its resolved config (as a dict) and folder; ``label`` is its sweep value;
+    ``notes``: what planning changed that the user should see (options dropped for this element)."""
     config: dict
     run_dir: Path
     label: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_sweep(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -44,24 +47,94 @@ def _folder_name(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def plan_runs(build, run_dir: str | Path, sweep: Sequence[str] = ()) -> list[RunSpec]:
-    """``build(extra_overrides, run_dir) -> Config``; one RunSpec, or one per sweep combination."""
+    """``build(run_dir) -> Config`` (the run as preset, file, overrides and ``--plugin`` make it); one RunSpec,
+    or one per sweep combination.
+
+    A sweep value wins over everything: it is set on the built config last (``--plugin vco --sweep
+    plugins=none,vco`` trains one run without V-Co). Options of a plugin that some elements enable go to those
+    elements only; the others drop them, and say so in :attr:`RunSpec.notes`. Elements whose configs come out
+    identical are refused: they would train the same run twice.
+    """
+    from jit_core.config import ConfigError, set_key
     root = Path(run_dir).expanduser().absolute()
     axes = parse_sweep(sweep)
     if not axes:
-        return [RunSpec(_validated(build((), root)), root)]
+        return [RunSpec(_validated(build(root)), root)]
+    combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes]))
+    configs = []
+    for combo in combos:
+        cfg = build(root / _folder_name(combo))
+        for key, value in combo:
+            try:
+                set_key(cfg, key, value)
+            except ConfigError as exc:
+                raise LaunchError(f"--sweep {key}={value}: {exc}") from None
+        configs.append(cfg)
+    some_enable = {name for cfg in configs for name in cfg.plugins}
     runs = []
-    for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in axes]):
+    for combo, cfg in zip(combos, configs):
         label = _folder_name(combo)
-        folder = root / label
-        runs.append(RunSpec(_validated(build(tuple(f"{k}={v}" for k, v in combo), folder)), folder, label))
+        notes = [f"{label}: {note}" for note in _drop_options_of_disabled(cfg, some_enable)]
+        runs.append(RunSpec(_validated(cfg), root / label, label, notes))
+    _refuse_identical(runs)
     return runs
+
+
+def _drop_options_of_disabled(cfg, some_enable: set[str]) -> list[str]:
+    """Remove the options of plugins that another sweep element enables but this one does not."""
+    notes = []
+    for namespace in list(cfg.plugin_options):
+        owners = [p for p in some_enable if p == namespace or p.startswith(namespace + ".")]
+        if not owners or any(p in cfg.plugins for p in owners):
+            continue   # a plugin no element enables keeps its options: validation names the typo
+        dropped = cfg.plugin_options.pop(namespace)
+        given = ", ".join(f"{namespace}.{k}={v}" for k, v in dropped.items())
+        notes.append(f"ignoring the options of {owners[0]!r}, which this run does not enable ({given})")
+    return notes
+
+
+def flat_config(config: dict) -> dict:
+    """A config dict as dotted keys; plugin options as ``<plugin>.<option>``; ``run_dir`` left out."""
+    out = {}
+    for key, value in config.items():
+        if key == "run_dir":
+            continue
+        if key == "plugin_options":
+            out.update({f"{p}.{k}": v for p, opts in value.items() for k, v in opts.items()})
+        elif isinstance(value, dict) and key != "model_overrides":
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def differing_keys(runs: Sequence[RunSpec]) -> list[str]:
+    """The config keys (dotted) whose values differ between the runs, ``plugins`` first if it does."""
+    flats = [flat_config(r.config) for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    diff = [k for k in keys if len({json.dumps(f.get(k, "<unset>"), sort_keys=True) for f in flats}) > 1]
+    return sorted(diff, key=lambda k: k != "plugins")
+
+
+def _refuse_identical(runs: Sequence[RunSpec]) -> None:
+    seen: dict[str, RunSpec] = {}
+    for run in runs:
+        key = json.dumps(flat_config(run.config), sort_keys=True, default=str)
+        if key in seen:
+            raise LaunchError(f"--sweep elements {seen[key].label} and {run.label} resolve to the same run config "
+                              "(two spellings of one value, such as 1e-3 and 0.001, or none and [] for plugins): they "
+                              "would train the same run twice; sweep values that change the run. Nothing was submitted")
+        seen[key] = run
 
 
 def _validated(cfg) -> dict:
     """The config as the trainer will see it: plugin options checked and their defaults filled in."""
-    from jit_core.config import validate_plugin_options
+    from jit_core.config import ConfigError, validate_plugin_options
     from jit_core.plugins import Plugins
-    validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
+    try:
+        validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
     return cfg.to_dict()
 
 

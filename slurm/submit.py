@@ -22,9 +22,12 @@ from typing import Any
 
 import submitit
 
+from .capacity import check_capacity, cluster_nodes
 from .job import TrainJob
+from .memory import plan_memory
 from .options import SLURM_MISSING, ClusterOptions, LaunchError
 from .records import append_job, log_folder, now
+from .run_checks import run_problems
 from .runs import RunSpec, check_run_dir
 
 # folders that are never shared between nodes
@@ -78,10 +81,23 @@ def check_shared_storage(run_dir: Path, opts: ClusterOptions) -> None:
                           "--allow-local-run-dir if this folder is shared after all")
 
 
+def _check_startable(run: RunSpec) -> None:
+    problems = run_problems(run)
+    if problems:
+        raise LaunchError(f"{run.run_dir} would fail as soon as it starts: {'; '.join(problems)}")
+
+
 def preflight(runs: list[RunSpec], opts: ClusterOptions, root: Path) -> Iterator[LaunchError]:
-    """The problems that would make submitting fail, one by one (lazily: stop at the first if you like)."""
+    """The problems that would make submitting fail, one by one (lazily: stop at the first if you like).
+
+    ``opts`` should already carry the memory request (:func:`slurm.memory.plan_memory`): the cluster's
+    nodes are checked against it.
+    """
     checks = [functools.partial(check_shared_storage, root, opts)]
+    if opts.executor == "slurm":
+        checks.append(lambda: check_capacity(opts, cluster_nodes()))
     checks += [functools.partial(check_run_dir, run) for run in runs]
+    checks += [functools.partial(_check_startable, run) for run in runs]
     for check in checks:
         try:
             check()
@@ -193,6 +209,7 @@ def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, comma
            param_hash: bool = False, progress: bool = True) -> Submission:
     """Queue ``runs`` (one job, or one job array for a sweep) and record the job ids in the run folders."""
     root = Path(root).absolute()
+    opts = plan_memory(runs, opts)[0]   # the default --mem-per-task when none is given
     for problem in preflight(runs, opts, root):
         raise problem
     if opts.executor == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
@@ -205,7 +222,8 @@ def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, comma
     for run in runs:
         _prepare_folder(run.run_dir)
     (root / "slurm").mkdir(parents=True, exist_ok=True)
-    fns = [TrainJob(r.config, str(r.run_dir), param_hash=param_hash, progress=progress) for r in runs]
+    fns = [TrainJob(r.config, str(r.run_dir), param_hash=param_hash, progress=progress,
+                    max_requeues=opts.max_requeues) for r in runs]
     captured = io.StringIO()
     try:
         executor = _make_executor(opts, root)
@@ -221,7 +239,8 @@ def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, comma
         raise
     base = {"submitted": now(), "executor": opts.executor, "nodes": opts.nodes,
             "tasks_per_node": opts.ntasks_per_node, "tasks": opts.world_size, "gpus_per_node": opts.gpus_per_node,
-            "profile": opts.profile, "command": command_line or shlex.join(sys.argv), "root": str(root)}
+            "profile": opts.profile, "command": command_line or shlex.join(sys.argv), "root": str(root),
+            "mem_per_task_gb": opts.mem_per_task, "max_requeues": opts.max_requeues}
     array = len(jobs) > 1
     for index, (run, job) in enumerate(zip(runs, jobs)):
         append_job(run.run_dir, {**base, "job_id": job.job_id, "array_job_id": job.job_id.split("_")[0] if array

@@ -390,6 +390,35 @@ class EfficientNetLite0Encoder(FeatureEncoder):
         return _tokens(fmap.float()), F.normalize(emb.float().mean((2, 3)), dim=-1)
 
 
+def weights_problem(name: str, weights: str | os.PathLike | None = None, grid: int | None = None) -> str | None:
+    """Why :func:`build_encoder` (and V-Co with this encoder on a ``grid`` x ``grid`` model) would fail here, or
+    None. Cheap: looks for files and the hub's reachability, builds nothing (for checks before a job is queued).
+    """
+    if name not in _ENCODERS:
+        return f"unknown encoder {name!r}: choose one of {', '.join(ENCODER_NAMES)}"
+    if name == "dinov2" and grid is not None and grid != DINOV2_GRID:
+        return (f"vco.encoder=dinov2 gives a {DINOV2_GRID}x{DINOV2_GRID} token grid, but the model's grid is "
+                f"{grid}x{grid}: use image_size / patch_size = {DINOV2_GRID} (e.g. 256/16), or "
+                "vco.encoder=efficientnet_lite0 (any grid)")
+    if weights is not None:
+        if os.fspath(weights) == RANDOM:
+            return None
+        p = Path(weights).expanduser()
+        if p.is_dir():
+            p = next((p / f for f in WEIGHT_FILES if (p / f).is_file()), p / WEIGHT_FILES[0])
+        return None if p.is_file() else f"vco.encoder_weights: encoder weights file not found: {p}"
+    if name == "efficientnet_lite0":
+        try:
+            return None if Path(_effnet_package_file()).is_file() else "EfficientNet-Lite0 weights file missing"
+        except EncoderWeightsError as e:
+            return str(e)
+    from huggingface_hub import try_to_load_from_cache
+    if any(isinstance(try_to_load_from_cache(DINOV2_HUB_REPO, f), str) for f in DINOV2_HUB_FILES):
+        return None
+    reason = _hub_offline_reason()
+    return f"{_OFFLINE_HINT} [{reason}]" if reason else None
+
+
 _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}
 _CACHE: dict[tuple, FeatureEncoder] = {}
 
