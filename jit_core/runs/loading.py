@@ -1,0 +1,120 @@
+"""Loading a run folder: its saved config (plugins it names are untrusted), its network, its weights.
+
+    run = load_run("runs/tiny")                 # EMA1 weights, config, plugins, eval mode
+    images = generate(run, torch.arange(10), cfg=2.0)
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import click
+import torch
+
+from jit_core.config import Config, validate_plugin_options
+from jit_core.diffusion.generate import generate_images
+from jit_core.model import JiT, get_model_config
+from jit_core.official.layout import import_official
+from jit_core.plugins import Plugins, check_run_plugins
+from jit_core.runs import checkpoint as ckpt
+from jit_core.runs.compat import check_compatible
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    model: JiT
+    plugins: Plugins
+    step: int
+    checkpoint: Path
+    ema: str
+
+
+def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
+    """A run folder's saved config. Plugins it names that are not installed entry points (module paths,
+    ``.py`` files) must be in ``trust_plugins`` (or ``trust_plugins=True``): see
+    :func:`jit_core.plugins.check_run_plugins`."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass the folder given to jit train")
+    cfg = Config.from_dict(json.loads(path.read_text()))
+    check_run_plugins(cfg.plugins, trust_plugins, path)
+    return cfg
+
+
+def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="cpu") -> tuple[JiT, Plugins]:
+    """The (randomly initialised) network a config describes, with its plugins' streams."""
+    plugins = plugins or Plugins(config.plugins)
+    validate_plugin_options(config, plugins.option_schemas())
+    mc = get_model_config(config.model, **config.model_overrides)
+    return JiT(mc, plugins.streams(config, mc), config.train.attention).to(device), plugins
+
+
+def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | Path | None = None,
+             trust_plugins=()) -> LoadedRun:
+    """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode.
+
+    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_config`).
+    """
+    if ema not in ("model", "ema1", "ema2"):
+        raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
+    run_dir = Path(run_dir)
+    config = load_config(run_dir, trust_plugins)
+    config.run_dir = str(run_dir)  # the folder may have moved since training
+    model, plugins = build_model_for(config, device=device)
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    weights, state = ckpt.load_checkpoint(path)
+    check_compatible(weights[ema], model, str(path))
+    model.load_state_dict(weights[ema])
+    model.eval()
+    return LoadedRun(run_dir, config, model, plugins, int(state.get("step", 0)), path, ema)
+
+
+def generate(run: LoadedRun, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Sample a loaded run (its sampler settings unless overridden): uint8 ``(N, C, H, W)``."""
+    return generate_images(run.model, labels, run.config, run.plugins, **kwargs)
+
+
+def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
+    """One state dict (model/ema1/ema2) from a checkpoint dir, a run dir (its latest checkpoint), a
+    ``.safetensors`` file, or an official ``.pth`` (or a folder holding ``checkpoint-last.pth``)."""
+    path = Path(path)
+    if path.is_file():
+        return ckpt._load_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
+    if path.is_dir() and (path / "checkpoint-last.pth").is_file() and not (path / "checkpoints").exists():
+        return _pick(import_official(path / "checkpoint-last.pth"), which, path)
+    found = ckpt._resolve(path)
+    manifest = ckpt._read_manifest(found)
+    fname = f"{which}.safetensors"
+    if fname not in manifest["files"]:
+        have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
+        raise ckpt.CheckpointError(f"checkpoint {found} has no {which!r} weights (it has {have})")
+    ckpt._check_files(found, manifest, [fname], verify_hash=True)
+    return ckpt._load_safetensors(found / fname)
+
+
+def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:
+    if which not in ckpt.WEIGHT_NAMES:
+        raise ckpt.CheckpointError(f"official checkpoint {path} has no {which!r} weights (choose from {ckpt.WEIGHT_NAMES})")
+    return imported[which]
+
+
+def trust_options(fn):
+    """``--plugin NAME`` / ``--trust-plugins`` for commands that load a run folder; passes ``trust_plugins``.
+
+    A run folder's config.json may name plugin modules or .py files; they are imported only when the user
+    names them here (installed entry-point plugins always load)."""
+    def wrapper(*args, trusted_plugin_names=(), trust_all_plugins=False, **kwargs):
+        return fn(*args, trust_plugins=True if trust_all_plugins else tuple(trusted_plugin_names), **kwargs)
+    wrapper = functools.update_wrapper(wrapper, fn)
+    wrapper = click.option("--trust-plugins", "trust_all_plugins", is_flag=True,
+                           help="Import every plugin module the run's config.json names (only for runs you trust).")(wrapper)
+    wrapper = click.option("--plugin", "trusted_plugin_names", multiple=True, metavar="NAME",
+                           help="A plugin module or .py file the run's config names that may be imported.")(wrapper)
+    return wrapper
