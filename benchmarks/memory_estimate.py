@@ -93,7 +93,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,9 +106,9 @@ import torch.utils.checkpoint
 from jit_core.config import Config
 from jit_core.diffusion import training_losses
 from jit_core.hookspecs import hookimpl
-from jit_core.plugins import Plugins
 from jit_core.model import JiT, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
+from jit_core.plugins import Plugins
 
 GIB = 2 ** 30
 FEATURE_CHANNELS = 768          # DINOv2-B/14 tokens: V-Co's feature stream

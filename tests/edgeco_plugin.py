@@ -1,7 +1,7 @@
 """A second co-denoising plugin for the composition tests: an ``edges`` token stream (image gradients pooled
 on the token grid) with its own null branch (pixel -> edges blocked, edges loss off for dropped samples),
-one option-scaled loss term and a range-checked option. Loaded by module path: ``--plugin tests.edgeco_plugin``
-(its options then live under ``tests.edgeco_plugin.*``)."""
+one option-scaled loss term, range-checked options and an optional batch sampler. Loaded by module path:
+``--plugin tests.edgeco_plugin`` (its options then live under ``tests.edgeco_plugin.*``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ class EdgeOptions:
     weight: float = option(0.1, ge=0)        # weight of the edges stream's v-loss
     smooth: float = option(0.5, ge=0)        # coefficient of the edge_fit term
     mask: bool = True                        # block pixel -> edges and mask the edges loss for dropped samples
+    sampler: bool = False                    # return a batch sampler (to test a conflict with V-Co's)
 
 
 def edge_tokens(images: torch.Tensor, grid: int) -> torch.Tensor:
@@ -43,6 +44,14 @@ def jit_streams(config, model_config):
     opts = plugin_options(config, EdgeOptions)
     return [Stream(EDGES, kind="tokens", channels=2, loss_weight=opts.weight,
                    target=lambda images: edge_tokens(images, model_config.grid))]
+
+
+@hookimpl
+def jit_batch_sampler(dataset, config, rank, world_size, seed):
+    if not plugin_options(config, EdgeOptions).sampler:
+        return None
+    from jit_core.training.batches import DefaultBatchSampler
+    return DefaultBatchSampler(len(dataset), config.optim.batch_size, rank, world_size, seed)
 
 
 @hookimpl

@@ -3,7 +3,6 @@ seeded sampling and the training objective with no plugins."""
 from __future__ import annotations
 
 import dataclasses
-
 from types import SimpleNamespace
 
 import pytest

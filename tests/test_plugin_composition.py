@@ -195,3 +195,24 @@ def test_vco_null_branch_variants(variant, tmp_path, one_thread):
     zeroed = (feature_in == 0).flatten(1).all(1)
     assert zeroed.tolist() == (DROP.tolist() if variant == "input_dropout" else [False] * 4)
     assert losses["feature"] > 0
+
+
+def test_a_null_branch_answers_only_for_its_own_streams():
+    """merge() refuses a contribution about streams its plugin did not add, unknown streams, and a stream left
+    with no key stream to attend to -- each naming the plugin."""
+    from jit_core.diffusion import NullBranch, merge
+    from jit_core.errors import PluginError
+    from jit_core.model.streams import Stream, pixel_stream
+    streams = [pixel_stream(1), Stream("feature", plugin="vco"), Stream("edges", plugin="edgeco")]
+    labels = torch.arange(4)
+    with pytest.raises(PluginError, match="plugin 'edgeco'.*concerns only streams it did not add"):
+        merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=[("pixel", "feature")]))])
+    with pytest.raises(PluginError, match="plugin 'edgeco'.*loss_masks concerns only streams it did not add"):
+        merge(labels, DROP, streams, 10, [("edgeco", NullBranch(loss_masks={"pixel": torch.zeros(4)}))])
+    with pytest.raises(PluginError, match="names stream 'edgez', which the model does not have"):
+        merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=[("pixel", "edgez")]))])
+    blind = [("edges", "pixel"), ("edges", "feature"), ("edges", "edges")]
+    with pytest.raises(PluginError, match="stream 'edges' may see no key stream"):
+        merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=blind))])
+    u = merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=[("feature", "edges")]))])
+    assert u.blocked[:, 1, 2].tolist() == DROP.tolist()      # another plugin's queries blind to *my* keys: allowed

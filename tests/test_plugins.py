@@ -540,3 +540,19 @@ def test_a_plugin_loaded_by_module_path_can_be_given_options(myplug):
     set_key(cfg, "jit_myplug.plugin.coef", "0.25")
     validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
     assert cfg.plugin_options["jit_myplug.plugin"]["coef"] == 0.25
+
+
+def test_jit_plugins_fails_for_a_plugin_that_does_not_load(jit_cli):
+    res = jit_cli("plugins", "--plugin", "no_such_module")
+    assert res.exit_code == 1 and "unknown plugin 'no_such_module'" in res.output, res.output
+    res = jit_cli("plugins", "--plugin", "no_such_pkg.plugin")
+    assert res.exit_code == 1 and "could not be imported" in res.output, res.output
+
+
+def test_jit_plugins_treats_the_module_of_an_installed_plugin_as_that_plugin(jit_cli):
+    res = jit_cli("plugins", "--json", "--plugin", "vco_plugin.plugin")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["vco"]["enabled"] is True and "vco_plugin.plugin" not in rows
+    with pytest.raises(PluginError, match="'vco_plugin.plugin' is the module of the installed plugin 'vco'.*enable it once"):
+        Plugins(["vco", "vco_plugin.plugin"])

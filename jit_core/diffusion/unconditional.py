@@ -53,6 +53,17 @@ def _streams_of(plugin: str, streams: Sequence[Stream]) -> set[str]:
     return {s.name for s in streams if getattr(s, "plugin", "") == plugin}
 
 
+def _check_streams(plugin: str, own: set[str], names: Sequence[str], mentioned: Sequence[str], what: str) -> None:
+    """A contribution may name only the model's streams, and must concern one of its plugin's own."""
+    unknown = [n for n in mentioned if n not in names]
+    if unknown:
+        raise PluginError(f"plugin {plugin!r}: jit_null_branch {what} names stream {unknown[0]!r}, which the model "
+                          f"does not have (streams: {', '.join(names)})")
+    if not own.intersection(mentioned):
+        raise PluginError(f"plugin {plugin!r}: jit_null_branch {what} concerns only streams it did not add (its "
+                          f"streams: {', '.join(sorted(own)) or 'none'}); a plugin answers only for its own streams")
+
+
 def merge(labels: torch.Tensor, drop: torch.Tensor, streams: Sequence[Stream], num_classes: int,
           contributions: Sequence[tuple[str, NullBranch]] = ()) -> Unconditional:
     """The null label where ``drop``, plus each ``(plugin, NullBranch)``: blocked pairs united, masks multiplied.
@@ -72,29 +83,18 @@ def merge(labels: torch.Tensor, drop: torch.Tensor, streams: Sequence[Stream], n
             raise PluginError(f"plugin {plugin!r}: jit_null_branch must return a jit_core.diffusion.NullBranch "
                               f"or None, not {type(branch).__name__}")
         own = _streams_of(plugin, streams)
-
-        def check(stream_names: Sequence[str], what: str) -> None:
-            unknown = [n for n in stream_names if n not in index]
-            if unknown:
-                raise PluginError(f"plugin {plugin!r}: jit_null_branch {what} names stream {unknown[0]!r}, which the "
-                                  f"model does not have (streams: {', '.join(names)})")
-            if not own.intersection(stream_names):
-                raise PluginError(f"plugin {plugin!r}: jit_null_branch {what} concerns only streams it did not add "
-                                  f"(its streams: {', '.join(sorted(own)) or 'none'}); a plugin answers only for its "
-                                  "own streams")
-
         for query, key in branch.blocked:
-            check((query, key), f"blocked pair ({query!r}, {key!r})")
+            _check_streams(plugin, own, names, (query, key), f"blocked pair ({query!r}, {key!r})")
             pairs[(index[query], index[key])] = plugin
         for stream, mask in branch.loss_masks.items():
-            check((stream,), "loss_masks")
+            _check_streams(plugin, own, names, (stream,), "loss_masks")
             mask = torch.as_tensor(mask, dtype=torch.float32, device=labels.device)
             if mask.shape != drop.shape:
                 raise PluginError(f"plugin {plugin!r}: loss mask of stream {stream!r} has shape {tuple(mask.shape)}, "
                                   f"expected {tuple(drop.shape)} (one weight per sample)")
             masks[stream] = mask if stream not in masks else masks[stream] * mask
         for stream, value in branch.inputs.items():
-            check((stream,), "inputs")
+            _check_streams(plugin, own, names, (stream,), "inputs")
             null_inputs[stream] = torch.as_tensor(value)
     blocked = None
     if pairs:

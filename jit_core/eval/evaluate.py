@@ -283,6 +283,9 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     batch_size = int(batch_size or s.batch_size)
     cfgs = [float(c) for c in (cfg if isinstance(cfg, (list, tuple)) else [s.cfg if cfg is None else cfg])]
     kind = metric_kind(run, metrics, ref_stats, ref_dir)
+    if kind == "inception":                 # missing or damaged weights fail now, not after sampling
+        from jit_core.eval.fid import check_inception_weights
+        check_inception_weights(inception_weights)
     if kind == "none" and metrics == "auto" and rank == 0:
         log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only", run.config.data.name)
     out = Path(out) if out else Path(run_dir) / "eval"

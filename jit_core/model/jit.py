@@ -32,7 +32,6 @@ from jit_core.model.layers import (
 from jit_core.model.streams import PIXEL, Stream, pixel_stream
 
 
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a JiT; the names follow the official constructor."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jit_core.durable import sha256_file, write_file
+from jit_core.model import MODEL_CONFIGS, build_model
+from jit_core.model.streams import Stream
+from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
+from jit_core.official.layout import import_official
 from jit_core.runs.checkpoint import (
     WEIGHT_NAMES,
     CheckpointError,
     list_checkpoints,
     save_checkpoint,
 )
-from jit_core.durable import sha256_file, write_file
-from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
-from jit_core.model import MODEL_CONFIGS, build_model
-from jit_core.official.layout import import_official
-from jit_core.model.streams import Stream
 from jit_core.runs.compat import check_compatible
 
 

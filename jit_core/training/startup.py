@@ -5,7 +5,7 @@
 3. the run folder's name fits the file system;
 4. the dataset (name, path, images), the model config it implies (model name, image size);
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
-6. the run folder holds this run or none (read only).
+6. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from jit_core.config import Config, ConfigError, check_config, validate_plugin_o
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
 from jit_core.plugins import Plugins
+from jit_core.runs import checkpoint as ckpt
 from jit_core.training.batches import ResumableBatches
 from jit_core.training.build import make_batches, resolve_model_config
 from jit_core.training.run_dir import check_run_dir
@@ -65,4 +66,7 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
                           f"({batches.batch_size * dist.world_size}): lower optim.batch_size")
     if run_dir is not None:
         check_run_dir(config, Path(run_dir))
+        if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
+            latest = ckpt.latest_checkpoint(run_dir)
+            ckpt.check_state_file(latest)
     return Startup(plugins, dataset, model_config, batches)
