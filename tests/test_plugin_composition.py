@@ -216,3 +216,16 @@ def test_a_null_branch_answers_only_for_its_own_streams():
         merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=blind))])
     u = merge(labels, DROP, streams, 10, [("edgeco", NullBranch(blocked=[("feature", "edges")]))])
     assert u.blocked[:, 1, 2].tolist() == DROP.tolist()      # another plugin's queries blind to *my* keys: allowed
+
+
+def test_jit_sample_saves_each_plugin_stream(tmp_path, jit_cli, one_thread):
+    from safetensors.torch import load_file
+    result, _ = train_tiny(tmp_path, plugins=[EDGECO], steps=1)
+    out = tmp_path / "samples"
+    res = jit_cli("sample", str(result.run_dir), "--plugin", EDGECO, "--labels", "1,2,3", "--steps", "2",
+                  "--out", str(out), "--streams")
+    assert res.exit_code == 0, res.output
+    saved = load_file(str(out / "stream-edges.safetensors"))
+    assert saved["edges"].shape == (3, 64, 2) and saved["labels"].tolist() == [1, 2, 3]
+    assert torch.isfinite(saved["edges"]).all() and len(list(out.glob("*.png"))) == 4      # 3 images + grid
+    assert not (out / "stream-pixel.safetensors").exists()
