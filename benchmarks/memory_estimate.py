@@ -93,7 +93,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,9 +104,11 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from jit_core.config import Config
-from jit_core.diffusion import default_unconditional, training_losses
+from jit_core.diffusion import training_losses
+from jit_core.hookspecs import hookimpl
 from jit_core.model import JiT, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
+from jit_core.plugins import Plugins
 
 GIB = 2 ** 30
 FEATURE_CHANNELS = 768          # DINOv2-B/14 tokens: V-Co's feature stream
@@ -276,7 +277,7 @@ def measure_model(model: JiT, net: str, comp: Composition, autocast: bool, ckpt:
 
     streams = model.streams
     if net == "vco":
-        streams = [streams[0], replace(streams[1], target=target)]
+        streams = [streams[0], replace(streams[1], target=target, plugin="vco-null")]
         model.streams = streams
     for i, block in enumerate(model.blocks):
         def pre(mod, args, i=i):
@@ -297,14 +298,15 @@ def measure_model(model: JiT, net: str, comp: Composition, autocast: bool, ckpt:
 
     fixed_drop = torch.tensor([False] * comp.keep + [True] * comp.drop)
 
-    def unconditional(labels, drop, streams, config):   # the composition's drop pattern, not a random one
-        if net == "vco":
-            from vco_plugin.null_branch import structured_unconditional
-            return structured_unconditional(labels, fixed_drop, streams, cfg.num_classes)
-        return default_unconditional(labels, fixed_drop, cfg.num_classes)
+    class FixedNull:                  # V-Co's structured null branch on the feature stream
+        __name__ = "vco-null"
 
-    hook = SimpleNamespace(jit_normalize=lambda stream, target, config: target, jit_unconditional=unconditional,
-                           jit_loss_terms=lambda step: [])
+        @hookimpl
+        def jit_null_branch(self, drop, streams, config):
+            from vco_plugin.null_branch import null_branch
+            return null_branch("structured", drop) if net == "vco" else None
+
+    hook = Plugins(extra=[FixedNull()]).hook
     config = Config()
     images = torch.rand(B, cfg.in_channels, S, S) * 2 - 1
     labels = torch.zeros(B, dtype=torch.long)   # V-Co's class-balanced batches: one class per rank batch
@@ -313,7 +315,7 @@ def measure_model(model: JiT, net: str, comp: Composition, autocast: bool, ckpt:
     try:
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            total, _ = training_losses(model, streams, images, labels, config, hook)
+            total, _ = training_losses(model, streams, images, labels, config, hook, drop=fixed_drop)  # the composition's drop
     finally:
         torch.utils.checkpoint.checkpoint = original
         for h in handles:

@@ -81,7 +81,9 @@ def build_config(preset, config_file, plugins, overrides, run_dir=None):
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (created; resumed if it holds this run).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
               help="Resume the run in this folder with its saved config (overrides may lengthen it).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Run every start-up check (plugins, options, data, model, batches, run folder), print the "
+                   "resolved config and exit; nothing is written.")
 def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run):
     """Train (or resume) a run. OVERRIDES are KEY=VALUE, e.g. optim.blr=1e-4 train.max_steps=100 vco.drift_coef=5.
 
@@ -104,6 +106,10 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
     else:
         cfg = build_config(preset, config_file, plugins, overrides, run_dir)
     if dry_run:
+        from jit_core.distributed import DistInfo, resolve_device
+        from jit_core.training.startup import load_plugins, start_checks
+        plugins = load_plugins(cfg)
+        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins)
         click.echo(cfg.to_json())
         return
     result = run_train(cfg, run_dir)
@@ -122,24 +128,58 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ema", default="ema1", type=click.Choice(["ema1", "ema2", "model"]), show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--streams", "save_streams", is_flag=True,
+              help="Also save every plugin stream's final tensor as OUT/stream-<name>.safetensors.")
 @trust_options
-def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device, trust_plugins):
+def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, device, save_streams, trust_plugins):
     """Sample PNG files and a grid from a run with fixed seeds and labels."""
     import torch
 
     from jit_core import api
+    from jit_core.config import check_device
     from jit_core.distributed import resolve_device
     from jit_core.images import save_grid, save_pngs
+    wanted = parse_labels(labels)
+    if cfg is not None and cfg < 0:
+        raise ConfigError(f"--cfg {cfg}: the CFG scale must be >= 0 (1 = unguided)")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps {steps}: the sampler needs at least 1 step")
+    check_device(device)
     run = api.load_run(run_dir, ema=ema, device=resolve_device(device), trust_plugins=trust_plugins)
-    if labels:
-        lab = torch.tensor([int(x) for x in labels.split(",")])
+    num_classes = run.model.cfg.num_classes
+    if wanted is not None:
+        bad = [x for x in wanted if not 0 <= x < num_classes]
+        if bad:
+            raise ConfigError(f"--labels {labels}: label {bad[0]} is not a class of this run (0 .. {num_classes - 1}; "
+                              f"{num_classes} is the null class)")
+        lab = torch.tensor(wanted)
     else:
-        lab = torch.arange(min(10, run.model.cfg.num_classes)).repeat_interleave(num_per_class)
-    images = api.generate(run, lab, cfg=cfg, steps=steps, method=method, seed=seed, progress=True)
+        lab = torch.arange(min(10, num_classes)).repeat_interleave(num_per_class)
+    result = api.generate(run, lab, cfg=cfg, steps=steps, method=method, seed=seed, progress=True,
+                          return_streams=save_streams)
+    images, streams = result if save_streams else (result, {})
     out = Path(out or Path(run_dir) / "samples" / "cli")
     save_pngs(images, out)
     grid = save_grid(images, out / "grid.png", nrow=num_per_class if not labels else None, scale=2)
-    click.echo(f"{len(images)} images (step {run.step}, {ema}) in {out}; grid: {grid}")
+    for name, tensor in streams.items():
+        from safetensors.torch import save_file
+        save_file({name: tensor.contiguous(), "labels": lab.clone()}, str(out / f"stream-{name}.safetensors"))
+    saved = "".join(f"; stream {n}: {out / f'stream-{n}.safetensors'}" for n in streams)
+    click.echo(f"{len(images)} images (step {run.step}, {ema}) in {out}; grid: {grid}{saved}")
+
+
+def parse_labels(text: str) -> list[int] | None:
+    """``--labels 1,2,3`` -> [1, 2, 3] (None when empty); ConfigError naming the bad item otherwise."""
+    if not text:
+        return None
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(int(item.strip()))
+        except ValueError:
+            raise ConfigError(f"--labels {text}: {item.strip()!r} is not an integer class label "
+                              "(e.g. --labels 0,1,2)") from None
+    return out
 
 
 @cli.command()
@@ -178,11 +218,12 @@ def presets():
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--plugin", "enabled", multiple=True, help="Also load this plugin (module path) and mark it enabled.")
+@click.option("--plugin", "enabled", multiple=True,
+              help="Also load this plugin (name, module path or .py file) and mark it enabled; fails if it does not load.")
 def plugins_cmd(as_json, enabled):
     """Installed plugins: name, version, source, enabled, hooks, options."""
     from jit_core.plugins import describe_all
-    infos = describe_all(enabled)
+    infos = describe_all(enabled)     # a --plugin that does not load fails (exit 1)
     if as_json:
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
         return

@@ -3,6 +3,11 @@
 ``Config`` is what a run is: ``jit train --preset jit-b16 optim.blr=1e-4 vco.drift_coef=5``.
 Plugin options live under their plugin's namespace (``vco.*``) and are typed by the plugin.
 Unknown keys and ill-typed values fail with a message naming the key and the nearest valid one.
+
+Allowed values are declared once, next to each field, with :func:`option` (``choices=``, ``ge=``,
+``gt=``, ``le=``, ``lt=``) -- the core's fields below and plugins' option dataclasses alike.
+:func:`check_config` enforces them (plus a few checks across fields); the trainer runs it at start-up
+and ``jit train --dry-run`` runs the same start-up checks, before the run folder is touched.
 """
 from __future__ import annotations
 
@@ -22,66 +27,114 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and the fix."""
 
 
+DATASET_NAMES = ("imagenet", "folder", "fashion_mnist", "digits")
+ATTENTION_PATHS = ("exact", "fast")
+SAMPLE_METHODS = ("heun", "euler")
+_RANGES = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def option(default: Any, *, choices: Optional[typing.Sequence] = None, ge=None, gt=None, le=None, lt=None):
+    """A dataclass field with its allowed values declared next to it (checked by :func:`check_fields`).
+
+    ``choices``: the allowed values; ``ge``/``gt``/``le``/``lt``: bounds. A tuple or list value is
+    checked element by element; None (an unset ``Optional``) is always allowed. Example:
+    ``log_every: int = option(100, gt=0)``.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"choices": tuple(choices) if choices is not None else None, "bounds": bounds}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def allowed(f: dataclasses.Field) -> str:
+    """The allowed values of a field declared with :func:`option`, as text ("" if unconstrained)."""
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds") or {}
+    if choices is not None:
+        return "one of " + ", ".join(str(c) for c in choices)
+    return " and ".join(f"{_RANGES[k][0]} {b}" for k, b in bounds.items())
+
+
+def check_fields(obj: Any, prefix: str) -> None:
+    """Check every :func:`option` field of the dataclass ``obj`` (key ``prefix.name``); ConfigError naming the key."""
+    for f in dataclasses.fields(obj):
+        choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds") or {}
+        if choices is None and not bounds:
+            continue
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, (tuple, list)) else [value]
+        for item in items:
+            if item is None:
+                continue
+            ok = item in choices if choices is not None else \
+                isinstance(item, (int, float)) and all(_RANGES[k][1](item, b) for k, b in bounds.items())
+            if not ok:
+                each = "each value " if isinstance(value, (tuple, list)) else ""
+                shown = ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else value
+                raise ConfigError(f"{prefix}.{f.name}={shown}: {each}must be {allowed(f)}")
+
+
 @dataclass
 class DataConfig:
-    name: str = "imagenet"              # imagenet | folder | fashion_mnist | digits
+    name: str = option("imagenet", choices=DATASET_NAMES)   # folder/imagenet: data.path; the others are embedded
     path: Optional[str] = None          # ImageFolder root (imagenet/folder)
-    image_size: int = 256
+    image_size: int = option(256, gt=0)
     flip: bool = True
-    num_workers: int = 4
+    num_workers: int = option(4, ge=0)
     pin_memory: bool = True
 
 
 @dataclass
 class DiffusionConfig:
     P_mean: float = -0.8
-    P_std: float = 0.8
-    t_eps: float = 0.05                 # clamp of 1 - t in the velocity
-    noise_scale: Optional[float] = None  # None: image_size / 256
-    label_drop_prob: float = 0.1
+    P_std: float = option(0.8, gt=0)
+    t_eps: float = option(0.05, gt=0, le=1)         # clamp of 1 - t in the velocity
+    noise_scale: Optional[float] = option(None, gt=0)   # None: image_size / 256
+    label_drop_prob: float = option(0.1, ge=0, le=1)
 
 
 @dataclass
 class OptimConfig:
-    batch_size: int = 128               # per rank
-    blr: float = 5e-5                   # lr = blr * global batch / 256
-    lr: Optional[float] = None          # absolute lr, overrides blr
-    warmup_epochs: float = 5.0
-    schedule: str = "constant"          # constant | cosine
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: Optional[float] = None
+    batch_size: int = option(128, gt=0)             # per rank
+    blr: float = option(5e-5, gt=0)                 # lr = blr * global batch / 256
+    lr: Optional[float] = option(None, gt=0)        # absolute lr, overrides blr
+    warmup_epochs: float = option(5.0, ge=0)
+    schedule: str = option("constant", choices=("constant", "cosine"))
+    min_lr: float = option(0.0, ge=0)
+    weight_decay: float = option(0.0, ge=0)
+    betas: tuple[float, float] = option((0.9, 0.95), ge=0, lt=1)
+    grad_clip: Optional[float] = option(None, gt=0)
     fused: bool = True                  # fused AdamW kernel (CUDA and CPU)
-    ema_decays: tuple[float, float] = (0.9999, 0.9996)
+    ema_decays: tuple[float, float] = option((0.9999, 0.9996), gt=0, lt=1)
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 600.0
-    max_steps: Optional[int] = None     # stop after this many optimizer steps (overrides epochs)
-    seed: int = 0
-    log_every: int = 100
-    ckpt_every: int = 1000              # steps between checkpoints (always one at the end)
-    keep_every: int = 0                 # also keep every N-th step's checkpoint forever (0: only the latest)
-    sample_every: int = 0               # steps between sample grids (0: only at the end)
-    attention: str = "fast"             # fast (SDPA) | exact (official fp32-logit numerics)
-    precision: str = "bf16"             # bf16 autocast on CUDA | fp32
+    epochs: float = option(600.0, ge=0)
+    max_steps: Optional[int] = option(None, ge=0)   # stop after this many optimizer steps (overrides epochs)
+    seed: int = option(0, ge=0)
+    log_every: int = option(100, gt=0)
+    ckpt_every: int = option(1000, gt=0)            # steps between checkpoints (always one at the end)
+    keep_every: int = option(0, ge=0)   # also keep every N-th step's checkpoint forever (0: only the latest)
+    sample_every: int = option(0, ge=0)  # steps between sample grids (0: only at the end)
+    attention: str = option("fast", choices=ATTENTION_PATHS)   # fast (SDPA) | exact (official fp32-logit numerics)
+    precision: str = option("bf16", choices=("bf16", "fp32"))  # bf16 autocast on CUDA | fp32
     compile: bool = False
     grad_checkpointing: bool = False    # activation checkpointing per block (memory for L/H/G)
-    nan_policy: str = "stop"            # stop | skip
-    max_skipped_steps: int = 10
-    device: str = "auto"
+    nan_policy: str = option("stop", choices=("stop", "skip"))
+    max_skipped_steps: int = option(10, ge=0)
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (checked by check_config)
 
 
 @dataclass
 class SampleConfig:
-    method: str = "heun"                # heun | euler
-    steps: int = 50
-    cfg: float = 2.9
-    interval: tuple[float, float] = (0.1, 1.0)
-    batch_size: int = 64
-    num_images: int = 50_000
+    method: str = option("heun", choices=SAMPLE_METHODS)
+    steps: int = option(50, gt=0)
+    cfg: float = option(2.9, ge=0)
+    interval: tuple[float, float] = option((0.1, 1.0), ge=0, le=1)   # CFG applies for lo < t < hi
+    batch_size: int = option(64, gt=0)
+    num_images: int = option(50_000, gt=0)
 
 
 @dataclass
@@ -259,7 +312,7 @@ def set_key(cfg: Config, key: str, value: Any, plugin_schemas: Optional[dict] = 
     elif rest and head not in hints:
         # plugin namespace: validated against the plugin's schema once plugins are loaded; a plugin
         # enabled by module path has a dotted namespace, so the longest matching plugin name wins
-        owner = max((p for p in (plugin_schemas or {}) if key.startswith(p + ".")), key=len, default=None)
+        owner = option_namespace(key, plugin_schemas or {})
         if owner:
             head, rest = owner, key[len(owner) + 1:]
         if plugin_schemas is not None and head in plugin_schemas:
@@ -289,7 +342,13 @@ def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        try:
+            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise ConfigError(f"config file {path} is not valid {kind}: {exc}; fix that line") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a table of keys, not {type(data).__name__}")
         for key, value in _flatten(data).items():
             set_key(cfg, key, value)
     for text in overrides:
@@ -297,30 +356,96 @@ def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,
     return cfg
 
 
+def option_namespace(key: str, plugins: typing.Iterable[str]) -> Optional[str]:
+    """The plugin (of ``plugins``, the names they are enabled by) that owns the dotted option ``key``.
+
+    ``vco.encoder`` -> ``vco``; a plugin enabled by module path owns its path as a prefix
+    (``my_pkg.my_plugin.w`` -> ``my_pkg.my_plugin``); the longest match wins; None if no plugin owns it.
+    A plugin's options live under the name it is enabled by, so this needs no plugin to be imported
+    (``jit slurm`` uses it to keep each sweep element's options).
+    """
+    return max((p for p in plugins if key.startswith(p + ".")), key=len, default=None)
+
+
+def flat_plugin_options(cfg: Config) -> dict[str, Any]:
+    """Every plugin option of ``cfg`` as ``{"plugin.option": value}`` (the command line's form)."""
+    return {f"{plugin}.{k}": v for plugin, opts in cfg.plugin_options.items() for k, v in opts.items()}
+
+
 def validate_plugin_options(cfg: Config, schemas: dict[str, type]) -> None:
-    """Check every ``plugin.option`` against its plugin's dataclass schema and fill in defaults."""
-    for plugin, options in list(cfg.plugin_options.items()):
-        if plugin in schemas:
-            continue
-        for key in list(options):  # a plugin named by module path: "pkg.mod.opt" was split at the first dot
-            full = f"{plugin}.{key}"
-            owner = max((s for s in schemas if full.startswith(s + ".")), key=len, default=None)
-            if owner:
-                cfg.plugin_options.setdefault(owner, {})[full[len(owner) + 1:]] = options.pop(key)
-        if not options:
-            del cfg.plugin_options[plugin]
-    for plugin, options in cfg.plugin_options.items():
-        if plugin not in schemas:
-            raise ConfigError(f"options given for {plugin!r}, which is not an enabled plugin with options"
-                              f"{_suggest(plugin, schemas)}; enabled: {', '.join(schemas) or 'none'}")
+    """Check every ``plugin.option`` against its plugin's dataclass schema and fill in defaults.
+
+    ``schemas``: ``{name the plugin is enabled by: options dataclass}``. Types, then :func:`option`
+    choices and ranges, then the schema's ``check(self, config)`` method if it has one. Options for a
+    plugin that is not enabled are an error. Afterwards :func:`plugin_options` finds each plugin's
+    options by their type.
+    """
+    given = flat_plugin_options(cfg)
+    cfg.plugin_options = {}
+    for key, value in given.items():
+        owner = option_namespace(key, schemas)
+        if owner is None:
+            head = key.split(".", 1)[0]
+            raise ConfigError(f"option {key}: {head!r} is not an enabled plugin with options"
+                              f"{_suggest(head, schemas)}; enabled: {', '.join(schemas) or 'none'} "
+                              f"(enable it with --plugin {head}, or drop {key})")
+        cfg.plugin_options.setdefault(owner, {})[key[len(owner) + 1:]] = value
     for plugin, schema in schemas.items():
-        given = dict(cfg.plugin_options.get(plugin, {}))
-        for key, value in list(given.items()):
+        for key, value in list(cfg.plugin_options.get(plugin, {}).items()):
             set_key(cfg, f"{plugin}.{key}", value, schemas)
         defaults = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
         cfg.plugin_options[plugin] = {**defaults, **cfg.plugin_options.get(plugin, {})}
+    cfg._option_namespaces = {schema: plugin for plugin, schema in schemas.items()}
+    for plugin, schema in schemas.items():
+        opts = schema(**cfg.plugin_options[plugin])
+        check_fields(opts, plugin)
+        if callable(getattr(opts, "check", None)):
+            opts.check(cfg)
 
 
-def plugin_options(cfg: Config, plugin: str, schema: type):
-    """The typed options object of one plugin (defaults filled in)."""
-    return schema(**cfg.plugin_options.get(plugin, {}))
+def plugin_options(cfg: Config, schema: type):
+    """The typed options object of the plugin whose options dataclass is ``schema`` (defaults filled in).
+
+    Resolves the same whichever name the plugin was enabled by (entry point or module path), once
+    :func:`validate_plugin_options` has run (the trainer, ``load_run`` and ``jit train --dry-run`` do).
+    """
+    if isinstance(schema, str):
+        raise TypeError(f"plugin_options(config, {schema!r}, ...): pass the options dataclass only, "
+                        "plugin_options(config, MyOptions); the namespace is the name the plugin was enabled by")
+    namespace = getattr(cfg, "_option_namespaces", {}).get(schema)
+    if namespace is None:
+        raise ConfigError(f"{schema.__name__} are not the options of a plugin enabled in this config "
+                          f"(plugins: {', '.join(cfg.plugins) or 'none'}); check the config first with "
+                          "jit_core.config.validate_plugin_options(config, plugins.option_schemas())")
+    return schema(**cfg.plugin_options.get(namespace, {}))
+
+
+def check_config(cfg: Config) -> None:
+    """The core's start-up checks of ``cfg`` that need no data or plugin: every :func:`option` field
+    (choices and ranges), then checks across fields (the CFG interval's order, the device).
+
+    The rest of a start runs in :func:`jit_core.training.startup.start_checks`: plugins and their
+    options, the dataset (name, path), the model (name, image size), the batch sampler, the run folder.
+    """
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            check_fields(section, f.name)
+    lo, hi = cfg.sample.interval
+    if not lo < hi:
+        raise ConfigError(f"sample.interval={lo},{hi}: the CFG interval needs lo < hi (e.g. sample.interval=0.1,1.0)")
+    check_device(cfg.train.device)
+
+
+def check_device(name: str) -> None:
+    """``train.device``: auto, cpu, cuda, cuda:N or mps, and available on this machine."""
+    import re
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"train.device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        import torch
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"train.device={name} but {'no CUDA device is' if not count else f'only {count} CUDA devices are'} "
+                              "visible on this machine: use train.device=cpu (or auto)")

@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from jit_core.config import DATASET_NAMES
+
 log = logging.getLogger(__name__)
 
-DATASET_NAMES = ("imagenet", "folder", "fashion_mnist", "digits")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_ENV = "JIT_FASHION_MNIST_DIR"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"

@@ -1,4 +1,4 @@
-"""The errors of untrusted files (checkpoints, official .pth files): each message names the file and the fix."""
+"""Errors the CLI turns into one line: untrusted files (checkpoints, official .pth files) and plugins. Each names the fix."""
 from __future__ import annotations
 
 import re
@@ -26,3 +26,7 @@ def weights_only_refusal(path: Path, e: Exception) -> CheckpointError:
     return CheckpointError(f"refused to load {path}: it holds {what}, outside torch's weights_only allow-list; "
                            "jit-vco never unpickles arbitrary code. Re-save the file with plain tensors and "
                            "Python values (only if you trust where it came from)")
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load, a hook raised, or two plugins conflict; the message names the plugin(s) and the hook."""

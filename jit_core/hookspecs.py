@@ -3,7 +3,17 @@
 A plugin is a module or object with functions marked ``@jit_core.hookimpl`` whose names are
 the hooks below. Every hook is called with keyword arguments; an implementation may accept any
 subset of them (pluggy passes only the names it declares). The core implements the JiT defaults
-itself (``jit_core.plugins.defaults``, registered ``trylast``), so with no plugin enabled a run is JiT.
+itself (``jit_core.plugins.defaults``), so with no plugin enabled a run is JiT.
+
+How the core calls a hook (the hook reference says which, per hook):
+
+- *every plugin*: each enabled plugin's implementation is called, in ``--plugin`` order, and the
+  results are combined (streams appended, loss terms added, unconditional branches merged, ...);
+- *per stream* (:data:`PER_STREAM`): called only on the plugin that added the stream; the pixel
+  stream (and a plugin's stream when its answer is None) gets the core's default. So two plugins
+  never compete for one stream;
+- *one plugin* (:data:`ONE_PLUGIN`): at most one enabled plugin may answer (not None); two
+  answers fail at start-up naming both plugins; no answer = the core's default.
 
 Order of one training step, with the hook that acts at each point::
 
@@ -11,12 +21,14 @@ Order of one training step, with the hook that acts at each point::
     targets         <- each stream's target(images)        (streams from jit_streams)
     targets         <- jit_normalize(stream, target)       per stream, before noising
     t, noise        <- logit-normal t shared by all streams; z_s = t x_s + (1 - t) e_s
-    uncond          <- jit_unconditional(labels, drop)     null labels, attention block matrix, loss masks
-    x_hat, hidden   <- model(z, t, uncond.labels, uncond.blocked, capture=jit_capture_blocks())
+    drop            <- Bernoulli(diffusion.label_drop_prob) per sample
+    uncond          <- null label where dropped + every plugin's jit_null_branch(drop, streams) merged:
+                       blocked (query, key) stream pairs, loss masks, null inputs
+    x_hat, hidden   <- model(uncond.inputs(z), t, uncond.labels, uncond.blocked, capture=jit_capture_blocks())
     loss            <- sum_s w_s * v_loss_s(masked) + sum(jit_loss_terms(step).values())
 
-Sampling calls ``jit_unconditional`` with every sample dropped to form the unconditional half of
-the batched CFG forward, and ``jit_guidance_scale`` for each stream's scale.
+Sampling forms the unconditional half of the batched CFG forward from the same merged branch with
+every sample dropped, and asks ``jit_guidance_scale`` for each stream's scale.
 """
 from __future__ import annotations
 
@@ -26,22 +38,34 @@ PROJECT = "jit_core"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: Hooks the core calls only on the plugin that added the stream (the core's default for ``pixel``).
+PER_STREAM = ("jit_normalize", "jit_guidance_scale")
+#: Hooks at most one enabled plugin may answer (two answers: an error at start-up naming both).
+ONE_PLUGIN = ("jit_batch_sampler",)
+
 
 @hookspec
 def jit_options():
     """Declare this plugin's options: return a dataclass *type* (or None).
 
-    The options live in the config under the plugin's name (``vco.drift_coef=5`` on the command
-    line, ``[vco]`` in a config file, ``plugin_options["vco"]`` in Python). Fields are typed; an
-    unknown or ill-typed option fails at start-up naming the plugin and the nearest valid option.
-    Read them with ``jit_core.config.plugin_options(config, "vco", VCoOptions)``.
+    The options live in the config under the name the plugin is enabled by: its entry-point name
+    (``vco.drift_coef=5`` on the command line, ``[vco]`` in a config file) or the module path it
+    was given as (``--plugin my_pkg.my_plugin my_pkg.my_plugin.w=0.3``). Read them by their type,
+    which resolves the same either way: ``jit_core.config.plugin_options(config, VCoOptions)``.
+
+    Fields are typed; declare allowed values next to a field with ``jit_core.config.option``
+    (``choices=``, ``ge=``/``gt=``/``le=``/``lt=``; a tuple is checked element-wise), and checks
+    that involve the rest of the config in a method ``check(self, config)`` raising
+    ``jit_core.config.ConfigError``. All of it runs at start-up and in ``jit train --dry-run``,
+    before the run folder is touched; an unknown or ill-typed option, a value out of range, or
+    options for a plugin that is not enabled fail naming the key and the fix.
 
     Example::
 
         @dataclass
         class RepaOptions:
-            coef: float = 0.5
-            block: int = 4
+            coef: float = option(0.5, ge=0)
+            encoder: str = option("efficientnet_lite0", choices=("efficientnet_lite0",))
 
         @hookimpl
         def jit_options():
@@ -60,14 +84,18 @@ def jit_presets():
 
 @hookspec
 def jit_streams(config, model_config):
-    """**Stream construction.** Return a list of ``jit_core.model.streams.Stream`` this plugin adds.
+    """**Stream construction.** Return a list of ``jit_core.Stream`` this plugin adds.
 
     Called once when the model is built (training, sampling, loading a run). Each stream gets its
     own embed, its own weights in every block, its own head and its own in-context tokens, and
     attends jointly with the pixel stream. ``Stream.target(images)`` maps the clean images
     ``(B, C, H, W)`` in [-1, 1] to the stream's clean tensor ``(B, T, channels)`` with
-    T = ``model_config.grid ** 2`` (row-major); it runs under ``no_grad``. Two streams with the
-    same name are an error that names both plugins.
+    T = ``model_config.grid ** 2`` (row-major); it runs under ``no_grad``. ``model_config`` also
+    gives ``num_classes`` (the null class is ``num_classes``) and ``image_size``; the pixel
+    stream's noise scale is ``jit_core.diffusion.noise_scale_for(model_config.image_size,
+    config.diffusion.noise_scale)``. Streams are ordered pixel first, then by ``--plugin`` order.
+    The core records the owner in ``Stream.plugin``. Two streams with the same name are an error
+    that names both plugins.
 
     Example::
 
@@ -77,32 +105,41 @@ def jit_streams(config, model_config):
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def jit_normalize(stream, target, config):
-    """**Normalization.** Calibrate a stream's clean target before it is noised; return the tensor.
+    """**Normalization.** Calibrate the clean target of one of *your* streams before it is noised.
 
-    firstresult: the first plugin returning a tensor wins; the core default returns ``target``
-    unchanged. Called every training step for every stream (pixels included), under ``no_grad``.
-    V-Co standardises its feature stream per (channel, position) and multiplies by the RMS factor.
+    *Per stream*: called only on the plugin that added ``stream``, every training step, under
+    ``no_grad``; return the tensor, or None to keep ``target``. The pixel stream is the core's
+    (never normalized). V-Co standardises its feature stream per (position, channel) and
+    multiplies by the RMS factor.
     """
 
 
-@hookspec(firstresult=True)
-def jit_unconditional(labels, drop, streams, config):
-    """**Unconditional branch.** Turn the dropped samples of a batch into their unconditional form.
+@hookspec
+def jit_null_branch(drop, streams, config):
+    """**Unconditional branch.** What a dropped sample's unconditional form means for *your* streams.
 
-    - ``labels``: ``(B,)`` true labels; ``drop``: ``(B,)`` bool, True where the sample is made
-      unconditional; ``streams``: the model's streams in order.
-    - Return ``jit_core.diffusion.Unconditional(labels, blocked, loss_masks)``: the labels the
-      model sees (null class ``config`` ``num_classes`` where dropped), an optional ``(B, S, S)``
-      bool matrix, True where queries of stream i may not attend to keys of stream j (applied to
-      every token, in-context tokens included, in every block: the ``exact`` attention path adds a
-      -inf token mask, the ``fast`` path attends per block pattern without one; every stream must
-      see at least one key stream), and per-stream ``(B,)`` float loss masks (1 = counted).
+    - ``drop``: ``(B,)`` bool, True where the sample is made unconditional; ``streams``: the
+      model's streams in order (``stream.plugin`` names the plugin that added it).
+    - Return ``jit_core.diffusion.NullBranch(blocked=..., loss_masks=..., inputs=...)`` or None:
 
-    Called in training with ``drop ~ Bernoulli(config.diffusion.label_drop_prob)`` and, identically,
-    for the unconditional half of every CFG evaluation with ``drop`` all True. firstresult; the
-    core default is JiT's label drop (null label, no mask, all losses kept).
+      - ``blocked``: ``(query stream, key stream)`` name pairs that dropped samples may not attend
+        across (every token, in-context tokens included, every block), e.g.
+        ``[("pixel", "feature")]``: pixel queries blind to feature keys. Each pair must involve one
+        of your streams, and every stream must keep at least one key stream;
+      - ``loss_masks``: ``{your stream: (B,) float}`` per-sample weights of that stream's v-loss
+        (1 = counted, 0 = off), e.g. ``(~drop).float()``;
+      - ``inputs``: ``{your stream: tensor}`` the stream's noisy input for dropped samples is
+        replaced by (broadcast to the stream's input): ``torch.zeros(())`` is input dropout; a
+        parameter gets gradients (a learned null token, which the plugin must then also provide
+        at sampling: ``jit_trainable_modules`` weights are not loaded by ``jit sample``).
+
+    The null label (class ``num_classes``, see ``jit_streams``) is the core's, for every plugin.
+    The core merges all plugins' answers (blocked pairs united, loss masks multiplied) into one
+    ``jit_core.diffusion.Unconditional`` and uses it identically in training (``drop ~
+    Bernoulli(diffusion.label_drop_prob)``) and for the unconditional half of every CFG
+    evaluation (``drop`` all True). Without any answer this is JiT's label drop.
     """
 
 
@@ -133,27 +170,30 @@ def jit_loss_terms(step):
     (dicts by stream; ``preds`` are x-predictions with gradients), ``hidden`` (see
     ``jit_capture_blocks``), ``aux`` (see ``jit_trainable_modules``) and ``losses`` (the
     per-stream v-losses computed so far). Terms are added as returned (apply your coefficient)
-    and each is logged as ``loss/<name>``. Names must not clash with stream names.
+    and each is logged as ``loss/<name>``. A name used by a stream or by another plugin's term is
+    an error naming both.
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def jit_batch_sampler(dataset, config, rank, world_size, seed):
     """Return a batch sampler for training, or None for the default (shuffled, sharded, drop_last).
 
-    The object yields lists of dataset indices for this rank, has ``__len__`` (batches per epoch)
-    and ``set_epoch(epoch)``; its batches must be a deterministic function of (seed, epoch, rank)
-    so that a resumed run replays the same data. V-Co returns class-balanced batches (one class
-    per rank batch).
+    *One plugin*: two enabled plugins returning a sampler fail at start-up naming both. The object
+    yields lists of dataset indices for this rank, has ``__len__`` (batches per epoch) and
+    ``set_epoch(epoch)``; its batches must be a deterministic function of (seed, epoch, rank) so
+    that a resumed run replays the same data. V-Co returns class-balanced batches (one class per
+    rank batch; ``vco.class_balanced=false`` returns None).
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def jit_guidance_scale(stream, scale, config):
-    """**Guidance per stream.** Return the CFG scale for ``stream`` when the pixel scale is ``scale``.
+    """**Guidance per stream.** Return the CFG scale of one of *your* streams when the pixel scale is ``scale``.
 
-    firstresult; the default is ``scale`` for every stream with ``stream.guidance`` and 1.0 for the
-    others. An unguided evaluation (``scale == 1``) must return 1 for every stream.
+    *Per stream*: called only on the plugin that added ``stream``; None (and every stream without
+    an owner, the pixel stream included) gets the default: ``scale`` if ``stream.guidance``, else
+    1.0. An unguided evaluation (``scale == 1``) must return 1.
     """
 
 
@@ -162,5 +202,7 @@ def jit_add_commands(cli):
     """Add click commands or groups to the ``jit`` CLI (``cli`` is the root ``click.Group``).
 
     Example: V-Co adds ``jit vco calibrate``. Called for every installed plugin, enabled or not,
-    so its commands are always listed.
+    so its commands are always listed. Load a dataset inside a command with
+    ``jit_core.data.build_dataset(DataConfig(name=..., path=..., image_size=...))`` (see the
+    plugin guide, "Loading data in a plugin command").
     """

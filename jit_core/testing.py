@@ -15,6 +15,10 @@ Plain functions (no pytest needed)::
 - :func:`tiny_setup` / :func:`one_step`: a real :class:`~jit_core.training.Trainer` (same plugin
   wiring as training: streams, trainable modules, captured blocks, batch sampler) and one call of
   its objective (:func:`jit_core.diffusion.training_losses`) on its first batch.
+- :func:`tiny_model` / :func:`nontrivial`: the tiny network with the plugins' streams and
+  *non-trivial* weights. A fresh JiT is adaLN-Zero (block gates and heads start at zero), so its
+  output ignores its inputs and "does X depend on Y" tests pass vacuously; ``nontrivial(model)``
+  perturbs every trainable tensor (seeded) so that every path is live.
 - :class:`RecordingPlugin` (from :mod:`jit_core.plugins.recording`): implements every hook, records each call
   (name and keyword arguments) and returns nothing unless told to (``returns=`` values, ``handlers=``
   functions).
@@ -61,10 +65,12 @@ __all__ = [
     "TinySetup",
     "hook_reference_markdown",
     "make_plugin_distribution",
+    "nontrivial",
     "one_step",
     "read_metrics",
     "run_cli",
     "tiny_config",
+    "tiny_model",
     "tiny_setup",
     "train_tiny",
     "update_hook_reference",
@@ -188,6 +194,52 @@ def one_step(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), **k
     """``(total, losses)``: the training objective once on a tiny model and batch (see :func:`tiny_setup`)."""
     return tiny_setup(plugins, extra_plugins, **kwargs).step()
 
+
+
+def nontrivial(model, scale: float = 0.05, seed: int = 0):
+    """Add N(0, ``scale``^2) noise (generator seeded by ``seed``) to every trainable tensor of ``model``, in place.
+
+    Returns the model. Use it before testing that an output depends (or does not depend) on an input:
+    a freshly initialised JiT is adaLN-Zero and ignores its inputs.
+    """
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g).to(p))
+    return model
+
+
+@dataclass
+class TinyModel:
+    """:func:`tiny_model`'s result: the network, its plugins (``plugins.hook`` for ``sample`` /
+    ``training_losses``) and the checked config."""
+
+    model: Any
+    plugins: Any
+    config: Any
+
+
+def tiny_model(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), config=None, seed: int = 0,
+               scale: float | None = 0.05, attention: str = "exact", **overrides: Any) -> TinyModel:
+    """The tiny network (JiT-T/4 on 32 px, 1 channel, 10 classes) with the plugins' streams, in eval mode.
+
+    Options are checked as at start-up; ``scale`` (default 0.05) makes the weights non-trivial with
+    :func:`nontrivial` (``None``: the fresh adaLN-Zero init). No data is read and nothing is written.
+    """
+    from jit_core.data import dataset_channels, dataset_num_classes
+    from jit_core.model import JiT, get_model_config
+    from jit_core.training.startup import load_plugins
+    cfg = config if config is not None else tiny_config(plugins, 1, **overrides)
+    cfg.model_overrides = {"in_channels": dataset_channels(cfg.data), "num_classes": dataset_num_classes(cfg.data),
+                           **cfg.model_overrides}
+    pl = load_plugins(cfg, extra_plugins)
+    mc = get_model_config(cfg.model, **cfg.model_overrides)
+    import torch
+    torch.manual_seed(seed)
+    model = JiT(mc, pl.streams(cfg, mc), attention).eval()
+    return TinyModel(nontrivial(model, scale, seed) if scale else model, pl, cfg)
 
 
 # ----------------------------------------------------------------------------------- installed plugins

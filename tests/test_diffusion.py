@@ -3,6 +3,7 @@ seeded sampling and the training objective with no plugins."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -297,6 +298,7 @@ class RecordingModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.streams = [pixel_stream()]
+        self.cfg = SimpleNamespace(num_classes=NULL)     # the null class the core gives dropped samples
         self.seen = {}
 
     def forward(self, inputs, t, y, blocked=None, capture=()):

@@ -16,7 +16,8 @@ from torch import nn
 
 from jit_core import hookspecs
 from jit_core.config import ConfigError, get_preset
-from jit_core.diffusion import StepState, Unconditional
+from jit_core.diffusion import NullBranch, StepState, guidance_scales
+from jit_core.hookcalls import call_for_stream
 from jit_core.model import JiT, get_model_config
 from jit_core.model.streams import Stream
 from jit_core.plugins import DISABLE_ENV, PluginError, Plugins, describe_all, installed_plugins
@@ -99,7 +100,7 @@ MYPLUG = '''
 
     @hookimpl
     def jit_loss_terms(step):
-        coef = plugin_options(step.config, "myplug", MyOptions).coef
+        coef = plugin_options(step.config, MyOptions).coef
         return {"myterm": coef * step.preds["pixel"].float().pow(2).mean()}
 '''
 MYPLUG_HOOKS = ["jit_add_commands", "jit_loss_terms", "jit_options", "jit_presets"]
@@ -152,7 +153,8 @@ def test_hook_reference_in_docs_is_generated_from_the_docstrings(monkeypatch):
     `python -m jit_core.plugins.hookref --update-docs docs/plugins.md` after editing hookspecs.py."""
     generated = hook_reference_markdown()
     assert [line[4:] for line in generated.splitlines() if line.startswith("### ")] == hook_names()
-    assert "`jit_normalize(stream, target, config)` — *firstresult*" in generated
+    assert "`jit_normalize(stream, target, config)` — *per stream*" in generated
+    assert "`jit_batch_sampler(dataset, config, rank, world_size, seed)` — *one plugin*" in generated
     monkeypatch.setattr(hookspecs.jit_loss_terms, "__doc__", "Changed ``here``.")
     assert "Changed `here`." in hook_reference_markdown()
     monkeypatch.undo()
@@ -170,11 +172,12 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     result, metrics = train_tiny(tmp_path, extra_plugins=[rec], steps=2, **{"diffusion.label_drop_prob": 0.5})
     assert result.status == "finished" and result.step == 2
 
-    # start-up, in the trainer's order: options (at registration), streams, modules, blocks, sampler
+    # start-up, in the trainer's order: options (at registration), the sampler (a start-up check, before the
+    # run folder is written), streams, modules, blocks
     assert rec.called("jit_options")
     startup = [n for n in rec.names() if n in ("jit_streams", "jit_trainable_modules", "jit_capture_blocks",
                                                 "jit_batch_sampler")]
-    assert startup == ["jit_streams", "jit_trainable_modules", "jit_capture_blocks", "jit_batch_sampler"]
+    assert startup == ["jit_batch_sampler", "jit_streams", "jit_trainable_modules", "jit_capture_blocks"]
     (streams,) = rec.calls_of("jit_streams")
     assert streams.keys == ("config", "model_config") and streams.kwargs["model_config"].grid == GRID
     (mods,) = rec.calls_of("jit_trainable_modules")
@@ -185,24 +188,23 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     assert sampler.keys == ("config", "dataset", "rank", "seed", "world_size")
     assert (sampler.kwargs["rank"], sampler.kwargs["world_size"], len(sampler.kwargs["dataset"])) == (0, 1, 1797)
 
-    # every step: normalize once per stream (pixel first), then the unconditional branch, then the loss terms
-    step_hooks = ("jit_normalize", "jit_unconditional", "jit_loss_terms")
-    train_calls = [c for c in rec.calls if c.name in step_hooks][:8]
-    assert [c.name for c in train_calls] == ["jit_normalize", "jit_normalize", "jit_unconditional",
-                                             "jit_loss_terms"] * 2
-    assert [c.kwargs["stream"].name for c in train_calls if c.name == "jit_normalize"] == ["pixel", "edges"] * 2
+    # every step: normalize for the recorder's own stream (the pixel stream is the core's), then the
+    # unconditional branch, then the loss terms
+    step_hooks = ("jit_normalize", "jit_null_branch", "jit_loss_terms")
+    train_calls = [c for c in rec.calls if c.name in step_hooks][:6]
+    assert [c.name for c in train_calls] == ["jit_normalize", "jit_null_branch", "jit_loss_terms"] * 2
     norm = rec.calls_of("jit_normalize")
-    assert len(norm) == 4 and norm[0].keys == ("config", "stream", "target")
-    assert norm[0].kwargs["target"].shape == (B, 1, 32, 32) and norm[1].kwargs["target"].shape == (B, GRID ** 2, 2)
+    assert [c.kwargs["stream"].name for c in norm] == ["edges", "edges"] and norm[0].keys == ("config", "stream", "target")
+    assert norm[0].kwargs["target"].shape == (B, GRID ** 2, 2) and norm[0].kwargs["stream"].plugin == "recorder"
 
-    uncond = rec.calls_of("jit_unconditional")
-    train_uncond, sample_uncond = uncond[:2], uncond[2:]
-    for c in train_uncond:       # training: drop ~ Bernoulli(label_drop_prob)
-        assert c.keys == ("config", "drop", "labels", "streams")
+    null = rec.calls_of("jit_null_branch")
+    train_null, sample_null = null[:2], null[2:]
+    for c in train_null:       # training: drop ~ Bernoulli(label_drop_prob)
+        assert c.keys == ("config", "drop", "streams")
         assert c.kwargs["drop"].dtype == torch.bool and c.kwargs["drop"].shape == (B,)
-        assert [s.name for s in c.kwargs["streams"]] == ["pixel", "edges"]
-    assert sample_uncond and all(c.kwargs["drop"].all() for c in sample_uncond)   # CFG: every sample dropped
-    assert sample_uncond[0].kwargs["drop"].shape == (40,)
+        assert [(s.name, s.plugin) for s in c.kwargs["streams"]] == [("pixel", ""), ("edges", "recorder")]
+    assert sample_null and all(c.kwargs["drop"].all() for c in sample_null)   # CFG: every sample dropped
+    assert sample_null[0].kwargs["drop"].shape == (40,)
 
     # loss terms see the whole step
     terms = rec.calls_of("jit_loss_terms")
@@ -214,13 +216,13 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     assert set(step.hidden) == {1} and step.hidden[1]["pixel"].shape == (B, GRID ** 2, 64)
     assert step.hidden[1]["edges"].shape == (B, GRID ** 2, 64) and "probe" in step.aux
 
-    # sampling (the end-of-training grid, one sampler call): a guidance scale per stream, then the
-    # unconditional form of the batch
+    # sampling (the end-of-training grid, one sampler call): the guidance scale of the recorder's stream,
+    # then the unconditional form of the batch
     after_training = rec.names()[len(rec.names()) - rec.names()[::-1].index("jit_loss_terms"):]
-    assert after_training == ["jit_guidance_scale", "jit_guidance_scale", "jit_unconditional"]
-    guide = rec.calls_of("jit_guidance_scale")
-    assert [c.kwargs["stream"].name for c in guide] == ["pixel", "edges"]
-    assert guide[0].keys == ("config", "scale", "stream") and guide[0].kwargs["scale"] == 1.5
+    assert after_training == ["jit_guidance_scale", "jit_null_branch"]
+    (guide,) = rec.calls_of("jit_guidance_scale")
+    assert guide.kwargs["stream"].name == "edges"
+    assert guide.keys == ("config", "scale", "stream") and guide.kwargs["scale"] == 1.5
 
     # every term is logged as loss/<name>; the trainable module is checkpointed
     assert len(metrics) == 2
@@ -245,48 +247,46 @@ def test_presets_and_commands_come_from_installed_plugins_through_the_cli(myplug
     assert res.exit_code == 0 and json.loads(res.output)["plugins"] == ["myplug"]
 
 
-# ----------------------------------------------------------------------------------- firstresult
-def test_firstresult_plugin_result_beats_the_core_default_and_none_falls_through():
-    cfg = tiny_config()
-    pixel, silent = Stream("pixel", kind="patch", channels=1), Stream("f", guidance=False)
-    labels, drop = torch.arange(4), torch.tensor([True, False, True, False])
-    x = torch.randn(4, 1, 32, 32)
-    mine = Unconditional(labels=labels, loss_masks={"pixel": torch.zeros(4)})
+# ----------------------------------------------------------------------------------- per stream, one plugin
+def test_per_stream_hooks_are_answered_by_the_streams_plugin_and_none_falls_through():
+    """jit_normalize / jit_guidance_scale: only the plugin that added a stream answers for it; the pixel
+    stream and a None answer get the core's default. jit_batch_sampler: one plugin, else the core's."""
+    cfg, mc = tiny_config(), get_model_config("JiT-T/4", in_channels=1)
+    x, tokens = torch.randn(4, 1, 32, 32), torch.randn(4, GRID ** 2, 2)
     sampler = object()
-    answers = {"jit_normalize": x * 2, "jit_unconditional": mine, "jit_guidance_scale": 7.0,
-               "jit_batch_sampler": sampler}
-
-    def ask(pl):
-        h = pl.hook
-        return {"jit_normalize": h.jit_normalize(stream=pixel, target=x, config=cfg),
-                "jit_unconditional": h.jit_unconditional(labels=labels, drop=drop, streams=[pixel], config=cfg),
-                "jit_guidance_scale": (h.jit_guidance_scale(stream=pixel, scale=3.0, config=cfg),
-                                       h.jit_guidance_scale(stream=silent, scale=3.0, config=cfg)),
-                "jit_batch_sampler": h.jit_batch_sampler(dataset=None, config=cfg, rank=0, world_size=1, seed=0)}
-
-    # None everywhere -> the core's defaults (JiT)
-    for pl in (Plugins(), Plugins(extra=[RecordingPlugin()])):
-        got = ask(pl)
-        assert got["jit_normalize"] is x
-        assert got["jit_unconditional"].labels.tolist() == [10, 1, 10, 3]       # null class where dropped
-        assert got["jit_unconditional"].blocked is None and got["jit_unconditional"].loss_masks == {}
-        assert got["jit_guidance_scale"] == (3.0, 1.0)
-        assert got["jit_batch_sampler"] is None                                # -> DefaultBatchSampler
-    # a plugin's value wins, whether the other plugin (returning None) is registered before or after it
-    for order in (0, 1):
-        plugs = [RecordingPlugin("answers", returns=answers), RecordingPlugin("silent")]
-        got = ask(Plugins(extra=plugs[::-1] if order else plugs))
-        assert torch.equal(got["jit_normalize"], x * 2) and got["jit_unconditional"] is mine
-        assert got["jit_guidance_scale"] == (7.0, 7.0) and got["jit_batch_sampler"] is sampler
+    owner = RecordingPlugin("owner", returns={"jit_streams": [edges_stream()], "jit_normalize": tokens * 2,
+                                              "jit_guidance_scale": 7.0, "jit_batch_sampler": sampler})
+    other = RecordingPlugin("other", returns={"jit_normalize": tokens * 3, "jit_guidance_scale": 9.0})
+    for plugs in ([owner, other], [other, owner]):
+        pl = Plugins(extra=plugs)
+        pixel, edges = pl.streams(cfg, mc)
+        assert (pixel.plugin, edges.plugin) == ("", "owner")
+        assert call_for_stream(pl.hook.jit_normalize, stream=pixel, target=x, config=cfg) is x       # the core's
+        assert torch.equal(call_for_stream(pl.hook.jit_normalize, stream=edges, target=tokens, config=cfg), tokens * 2)
+        assert guidance_scales(pl.hook, [pixel, edges], 3.0, cfg) == {"pixel": 3.0, "edges": 7.0}
+        assert pl.batch_sampler(None, cfg, 0, 1, 0) is sampler
+    assert {c.kwargs["stream"].name for c in other.calls_of("jit_normalize")} == set()    # never asked
+    silent = Plugins(extra=[RecordingPlugin("silent", returns={"jit_streams": [edges_stream()]})])
+    pixel, edges = silent.streams(cfg, mc)
+    assert call_for_stream(silent.hook.jit_normalize, stream=edges, target=tokens, config=cfg) is tokens
+    assert guidance_scales(silent.hook, [pixel, edges], 3.0, cfg) == {"pixel": 3.0, "edges": 3.0}
+    assert silent.batch_sampler(None, cfg, 0, 1, 0) is None                              # -> DefaultBatchSampler
 
 
-def test_firstresult_results_are_what_training_uses(tmp_path):
-    masked = RecordingPlugin("masker", handlers={"jit_unconditional": lambda labels, drop, streams, config:
-                                                 Unconditional(labels, loss_masks={"pixel": torch.zeros(len(labels))})})
+def test_two_batch_samplers_fail_at_start_up_naming_both_plugins(tmp_path):
+    a = RecordingPlugin("alpha", returns={"jit_batch_sampler": object()})
+    b = RecordingPlugin("beta", returns={"jit_batch_sampler": object()})
+    with pytest.raises(PluginError, match="plugins 'alpha' and 'beta' both answer jit_batch_sampler"):
+        train_tiny(tmp_path, extra_plugins=[a, b])
+    assert not any(tmp_path.iterdir())                         # before the run folder is touched
+
+
+def test_null_branch_and_sampler_results_are_what_training_uses(tmp_path):
+    masked = RecordingPlugin("masker", returns={"jit_streams": [edges_stream()]},
+                             handlers={"jit_null_branch": lambda drop, streams, config:
+                                       NullBranch(loss_masks={"edges": torch.zeros(len(drop))})})
     _, losses = one_step(extra_plugins=[masked], run_dir=tmp_path)
-    assert losses["pixel"].item() == 0.0                      # every sample's pixel loss masked out
-    _, losses = one_step(run_dir=tmp_path)
-    assert losses["pixel"].item() > 0
+    assert losses["edges"].item() == 0.0 and losses["pixel"].item() > 0      # every sample's edges loss off
 
     class FirstEight:
         def __iter__(self):
@@ -385,7 +385,8 @@ def test_an_exception_inside_a_hook_names_the_plugin_and_the_hook(jit_one_step):
 
     def bad_normalize(stream, target, config):
         raise RuntimeError("calibration missing")
-    boom = RecordingPlugin("calibrator", handlers={"jit_normalize": bad_normalize})
+    boom = RecordingPlugin("calibrator", returns={"jit_streams": [edges_stream()]},
+                           handlers={"jit_normalize": bad_normalize})
     with pytest.raises(PluginError, match=r"'calibrator' failed in hook jit_normalize: RuntimeError: calibration"):
         jit_one_step(extra_plugins=[RecordingPlugin("bystander"), boom])
 
@@ -429,7 +430,7 @@ def test_unknown_or_ill_typed_plugin_option_fails_before_any_compute(tmp_path):
         train_tiny(tmp_path, extra_plugins=[rec], **{"rec.coef": "abc"})
     with pytest.raises(ConfigError, match=r"unknown option 'rec\.cof' of plugin 'rec' \(did you mean 'coef'\?\)"):
         train_tiny(tmp_path, extra_plugins=[rec], **{"rec.cof": 1})
-    with pytest.raises(ConfigError, match="options given for 'nobody', which is not an enabled plugin"):
+    with pytest.raises(ConfigError, match="option nobody.coef: 'nobody' is not an enabled plugin"):
         train_tiny(tmp_path, extra_plugins=[rec], **{"nobody.coef": 1})
     assert not rec.called("jit_streams") and not any(tmp_path.iterdir())     # nothing built, nothing written
     cfg = tiny_config(**{"rec.coef": "0.25"})
@@ -439,7 +440,7 @@ def test_unknown_or_ill_typed_plugin_option_fails_before_any_compute(tmp_path):
 
 def test_loss_term_named_like_a_stream_is_rejected(jit_one_step):
     rec = RecordingPlugin("clash", handlers={"jit_loss_terms": lambda step: {"pixel": step.losses["pixel"] * 0}})
-    with pytest.raises(ValueError, match="loss term 'pixel' clashes"):
+    with pytest.raises(ValueError, match="loss term 'pixel' of plugin 'clash' clashes with stream 'pixel'"):
         jit_one_step(extra_plugins=[rec])
 
 
@@ -462,7 +463,7 @@ STREAMS_SUBSET = '''
 
 
     @hookimpl
-    def jit_unconditional(labels, drop):
+    def jit_null_branch(drop):
         return None
 '''
 
@@ -539,3 +540,19 @@ def test_a_plugin_loaded_by_module_path_can_be_given_options(myplug):
     set_key(cfg, "jit_myplug.plugin.coef", "0.25")
     validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
     assert cfg.plugin_options["jit_myplug.plugin"]["coef"] == 0.25
+
+
+def test_jit_plugins_fails_for_a_plugin_that_does_not_load(jit_cli):
+    res = jit_cli("plugins", "--plugin", "no_such_module")
+    assert res.exit_code == 1 and "unknown plugin 'no_such_module'" in res.output, res.output
+    res = jit_cli("plugins", "--plugin", "no_such_pkg.plugin")
+    assert res.exit_code == 1 and "could not be imported" in res.output, res.output
+
+
+def test_jit_plugins_treats_the_module_of_an_installed_plugin_as_that_plugin(jit_cli):
+    res = jit_cli("plugins", "--json", "--plugin", "vco_plugin.plugin")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["vco"]["enabled"] is True and "vco_plugin.plugin" not in rows
+    with pytest.raises(PluginError, match="'vco_plugin.plugin' is the module of the installed plugin 'vco'.*enable it once"):
+        Plugins(["vco", "vco_plugin.plugin"])

@@ -8,7 +8,7 @@ import torch
 from jit_core.model import JiT, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 from jit_core.official.layout import from_official
-from vco_plugin.null_branch import blocked_matrix, structured_unconditional
+from vco_plugin.null_branch import structured_unconditional
 
 
 def _streams(channels=8, extra=False):
@@ -32,7 +32,7 @@ def test_unconditional_fields():
 
 def test_symmetric_variant_and_no_feature_stream():
     drop = torch.tensor([True, False])
-    b = blocked_matrix(drop, ["pixel", "feature"], symmetric=True)
+    b = structured_unconditional(torch.tensor([2, 5]), drop, _streams(), num_classes=10, symmetric=True).blocked
     assert b[:, 0, 1].tolist() == [True, False] and b[:, 1, 0].tolist() == [True, False]
     assert not b[:, 0, 0].any() and not b[:, 1, 1].any()
     u = structured_unconditional(torch.tensor([2, 5]), drop, [pixel_stream(3)], num_classes=10)

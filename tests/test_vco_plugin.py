@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_options
-from jit_core.diffusion import StepState, per_sample_v_loss, sample, training_losses
+from jit_core.diffusion import StepState, guidance_scales, per_sample_v_loss, sample, training_losses, unconditional_form
+from jit_core.hookcalls import call_for_stream
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.plugins.recording import RecordingPlugin
@@ -24,7 +25,7 @@ from vco_plugin.calibration import compute_stats, load_stats, save_stats
 from vco_plugin.drift_loss import hybrid_loss
 from vco_plugin.features import build_encoder
 
-HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_unconditional", "jit_loss_terms",
+HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_null_branch", "jit_loss_terms",
          "jit_batch_sampler", "jit_guidance_scale", "jit_add_commands"}
 
 
@@ -73,7 +74,7 @@ def test_loads_through_entry_point(vco):
     assert info.source.startswith("entry point")
     assert HOOKS <= set(info.hooks)
     assert info.options == dataclasses.asdict(plugin.VCoOptions())
-    assert len(dataclasses.fields(plugin.VCoOptions)) <= 16
+    assert len(dataclasses.fields(plugin.VCoOptions)) <= 17         # compact: one option per idea
 
 
 def test_options_are_typed_and_checked(vco):
@@ -82,13 +83,18 @@ def test_options_are_typed_and_checked(vco):
     set_key(cfg, "vco.drift_coef", "5", schemas)
     set_key(cfg, "vco.cfg_feature", "none", schemas)
     set_key(cfg, "vco.symmetric_mask", "true", schemas)
+    validate_plugin_options(cfg, schemas)
     opts = plugin.options(cfg)
     assert opts.drift_coef == 5.0 and opts.cfg_feature is None and opts.symmetric_mask is True
     with pytest.raises(ConfigError, match="drift_coef"):
         set_key(cfg, "vco.drift_cof", "5", schemas)
-    cfg.plugin_options["vco"]["calibration"] = "zscore"
-    with pytest.raises(ConfigError, match="calibration"):
-        plugin.options(cfg)
+    for key, value, message in (("calibration", "zscore", "vco.calibration=zscore: must be one of rms, time_shift"),
+                                ("drift_coef", -1.0, "vco.drift_coef=-1.0: must be >= 0"),
+                                ("null_branch", "zeros", "must be one of structured, label_drop, input_dropout")):
+        bad = get_preset("vco-tiny")
+        bad.plugin_options["vco"][key] = value
+        with pytest.raises(ConfigError, match=message):
+            validate_plugin_options(bad, schemas)
 
 
 def test_presets(vco):
@@ -113,11 +119,10 @@ def test_disabled_plugin_leaves_the_baseline(vco):
     for pl in (Plugins(), vco):                     # not installed-enabled, or enabled but not in config.plugins
         streams = pl.streams(cfg, mc)
         assert [s.name for s in streams] == ["pixel"]
-        u = pl.hook.jit_unconditional(labels=labels, drop=drop, streams=streams, config=cfg)
-        assert u.labels.tolist() == [10, 2, 10] and u.blocked is None and u.loss_masks == {}
-        assert pl.hook.jit_guidance_scale(stream=streams[0], scale=2.0, config=cfg) == 2.0
-        assert pl.hook.jit_batch_sampler(dataset=SimpleNamespace(targets=[0, 1] * 50), config=cfg, rank=0,
-                                         world_size=1, seed=0) is None
+        u = unconditional_form(pl.hook, labels, drop, streams, cfg, 10)
+        assert u.labels.tolist() == [10, 2, 10] and u.blocked is None and u.loss_masks == {} and not u.null_inputs
+        assert guidance_scales(pl.hook, streams, 2.0, cfg) == {"pixel": 2.0}
+        assert pl.batch_sampler(SimpleNamespace(targets=[0, 1] * 50), cfg, 0, 1, 0) is None
     assert "vco" not in Plugins().infos
 
 
@@ -144,12 +149,12 @@ def test_normalize_modes(vco, stats_file):
                             ({"calibration": "none"}, z)):
         cfg = small_config(vco, **base, **extra)
         stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
-        out = vco.hook.jit_normalize(stream=stream, target=z, config=cfg)
+        out = call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg)
         assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6), extra
         assert stream.time_shift == (stats.rms_factor if extra.get("calibration") == "time_shift" else 1.0)
     pixel = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[0]
     x = images()
-    assert vco.hook.jit_normalize(stream=pixel, target=x, config=cfg) is x
+    assert call_for_stream(vco.hook.jit_normalize, stream=pixel, target=x, config=cfg) is x
 
 
 def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
@@ -157,23 +162,21 @@ def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
     cfg.run_dir = str(tmp_path / "run")
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
     z = stream.target(images())
-    out = vco.hook.jit_normalize(stream=stream, target=z, config=cfg)
+    out = call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg)
     saved = load_stats(tmp_path / "run" / plugin.STATS_FILE)
     assert (tmp_path / "run" / "vco_stats.json").is_file()
     assert saved.meta["num_images"] == 6 and saved.var.shape == (64, 40)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]   # no temp leftovers
     # per step: no recomputation; a resumed process (fresh cache) loads the file instead of computing
     monkeypatch.setattr(plugin._Calibration, "_compute", lambda *a: pytest.fail("statistics recomputed"))
-    assert torch.equal(vco.hook.jit_normalize(stream=stream, target=z, config=cfg), out)
+    assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
     plugin._CALIBRATIONS.clear()
-    assert torch.equal(vco.hook.jit_normalize(stream=stream, target=z, config=cfg), out)
+    assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
 
 
 def test_missing_stats_file_is_a_config_error(vco, tmp_path):
-    cfg = small_config(vco, stats=str(tmp_path / "nope.safetensors"))
-    stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
-    with pytest.raises(ConfigError, match="jit vco calibrate"):
-        vco.hook.jit_normalize(stream=stream, target=torch.zeros(1, 64, 40), config=cfg)
+    with pytest.raises(ConfigError, match=r"vco.stats=.*nope.safetensors' does not exist: create it with `jit vco calibrate`"):
+        small_config(vco, stats=str(tmp_path / "nope.safetensors"))       # at start-up, with the options
 
 
 # ----------------------------------------------------------------------------------- training objective
@@ -245,19 +248,16 @@ def test_batch_sampler_hook(vco):
     targets = [i % 10 for i in range(1000)]
     ds = SimpleNamespace(targets=targets)
     cfg = small_config(vco)
-    s = vco.hook.jit_batch_sampler(dataset=ds, config=cfg, rank=1, world_size=2, seed=7)
+    s = vco.batch_sampler(ds, cfg, 1, 2, 7)
     assert isinstance(s, ClassBalancedBatchSampler)
     assert (s.classes_per_batch, s.samples_per_class, s.rank, s.world_size) == (1, 64, 1, 2)
     assert len(s) == 1000 // (64 * 2)
     assert all(len({targets[i] for i in b}) == 1 for b in s)
-    s2 = vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, classes_per_batch=4), rank=0,
-                                    world_size=1, seed=7)
+    s2 = vco.batch_sampler(ds, small_config(vco, classes_per_batch=4), 0, 1, 7)
     assert s2.samples_per_class == 16 and s2.batch_size == 64
-    assert vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, class_balanced=False), rank=0,
-                                      world_size=1, seed=0) is None
-    with pytest.raises(Exception, match="multiple of vco.classes_per_batch"):
-        vco.hook.jit_batch_sampler(dataset=ds, config=small_config(vco, classes_per_batch=3), rank=0,
-                                   world_size=1, seed=0)
+    assert vco.batch_sampler(ds, small_config(vco, class_balanced=False), 0, 1, 0) is None
+    with pytest.raises(ConfigError, match="optim.batch_size=64 is not a multiple of vco.classes_per_batch=3"):
+        small_config(vco, classes_per_batch=3)              # checked with the options, at start-up
 
 
 def test_guidance_scales(vco, stats_file):
@@ -265,7 +265,7 @@ def test_guidance_scales(vco, stats_file):
     pixel, feature = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))
 
     def scale(stream, w, c=cfg):
-        return vco.hook.jit_guidance_scale(stream=stream, scale=w, config=c)
+        return guidance_scales(vco.hook, [stream], w, c)[stream.name]
 
     assert scale(pixel, 1.0) == 1.0 and scale(feature, 1.0) == 1.0
     assert scale(pixel, 2.0) == 2.0 and scale(feature, 2.0) == 2.0

@@ -70,12 +70,14 @@ def build(pl, cfg, seed=0):
     return model
 
 
-def test_options_default_off(vco):
+def test_options_default_off(vco, tmp_path):
     opts = plugin.VCoOptions()
     assert opts.shared_encoder_pass is False and opts.feature_cache is None
-    cfg = small_config(vco, shared_encoder_pass="true", feature_cache="/tmp/x")
+    cfg = small_config(vco, shared_encoder_pass="true", feature_cache=str(tmp_path))
     o = plugin.options(cfg)
-    assert o.shared_encoder_pass is True and o.feature_cache == "/tmp/x"
+    assert o.shared_encoder_pass is True and o.feature_cache == str(tmp_path)
+    with pytest.raises(ConfigError, match="vco.feature_cache=.* does not exist: build it with `jit vco cache-features`"):
+        small_config(vco, feature_cache=str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------------- 1. shared encoder pass

@@ -1,56 +1,54 @@
-"""Ingredient 2: the structured unconditional branch (spec §5).
+"""Ingredient 2: the unconditional branch of the feature stream (spec §5), three variants (``vco.null_branch``).
 
-One joint Bernoulli drop per sample (the core draws it with ``diffusion.label_drop_prob``) makes a
-sample unconditional in three ways at once:
+The core draws one joint Bernoulli drop per sample (``diffusion.label_drop_prob``) and gives a
+dropped sample the null label (adaLN conditioning and in-context tokens of every stream). What the
+drop means for the feature stream is V-Co's answer to ``jit_null_branch``:
 
-1. its label becomes the null class (adaLN conditioning and in-context tokens of every stream);
-2. in every block, its pixel queries may not attend to feature keys (in-context tokens belong to
-   their stream, the model expands the stream-level matrix to tokens). Feature queries still see
-   the pixels, and nothing else is blocked. The feature input itself is left unchanged;
-3. its feature-stream loss is 0, while its pixel loss is kept: the pixel stream learns a truly
-   unconditional denoiser.
+- ``structured`` (the paper's recipe): in every block the dropped sample's pixel queries may not
+  attend to feature keys (in-context tokens belong to their stream; feature queries still see the
+  pixels); the feature input itself is unchanged; its feature-stream loss is 0 while its pixel loss
+  is kept, so the pixel stream learns a truly unconditional denoiser. ``symmetric=True`` also
+  blocks feature -> pixel (the "bidirectional mask" ablation);
+- ``label_drop``: plain label dropping (the null label only): no mask, feature loss kept;
+- ``input_dropout`` (the "input-dropout null" ablation, table2_run_e): the dropped sample's
+  feature input is replaced by zeros; no attention mask; the feature loss is kept (the feature head
+  learns to predict the features from the pixels alone, as input-dropout CFG trains).
 
-The same function builds the unconditional half of every CFG evaluation (``drop`` all True).
-``symmetric=True`` also blocks feature -> pixel (the "bidirectional mask" ablation of the paper).
+The core uses the same answer for the unconditional half of every CFG evaluation (``drop`` all True).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
-from jit_core.diffusion import Unconditional
+from jit_core.diffusion import NullBranch, Unconditional, merge
 from jit_core.model.streams import PIXEL, Stream
 
 FEATURE = "feature"
+NULL_BRANCHES = ("structured", "label_drop", "input_dropout")
 
 
-def blocked_matrix(drop: torch.Tensor, names: Sequence[str], query: str = PIXEL, key: str = FEATURE,
-                   symmetric: bool = False) -> torch.Tensor:
-    """``(B, S, S)`` bool: ``[b, i, j]`` True where stream ``i``'s queries may not see stream ``j``'s keys.
-
-    Only ``[b, query, key]`` is set (to ``drop[b]``), plus ``[b, key, query]`` when ``symmetric``.
-    """
-    names = list(names)
-    q, k = names.index(query), names.index(key)
-    blocked = torch.zeros(drop.shape[0], len(names), len(names), dtype=torch.bool, device=drop.device)
-    blocked[:, q, k] = drop
-    if symmetric:
-        blocked[:, k, q] = drop
-    return blocked
+def null_branch(variant: str, drop: torch.Tensor, symmetric: bool = False, feature: str = FEATURE) -> Optional[NullBranch]:
+    """V-Co's part of the unconditional form for ``drop`` ((B,) bool): see the module docstring."""
+    if variant == "label_drop":
+        return None
+    if variant == "input_dropout":
+        return NullBranch(inputs={feature: torch.zeros(())})
+    if variant != "structured":
+        raise ValueError(f"unknown null branch {variant!r}: use one of {', '.join(NULL_BRANCHES)}")
+    blocked = [(PIXEL, feature)] + ([(feature, PIXEL)] if symmetric else [])
+    return NullBranch(blocked=blocked, loss_masks={feature: (~drop.bool()).float()})
 
 
 def structured_unconditional(labels: torch.Tensor, drop: torch.Tensor, streams: Sequence[Stream],
-                             num_classes: int, feature: str = FEATURE, symmetric: bool = False) -> Unconditional:
-    """The V-Co unconditional form of a batch: null labels, pixel->feature block, feature loss mask.
+                             num_classes: int, feature: str = FEATURE, symmetric: bool = False,
+                             variant: str = "structured") -> Unconditional:
+    """The merged unconditional form of a batch with only V-Co's answer (no plugin manager: tests, benchmarks).
 
-    ``labels`` (B,) true labels; ``drop`` (B,) bool. Without a ``feature`` stream this is plain
-    JiT label dropping (no mask, all losses kept).
+    Without a ``feature`` stream this is plain JiT label dropping (no mask, all losses kept).
     """
-    drop = drop.to(device=labels.device, dtype=torch.bool)
-    null = torch.where(drop, torch.full_like(labels, num_classes), labels)
-    names = [s.name for s in streams]
-    if feature not in names:
-        return Unconditional(labels=null)
-    blocked = blocked_matrix(drop, names, PIXEL, feature, symmetric)
-    return Unconditional(labels=null, blocked=blocked, loss_masks={feature: (~drop).float()})
+    owner = {s.name: s.plugin for s in streams}
+    branch = null_branch(variant, drop, symmetric, feature) if feature in owner else None
+    return merge(labels, drop, streams, num_classes, [(owner[feature], branch)] if branch else [])

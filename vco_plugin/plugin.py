@@ -1,7 +1,8 @@
 """V-Co as a jit_core plugin: every ingredient enters through a hook (spec vco.md).
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
-2. structured null branch   -> ``jit_unconditional`` (null_branch.py), ``jit_guidance_scale``;
+2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
+                               ``jit_guidance_scale``;
 3. drifting hybrid loss     -> ``jit_loss_terms`` (drift_loss.py), ``jit_batch_sampler`` (batches.py);
 4. RMS calibration          -> ``jit_normalize`` (calibration.py statistics), or a time shift.
 
@@ -11,7 +12,7 @@ tokens precomputed by ``jit vco cache-features``, looked up by image content; fe
 
 Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live under ``vco.*``.
 """
-# Options use Optional[X], not X | None: jit_core's option coercion only understands typing.Union.
+# Options use Optional[X], not X | None (the style of this module; jit_core understands both).
 # ruff: noqa: UP045
 from __future__ import annotations
 
@@ -27,14 +28,13 @@ from typing import Optional
 
 import torch
 
-from jit_core.config import Config, ConfigError, get_preset, plugin_options
+from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
 from jit_core.hookspecs import hookimpl
-from jit_core.model import get_model_config
 from jit_core.model.streams import Stream
 
 from .batches import ClassBalancedBatchSampler
 from .drift_loss import hybrid_loss
-from .null_branch import FEATURE, structured_unconditional
+from .null_branch import FEATURE, NULL_BRANCHES, null_branch
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,38 @@ CALIBRATIONS = ("rms", "time_shift", "none")
 class VCoOptions:
     """Options of the V-Co plugin (``vco.<name>=value``); defaults are the paper's final recipe."""
 
-    encoder: str = "dinov2"                 # feature encoder: dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
+    encoder: str = option("dinov2", choices=ENCODERS)   # dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
     encoder_weights: Optional[str] = None   # weights file/dir for the encoder; None = its default; "random" (tests)
-    feature_loss_weight: float = 0.1        # weight of the feature-stream v-loss (L_dino)
-    calibration: str = "rms"                # rms: standardise x alpha | time_shift: standardise, shift t_d | none
+    feature_loss_weight: float = option(0.1, ge=0)      # weight of the feature-stream v-loss (L_dino)
+    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | time_shift | none
     stats: Optional[str] = None             # stats file from `jit vco calibrate`; None = auto (computed at start)
-    calib_images: int = 2048                # training images used by the automatic statistics
-    rms_factor: Optional[float] = None      # alpha; None = the statistics' RMS(x)/RMS(f) factor
-    drift_coef: float = 10.0                # coefficient of the hybrid loss (0 disables it)
-    gate_tau: float = 10.0                  # hybrid loss: gate temperature tau_g
-    repulsion_tau: float = 0.2              # hybrid loss: repulsion kernel temperature tau_r
-    classes_per_batch: int = 1              # classes per rank batch (samples per class = batch_size / this)
+    calib_images: int = option(2048, ge=1)  # training images used by the automatic statistics
+    rms_factor: Optional[float] = option(None, gt=0)    # alpha; None = the statistics' RMS(x)/RMS(f) factor
+    drift_coef: float = option(10.0, ge=0)  # coefficient of the hybrid loss (0 disables it)
+    gate_tau: float = option(10.0, gt=0)    # hybrid loss: gate temperature tau_g
+    repulsion_tau: float = option(0.2, gt=0)   # hybrid loss: repulsion kernel temperature tau_r
+    classes_per_batch: int = option(1, ge=1)   # classes per rank batch (samples per class = batch_size / this)
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
-    cfg_feature: Optional[float] = None     # CFG scale w_d of the feature stream; None = the pixel scale
+    cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
+    null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
     symmetric_mask: bool = False            # ablation: also block feature -> pixel attention when dropped
     shared_encoder_pass: bool = False       # speed: one clean-image encoder pass gives target and f+ (f+ at target input)
     feature_cache: Optional[str] = None     # speed: dir from `jit vco cache-features`; targets looked up, not computed
+
+    def check(self, config) -> None:
+        """Checks across options and the rest of the config, at start-up (and in ``jit train --dry-run``)."""
+        if self.class_balanced and config.optim.batch_size % self.classes_per_batch:
+            raise ConfigError(f"optim.batch_size={config.optim.batch_size} is not a multiple of vco.classes_per_batch="
+                              f"{self.classes_per_batch}: change one of them (or vco.class_balanced=false)")
+        if self.symmetric_mask and self.null_branch != "structured":
+            raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
+                              "the other null branches have no attention mask")
+        for key, path, what in (("stats", self.stats, "create it with `jit vco calibrate` or leave vco.stats unset"),
+                                ("feature_cache", self.feature_cache, "build it with `jit vco cache-features`"),
+                                ("encoder_weights", None if self.encoder_weights == "random" else self.encoder_weights,
+                                 "pass the local weights file or folder")):
+            if path and not Path(path).expanduser().exists():
+                raise ConfigError(f"vco.{key}={path!r} does not exist: {what}")
 
 
 def enabled(config) -> bool:
@@ -73,19 +89,8 @@ def enabled(config) -> bool:
 
 
 def options(config) -> VCoOptions:
-    """The typed, checked V-Co options of ``config``."""
-    opts = plugin_options(config, NAME, VCoOptions)
-    if opts.encoder not in ENCODERS:
-        raise ConfigError(f"vco.encoder={opts.encoder!r} is not one of {', '.join(ENCODERS)}")
-    if opts.calibration not in CALIBRATIONS:
-        raise ConfigError(f"vco.calibration={opts.calibration!r} is not one of {', '.join(CALIBRATIONS)}")
-    if opts.classes_per_batch < 1:
-        raise ConfigError(f"vco.classes_per_batch={opts.classes_per_batch} must be >= 1")
-    if opts.calib_images < 1:
-        raise ConfigError(f"vco.calib_images={opts.calib_images} must be >= 1")
-    if opts.rms_factor is not None and opts.rms_factor <= 0:
-        raise ConfigError(f"vco.rms_factor={opts.rms_factor} must be > 0")
-    return opts
+    """The typed, checked V-Co options of ``config`` (whichever name V-Co was enabled by)."""
+    return plugin_options(config, VCoOptions)
 
 
 def encoder_channels(name: str) -> int:
@@ -361,12 +366,12 @@ def jit_normalize(stream, target, config):
 
 
 @hookimpl
-def jit_unconditional(labels, drop, streams, config):
-    """Joint label + feature drop: null label, pixel->feature attention blocked, feature loss off."""
+def jit_null_branch(drop, streams, config):
+    """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
     if not enabled(config) or FEATURE not in [s.name for s in streams]:
         return None
-    num_classes = get_model_config(config.model, **config.model_overrides).num_classes
-    return structured_unconditional(labels, drop, streams, num_classes, FEATURE, options(config).symmetric_mask)
+    opts = options(config)
+    return null_branch(opts.null_branch, drop, opts.symmetric_mask)
 
 
 @hookimpl
@@ -406,10 +411,7 @@ def jit_batch_sampler(dataset, config, rank, world_size, seed):
     opts = options(config)
     if not opts.class_balanced:
         return None
-    batch = config.optim.batch_size
-    if batch % opts.classes_per_batch:
-        raise ConfigError(f"optim.batch_size={batch} is not a multiple of vco.classes_per_batch="
-                          f"{opts.classes_per_batch}")
+    batch = config.optim.batch_size       # a multiple of classes_per_batch (VCoOptions.check)
     return ClassBalancedBatchSampler(dataset.targets, opts.classes_per_batch, batch // opts.classes_per_batch,
                                      rank=rank, world_size=world_size, seed=seed)
 

@@ -7,21 +7,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from jit_core.config import SAMPLE_METHODS
+from jit_core.diffusion.unconditional import Unconditional, unconditional_form
+from jit_core.hookcalls import call_each, call_for_stream
 from jit_core.model.streams import PIXEL, Stream
-
-
-@dataclass
-class Unconditional:
-    """How a batch is made (partly) unconditional: see the ``jit_unconditional`` hook."""
-
-    labels: torch.Tensor
-    blocked: Optional[torch.Tensor] = None            # (B, S, S) bool
-    loss_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # stream -> (B,) float
 
 
 @dataclass
@@ -81,30 +75,32 @@ def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch
     return (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def default_unconditional(labels: torch.Tensor, drop: torch.Tensor, num_classes: int) -> Unconditional:
-    """JiT's label drop: dropped samples get the null class; no mask; every loss kept."""
-    return Unconditional(labels=torch.where(drop, torch.full_like(labels, num_classes), labels))
-
-
 # ----------------------------------------------------------------------------------- training step
 def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
-                    hook, aux=None, capture: Sequence[int] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms)."""
+                    hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms).
+
+    ``drop``: the (B,) bool samples made unconditional; default Bernoulli(``diffusion.label_drop_prob``).
+    """
     d = config.diffusion
     B, device = images.shape[0], images.device
     with torch.no_grad():
         targets = {PIXEL: images}
         for s in streams[1:]:
             targets[s.name] = s.target(images)
-        for s in streams:
-            targets[s.name] = hook.jit_normalize(stream=s, target=targets[s.name], config=config)
+        for s in streams[1:]:        # the pixel stream is the core's: never normalized
+            normalized = call_for_stream(hook.jit_normalize, stream=s, target=targets[s.name], config=config)
+            targets[s.name] = targets[s.name] if normalized is None else normalized
     t = sample_t(B, d.P_mean, d.P_std, device)
     ts = {s.name: s.shift(t) for s in streams}
     noisy = {s.name: add_noise(targets[s.name], ts[s.name], torch.randn_like(targets[s.name]) * s.noise_scale)
              for s in streams}
-    drop = torch.rand(B, device=device) < d.label_drop_prob
-    uncond = hook.jit_unconditional(labels=labels, drop=drop, streams=streams, config=config)
-    preds = model(noisy, t, uncond.labels, blocked=uncond.blocked, capture=capture)
+    if drop is None:
+        drop = torch.rand(B, device=device) < d.label_drop_prob
+    drop = drop.to(device=device, dtype=torch.bool)
+    uncond = unconditional_form(hook, labels, drop, streams, config, model.cfg.num_classes)
+    preds = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
     preds, hidden = preds if capture else (preds, {})
     losses = {}
     total = torch.zeros((), device=device)
@@ -114,16 +110,23 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
         total = total + s.loss_weight * losses[s.name]
     step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
                      targets=targets, noisy=noisy, preds=preds, hidden=hidden, aux=aux, losses=dict(losses))
-    for terms in hook.jit_loss_terms(step=step):
-        for name, value in (terms or {}).items():
+    owner = {s.name: f"stream {s.name!r}" for s in streams}
+    for plugin, terms in call_each(hook.jit_loss_terms, step=step):
+        for name, value in terms.items():
             if name in losses:
-                raise ValueError(f"loss term {name!r} clashes with an existing term; rename it")
-            losses[name] = value
+                raise ValueError(f"loss term {name!r} of plugin {plugin!r} clashes with {owner[name]}; rename it")
+            losses[name], owner[name] = value, f"the term of plugin {plugin!r}"
             total = total + value
     return total, losses
 
 
 # ----------------------------------------------------------------------------------- sampling
+def guidance_scales(hook, streams: Sequence[Stream], scale: float, config) -> dict[str, float]:
+    """The CFG scale of every stream for the pixel scale ``scale`` (``jit_guidance_scale``, per stream)."""
+    return {s.name: float(call_for_stream(hook.jit_guidance_scale, stream=s, scale=scale, config=config))
+            for s in streams}
+
+
 def guidance_active(t: float | torch.Tensor, interval: tuple[float, float]) -> torch.Tensor | bool:
     """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo)."""
     lo, hi = interval
@@ -143,8 +146,8 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     as one batched forward (``batched_cfg=False`` runs them separately, for checking).
     Initial noise is drawn on the CPU from ``generator`` so results do not depend on the device.
     """
-    if method not in ("heun", "euler"):
-        raise ValueError(f"unknown sampler {method!r}: use 'heun' or 'euler'")
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"unknown sampler {method!r}: use {' or '.join(SAMPLE_METHODS)}")
     streams = model.streams
     B, device = labels.shape[0], labels.device
     mc = model.cfg
@@ -154,10 +157,10 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
             shape = (B, s.channels, mc.image_size, mc.image_size) if s.kind == "patch" else (B, mc.grid ** 2, s.channels)
             noise[s.name] = torch.randn(shape, generator=generator) * s.noise_scale
     z = {k: v.to(device=device, dtype=torch.float32) for k, v in noise.items()}
-    scales = {s.name: float(hook.jit_guidance_scale(stream=s, scale=cfg, config=config)) for s in streams}
+    scales = guidance_scales(hook, streams, cfg, config)
     guided = any(w != 1.0 for w in scales.values())
-    uncond = hook.jit_unconditional(labels=labels, drop=torch.ones_like(labels, dtype=torch.bool),
-                                    streams=streams, config=config)
+    uncond = unconditional_form(hook, labels, torch.ones_like(labels, dtype=torch.bool), streams, config,
+                                mc.num_classes)
     t_eps = config.diffusion.t_eps
 
     def x_pred(zz, tt, yy, blocked):
@@ -169,17 +172,18 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         if not guide:
             out = x_pred(zz, tt, labels, None)
             return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
+        zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
         if batched_cfg:
             blocked = None
             if uncond.blocked is not None:
                 blocked = torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked])
-            out = x_pred({k: torch.cat([v, v]) for k, v in zz.items()}, torch.cat([tt, tt]),
+            out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]),
                          torch.cat([labels, uncond.labels]), blocked)
             cond = {k: v[:B] for k, v in out.items()}
             unc = {k: v[B:] for k, v in out.items()}
         else:
             cond = x_pred(zz, tt, labels, None)
-            unc = x_pred(zz, tt, uncond.labels, uncond.blocked)
+            unc = x_pred(zu, tt, uncond.labels, uncond.blocked)
         res = {}
         for s in streams:
             k, ts = s.name, s.shift(tt)

@@ -12,7 +12,7 @@ import torch
 
 from jit_core.config import Config
 from jit_core.diffusion.flow import sample, to_uint8
-from jit_core.model import JiT
+from jit_core.model import PIXEL, JiT
 
 
 def initial_noise(model: JiT, indices: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
@@ -32,8 +32,13 @@ def autocast_for(device: torch.device, enabled: bool):
 
 def generate_images(model: JiT, labels: torch.Tensor, config: Config, plugins, *, cfg=None, steps=None,
                     method=None, interval=None, seed: int = 0, batch_size: Optional[int] = None,
-                    start_index: int = 0, autocast: Optional[bool] = None, progress: bool = False) -> torch.Tensor:
-    """uint8 images for ``labels``; sample ``i`` uses noise seeded by (seed, start_index + i)."""
+                    start_index: int = 0, autocast: Optional[bool] = None, progress: bool = False,
+                    return_streams: bool = False):
+    """uint8 images for ``labels``; sample ``i`` uses noise seeded by (seed, start_index + i).
+
+    ``return_streams``: return ``(images, {stream: final float tensor})`` with every plugin stream's
+    sampled tensor (CPU, e.g. ``(N, T, C)`` tokens in the stream's normalized units).
+    """
     s = config.sample
     device = next(model.parameters()).device
     autocast = (device.type == "cuda" and config.train.precision == "bf16") if autocast is None else autocast
@@ -42,15 +47,22 @@ def generate_images(model: JiT, labels: torch.Tensor, config: Config, plugins, *
     if progress:
         from tqdm import tqdm
         chunks = tqdm(chunks, desc="sampling", unit="batch")
-    out = []
+    out, streams = [], {}
     for lo in chunks:
         lab = labels[lo:lo + batch_size].to(device)
         noise = initial_noise(model, torch.arange(start_index + lo, start_index + lo + len(lab)), seed)
         with autocast_for(device, autocast):
             x = sample(model, lab, hook=plugins.hook, config=config, steps=steps or s.steps, method=method or s.method,
-                       cfg=s.cfg if cfg is None else cfg, interval=tuple(interval or s.interval), noise=noise)
+                       cfg=s.cfg if cfg is None else cfg, interval=tuple(interval or s.interval), noise=noise,
+                       return_all_streams=return_streams)
+        if return_streams:
+            for name, value in x.items():
+                if name != PIXEL:
+                    streams.setdefault(name, []).append(value.float().cpu())
+            x = x[PIXEL]
         out.append(to_uint8(x).cpu())
-    return torch.cat(out)
+    images = torch.cat(out)
+    return (images, {k: torch.cat(v) for k, v in streams.items()}) if return_streams else images
 
 
 @torch.no_grad()

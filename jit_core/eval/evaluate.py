@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jit_core.diffusion import guidance_active
+from jit_core.diffusion import guidance_active, guidance_scales
 
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
@@ -146,18 +146,23 @@ def _velocity_evaluations(method: str, steps: int, interval) -> tuple[int, int]:
 
 
 def _unconditional_form(run) -> dict:
-    from jit_core.diffusion import Unconditional
-    impls = [run.plugins.pm.get_name(i.plugin) for i in run.plugins.pm.hook.jit_unconditional.get_hookimpls()][::-1]
-    u: Unconditional = run.plugins.hook.jit_unconditional(
-        labels=torch.zeros(1, dtype=torch.int64), drop=torch.ones(1, dtype=torch.bool),
-        streams=run.model.streams, config=run.config)
+    from jit_core.diffusion import unconditional_form
+    from jit_core.hookcalls import call_each
+    drop = torch.ones(1, dtype=torch.bool)
+    impls = [name for name, _ in call_each(run.plugins.hook.jit_null_branch, drop=drop, streams=run.model.streams,
+                                           config=run.config)]
+    u = unconditional_form(run.plugins.hook, torch.zeros(1, dtype=torch.int64), drop, run.model.streams, run.config,
+                           run.model.cfg.num_classes)
     names = [s.name for s in run.model.streams]
     blocked = None
     if u.blocked is not None:
         blocked = [f"{names[q]} queries -/-> {names[k]} keys" for q in range(len(names)) for k in range(len(names))
                    if bool(u.blocked[0, q, k])]
-    return {"null_label": int(u.labels[0]), "attention_blocked": blocked, "hooks_in_call_order": impls,
-            "description": "null class label" + (" + attention mask (" + "; ".join(blocked) + ")" if blocked else "")}
+    nulls = sorted(u.null_inputs)
+    return {"null_label": int(u.labels[0]), "attention_blocked": blocked, "null_inputs": nulls or None,
+            "hooks_in_call_order": impls,
+            "description": "null class label" + (" + attention mask (" + "; ".join(blocked) + ")" if blocked else "")
+            + (" + null input (" + ", ".join(nulls) + ")" if nulls else "")}
 
 
 def _versions() -> dict:
@@ -178,8 +183,7 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
     ema_decay = {"ema1": c.optim.ema_decays[0], "ema2": c.optim.ema_decays[1]}.get(run.ema)
     weights_file, weights_sha = _weights_hash(run.checkpoint, run.ema)
     evals, guided = _velocity_evaluations(method, steps, interval)
-    scales = {s.name: float(run.plugins.hook.jit_guidance_scale(stream=s, scale=cfg, config=c))
-              for s in run.model.streams}
+    scales = guidance_scales(run.plugins.hook, run.model.streams, cfg, c)
     device = torch.device(device)
     autocast = device.type == "cuda" and c.train.precision == "bf16"
     last = _last_logged(run.run_dir)
@@ -279,6 +283,9 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     batch_size = int(batch_size or s.batch_size)
     cfgs = [float(c) for c in (cfg if isinstance(cfg, (list, tuple)) else [s.cfg if cfg is None else cfg])]
     kind = metric_kind(run, metrics, ref_stats, ref_dir)
+    if kind == "inception":                 # missing or damaged weights fail now, not after sampling
+        from jit_core.eval.fid import check_inception_weights
+        check_inception_weights(inception_weights)
     if kind == "none" and metrics == "auto" and rank == 0:
         log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only", run.config.data.name)
     out = Path(out) if out else Path(run_dir) / "eval"

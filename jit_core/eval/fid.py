@@ -170,6 +170,27 @@ def _missing_weights(reason: str) -> InceptionWeightsError:
                                  f"weights file ({INCEPTION_URL_NAME}) with --inception-weights PATH")
 
 
+def check_inception_weights(weights: str | os.PathLike | None = None) -> None:
+    """Fail before any sampling if FID's Inception weights are missing, unreadable or not Inception weights.
+
+    ``weights``: a local file (read with ``weights_only=True`` and checked for the Inception layers); None:
+    the torch hub cache, or a download when online.
+    """
+    if weights is None:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL_NAME
+        if not cached.is_file() and _offline():
+            raise _missing_weights("offline and not in the torch hub cache")
+        return
+    if not Path(weights).is_file():
+        raise _missing_weights(f"{weights} is not a file")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file is the same user error
+        raise _missing_weights(f"{weights} is not readable ({type(e).__name__}); it is damaged or not a torch file") from e
+    if not isinstance(state, dict) or not any("Conv2d_1a_3x3" in str(k) for k in state):
+        raise _missing_weights(f"{weights} holds no Inception-v3 layers (no Conv2d_1a_3x3): not the FID weights")
+
+
 def load_inception(weights: str | os.PathLike | None = None, device="cpu",
                    features=("2048", "logits_unbiased")):
     """torch-fidelity's ``inception-v3-compat`` extractor, from ``weights`` if given.

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from jit_core.config import ATTENTION_PATHS
 from jit_core.model.layers import (
     FinalLayer,
     LabelEmbedder,
@@ -29,8 +30,6 @@ from jit_core.model.layers import (
     sincos_2d,
 )
 from jit_core.model.streams import PIXEL, Stream, pixel_stream
-
-ATTENTION_PATHS = ("exact", "fast")
 
 
 @dataclass(frozen=True)

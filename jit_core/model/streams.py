@@ -36,6 +36,9 @@ class Stream:
     - ``time_shift``: alpha of a noise-schedule shift, t_s = alpha t / (1 + (alpha - 1) t), so that
       SNR_s(t_s) = alpha^2 SNR(t) (V-Co's alternative to RMS scaling). 1.0 = no shift. The network
       still receives the shared t; noising, velocities and sampler steps of the stream use t_s.
+    - ``plugin``: the plugin that added the stream, set by the core (``""``: the core's pixel
+      stream). Per-stream hooks (``jit_normalize``, ``jit_guidance_scale``) and ``jit_null_branch``
+      answers for the stream come from this plugin only.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Stream:
     guidance: bool = True
     default_init: bool = False
     time_shift: float = 1.0
+    plugin: str = ""
 
     def shift(self, t):
         """The stream's own time t_s for the shared time t (identity unless ``time_shift`` != 1)."""

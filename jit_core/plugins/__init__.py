@@ -10,8 +10,9 @@ from jit_core.plugins.manager import (
     Plugins,
     check_run_plugins,
     describe_all,
+    installed_module_names,
     installed_plugins,
 )
 
 __all__ = ["CORE_NAME", "DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginError", "PluginInfo", "Plugins", "check_run_plugins",
-           "describe_all", "installed_plugins"]
+           "describe_all", "installed_module_names", "installed_plugins"]

@@ -60,6 +60,19 @@ def _rst_to_markdown(text: str) -> str:
     return "\n".join(out).strip()
 
 
+def _how_called(name: str, opts: dict) -> tuple[str, str]:
+    """(short kind, one-line note) of how the core calls a hook (:data:`jit_core.hookspecs.PER_STREAM`, ...)."""
+    if name in hookspecs.PER_STREAM:
+        return "per stream", ("called only on the plugin that added the stream; the pixel stream, and a None "
+                              "answer, get the core's default")
+    if name in hookspecs.ONE_PLUGIN:
+        return "one plugin", ("at most one enabled plugin may answer (two fail at start-up naming both); "
+                              "None everywhere = the core's default")
+    if opts.get("firstresult"):
+        return "firstresult", "the first non-None result wins; if every plugin returns None the core's default applies"
+    return "every plugin", "each plugin's implementation is called (in `--plugin` order) and the results are combined"
+
+
 def hook_reference_markdown() -> str:
     """The hook reference (Markdown) rendered from the hookspec docstrings, for ``docs/plugins.md``."""
     rows, sections = [], []
@@ -70,10 +83,8 @@ def hook_reference_markdown() -> str:
         doc = inspect.cleandoc(fn.__doc__ or "")
         first = re.sub(r"\*\*[^*]+\*\*\s*", "", doc.split("\n\n")[0].replace("\n", " "))
         first = re.sub(r"``([^`]+)``", r"`\1`", first)
-        kind = "firstresult" if opts.get("firstresult") else "every plugin"
+        kind, note = _how_called(name, opts)
         rows.append(f"| [`{name}`](#{name}) | {kind} | {first} |")
-        note = ("the first non-None result wins; if every plugin returns None the core's default applies"
-                if opts.get("firstresult") else "each plugin's implementation is called and the results are combined")
         sections.append(f"### {name}\n\n`{sig}` — *{kind}*: {note}.\n\n{_rst_to_markdown(doc)}\n")
     header = ("<!-- generated from jit_core/hookspecs.py by jit_core.plugins.hookref.hook_reference_markdown(); "
               "regenerate with: python -m jit_core.plugins.hookref --update-docs docs/plugins.md -->\n\n"

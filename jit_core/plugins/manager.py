@@ -2,8 +2,10 @@
 
 Plugins are **installed but off until enabled** (``jit train --plugin vco`` or ``plugins = ["vco"]``
 in the config), so a baseline run never changes because a plugin is installed. A plugin can also be
-given as a module path (``--plugin my_pkg.my_plugin``). ``JIT_DISABLE_PLUGIN_AUTOLOAD=1`` ignores
-entry points entirely (module paths still work), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
+given as a module path (``--plugin my_pkg.my_plugin``) or a ``.py`` file. A plugin is registered, and its
+options live, under the name it is enabled by; the module path of an installed plugin names that
+installed plugin. ``JIT_DISABLE_PLUGIN_AUTOLOAD=1`` ignores entry points entirely (module paths still
+work), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
 """
 from __future__ import annotations
 
@@ -21,15 +23,12 @@ import pluggy
 
 from jit_core import hookspecs
 from jit_core.config import ConfigError, _suggest
+from jit_core.errors import PluginError
+from jit_core.hookcalls import CORE_NAME, call_each, call_one
 from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
 DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
-CORE_NAME = "jit_core.plugins.defaults"
-
-
-class PluginError(RuntimeError):
-    """A plugin failed to load or a hook raised; the message names the plugin and the hook."""
 
 
 @dataclass
@@ -54,6 +53,11 @@ def installed_plugins() -> dict[str, md.EntryPoint]:
     if os.environ.get(DISABLE_ENV):
         return {}
     return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def installed_module_names() -> dict[str, str]:
+    """``{module path: entry-point name}`` of the installed plugins (``vco_plugin.plugin`` -> ``vco``)."""
+    return {ep.value.split(":")[0].strip(): name for name, ep in installed_plugins().items()}
 
 
 def check_run_plugins(names: Iterable[str], trusted, source) -> None:
@@ -142,6 +146,11 @@ class Plugins:
     def enable(self, name: str) -> None:
         if name in self.infos:
             return
+        if name not in self._installed and name in installed_module_names():
+            alias = installed_module_names()[name]
+            if alias in self.infos:
+                raise PluginError(f"plugin {name!r} is the module of the installed plugin {alias!r}, which is already "
+                                  f"enabled: enable it once (--plugin {alias})")
         if name in self._installed:
             ep = self._installed[name]
             try:
@@ -162,6 +171,9 @@ class Plugins:
                               f"{', '.join(sorted(self._installed)) or 'none'}; a module path (my_pkg.my_plugin) also works")
 
     def _register(self, name, module, source, version) -> None:
+        if self.pm.is_registered(module):
+            raise PluginError(f"plugin {name!r} is the same module as the enabled plugin "
+                              f"{self.pm.get_name(module)!r}: enable it once")
         self.pm.register(module, name=name)
         implemented = {c.name for c in (self.pm.get_hookcallers(module) or [])}
         stray = [n for n in _hook_names(module) if n not in implemented]
@@ -198,46 +210,65 @@ class Plugins:
         return out
 
     def streams(self, config, model_config):
-        """The pixel stream plus every plugin's streams; a duplicate name is an error naming both plugins."""
+        """The pixel stream, then every plugin's streams in ``--plugin`` order, each with ``Stream.plugin`` set to
+        its plugin; a duplicate name is an error naming both plugins."""
         from jit_core.diffusion import noise_scale_for
         from jit_core.model.streams import pixel_stream
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}
-        kwargs = {"config": config, "model_config": model_config}
-        for impl in reversed(self.pm.hook.jit_streams.get_hookimpls()):
-            plugin = self.pm.get_name(impl.plugin)
-            try:
-                added = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames}) or []
-            except (PluginError, ConfigError):
-                raise
-            except Exception as exc:
-                raise PluginError(f"plugin {plugin!r} failed in hook jit_streams: {type(exc).__name__}: {exc}") from exc
+        for plugin, added in call_each(self.pm.hook.jit_streams, config=config, model_config=model_config):
             for s in added:
                 if s.name in owner:
                     raise PluginError(f"stream {s.name!r} is added by both {owner[s.name]!r} and {plugin!r}; "
                                       "rename one of them")
                 owner[s.name] = plugin
-                streams.append(s)
+                streams.append(dataclasses.replace(s, plugin=plugin))
         return streams
+
+    def trainable_modules(self, config, model) -> dict[str, Any]:
+        """Every plugin's ``jit_trainable_modules``, merged; a name given by two plugins is an error naming both."""
+        out, owner = {}, {}
+        for plugin, modules in call_each(self.pm.hook.jit_trainable_modules, config=config, model=model):
+            for key, module in modules.items():
+                if key in owner:
+                    raise PluginError(f"trainable module {key!r} is added by both {owner[key]!r} and {plugin!r}; "
+                                      "rename one of them")
+                out[key], owner[key] = module, plugin
+        return out
+
+    def capture_blocks(self, config) -> list[int]:
+        """The union of every plugin's ``jit_capture_blocks``, sorted."""
+        return sorted({i for _, blocks in call_each(self.pm.hook.jit_capture_blocks, config=config) for i in blocks})
+
+    def batch_sampler(self, dataset, config, rank: int, world_size: int, seed: int):
+        """The one plugin's ``jit_batch_sampler`` (None: the core's); two plugins answering fail naming both."""
+        return call_one(self.pm.hook.jit_batch_sampler, dataset=dataset, config=config, rank=rank,
+                        world_size=world_size, seed=seed)
 
 
 def describe_all(enabled: Iterable[str] = ()) -> list[PluginInfo]:
-    """Every installed plugin (and enabled module plugins), enabled or not, for ``jit plugins``.
+    """Every installed plugin (and the module plugins in ``enabled``), enabled or not, for ``jit plugins``.
 
-    A plugin that fails to load is listed with its error instead of breaking the listing.
+    An installed plugin that fails to load is listed with its error instead of breaking the listing; a
+    name in ``enabled`` that does not load raises :class:`PluginError`. The module path of an installed
+    plugin (``vco_plugin.plugin``) marks that plugin (``vco``) enabled.
     """
-    enabled = list(enabled)
+    modules = installed_module_names()
+    enabled = [modules.get(e, e) for e in enabled]
     installed = installed_plugins()
     pl = Plugins()
     broken = []
-    for name in list(installed) + [e for e in enabled if e not in installed]:
+    for name in installed:
         try:
             pl.enable(name)
         except PluginError as exc:
-            ep = installed.get(name)
-            broken.append(PluginInfo(name, f"entry point {ep.value}" if ep else f"module {name}", "", False, [], {},
-                                     error=str(exc)))
+            if name in enabled:
+                raise
+            broken.append(PluginInfo(name, f"entry point {installed[name].value}", "", False, [], {}, error=str(exc)))
+    for name in enabled:
+        if name not in installed:
+            pl.enable(name)
     for name, info in pl.infos.items():
         info.enabled = name in enabled
     return list(pl.infos.values()) + broken

@@ -29,12 +29,12 @@ class HookCall:
 class RecordingPlugin:
     """A plugin that implements every hook and records every call.
 
-    By default each hook returns None (nothing added, firstresult hooks fall through to the next
-    provider), so registering it changes nothing. ``returns={"jit_capture_blocks": [1]}`` makes a
-    hook return a value; ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its
-    result. The implementations are ``tryfirst``, so the recorder sees every call of a firstresult
-    hook and its non-None results win over other plugins'. ``name`` is the name it is registered
-    under (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
+    By default each hook returns None (nothing added, the core's default applies), so registering it
+    changes nothing. ``returns={"jit_capture_blocks": [1]}`` makes a hook return a value;
+    ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its result. Like any
+    plugin, it is asked the *per stream* hooks (``jit_normalize``, ``jit_guidance_scale``) only for
+    the streams it adds itself (``returns={"jit_streams": [...]}``). ``name`` is the name it is
+    registered under (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
 
     ``jit_options`` is called directly by the plugin manager when it registers a plugin (and when
     it collects option schemas), so it is recorded without keyword arguments.
@@ -95,8 +95,8 @@ class RecordingPlugin:
         return self._call("jit_normalize", stream=stream, target=target, config=config)
 
     @hookimpl(tryfirst=True)
-    def jit_unconditional(self, labels, drop, streams, config):
-        return self._call("jit_unconditional", labels=labels, drop=drop, streams=streams, config=config)
+    def jit_null_branch(self, drop, streams, config):
+        return self._call("jit_null_branch", drop=drop, streams=streams, config=config)
 
     @hookimpl(tryfirst=True)
     def jit_capture_blocks(self, config):

@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -256,6 +257,12 @@ def _read_manifest(path: Path) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise CorruptCheckpointError(f"{mpath} lists no model.safetensors; {_FIX}")
+    for fname, info in files.items():
+        missing = [k for k, kind in (("bytes", int), ("sha256", str))
+                   if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+        if missing:
+            raise CorruptCheckpointError(f"{mpath}: the entry of {fname} has no valid {' or '.join(missing)} (the "
+                                         f"manifest was edited or damaged); {_FIX}")
     return manifest
 
 
@@ -348,6 +355,17 @@ def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor
         raise CorruptCheckpointError(f"cannot read {path}: {e}; {_FIX}") from e
 
 
+def check_state_file(path) -> Path:
+    """``trainer.pt`` of the checkpoint ``path`` exists and is the zip archive ``torch.save`` writes (cheap: no load)."""
+    fp = Path(path) / "trainer.pt"
+    if not fp.is_file():
+        raise CorruptCheckpointError(f"{fp} is missing; {_FIX}")
+    if not zipfile.is_zipfile(fp):
+        raise CorruptCheckpointError(f"{fp} is not a torch checkpoint file (not the zip archive torch.save writes): it "
+                                     f"was damaged or replaced; {_FIX}")
+    return fp
+
+
 def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """``(weights, state)`` of a checkpoint dir (or a run dir -> its latest checkpoint).
 
@@ -363,13 +381,11 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
         names = sorted(p.name for p in path.glob("*.safetensors")) + ["trainer.pt"]
     device = _device(map_location)
     weights = {Path(n).stem: _load_safetensors(path / n, device) for n in names if n.endswith(".safetensors")}
-    fp = path / "trainer.pt"
-    if not fp.is_file():
-        raise CorruptCheckpointError(f"{fp} is missing; {_FIX}")
+    fp = check_state_file(path)
     try:
         state = torch.load(fp, map_location=map_location, weights_only=True)
     except Exception as e:
-        if "Weights only load failed" in str(e):
+        if re.search(r"Unsupported global|unsupported GLOBAL", str(e)):      # real pickled objects: refused
             raise weights_only_refusal(fp, e) from e
-        raise CorruptCheckpointError(f"cannot read {fp}: {e}; {_FIX}") from e
+        raise CorruptCheckpointError(f"cannot read {fp} ({first_line(e)}): the file is damaged; {_FIX}") from e
     return weights, state

@@ -61,8 +61,7 @@ def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Mo
 
 def make_batches(dataset, config: Config, plugins: Plugins, dist) -> ResumableBatches:
     """A plugin's batch sampler (``jit_batch_sampler``) or the core's shuffled one, replayable from any step."""
-    sampler = plugins.hook.jit_batch_sampler(dataset=dataset, config=config, rank=dist.rank,
-                                             world_size=dist.world_size, seed=config.train.seed)
+    sampler = plugins.batch_sampler(dataset, config, dist.rank, dist.world_size, config.train.seed)
     sampler = sampler or DefaultBatchSampler(len(dataset), config.optim.batch_size, dist.rank, dist.world_size,
                                              config.train.seed)
     return ResumableBatches(sampler, dataset, config.data, dist.device)

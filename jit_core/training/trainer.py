@@ -19,18 +19,18 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from jit_core.config import Config, ConfigError, validate_plugin_options
-from jit_core.data import build_dataset, to_model_range
+from jit_core.config import Config, ConfigError
+from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
-from jit_core.plugins import Plugins
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
-from jit_core.training.build import build_for_config, make_batches, make_objective, make_optimizer, resolve_model_config
+from jit_core.training.build import build_for_config, make_objective, make_optimizer
 from jit_core.training.metrics_log import MetricsLog
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at
-from jit_core.training.run_dir import check_run_dir, write_config
+from jit_core.training.run_dir import write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
+from jit_core.training.startup import load_plugins, start_checks
 from jit_core.training.state import EMA, seed_everything
 
 log = logging.getLogger("jit")
@@ -57,13 +57,12 @@ class Trainer:
         self.run_dir = Path(run_dir)
         config.run_dir = str(self.run_dir)
         self.progress = progress
-        self.plugins = Plugins(config.plugins, extra=extra_plugins)
-        validate_plugin_options(config, self.plugins.option_schemas())
+        self.plugins = load_plugins(config, extra_plugins)   # options and config checked before any work
         self.dist = dist or init_distributed(config.train.device)
         self.device = self.dist.device
-        self.dataset = build_dataset(config.data, train=True, seed=config.train.seed)
-        self.model_config = resolve_model_config(config, self.dataset)
-        check_run_dir(config, self.run_dir)        # every rank reads the folder before any rank writes it
+        # every start-up check (what --dry-run runs); every rank reads the folder before any rank writes it
+        startup = start_checks(config, self.run_dir, self.dist, plugins=self.plugins)
+        self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
         barrier(self.dist)
         if self.dist.is_main:
             write_config(config, self.run_dir)
@@ -72,20 +71,13 @@ class Trainer:
         seed_everything(config.train.seed + self.dist.rank)
         self.model = build_for_config(config, self.plugins, self.model_config, self.device)
         self.model.grad_checkpointing = config.train.grad_checkpointing
-        aux = {}
-        for mods in self.plugins.hook.jit_trainable_modules(config=config, model=self.model):
-            aux.update(mods or {})
-        self.aux = nn.ModuleDict(aux).to(self.device)
-        self.capture = sorted({i for blocks in self.plugins.hook.jit_capture_blocks(config=config) for i in (blocks or [])})
-        self.batches = make_batches(self.dataset, config, self.plugins, self.dist)
+        self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
+        self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
         o, t = config.optim, config.train
         self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
         self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
         self.steps_per_epoch = len(self.batches)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"the dataset ({len(self.dataset)} images) is smaller than one global batch "
-                              f"({self.global_batch}): lower optim.batch_size")
         self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.signals = StopSignals(handle_signals)

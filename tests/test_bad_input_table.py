@@ -1,0 +1,222 @@
+"""Bad input, as a table, through the real CLI: each case ends with ONE ``Error:`` line naming the key or file and
+the fix, a non-zero exit code, no traceback, and the run folder unchanged. Every `jit train` case runs twice: as a
+real start and with ``--dry-run`` (which runs every check a real start runs)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from jit_core import durable
+
+from .test_bad_input import invoke, one_line_error
+
+pytest_plugins = ["jit_core.testing"]
+
+EDGECO = "tests.edgeco_plugin"
+
+
+@pytest.fixture(scope="module")
+def cli():
+    import jit_core.cli as jit_cli
+    jit_cli._add_optional_commands()
+    return jit_cli.cli
+
+
+def _file(name: str, text: str):
+    def make(tmp):
+        path = tmp / name
+        path.write_text(text)
+        return ["--config", path]
+    return make
+
+
+def _args(*args):
+    return lambda tmp: list(args)
+
+
+# (id, arguments after `jit train --preset test --run-dir RUN`, fragments of the error line)
+TRAIN = [
+    ("batch-size-0", _args("optim.batch_size=0"), ["optim.batch_size=0", "must be > 0"]),
+    ("batch-size-negative", _args("optim.batch_size=-4"), ["optim.batch_size=-4", "must be > 0"]),
+    ("ckpt-every-0", _args("train.ckpt_every=0"), ["train.ckpt_every=0", "must be > 0"]),
+    ("log-every-0", _args("train.log_every=0"), ["train.log_every=0", "must be > 0"]),
+    ("max-steps-negative", _args("train.max_steps=-5"), ["train.max_steps=-5", "must be >= 0"]),
+    ("epochs-negative", _args("train.epochs=-1"), ["train.epochs=-1.0", "must be >= 0"]),
+    ("attention", _args("train.attention=weird"), ["train.attention=weird", "must be one of exact, fast"]),
+    ("nan-policy", _args("train.nan_policy=maybe"), ["train.nan_policy=maybe", "must be one of stop, skip"]),
+    ("precision", _args("train.precision=fp8"), ["train.precision=fp8", "must be one of bf16, fp32"]),
+    ("ema-decays", _args("optim.ema_decays=2,3"), ["optim.ema_decays=2.0,3.0", "each value must be > 0 and < 1"]),
+    ("betas", _args("optim.betas=1.5,2"), ["optim.betas=1.5,2.0", "each value must be >= 0 and < 1"]),
+    ("lr-zero", _args("optim.lr=0"), ["optim.lr=0.0", "must be > 0"]),
+    ("schedule", _args("optim.schedule=linear"), ["optim.schedule=linear", "must be one of constant, cosine"]),
+    ("sample-method", _args("sample.method=rk4"), ["sample.method=rk4", "must be one of heun, euler"]),
+    ("sample-steps-0", _args("sample.steps=0"), ["sample.steps=0", "must be > 0"]),
+    ("cfg-interval-order", _args("sample.interval=0.9,0.1"), ["sample.interval=0.9,0.1", "needs lo < hi"]),
+    ("label-drop-prob", _args("diffusion.label_drop_prob=1.5"), ["diffusion.label_drop_prob=1.5", "must be >= 0 and <= 1"]),
+    ("device-unavailable", _args("train.device=cuda:99"), ["train.device=cuda:99", "use train.device=cpu"]),
+    ("device-unknown", _args("train.device=tpu"), ["train.device='tpu' is not a device", "auto, cpu, cuda"]),
+    ("data-name", _args("data.name=foo"), ["data.name=foo", "must be one of imagenet, folder, fashion_mnist, digits"]),
+    ("data-path-unset", _args("data.name=folder"), ["data.path is not set", "data.path=<root>/<class>/<image>"]),
+    ("dataset-smaller-than-batch", _args("optim.batch_size=5000"), ["smaller than one global batch", "lower optim.batch_size"]),
+    ("toml-malformed", _file("bad.toml", "[optim]\nblr = 1e-4\nbatch_size = = 3\n"),
+     ["bad.toml is not valid TOML", "line 3", "fix that line"]),
+    ("json-malformed", _file("bad.json", '{"optim": {"blr": 1e-4,}}'), ["bad.json is not valid JSON", "line 1"]),
+    ("config-file-missing", lambda tmp: ["--config", tmp / "nope.toml"], ["nope.toml", "does not exist"]),
+    ("plugin-range", _args("--plugin", "vco", "vco.drift_coef=-1"), ["vco.drift_coef=-1.0", "must be >= 0"]),
+    ("plugin-choice", _args("--plugin", "vco", "vco.encoder=resnet"),
+     ["vco.encoder=resnet", "must be one of dinov2, efficientnet_lite0"]),
+    ("plugin-null-branch", _args("--plugin", "vco", "vco.null_branch=zeros"),
+     ["vco.null_branch=zeros", "structured, label_drop, input_dropout"]),
+    ("plugin-cross-option", _args("--plugin", "vco", "vco.symmetric_mask=true", "vco.null_branch=label_drop"),
+     ["vco.symmetric_mask=true needs vco.null_branch=structured"]),
+    ("plugin-batch-multiple", _args("--plugin", "vco", "vco.classes_per_batch=3"),
+     ["optim.batch_size=16 is not a multiple of vco.classes_per_batch=3", "vco.class_balanced=false"]),
+    ("plugin-stats-missing", _args("--plugin", "vco", "vco.stats=/no/such/stats.safetensors"),
+     ["vco.stats='/no/such/stats.safetensors' does not exist", "jit vco calibrate"]),
+    ("options-of-a-plugin-not-enabled", _args("vco.drift_coef=1"),
+     ["option vco.drift_coef", "'vco' is not an enabled plugin", "--plugin vco"]),
+    ("module-plugin-option-typo", _args("--plugin", EDGECO, f"{EDGECO}.wieght=abc"),
+     [f"unknown option '{EDGECO}.wieght'", "did you mean 'weight'"]),
+    ("module-plugin-option-type", _args("--plugin", EDGECO, f"{EDGECO}.weight=abc"),
+     [f"bad value 'abc' for {EDGECO}.weight: expected float"]),
+    ("plugin-enabled-twice", _args("--plugin", "vco", "--plugin", "vco_plugin.plugin"),
+     ["'vco_plugin.plugin' is the module of the installed plugin 'vco'", "enable it once"]),
+    ("two-batch-samplers", _args("--plugin", "vco", "--plugin", EDGECO, f"{EDGECO}.sampler=true",
+                                 "vco.encoder=efficientnet_lite0"),
+     [f"plugins 'vco' and '{EDGECO}' both answer jit_batch_sampler"]),
+    ("run-folder-name-too-long", lambda tmp: ["--run-dir", tmp / ("r" * 300)], ["is 300 bytes long", "shorter --run-dir"]),
+]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["start", "dry-run"])
+@pytest.mark.parametrize("case", TRAIN, ids=[c[0] for c in TRAIN])
+def test_bad_train_input(cli, tmp_path, case, dry_run):
+    _, make, fragments = case
+    run = tmp_path / "run"
+    extra = [str(a) for a in make(tmp_path)]
+    res = invoke(cli, "train", "--preset", "test", "--run-dir", run, *(["--dry-run"] if dry_run else []), *extra)
+    one_line_error(res, *fragments)
+    assert not run.exists() and not os.path.exists(tmp_path / ("r" * 300))
+
+
+def test_dry_run_of_a_good_config_prints_it_and_writes_nothing(cli, tmp_path):
+    run = tmp_path / "run"
+    res = invoke(cli, "train", "--preset", "test", "--run-dir", run, "--dry-run", "--plugin", "vco",
+                 "vco.encoder=efficientnet_lite0", "vco.drift_coef=2")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.output[res.output.index("{"):])
+    assert cfg["plugin_options"]["vco"]["drift_coef"] == 2.0 and cfg["model_overrides"]["num_classes"] == 10
+    assert not run.exists()
+
+
+# ----------------------------------------------------------------------------------- runs: sample, resume, evaluate
+@pytest.fixture(scope="module")
+def finished(cli, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    res = invoke(cli, "train", "--preset", "test", "--run-dir", run, "train.max_steps=2", "train.ckpt_every=2",
+                 "sample.steps=1")
+    assert res.exit_code == 0, res.output
+    return run
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    import shutil
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def _snapshot(path):
+    return {str(p.relative_to(path)): (p.stat().st_size, durable.sha256_file(p)) for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def _rehash(ckpt, name):
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": (ckpt / name).stat().st_size, "sha256": durable.sha256_file(ckpt / name)}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _no_sha(run):
+    ckpt = run / "checkpoints" / "step-00000002"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    del manifest["files"]["ema1.safetensors"]["sha256"]
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    return ckpt
+
+
+def _random_trainer(run):
+    ckpt = run / "checkpoints" / "step-00000002"
+    (ckpt / "trainer.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    _rehash(ckpt, "trainer.pt")
+    return ckpt
+
+
+def _ref_stats(tmp):
+    path = tmp / "stats.npz"
+    np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048))
+    return path
+
+
+def _corrupt_inception(tmp):
+    path = tmp / "pt_inception.pth"
+    path.write_bytes(b"not weights" * 100)
+    return path
+
+
+# (id, damage the run copy -> None, command after `jit`, fragments); {run}, {tmp} are filled in
+RUNS = [
+    ("sample-label-out-of-range", None, ["sample", "{run}", "--labels", "99"],
+     ["--labels 99: label 99 is not a class of this run", "0 .. 9"]),
+    ("sample-label-negative", None, ["sample", "{run}", "--labels", "3,-1"], ["label -1 is not a class"]),
+    ("sample-label-not-an-integer", None, ["sample", "{run}", "--labels", "a,b"],
+     ["--labels a,b: 'a' is not an integer class label", "--labels 0,1,2"]),
+    ("sample-cfg-negative", None, ["sample", "{run}", "--cfg", "-1"], ["--cfg -1.0", "must be >= 0"]),
+    ("sample-device-unavailable", None, ["sample", "{run}", "--device", "cuda:99"], ["device=cuda:99", "cpu"]),
+    ("manifest-entry-without-sha256", _no_sha, ["train", "--resume", "{run}"],
+     ["manifest.json: the entry of ema1.safetensors has no valid sha256", "restore it"]),
+    ("sample-manifest-entry-without-sha256", _no_sha, ["sample", "{run}"],
+     ["manifest.json: the entry of ema1.safetensors has no valid sha256"]),
+    ("trainer-pt-random-bytes", _random_trainer, ["train", "--resume", "{run}"],
+     ["trainer.pt is not a torch checkpoint file", "damaged or replaced"]),
+    ("resume-bad-override", None, ["train", "--resume", "{run}", "train.log_every=0"], ["train.log_every=0", "must be > 0"]),
+    ("evaluate-inception-corrupt", None,
+     ["evaluate", "{run}", "--metrics", "fid", "--ref-stats", "{stats}", "--inception-weights", "{inception}",
+      "--num-images", "4"],
+     ["FID Inception weights unavailable", "pt_inception.pth is not readable", "--inception-weights PATH"]),
+    ("evaluate-inception-missing-offline", None,
+     ["evaluate", "{run}", "--metrics", "fid", "--ref-stats", "{stats}", "--num-images", "4"],
+     ["FID Inception weights unavailable (offline", "--inception-weights PATH"]),
+]
+
+
+@pytest.mark.parametrize("case", RUNS, ids=[c[0] for c in RUNS])
+def test_bad_input_on_a_run(cli, run_copy, tmp_path, monkeypatch, case):
+    _, damage, command, fragments = case
+    if damage:
+        damage(run_copy)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))     # no cached Inception weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = {"run": run_copy, "stats": _ref_stats(tmp_path), "inception": _corrupt_inception(tmp_path)}
+    before = _snapshot(run_copy)
+    res = invoke(cli, *[c.format(**files) for c in command], env={"TORCH_HOME": str(tmp_path / "torch-home")})
+    one_line_error(res, *fragments)
+    assert _snapshot(run_copy) == before                          # nothing written, nothing sampled
+    assert "pickled objects" not in res.output
+
+
+def test_the_table_is_large_enough():
+    assert len(TRAIN) + len(RUNS) >= 30              # distinct bad inputs (each train case also runs as --dry-run)
+    assert torch.cuda.device_count() < 100           # "train.device=cuda:99" is unavailable everywhere
+
+
+def test_every_preset_passes_the_declared_checks(vco):
+    from jit_core.config import PRESETS, check_config, get_preset, validate_plugin_options
+    from jit_core.plugins import Plugins
+    for name in sorted(PRESETS):
+        cfg = get_preset(name)
+        validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
+        check_config(cfg)
