@@ -128,12 +128,14 @@ def _refuse_identical(runs: Sequence[RunSpec]) -> None:
 
 
 def _validated(cfg) -> dict:
-    """The config as the trainer will see it: plugin options checked and their defaults filled in."""
-    from jit_core.config import ConfigError, validate_plugin_options
-    from jit_core.plugins import Plugins
+    """The config as the trainer will see it: plugin options checked (types, ranges), their defaults filled in,
+    and the core's start-up checks of the config run (as `jit train --dry-run` does)."""
+    from jit_core.config import ConfigError
+    from jit_core.plugins import PluginError
+    from jit_core.training.startup import load_plugins
     try:
-        validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
-    except ConfigError as exc:
+        load_plugins(cfg)
+    except (ConfigError, PluginError) as exc:
         raise LaunchError(str(exc)) from None
     return cfg.to_dict()
 

@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from jit_core.durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
-from jit_core.errors import CheckpointError, CorruptCheckpointError, weights_only_refusal
+from jit_core.errors import CheckpointError, CorruptCheckpointError, first_line, weights_only_refusal
 
 log = logging.getLogger(__name__)
 
