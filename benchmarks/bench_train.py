@@ -130,7 +130,7 @@ class Net:
         mc = tr.model_config
         self.images = torch.randint(0, 256, (args.batch, mc.in_channels, mc.image_size, mc.image_size),
                                     dtype=torch.uint8, generator=g)
-        if net == "vco":   # V-Co's batches are class-balanced: one class per rank batch (one hybrid-loss group)
+        if net == "vco":   # V-Co's batches are class-balanced: here one class group per rank batch
             self.labels = torch.full((args.batch,), 3 % mc.num_classes, dtype=torch.long)
         else:
             self.labels = torch.randint(0, mc.num_classes, (args.batch,), generator=g)

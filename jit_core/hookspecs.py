@@ -182,8 +182,8 @@ def jit_batch_sampler(dataset, config, rank, world_size, seed):
     *One plugin*: two enabled plugins returning a sampler fail at start-up naming both. The object
     yields lists of dataset indices for this rank, has ``__len__`` (batches per epoch) and
     ``set_epoch(epoch)``; its batches must be a deterministic function of (seed, epoch, rank) so
-    that a resumed run replays the same data. V-Co returns class-balanced batches (one class per
-    rank batch; ``vco.class_balanced=false`` returns None).
+    that a resumed run replays the same data. V-Co returns class-balanced batches (``vco.groups_per_step``
+    class groups per global step, placed on the ranks; ``vco.class_balanced=false`` returns None).
     """
 
 

@@ -20,7 +20,7 @@ from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.plugins.recording import RecordingPlugin
 from vco_plugin import plugin
-from vco_plugin.batches import ClassBalancedBatchSampler
+from vco_plugin.batches import GroupedClassBatchSampler
 from vco_plugin.calibration import compute_stats, load_stats, save_stats
 from vco_plugin.drift_loss import hybrid_loss
 from vco_plugin.features import build_encoder
@@ -99,13 +99,14 @@ def test_options_are_typed_and_checked(vco):
 
 def test_presets(vco):
     tiny, vtiny = get_preset("tiny").to_dict(), get_preset("vco-tiny").to_dict()
-    assert vtiny.pop("plugins") == ["vco"] and vtiny.pop("plugin_options") == {"vco": {"encoder": "efficientnet_lite0"}}
+    assert vtiny.pop("plugins") == ["vco"] and vtiny.pop("plugin_options") == {"vco": {"encoder": "efficientnet_lite0",
+                                                                                "groups_per_step": 8}}
     tiny.pop("plugins"), tiny.pop("plugin_options")
     assert tiny == vtiny                                           # the side-by-side pair
     b = get_preset("vco-b16")
     assert (b.model, b.sample.cfg, b.plugins, b.data.image_size) == ("JiT-B/16", 1.8, ["vco"], 256)
     assert b.optim.batch_size == 128 and b.diffusion.label_drop_prob == 0.1
-    assert b.plugin_options["vco"]["encoder"] == "dinov2"
+    assert b.plugin_options["vco"] == {"encoder": "dinov2", "groups_per_step": 8}   # the README command's 8 x 128
     assert get_preset("vco-l16").sample.cfg == 1.4
     h = get_preset("vco-h16")
     assert h.sample.cfg == 1.5
@@ -244,20 +245,21 @@ def test_hybrid_term_grads_reach_prediction_not_encoder(vco, stats_file):
 
 
 # ----------------------------------------------------------------------------------- batches and guidance
-def test_batch_sampler_hook(vco):
+def test_batch_sampler_hook(vco, caplog):
     targets = [i % 10 for i in range(1000)]
     ds = SimpleNamespace(targets=targets)
-    cfg = small_config(vco)
-    s = vco.batch_sampler(ds, cfg, 1, 2, 7)
-    assert isinstance(s, ClassBalancedBatchSampler)
-    assert (s.classes_per_batch, s.samples_per_class, s.rank, s.world_size) == (1, 64, 1, 2)
+    s = vco.batch_sampler(ds, small_config(vco, groups_per_step=None), 1, 2, 7)   # None: one group per rank
+    assert isinstance(s, GroupedClassBatchSampler)
+    assert (s.groups_per_step, s.group_size, s.rank, s.world_size) == (2, 64, 1, 2)
     assert len(s) == 1000 // (64 * 2)
     assert all(len({targets[i] for i in b}) == 1 for b in s)
-    s2 = vco.batch_sampler(ds, small_config(vco, classes_per_batch=4), 0, 1, 7)
-    assert s2.samples_per_class == 16 and s2.batch_size == 64
+    with caplog.at_level("WARNING"):
+        s2 = vco.batch_sampler(ds, small_config(vco, groups_per_step=4), 0, 1, 7)
+    assert s2.group_size == 16 and s2.batch_size == 64
+    assert "vco.groups_per_step=4" in caplog.text
     assert vco.batch_sampler(ds, small_config(vco, class_balanced=False), 0, 1, 0) is None
-    with pytest.raises(ConfigError, match="optim.batch_size=64 is not a multiple of vco.classes_per_batch=3"):
-        small_config(vco, classes_per_batch=3)              # checked with the options, at start-up
+    with pytest.raises(ConfigError, match="vco.groups_per_step=3 does not divide the global batch 64"):
+        vco.batch_sampler(ds, small_config(vco, groups_per_step=3), 0, 1, 0)
 
 
 def test_guidance_scales(vco, stats_file):

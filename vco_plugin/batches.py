@@ -1,60 +1,91 @@
-"""Class-balanced batches for the hybrid loss (spec §6): each rank's batch holds few classes.
+"""Class-balanced batches for the hybrid loss (spec §6), placed so that any world size keeps the recipe.
 
-Each rank draws every batch on its own: ``classes_per_batch`` distinct classes uniformly at random,
-then ``samples_per_class`` images of each without replacement (with replacement only when the
-class is smaller). Batches are independent, so images may repeat within an epoch. The generator is
-seeded with ``seed + epoch * world_size + rank``, so a batch is a pure function of
-(seed, epoch, rank, position) and a resumed run replays the same data.
+The paper's recipe, stated per *global* step: ``G`` class groups of ``S`` images, each group's class
+drawn uniformly at random and independently of the others (the paper's ranks draw on their own),
+its ``S`` images drawn without replacement (with replacement only when the class is smaller). The
+released scripts run one group per rank (8 x 128 for the README command, 16 x 32 for B, 32 x 16 for
+L, 64 x 16 for H). Here a step's groups are a function of (seed, epoch, position) only, and rank
+``r`` of ``W`` takes images ``[r*B, (r+1)*B)`` of the step's ``G*S = W*B`` images, so one process
+emulating 16 ranks draws exactly the batches 16 ranks draw together. A rank holds whole groups
+(``G`` a multiple of ``W``) or a part of one (``W`` a multiple of ``G``); :func:`local_group_ids`
+gives the hybrid loss the groups of the local batch, as the paper's per-rank group.
+
+A resumed run replays the same data: a batch depends on (seed, epoch, position, rank, W) alone.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
-class ClassBalancedBatchSampler:
-    """Yields lists of dataset indices; ``len`` = floor(|D| / (N_c * M * world_size)) batches per epoch."""
+PAPER_MIN_GROUPS = 8     # the fewest groups per step of the paper's runs (README command: 8 GPUs x 1 class)
 
-    def __init__(self, targets: Sequence[int], classes_per_batch: int, samples_per_class: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, drop_last: bool = True):
-        if classes_per_batch < 1 or samples_per_class < 1:
-            raise ValueError(f"classes_per_batch ({classes_per_batch}) and samples_per_class "
-                             f"({samples_per_class}) must be >= 1")
+
+def group_size(groups_per_step: int, batch_size: int, world_size: int) -> int:
+    """Images per group; raises ValueError unless the step's groups can be placed on the ranks."""
+    global_batch = batch_size * world_size
+    if groups_per_step < 1 or global_batch % groups_per_step:
+        raise ValueError(f"vco.groups_per_step={groups_per_step} does not divide the global batch "
+                         f"{global_batch} (optim.batch_size={batch_size} x {world_size} ranks): choose a divisor")
+    if groups_per_step % world_size and world_size % groups_per_step:
+        raise ValueError(f"vco.groups_per_step={groups_per_step} groups cannot be placed on {world_size} ranks "
+                         "(each rank holds whole groups or a part of one): use a multiple or a divisor of the "
+                         "number of ranks")
+    return global_batch // groups_per_step
+
+
+def local_group_ids(batch_size: int, groups_per_step: int, world_size: int) -> torch.Tensor:
+    """Group id of each position of a rank's batch (all 0 when the rank holds a part of one group)."""
+    size = min(group_size(groups_per_step, batch_size, world_size), batch_size)
+    return torch.arange(batch_size) // size
+
+
+class GroupedClassBatchSampler:
+    """Yields a rank's lists of dataset indices; ``len`` = floor(|D| / global batch) batches per epoch."""
+
+    def __init__(self, targets: Sequence[int], groups_per_step: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        targets = torch.as_tensor(np.asarray(targets, dtype=np.int64)).view(-1)
-        self.classes = torch.unique(targets)
-        if classes_per_batch > len(self.classes):
-            raise ValueError(f"classes_per_batch={classes_per_batch} but the dataset has only "
-                             f"{len(self.classes)} classes")
-        self.members = [torch.nonzero(targets == c).view(-1) for c in self.classes]
+        self.group_size = group_size(groups_per_step, batch_size, world_size)
+        targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+        self.classes = np.unique(targets)
+        self.members = [np.flatnonzero(targets == c) for c in self.classes]
         self.num_samples = len(targets)
-        self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
-        self.rank, self.world_size, self.seed, self.drop_last = rank, world_size, seed, drop_last
+        self.groups_per_step, self.batch_size = groups_per_step, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.classes_per_batch * self.samples_per_class
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        per_step = self.batch_size * self.world_size
-        n = self.num_samples // per_step if self.drop_last else -(-self.num_samples // per_step)
-        return max(n, 0)
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def warn_if_few_classes(self) -> None:
+        """Warn when a step holds fewer class groups than any of the paper's runs (and the data has more classes)."""
+        g = self.groups_per_step
+        if g < min(PAPER_MIN_GROUPS, len(self.classes)):
+            log.warning("vco: every step holds at most %d class group(s) of %d images (vco.groups_per_step=%d); the "
+                        "paper's runs hold 8 to 64 per step and one class per step changes the optimisation: set "
+                        "vco.groups_per_step (e.g. 8)", g, self.group_size, g)
+
+    def step_groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        """One global step: ``groups_per_step`` (class, indices) pairs drawn from ``rng``."""
+        groups = []
+        for c in rng.integers(len(self.classes), size=self.groups_per_step).tolist():
+            idx = self.members[c]
+            pick = rng.choice(len(idx), size=self.group_size, replace=len(idx) < self.group_size)
+            groups.append((int(self.classes[c]), idx[pick]))
+        return groups
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch * self.world_size + self.rank)
-        m = self.samples_per_class
+        rng = np.random.default_rng([self.seed, self.epoch])
+        lo = self.rank * self.batch_size
         for _ in range(len(self)):
-            batch = []
-            for c in torch.randperm(len(self.classes), generator=g)[:self.classes_per_batch].tolist():
-                idx = self.members[c]
-                pick = (torch.randperm(len(idx), generator=g)[:m] if len(idx) >= m
-                        else torch.randint(len(idx), (m,), generator=g))
-                batch += idx[pick].tolist()
-            yield batch
+            step = np.concatenate([idx for _, idx in self.step_groups(rng)])
+            yield step[lo:lo + self.batch_size].tolist()

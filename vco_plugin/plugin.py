@@ -32,7 +32,7 @@ from jit_core.config import Config, ConfigError, get_preset, option, plugin_opti
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
 
-from .batches import ClassBalancedBatchSampler
+from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
 from .null_branch import FEATURE, NULL_BRANCHES, null_branch
 
@@ -58,7 +58,7 @@ class VCoOptions:
     drift_coef: float = option(10.0, ge=0)  # coefficient of the hybrid loss (0 disables it)
     gate_tau: float = option(10.0, gt=0)    # hybrid loss: gate temperature tau_g
     repulsion_tau: float = option(0.2, gt=0)   # hybrid loss: repulsion kernel temperature tau_r
-    classes_per_batch: int = option(1, ge=1)   # classes per rank batch (samples per class = batch_size / this)
+    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = one per rank (batches.py)
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
     cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
     null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
@@ -68,9 +68,6 @@ class VCoOptions:
 
     def check(self, config) -> None:
         """Checks across options and the rest of the config, at start-up (and in ``jit train --dry-run``)."""
-        if self.class_balanced and config.optim.batch_size % self.classes_per_batch:
-            raise ConfigError(f"optim.batch_size={config.optim.batch_size} is not a multiple of vco.classes_per_batch="
-                              f"{self.classes_per_batch}: change one of them (or vco.class_balanced=false)")
         if self.symmetric_mask and self.null_branch != "structured":
             raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
                               "the other null branches have no attention mask")
@@ -278,10 +275,11 @@ def jit_options():
 def _preset_vco(model: str, cfg_scale: float) -> Config:
     """The paper's final recipe at 256 px (spec §7).
 
-    Per-rank batch: 1 class x 128 images; on 8 GPUs the global batch is 1024 and the core's
-    lr = blr * global / 256 = 2e-4, the README recipe. The released B/L scripts ran 16 x 32 and
-    32 x 16 (512 global) at the lr meant for 1024 (spec §10.3); to reproduce their batches set
-    ``optim.batch_size`` to 32 or 16 and the lr follows the real batch. Dropout 0 for all sizes.
+    The README command's batches: 8 class groups of 128 per step (8 GPUs x 1 class x 128 images; on
+    fewer GPUs the 8 groups are placed on the ranks there are), global batch 1024 on 8 GPUs and the
+    core's lr = blr * global / 256 = 2e-4. The released B/L/H scripts ran 16 x 32, 32 x 16 and 64 x 16
+    (spec §6, §10.3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
+    and 16 on 16 ranks) and the lr follows the real batch. Dropout 0 for all sizes.
     """
     cfg = Config(model=model, model_overrides={"proj_drop": 0.0, "attn_drop": 0.0})
     cfg.data.image_size = 256
@@ -292,15 +290,19 @@ def _preset_vco(model: str, cfg_scale: float) -> Config:
     cfg.sample.cfg = cfg_scale
     cfg.sample.interval = (0.1, 1.0)
     cfg.plugins = [NAME]
-    cfg.plugin_options = {NAME: {"encoder": "dinov2"}}
+    cfg.plugin_options = {NAME: {"encoder": "dinov2", "groups_per_step": 8}}
     return cfg
 
 
 def _preset_vco_tiny() -> Config:
-    """The core's ``tiny`` run plus V-Co with the offline EfficientNet-Lite0 encoder (side-by-side pair)."""
+    """The core's ``tiny`` run plus V-Co with the offline EfficientNet-Lite0 encoder (side-by-side pair).
+
+    Batches: 8 class groups of 8 per 64-image step, the structure of the paper's README command
+    (8 groups per step) at this batch; one group per step measured far worse (docs/embedded-comparison.md).
+    """
     cfg = get_preset("tiny")
     cfg.plugins = list(cfg.plugins) + [NAME]
-    cfg.plugin_options = {**cfg.plugin_options, NAME: {"encoder": "efficientnet_lite0"}}
+    cfg.plugin_options = {**cfg.plugin_options, NAME: {"encoder": "efficientnet_lite0", "groups_per_step": 8}}
     return cfg
 
 
@@ -374,6 +376,22 @@ def jit_null_branch(drop, streams, config):
     return null_branch(opts.null_branch, drop, opts.symmetric_mask)
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
+    """The hybrid loss's groups: the sampler's class groups of the local batch; the labels for iid batches or a
+    batch that did not come from the sampler (another size than ``optim.batch_size``, e.g. called directly)."""
+    batch = step.labels.shape[0]
+    if not opts.class_balanced or batch != step.config.optim.batch_size:
+        return step.labels
+    world = _world_size()
+    ids = local_group_ids(batch, opts.groups_per_step or world, world)
+    return ids.to(step.labels.device)
+
+
 @hookimpl
 def jit_loss_terms(step):
     """``hybrid``: drift_coef x the perceptual-drifting loss of x-hat against the clean images."""
@@ -391,7 +409,8 @@ def jit_loss_terms(step):
     if f_pos is None:
         with torch.no_grad():
             f_pos = enc.embedding(step.images)
-    return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, step.labels, opts.gate_tau, opts.repulsion_tau)}
+    groups = hybrid_groups(step, opts)
+    return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
 
 
 @hookimpl
@@ -405,15 +424,20 @@ def jit_trainable_modules(config, model):
 
 @hookimpl
 def jit_batch_sampler(dataset, config, rank, world_size, seed):
-    """Class-balanced batches (``classes_per_batch`` classes per rank batch) when ``class_balanced``."""
+    """Class-balanced batches: ``groups_per_step`` class groups per global step, placed on the ranks."""
     if not enabled(config):
         return None
     opts = options(config)
     if not opts.class_balanced:
         return None
-    batch = config.optim.batch_size       # a multiple of classes_per_batch (VCoOptions.check)
-    return ClassBalancedBatchSampler(dataset.targets, opts.classes_per_batch, batch // opts.classes_per_batch,
-                                     rank=rank, world_size=world_size, seed=seed)
+    try:
+        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
+                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
+    if rank == 0:
+        sampler.warn_if_few_classes()
+    return sampler
 
 
 @hookimpl
