@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from jit_core.config import ConfigError, load_config
+from jit_core.config import ConfigError
+from jit_core.plugins.presets import build_config
 from jit_core.runs.loading import trust_options
 
 COMMANDS_GROUP = "jit_core.commands"   # entry points: name -> a click command or group added to `jit`
@@ -52,28 +53,6 @@ def run_options(fn):
     fn = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON config file.")(fn)
     fn = click.option("--preset", help="Named preset: jit-b16, tiny, vco-b16, ... (see `jit presets`).")(fn)
     return fn
-
-
-def build_config(preset, config_file, plugins, overrides, run_dir=None):
-    """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
-    from jit_core.config import register_preset
-    from jit_core.plugins import PluginError, Plugins, installed_plugins
-    for name in installed_plugins():
-        try:
-            with_presets = Plugins([name])
-        except PluginError as exc:  # a broken plugin must not break runs that do not use it
-            click.echo(f"warning: {exc}", err=True)
-            continue
-        for presets in with_presets.hook.jit_presets():
-            for key, factory in (presets or {}).items():
-                register_preset(key, factory)
-    cfg = load_config(preset, config_file, overrides)
-    for name in plugins:
-        if name not in cfg.plugins:
-            cfg.plugins.append(name)
-    if run_dir:
-        cfg.run_dir = str(run_dir)
-    return cfg
 
 
 @cli.command()
@@ -242,7 +221,8 @@ def _add_optional_commands() -> None:
     for module, factory, name in (("jit_core.runs.convert", "convert_command", "convert"),
                                   ("jit_core.eval.evaluate", "evaluate_command", "evaluate"),
                                   ("jit_core.eval.fid", "ref_stats_command", "ref-stats"),
-                                  ("jit_core.eval.report", "compare_command", "compare")):
+                                  ("jit_core.eval.report", "compare_command", "compare"),
+                                  ("jit_core.study.command", "study_command", "study")):
         try:
             cli.add_command(getattr(importlib.import_module(module), factory)(), name)
         except (ImportError, AttributeError) as exc:

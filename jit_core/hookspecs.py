@@ -83,6 +83,20 @@ def jit_presets():
 
 
 @hookspec
+def jit_studies():
+    """Return ``{name: jit_core.study.Study}`` of named studies this plugin adds (``jit study NAME``).
+
+    A study is arms x seeds; each :class:`jit_core.study.Arm` is a preset plus overrides (and extra
+    ``--plugin`` names). An ablation arm names its ``reference`` arm, the ``ingredient`` it changes
+    and the config keys that may change (``changes``, patterns such as ``repa.*``); ``jit study``
+    refuses an arm whose resolved config differs from its reference's in anything else. ``paper``
+    gives the paper's direction for the arm against the study's ``baseline`` ("worse", "better"
+    or "" for no claim), shown beside the measured verdict. V-Co adds ``vco-tiny`` (its ablations on
+    the embedded data), ``vco-tiny-pair`` (JiT vs V-Co, the demo) and ``vco-b16`` (ImageNet, SLURM).
+    """
+
+
+@hookspec
 def jit_streams(config, model_config):
     """**Stream construction.** Return a list of ``jit_core.Stream`` this plugin adds.
 

@@ -318,6 +318,13 @@ def jit_presets():
 
 
 @hookimpl
+def jit_studies():
+    """``vco-tiny`` (ablations on the embedded data), ``vco-tiny-pair`` (the demo) and ``vco-b16`` (SLURM)."""
+    from .study import imagenet_studies, tiny_studies
+    return {**tiny_studies(), **imagenet_studies()}
+
+
+@hookimpl
 def jit_streams(config, model_config):
     """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
     if not enabled(config):

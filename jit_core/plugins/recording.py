@@ -87,6 +87,10 @@ class RecordingPlugin:
         return self._call("jit_presets")
 
     @hookimpl(tryfirst=True)
+    def jit_studies(self):
+        return self._call("jit_studies")
+
+    @hookimpl(tryfirst=True)
     def jit_streams(self, config, model_config):
         return self._call("jit_streams", config=config, model_config=model_config)
 

@@ -1,0 +1,32 @@
+"""A run's config from the command line's parts: preset -> file -> overrides -> ``--plugin``."""
+from __future__ import annotations
+
+import sys
+
+from jit_core.config import load_config, register_preset
+
+
+def register_plugin_presets() -> None:
+    """Register the presets of every installed plugin (a broken plugin warns and is skipped)."""
+    from .manager import PluginError, Plugins, installed_plugins
+    for name in installed_plugins():
+        try:
+            with_presets = Plugins([name])
+        except PluginError as exc:  # a broken plugin must not break runs that do not use it
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        for presets in with_presets.hook.jit_presets():
+            for key, factory in (presets or {}).items():
+                register_preset(key, factory)
+
+
+def build_config(preset, config_file, plugins, overrides, run_dir=None):
+    """Preset -> file -> overrides -> --plugin; plugins' presets are registered first."""
+    register_plugin_presets()
+    cfg = load_config(preset, config_file, overrides)
+    for name in plugins:
+        if name not in cfg.plugins:
+            cfg.plugins.append(name)
+    if run_dir:
+        cfg.run_dir = str(run_dir)
+    return cfg

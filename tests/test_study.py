@@ -1,0 +1,90 @@
+"""``jit study``: grid expansion (each ablation arm differs from V-Co in exactly its ingredient), refusals, and a
+2-arm x 2-seed study end to end (train, evaluate, report with intervals and the paper column)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from jit_core.cli import cli
+from jit_core.study import Arm, Study, StudyError, expand
+from jit_core.study.registry import get_study
+from jit_core.study.spec import config_changes
+
+
+def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path):
+    study = get_study("vco-tiny")
+    elements = expand(study, tmp_path, seeds=[0])
+    configs = {e.arm.name: e.config for e in elements}
+    expected = {"null: label drop": ["vco.null_branch"], "null: input dropout": ["vco.null_branch"],
+                "aux: none": ["vco.drift_coef"], "calib: none": ["vco.calibration"],
+                "calib: time shift": ["vco.calibration"]}
+    for arm, keys in expected.items():
+        assert config_changes(configs["V-Co"], configs[arm]) == keys, arm
+    repa = config_changes(configs["V-Co"], configs["aux: REPA"])
+    assert "plugins" in repa and "vco.drift_coef" in repa and all(
+        k in ("plugins", "vco.drift_coef") or k.startswith("repa.") for k in repa)
+    assert configs["aux: REPA"]["plugins"] == ["vco", "repa"]
+    assert config_changes(configs["JiT"], configs["V-Co"])[0] == "plugins"   # JiT: the same run without V-Co
+    assert all(k == "plugins" or k.startswith("vco.") for k in config_changes(configs["JiT"], configs["V-Co"]))
+    assert {e.config["train"]["seed"] for e in expand(study, tmp_path, seeds=[3, 4], arms=["JiT"])} == {3, 4}
+    assert {e.config["train"]["max_steps"] for e in elements} == {200}
+
+
+def test_an_arm_that_changes_more_than_its_ingredient_or_nothing_is_refused(tmp_path):
+    vco = Arm("V-Co", "vco-tiny")
+    leaky = Arm("leaky", "vco-tiny", overrides=("vco.drift_coef=0", "optim.blr=1e-3"), reference="V-Co",
+                ingredient="hybrid loss -> none", changes=("vco.drift_coef",))
+    with pytest.raises(StudyError, match="should differ from 'V-Co' only in hybrid loss -> none .* also differs in "
+                                         "optim.blr"):
+        expand(Study("s", "", (vco, leaky), baseline="V-Co"), tmp_path, seeds=[0])
+    same = Arm("same", "vco-tiny", overrides=("vco.drift_coef=10",), reference="V-Co", ingredient="nothing",
+               changes=("vco.drift_coef",))
+    with pytest.raises(StudyError, match="resolves to the same config as 'V-Co'"):
+        expand(Study("s", "", (vco, same), baseline="V-Co"), tmp_path, seeds=[0])
+    with pytest.raises(StudyError, match="has no arm 'nope'"):
+        expand(Study("s", "", (vco,), baseline="V-Co"), tmp_path, arms=["nope"])
+
+
+def test_plugin_overrides_go_only_to_arms_enabling_the_plugin(tmp_path):
+    elements = expand(get_study("vco-tiny-pair"), tmp_path, seeds=[0], overrides=["vco.calib_images=64"])
+    by_arm = {e.arm.name: e for e in elements}
+    assert by_arm["V-Co"].config["plugin_options"]["vco"]["calib_images"] == 64
+    assert by_arm["JiT"].notes == ["JiT: ignoring vco.calib_images=64 (vco is not enabled in this arm)"]
+
+
+def test_cli_list_and_dry_run_and_unknown_study(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["study", "--list"])
+    assert res.exit_code == 0 and "vco-tiny " in res.output and "vco-b16" in res.output
+    res = runner.invoke(cli, ["study", "vco-tiny", "--dry-run", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "8 arms x 3 seeds = 24 runs" in res.output and "changes: vco.null_branch" in res.output
+    assert not (tmp_path / "s").exists()
+    res = runner.invoke(cli, ["study", "nope"])
+    assert res.exit_code == 1 and "no study named 'nope'" in res.stderr
+
+
+@pytest.mark.slow
+def test_two_arms_two_seeds_end_to_end(tmp_path):
+    """JiT vs V-Co, 2 seeds each, a few steps: every run trained and evaluated, one report with an interval per
+    arm, a verdict sentence and the paper's direction; a second invocation finds everything done."""
+    out = tmp_path / "pair"
+    args = ["study", "vco-tiny-pair", "--out", str(out), "--seeds", "0,1", "--num-images", "40", "--lanes", "2",
+            "train.max_steps=3", "train.ckpt_every=3", "vco.calib_images=64"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "4 of 4 runs to do" in res.output
+    summary = json.loads((out / "study.json").read_text())
+    assert len(summary["runs"]) == 4 and all(r["result"] for r in summary["runs"])
+    arms = json.loads((out / "report" / "arms.json").read_text())
+    rows = {r["arm"]: r for r in arms["rows"]}
+    assert set(rows) == {"JiT", "V-Co"} and all(r["n_runs"] == 2 for r in rows.values())
+    fd = rows["V-Co"]["metrics"][arms["primary_metric"]]
+    assert fd["n"] == 2 and fd["lo"] <= fd["mean"] <= fd["hi"]
+    assert rows["V-Co"]["paper"] == "better" and rows["V-Co"]["ours"] in ("agrees", "disagrees", "within noise")
+    assert arms["sentence"] and arms["sentence"] in (out / "report" / "index.html").read_text()
+    assert "V-Co" in (out / "study.md").read_text()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "0 of 4 runs to do (4 done)" in res.output
