@@ -7,10 +7,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from jit_core.cli import cli
+from jit_core import cli as jit_cli
 from jit_core.study import Arm, Study, StudyError, expand
 from jit_core.study.registry import get_study
 from jit_core.study.spec import config_changes
+
+
+@pytest.fixture(scope="module")
+def cli():
+    jit_cli._add_optional_commands()          # `jit study` and the plugins' commands, as `jit` does
+    return jit_cli.cli
 
 
 def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path):
@@ -54,7 +60,7 @@ def test_plugin_overrides_go_only_to_arms_enabling_the_plugin(tmp_path):
     assert by_arm["JiT"].notes == ["JiT: ignoring vco.calib_images=64 (vco is not enabled in this arm)"]
 
 
-def test_cli_list_and_dry_run_and_unknown_study(tmp_path):
+def test_cli_list_and_dry_run_and_unknown_study(cli, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["study", "--list"])
     assert res.exit_code == 0 and "vco-tiny " in res.output and "vco-b16" in res.output
@@ -67,7 +73,7 @@ def test_cli_list_and_dry_run_and_unknown_study(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_arms_two_seeds_end_to_end(tmp_path):
+def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     """JiT vs V-Co, 2 seeds each, a few steps: every run trained and evaluated, one report with an interval per
     arm, a verdict sentence and the paper's direction; a second invocation finds everything done."""
     out = tmp_path / "pair"
