@@ -180,7 +180,7 @@ def eval_results(run_dir: str | Path) -> list[dict]:
             rec = json.loads(p.read_text())
         except ValueError:
             continue
-        if isinstance(rec, dict) and "metrics" in rec and rec.get("kind") != "cfg_sweep":
+        if isinstance(rec, dict) and "metrics" in rec and "results" not in rec:
             out.append(rec)
     return out
 
