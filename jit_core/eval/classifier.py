@@ -217,7 +217,8 @@ def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: 
     if n_boot:
         from jit_core.eval import stats
         intervals = {"fd_classifier": list(stats.bootstrap_interval(
-                         stats.frechet_resampler(feats, mu_r, sigma_r), np.arange(len(feats)), n_boot, level, boot_seed)),
+                         stats.frechet_resampler(feats, mu_r, sigma_r), np.arange(len(feats)), n_boot, level, boot_seed,
+                         recentre=True)),
                      "classifier_accuracy": list(stats.bootstrap_interval(np.mean, correct, n_boot, level, boot_seed))}
         method = stats.interval_method(len(feats), n_boot, level, "reference statistics fixed (fd_classifier); "
                                        "accuracy over the resampled samples")

@@ -339,14 +339,15 @@ def fidelity_intervals(feats: dict, mu_r, sigma_r, n_boot: int, level: float = 0
     out = {}
     if mu_r is not None:
         out["fid"] = list(stats.bootstrap_interval(fid_resampler(feats["2048"], mu_r, sigma_r, device),
-                                                   np.arange(n), n_boot, level, seed))
+                                                   np.arange(n), n_boot, level, seed, recentre=True))
     if isc:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         logits = feats["logits_unbiased"].to(dev)
         out["inception_score"] = list(stats.bootstrap_interval(
             lambda idx: isc_features_to_metric(logits[torch.as_tensor(idx, device=dev)], IS_SPLITS, True,
-                                               IS_RNG_SEED)["inception_score_mean"], np.arange(n), n_boot, level, seed))
-    what = "reference statistics fixed (fid); IS recomputed on the resampled samples; no interval for P/R"
+                                               IS_RNG_SEED)["inception_score_mean"], np.arange(n), n_boot, level, seed,
+            recentre=True))
+    what = "reference statistics fixed (fid); IS recomputed on the resampled samples (recentred); no P/R interval"
     return out, stats.interval_method(n, n_boot, level, what)
 
 

@@ -47,13 +47,23 @@ def percentile_interval(values, level: float = LEVEL) -> tuple[float, float]:
 
 
 def bootstrap_interval(stat: Callable, samples, n_boot: int = 1000, level: float = LEVEL,
-                       seed: int = 0) -> tuple[float, float]:
+                       seed: int = 0, recentre: bool = False) -> tuple[float, float]:
     """Percentile bootstrap interval ``(lo, hi)`` of ``stat`` over the rows of ``samples``.
 
     ``samples`` is anything indexable by an integer array (numpy array, or ``np.arange(N)`` when ``stat``
     maps indices to a value itself, as :func:`frechet_resampler` does).
+
+    ``recentre``: shift the interval by ``stat(samples) - mean(replicates)``. Needed for Fréchet distances:
+    a resample repeats about a third of the samples, which inflates the distance (measured, 128-d Gaussian
+    features, 500 samples: estimate 11.5, replicates 19.5-21.9), so the raw percentile interval does not
+    even contain the estimate. Recentred, it measures the spread only.
     """
-    return percentile_interval(bootstrap_values(stat, samples, n_boot, seed), level)
+    values = bootstrap_values(stat, samples, n_boot, seed)
+    lo, hi = percentile_interval(values, level)
+    if recentre:
+        shift = float(stat(samples)) - float(np.mean(values[np.isfinite(values)]))
+        lo, hi = lo + shift, hi + shift
+    return lo, hi
 
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
@@ -104,9 +114,14 @@ def frechet_resampler(features, mu_ref, sigma_ref) -> Callable[[np.ndarray], flo
     return fd_small
 
 
+FRECHET_CAVEAT = ("Fréchet-distance intervals are recentred on the estimate (resampling repeats samples, which "
+                  "inflates the distance) and conservative: in 128-d Gaussian tests their spread was 3-5x the "
+                  "spread over fresh sample sets at 200-1000 samples")
+
+
 def interval_method(n: int, n_boot: int, level: float = LEVEL, what: str = "reference statistics fixed") -> str:
     return (f"percentile bootstrap over the {n} generated samples, {n_boot} resamples, {what}; "
-            f"{round(100 * level)} % intervals")
+            f"{round(100 * level)} % intervals; {FRECHET_CAVEAT}")
 
 
 # ----------------------------------------------------------------------------------- arms (several seeds)
