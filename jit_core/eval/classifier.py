@@ -189,8 +189,12 @@ def _balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: str = "fashion_mnist",
-                   device="cpu") -> dict:
-    """Classifier metrics of generated uint8 ``(N, 1, S, S)`` images conditioned on ``labels``."""
+                   device="cpu", n_boot: int = 1000, level: float = 0.95, boot_seed: int = 0) -> dict:
+    """Classifier metrics of generated uint8 ``(N, 1, S, S)`` images conditioned on ``labels``.
+
+    ``intervals``: percentile bootstrap intervals of ``fd_classifier`` (the generated features resampled, the
+    reference statistics fixed) and of ``classifier_accuracy`` (the samples resampled); ``n_boot=0``: none.
+    """
     images_u8, labels = torch.as_tensor(images_u8), torch.as_tensor(labels).long()
     if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or len(images_u8) != len(labels):
         raise ValueError(f"expected uint8 (N, C, S, S) images and N labels, got {images_u8.dtype} "
@@ -208,11 +212,23 @@ def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: 
     if len(images_u8) <= len(train_x):
         real = predict(model, train_x[_balanced_subset(train_y, len(images_u8))])[0]
         floor = frechet_distance_to_features(real, mu_r, sigma_r)
+    correct = (logits.argmax(1) == labels).double().numpy()
+    intervals, method = {}, None
+    if n_boot:
+        from jit_core.eval import stats
+        intervals = {"fd_classifier": list(stats.bootstrap_interval(
+                         stats.frechet_resampler(feats, mu_r, sigma_r), np.arange(len(feats)), n_boot, level, boot_seed,
+                         recentre=True)),
+                     "classifier_accuracy": list(stats.bootstrap_interval(np.mean, correct, n_boot, level, boot_seed))}
+        method = stats.interval_method(len(feats), n_boot, level, "reference statistics fixed (fd_classifier); "
+                                       "accuracy over the resampled samples")
     return {
         "fd_classifier": fd,
         "fd_classifier_label": metric_label(dataset_name),
         "fd_classifier_real_train": floor,
-        "classifier_accuracy": float((logits.argmax(1) == labels).float().mean()),
+        "classifier_accuracy": float(correct.mean()),
+        "intervals": intervals,
+        "interval_method": method,
         "reference": reference_description(dataset_name),
         "classifier_test_accuracy": info["test_accuracy"],
         "num_images": len(images_u8),

@@ -30,6 +30,8 @@ from jit_core.diffusion import guidance_active, guidance_scales
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
 JIT_INTERVAL = (0.1, 1.0)
+WEIGHTS = ("ema1", "ema2", "model")
+DEFAULT_BOOTSTRAP = {"classifier": 1000, "inception": 200}   # resamples for the per-run 95 % intervals
 
 
 # ----------------------------------------------------------------------------------- protocol pieces
@@ -84,17 +86,18 @@ def primary_metric(kind: str) -> str | None:
 
 def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | None, labels: torch.Tensor, run, *,
                     ref_stats=None, ref_dir=None, inception_weights=None, prc: bool = False, device=None,
-                    progress: bool = False) -> dict:
-    """Metric values (+ ``provenance``) of one set of samples; module-level so tests can replace it."""
+                    progress: bool = False, bootstrap: int = 0) -> dict:
+    """Metric values (+ ``provenance``, ``intervals``, ``interval_method``) of one set of samples;
+    module-level so tests can replace it. ``bootstrap``: resamples for the intervals (0: none)."""
     if kind == "classifier":
         from jit_core.eval.classifier import fmnist_metrics
-        return fmnist_metrics(images, labels, run.config.data.name, device=device or "cpu")
+        return fmnist_metrics(images, labels, run.config.data.name, device=device or "cpu", n_boot=bootstrap)
     if kind == "inception":
         from jit_core.eval.fid import fidelity_metrics
         source = images if images is not None else sample_dir
         return fidelity_metrics(source, ref_stats=ref_stats, ref_dir=ref_dir, inception_weights=inception_weights,
                                 isc=True, fid=bool(ref_stats or ref_dir), prc=prc and ref_dir is not None,
-                                device=device, progress=progress)
+                                device=device, progress=progress, n_boot=bootstrap)
     return {}
 
 
@@ -177,7 +180,8 @@ def _versions() -> dict:
 
 
 def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images: int, seed: int, batch_size: int,
-               world_size: int, device, save: str, sample_path: str | None, swept: bool) -> dict:
+               world_size: int, device, save: str, sample_path: str | None, swept: bool,
+               ema_swept: bool = False) -> dict:
     """Everything §6 of the protocol asks to record next to a number (metric-side items are added later)."""
     c = run.config
     ema_decay = {"ema1": c.optim.ema_decays[0], "ema2": c.optim.ema_decays[1]}.get(run.ema)
@@ -214,7 +218,7 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
                     "seed": seed, "noise": "image n: torch.Generator seeded seed * 1000003 + n (initial_noise)",
                     "quantisation": "round(clip(255 (x + 1) / 2, 0, 255)), uint8", "format": save,
                     "path": sample_path, "world_size": world_size},
-        "selection": {"cfg_chosen_on_these_samples": swept, "ema_chosen_on_these_samples": False},
+        "selection": {"cfg_chosen_on_these_samples": swept, "ema_chosen_on_these_samples": ema_swept},
         "versions": _versions(),
     }
 
@@ -228,7 +232,8 @@ def _generate(run, labels: torch.Tensor, blocks, *, cfg, steps, method, interval
     from jit_core.images import save_pngs
     from jit_core.runs import loading
     kept = {}
-    bar = tqdm(total=sum(b - a for a, b in blocks), desc=f"sampling cfg={cfg:g}", unit="img", disable=not progress)
+    bar = tqdm(total=sum(b - a for a, b in blocks), desc=f"sampling {run.ema} cfg={cfg:g}", unit="img",
+               disable=not progress)
     for lo, hi in blocks:
         imgs = loading.generate(run, labels[lo:hi], cfg=cfg, steps=steps, method=method, interval=interval, seed=seed,
                             batch_size=batch_size, start_index=lo)
@@ -257,78 +262,142 @@ def _gather(kept: dict[int, torch.Tensor], out: Path, name: str, rank: int, worl
     return torch.cat([kept[k] for k in sorted(kept)]) if kept else None
 
 
+def _as_list(x, convert) -> list:
+    if isinstance(x, str):
+        x = [v for v in x.split(",") if v.strip()]
+    return [convert(v) for v in (x if isinstance(x, (list, tuple)) else [x])]
+
+
 def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[float] | None = None,
                  steps: int | None = None, method: str | None = None, interval: Sequence[float] | None = None,
-                 ema: str = "ema1", seed: int = 0, batch_size: int | None = None, out=None, ref_stats=None,
-                 inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None, prc: bool = True,
-                 device=None, checkpoint=None, progress: bool = True, trust_plugins=()) -> dict:
-    """Generate and evaluate a run; ``cfg`` may be a list (a sweep, best by the primary metric).
+                 ema: str | Sequence[str] = "ema1", seed: int = 0, batch_size: int | None = None, out=None,
+                 ref_stats=None, inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None,
+                 prc: bool = True, device=None, checkpoint=None, progress: bool = True, trust_plugins=(),
+                 bootstrap: int | None = None, resume: bool = True) -> dict:
+    """Generate and evaluate a run on the grid ``ema`` x ``cfg`` (each may be a list; best by the primary metric).
 
-    Returns the result record (a sweep: ``{"results": [...], "best": record, ...}``), also written to
-    ``<out or run/eval>/<name>.json``. Under torch.distributed every rank generates its share; rank 0
-    writes files and computes metrics, and the result is broadcast to every rank.
+    One point: returns its result record. Several points: ``{"kind": "cfg_sweep" | "ema_cfg_grid",
+    "results": [...], "best": record, ...}`` (one EMA: a CFG sweep, as before). Every point is written to
+    ``<out or run/eval>/<name>.json``; with several points and ``resume``, a point whose JSON exists with the
+    same settings (:func:`point_settings`) is read back instead of recomputed. ``bootstrap``: resamples for
+    the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). Under
+    torch.distributed every rank generates its share; rank 0 writes files and computes metrics, and the
+    result is broadcast to every rank.
     """
     from jit_core.distributed import resolve_device
     from jit_core.runs import loading
     if save not in ("png", "npz", "none"):
         raise ValueError(f"unknown save format {save!r}: use png, npz or none")
+    emas = _as_list(ema, str.strip)
+    bad = [e for e in emas if e not in WEIGHTS]
+    if bad or not emas:
+        raise ValueError(f"unknown weights {', '.join(bad) or '(none)'} in ema: use {', '.join(WEIGHTS)} "
+                         "(comma-separated for a grid)")
     rank, world = _dist()
     device = torch.device(device) if device else resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
     t_start = time.perf_counter()
-    run = loading.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
-    s = run.config.sample
-    n = int(num_images or s.num_images)
-    steps, method = int(steps or s.steps), method or s.method
-    interval = tuple(float(x) for x in (interval or s.interval))
-    batch_size = int(batch_size or s.batch_size)
-    cfgs = [float(c) for c in (cfg if isinstance(cfg, (list, tuple)) else [s.cfg if cfg is None else cfg])]
-    kind = metric_kind(run, metrics, ref_stats, ref_dir)
-    if kind == "inception":                 # missing or damaged weights fail now, not after sampling
-        from jit_core.eval.fid import check_inception_weights
-        check_inception_weights(inception_weights)
-    if kind == "none" and metrics == "auto" and rank == 0:
-        log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only", run.config.data.name)
+    cfgs = None if cfg is None else _as_list(cfg, float)
+    grid = len(emas) > 1 or (cfgs is not None and len(cfgs) > 1)
     out = Path(out) if out else Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)  # every rank: shards and PNGs go there (a shared file system)
-    labels = class_major_labels(n, run.model.cfg.num_classes)
-    blocks = rank_blocks(n, batch_size, rank, world)
-    swept = len(cfgs) > 1
-    records = []
-    for w in cfgs:
-        name = eval_name(run.step, ema, n, method, steps, w, seed, interval)
-        folder = out / name if save == "png" else None
-        keep = save == "npz" or kind == "classifier" or (kind == "inception" and save == "none")
-        t0 = time.perf_counter()
-        kept = _generate(run, labels, blocks, cfg=w, steps=steps, method=method, interval=interval, seed=seed,
-                         batch_size=batch_size, folder=folder, keep=keep, progress=progress and rank == 0)
-        images = _gather(kept, out, name, rank, world) if keep else None
-        if world > 1 and not keep:
-            dist.barrier()
-        t_gen = time.perf_counter() - t0
-        record, error = None, None
-        if rank == 0:
-            try:
-                record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
-                                           cfg=w, steps=steps, method=method, interval=interval, num_images=n,
-                                           seed=seed, batch_size=batch_size, device=device, swept=swept,
-                                           ref_stats=ref_stats, ref_dir=ref_dir, inception_weights=inception_weights,
-                                           prc=prc, progress=progress)
-            except Exception as e:  # noqa: BLE001 -- re-raised below, on every rank
-                error = e
-        _raise_everywhere(error, world)
-        records.append(record)
+    records, kind = [], None
+    for e in emas:
+        run = loading.load_run(run_dir, ema=e, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+        s = run.config.sample
+        n = int(num_images or s.num_images)
+        steps, method = int(steps or s.steps), method or s.method
+        interval = tuple(float(x) for x in (interval or s.interval))
+        batch_size = int(batch_size or s.batch_size)
+        cfgs = cfgs or [float(s.cfg)]
+        if kind is None:
+            kind = metric_kind(run, metrics, ref_stats, ref_dir)
+            if kind == "inception":                 # missing or damaged weights fail now, not after sampling
+                from jit_core.eval.fid import check_inception_weights
+                check_inception_weights(inception_weights)
+            if kind == "none" and metrics == "auto" and rank == 0:
+                log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only",
+                            run.config.data.name)
+            n_boot = DEFAULT_BOOTSTRAP.get(kind, 0) if bootstrap is None else int(bootstrap)
+            out.mkdir(parents=True, exist_ok=True)  # every rank: shards and PNGs go there (a shared file system)
+            labels = class_major_labels(n, run.model.cfg.num_classes)
+            blocks = rank_blocks(n, batch_size, rank, world)
+        for w in cfgs:
+            name = eval_name(run.step, e, n, method, steps, w, seed, interval)
+            wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, prc)
+            done = _finished(out / f"{name}.json", wanted, world) if grid and resume else None
+            if done is not None:
+                if rank == 0:
+                    log.info("%s: finished earlier with the same settings, not recomputed", name)
+                    done["selection"] = {"cfg_chosen_on_these_samples": len(cfgs) > 1,
+                                         "ema_chosen_on_these_samples": len(emas) > 1}
+                    done["resumed"] = True
+                    _write_json(done["json"], done)
+                records.append(done)
+                continue
+            folder = out / name if save == "png" else None
+            keep = save == "npz" or kind == "classifier" or (kind == "inception" and save == "none")
+            t0 = time.perf_counter()
+            kept = _generate(run, labels, blocks, cfg=w, steps=steps, method=method, interval=interval, seed=seed,
+                             batch_size=batch_size, folder=folder, keep=keep, progress=progress and rank == 0)
+            images = _gather(kept, out, name, rank, world) if keep else None
+            if world > 1 and not keep:
+                dist.barrier()
+            t_gen = time.perf_counter() - t0
+            record, error = None, None
+            if rank == 0:
+                try:
+                    record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
+                                               cfg=w, steps=steps, method=method, interval=interval, num_images=n,
+                                               seed=seed, batch_size=batch_size, device=device,
+                                               swept=len(cfgs) > 1, ema_swept=len(emas) > 1, ref_stats=ref_stats,
+                                               ref_dir=ref_dir, inception_weights=inception_weights, prc=prc,
+                                               progress=progress, bootstrap=n_boot, settings_key=wanted)
+                except Exception as exc:  # noqa: BLE001 -- re-raised below, on every rank
+                    error = exc
+            _raise_everywhere(error, world)
+            records.append(record)
+        del run
     result = records[0]
     if rank == 0:
-        if swept:
-            name = eval_name(run.step, ema, n, method, steps, "sweep", seed, interval)
+        if grid:
+            first = records[0]
+            name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", seed, interval)
             result = _sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
         _write_json(result["json"], result)
+        if grid:
+            Path(result["json"]).with_suffix(".md").write_text(sweep_markdown(result))
     if world > 1:
         box = [result]
         dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
+
+
+def point_settings(run, name: str, kind: str, bootstrap: int, save: str, ref_stats, ref_dir, prc: bool) -> dict:
+    """What must match for an existing result JSON to stand for this grid point (the name encodes step,
+    weights, images, sampler, cfg, seed and interval)."""
+    from jit_core.eval.fid import file_sha256
+    return {"name": name, "metric_kind": kind, "bootstrap": bootstrap, "save": save,
+            "weights_sha256": _weights_hash(run.checkpoint, run.ema)[1],
+            "ref_stats_sha256": file_sha256(ref_stats) if ref_stats else None,
+            "ref_dir": str(Path(ref_dir).resolve()) if ref_dir else None, "prc": bool(prc and ref_dir)}
+
+
+def _finished(path: Path, wanted: dict, world: int) -> dict | None:
+    """The saved record at ``path`` if it was computed with ``wanted`` settings (rank 0 decides for all)."""
+    rec = None
+    if _dist()[0] == 0 and path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("settings_key") != wanted or "metrics" not in rec:
+            rec = None
+    if world > 1:
+        box = [rec]
+        dist.broadcast_object_list(box, src=0)
+        rec = box[0]
+    return rec
 
 
 def _raise_everywhere(error: Exception | None, world: int) -> None:
@@ -343,7 +412,8 @@ def _raise_everywhere(error: Exception | None, world: int) -> None:
 
 
 def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, save: str, t_gen: float, *,
-                      world: int, ref_stats, ref_dir, inception_weights, prc, progress, **settings) -> dict:
+                      world: int, ref_stats, ref_dir, inception_weights, prc, progress, bootstrap: int,
+                      settings_key: dict, **settings) -> dict:
     """Rank 0: save the npz, compute the metrics, assemble and write the result record."""
     sample_path = str(folder) if folder else None
     if save == "npz":
@@ -352,10 +422,14 @@ def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, s
     t1 = time.perf_counter()
     values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
                              inception_weights=inception_weights, prc=prc, device=settings["device"],
-                             progress=progress)
+                             progress=progress, bootstrap=bootstrap)
     t_metrics = time.perf_counter() - t1
     metric_prov = values.pop("provenance", None)
+    intervals, method = values.pop("intervals", None) or {}, values.pop("interval_method", None)
     record = {"name": name, "metrics": values, "metric_kind": kind, "primary_metric": primary_metric(kind),
+              "intervals": intervals,
+              "interval_method": method or "no interval (no metric, or bootstrap 0)", "bootstrap": bootstrap,
+              "settings_key": settings_key,
               **provenance(run, world_size=world, save=save, sample_path=sample_path, **settings),
               "metric_provenance": metric_prov, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)},
@@ -365,16 +439,42 @@ def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, s
 
 
 def _sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
+    """The grid's summary: one point per record, the best by the primary metric (lower is better)."""
     key = primary_metric(kind)
     scored = [r for r in records if key and r["metrics"].get(key) is not None]
     best = min(scored, key=lambda r: r["metrics"][key]) if scored else None
-    summary = {"kind": "cfg_sweep", "primary_metric": key, "cfgs": [r["guidance"]["cfg"] for r in records],
-               "values": [r["metrics"].get(key) if key else None for r in records],
-               "best_cfg": best["guidance"]["cfg"] if best else None, "best": best, "results": records,
-               "note": "the best cfg was chosen on these same samples (protocol §4: report it on fresh samples)",
+    emas = list(dict.fromkeys(r["checkpoint"]["weights"] for r in records))
+    points = [{"ema": r["checkpoint"]["weights"], "cfg": r["guidance"]["cfg"],
+               "value": r["metrics"].get(key) if key else None, "interval": (r.get("intervals") or {}).get(key),
+               "best": r is best, "resumed": bool(r.get("resumed")), "json": r["json"]} for r in records]
+    summary = {"kind": "ema_cfg_grid" if len(emas) > 1 else "cfg_sweep", "primary_metric": key, "emas": emas,
+               "cfgs": list(dict.fromkeys(r["guidance"]["cfg"] for r in records)), "points": points,
+               "values": [p["value"] for p in points],
+               "best_cfg": best["guidance"]["cfg"] if best else None,
+               "best_ema": best["checkpoint"]["weights"] if best else None, "best": best, "results": records,
+               "note": ("the best " + ("EMA and cfg were" if len(emas) > 1 else "cfg was") + " chosen on these same "
+                        "samples (protocol §4: report it on fresh samples, e.g. another --seed)"),
                "json": str(path)}
     _write_json(path, summary)
     return summary
+
+
+def sweep_markdown(result: dict) -> str:
+    """The grid as a markdown table (one row per point, the best marked)."""
+    key = result["primary_metric"] or "metric"
+    lines = [f"# {'EMA x CFG grid' if result['kind'] == 'ema_cfg_grid' else 'CFG sweep'}: {key}", "",
+             f"| weights | cfg | {key} | 95 % interval | best |", "|---|---|---|---|---|"]
+    for p in result["points"]:
+        iv = p["interval"]
+        lines.append(f"| {p['ema']} | {p['cfg']:g} | {_cell(p['value'])} | "
+                     f"{f'[{_cell(iv[0])}, {_cell(iv[1])}]' if iv else '-'} | {'**best**' if p['best'] else ''} |")
+    lines += ["", f"Best: {result['best_ema']} at cfg {result['best_cfg']}; {result['note']}." if result["best"]
+              else "No point has a value of the primary metric.", ""]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
 
 
 def _write_json(path, obj) -> None:
@@ -396,15 +496,20 @@ def _json_default(o: Any):
 
 # ----------------------------------------------------------------------------------- CLI
 def format_table(result: dict) -> str:
-    records = result["results"] if result.get("kind") == "cfg_sweep" else [result]
+    records = result["results"] if "results" in result else [result]
     keys = [k for k in ("fid", "inception_score", "precision", "recall", "fd_classifier", "fd_classifier_real_train",
                         "classifier_accuracy") if any(r["metrics"].get(k) is not None for r in records)]
-    lines = [" ".join([f"{'cfg':>6}"] + [f"{k:>14}" for k in keys])]
+    prim = records[0].get("primary_metric")
+    has_iv = bool(prim and any((r.get("intervals") or {}).get(prim) for r in records))
+    lines = [" ".join([f"{'weights':>7}", f"{'cfg':>6}"] + [f"{k:>14}" for k in keys]
+                      + ([f"{'95 % interval':>22}"] if has_iv else []))]
     for r in records:
         vals = [r["metrics"].get(k) for k in keys]
         mark = " *" if result.get("best") is r else ""
-        lines.append(" ".join([f"{r['guidance']['cfg']:>6g}"] + [f"{v:>14.4f}" if v is not None else f"{'-':>14}"
-                                                                  for v in vals]) + mark)
+        iv = (r.get("intervals") or {}).get(prim) if has_iv else None
+        ivs = [f"{f'[{iv[0]:.4g}, {iv[1]:.4g}]' if iv else '-':>22}"] if has_iv else []
+        lines.append(" ".join([f"{r['checkpoint']['weights']:>7}", f"{r['guidance']['cfg']:>6g}"]
+                              + [f"{v:>14.4f}" if v is not None else f"{'-':>14}" for v in vals] + ivs) + mark)
     return "\n".join(lines)
 
 
@@ -425,7 +530,8 @@ def evaluate_command():
     @click.option("--steps", type=int, help="Sampler steps (default: the run's).")
     @click.option("--method", type=click.Choice(["heun", "euler"]))
     @click.option("--interval", help="CFG interval lo,hi (open ends), e.g. 0.1,1.0.")
-    @click.option("--ema", default="ema1", show_default=True, type=click.Choice(["ema1", "ema2", "model"]))
+    @click.option("--ema", default="ema1", show_default=True,
+                  help="Weights: ema1, ema2 or model; comma-separated for an EMA x CFG grid: ema1,ema2.")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--batch-size", type=int, help="Per-rank generation batch (default: the run's).")
     @click.option("--out", type=click.Path(file_okay=False), help="Evaluation folder (default RUN/eval).")
@@ -438,25 +544,40 @@ def evaluate_command():
                   type=click.Choice(["auto", "fid", "classifier", "none"]))
     @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint other than the latest.")
     @click.option("--device", default="auto", show_default=True)
+    @click.option("--bootstrap", type=click.IntRange(min=0),
+                  help="Resamples for the per-run 95 % intervals (default 1000 for the classifier metric, 200 for "
+                       "FID/IS; 0: none).")
+    @click.option("--resume/--no-resume", default=True, show_default=True,
+                  help="In a grid, keep points whose result JSON exists with the same settings.")
     @trust_options
     def cmd(run_dir, num_images, cfg, steps, method, interval, ema, seed, batch_size, out, ref_stats, ref_dir,
-            inception_weights, save, metrics, checkpoint, device, trust_plugins):
+            inception_weights, save, metrics, checkpoint, device, bootstrap, resume, trust_plugins):
         """Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."""
         from jit_core.distributed import init_distributed
         from jit_core.eval.fid import InceptionWeightsError
         info = init_distributed(device)
-        cfgs = _floats(cfg)
+        try:
+            cfgs = _floats(cfg)
+            emas = _as_list(ema, str.strip)
+            bad = [e for e in emas if e not in WEIGHTS]
+            if bad or not emas:
+                raise click.BadParameter(f"{', '.join(bad) or ema!r}: use {', '.join(WEIGHTS)}, comma-separated",
+                                         param_hint="--ema")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--cfg") from None
         try:
             result = evaluate_run(run_dir, num_images, cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
-                                  steps, method, _floats(interval), ema, seed, batch_size, out, ref_stats,
-                                  inception_weights, save, metrics, ref_dir=ref_dir, device=info.device,
-                                  checkpoint=checkpoint, trust_plugins=trust_plugins)
+                                  steps, method, _floats(interval), emas if len(emas) > 1 else emas[0], seed,
+                                  batch_size, out, ref_stats, inception_weights, save, metrics, ref_dir=ref_dir,
+                                  device=info.device, checkpoint=checkpoint, trust_plugins=trust_plugins,
+                                  bootstrap=bootstrap, resume=resume)
         except InceptionWeightsError as e:
             raise click.ClickException(str(e)) from None
         if info.is_main:
             click.echo(format_table(result))
-            if result.get("kind") == "cfg_sweep" and result.get("best_cfg") is not None:
-                click.echo(f"best cfg {result['best_cfg']:g} by {result['primary_metric']} (chosen on these samples)")
+            if result.get("kind") in ("cfg_sweep", "ema_cfg_grid") and result.get("best_cfg") is not None:
+                click.echo(f"best: {result['best_ema']} cfg {result['best_cfg']:g} by {result['primary_metric']} "
+                           "(chosen on these samples)")
             click.echo(f"results: {result['json']}")
 
     return cmd

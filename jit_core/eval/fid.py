@@ -296,14 +296,71 @@ def load_ref_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dic
     return mu, sigma, info
 
 
+def fid_resampler(features, mu_ref, sigma_ref, device=None):
+    """``f(idx)``: FID of ``features[idx]`` against fixed reference statistics (see ``stats.frechet_resampler``).
+
+    With more samples than dimensions (50k x 2048) each resample needs a 2048 x 2048 covariance and
+    eigendecomposition, so that case runs in float64 torch on ``device`` (seconds per resample on CPU, a
+    fraction of a second on a GPU); otherwise the numpy N x N form of :mod:`jit_core.eval.stats` is used.
+    """
+    from jit_core.eval import stats
+    x = _np64(features)
+    n, d = x.shape
+    if n <= d:
+        return stats.frechet_resampler(x, mu_ref, sigma_ref)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    xt = torch.as_tensor(x, device=dev)
+    mu_r = torch.as_tensor(_np64(mu_ref), device=dev)
+    s_r = torch.as_tensor(_np64(sigma_ref), device=dev)
+    w, v = torch.linalg.eigh((s_r + s_r.T) / 2)
+    a = (v * w.clamp(min=0).sqrt()) @ v.T
+    tr_r = torch.trace(s_r)
+
+    def fd(idx):
+        xs = xt[torch.as_tensor(idx, device=dev)]
+        mu = xs.mean(0)
+        c = xs - mu
+        s = c.T @ c / (len(idx) - 1)
+        eig = torch.linalg.eigvalsh(a @ s @ a)
+        diff = mu - mu_r
+        return float(diff @ diff + torch.trace(s) + tr_r - 2 * eig.clamp(min=0).sqrt().sum())
+    return fd
+
+
+def fidelity_intervals(feats: dict, mu_r, sigma_r, n_boot: int, level: float = 0.95, seed: int = 0,
+                       device=None, isc: bool = True) -> tuple[dict, str]:
+    """Bootstrap intervals of FID (generated features resampled, reference fixed) and IS (samples resampled).
+
+    Precision / recall get none: their k-NN radii are not defined on a resample with repeated points."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from jit_core.eval import stats
+    n = len(feats["2048"])
+    out = {}
+    if mu_r is not None:
+        out["fid"] = list(stats.bootstrap_interval(fid_resampler(feats["2048"], mu_r, sigma_r, device),
+                                                   np.arange(n), n_boot, level, seed, recentre=True))
+    if isc:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        logits = feats["logits_unbiased"].to(dev)
+        out["inception_score"] = list(stats.bootstrap_interval(
+            lambda idx: isc_features_to_metric(logits[torch.as_tensor(idx, device=dev)], IS_SPLITS, True,
+                                               IS_RNG_SEED)["inception_score_mean"], np.arange(n), n_boot, level, seed,
+            recentre=True))
+    what = "reference statistics fixed (fid); IS recomputed on the resampled samples (recentred); no P/R interval"
+    return out, stats.interval_method(n, n_boot, level, what)
+
+
 def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None,
                      ref_dir: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
                      isc: bool = True, fid: bool = True, prc: bool = False, k: int = 3, batch_size: int = 64,
-                     device=None, progress: bool = False, num_workers: int | None = None) -> dict:
+                     device=None, progress: bool = False, num_workers: int | None = None, n_boot: int = 200,
+                     level: float = 0.95, boot_seed: int = 0) -> dict:
     """FID / IS / precision-recall of ``samples`` (a folder of PNGs or uint8 ``(N, C, H, W)`` images).
 
     FID against ``ref_stats`` (npz) if given, else against the features of the images in ``ref_dir``.
-    P/R (k-NN, on the 2048-d features) needs ``ref_dir``. Returns metric values plus ``provenance``.
+    P/R (k-NN, on the 2048-d features) needs ``ref_dir``. Returns metric values plus ``provenance``, and
+    ``intervals`` (bootstrap over the samples' features, :func:`fidelity_intervals`; ``n_boot=0``: none).
     Folders are decoded by ``num_workers`` loader processes (default: up to 4).
     """
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -325,6 +382,7 @@ def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None
     if ref_dir is not None and (prc or (fid and ref_stats is None)):
         real = inception_features(ref_dir, extractor, batch_size, progress, num_workers=num_workers)["2048"]
         prov["reference_dir"] = {"path": str(Path(ref_dir).resolve()), "num_images": len(real)}
+    mu_r = sigma_r = None
     if fid:
         if ref_stats is not None:
             mu_r, sigma_r, info = load_ref_stats(ref_stats)
@@ -332,6 +390,10 @@ def fidelity_metrics(samples: Images, ref_stats: str | os.PathLike | None = None
         else:
             mu_r, sigma_r = feature_stats(real)
         res["fid"] = frechet_distance_to_features(feats["2048"], mu_r, sigma_r)
+    res["intervals"], res["interval_method"] = {}, None
+    if n_boot and (fid or isc):
+        res["intervals"], res["interval_method"] = fidelity_intervals(feats, mu_r, sigma_r, n_boot, level, boot_seed,
+                                                                      device, isc)
     if prc:
         pr = precision_recall(real, feats["2048"], k=k)
         res["precision"], res["recall"] = pr["precision"], pr["recall"]

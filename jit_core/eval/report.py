@@ -1,4 +1,10 @@
-"""``jit compare``: a side-by-side report of several runs (loss curves, samples, metrics, config diff).
+"""``jit compare``: a side-by-side report of several runs or arms (loss curves, samples, metrics, config diff).
+
+An *arm* is one or more runs (training seeds) of the same recipe: :func:`compare_arms` reports per arm the
+mean and 95 % interval of each metric and whether each arm's difference to the baseline arm is outside the
+noise (:mod:`jit_core.eval.arms`, :mod:`jit_core.eval.stats`), in ``arms.json`` / ``metrics.md`` /
+``index.html``; curves, samples and config differences use each arm's first run. :func:`compare_runs`
+is the older one-run-per-column report.
 
 The report folder holds ``loss_curves.png`` (x = step) and ``loss_curves_time.png`` (x = wall clock),
 one subplot per loss term and one line per run; ``samples.png`` (every run sampled with the same seeds
@@ -12,6 +18,7 @@ import html
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,7 +187,7 @@ def eval_results(run_dir: str | Path) -> list[dict]:
             rec = json.loads(p.read_text())
         except ValueError:
             continue
-        if isinstance(rec, dict) and "metrics" in rec and rec.get("kind") != "cfg_sweep":
+        if isinstance(rec, dict) and "metrics" in rec and "results" not in rec:
             out.append(rec)
     return out
 
@@ -314,6 +321,218 @@ fd_classifier is a Fréchet distance in a small classifier's feature space, not 
 """
 
 
+# ----------------------------------------------------------------------------------- arms (several seeds each)
+EVAL_KWARGS = ("evaluate", "ema", "num_images", "cfg", "steps", "method", "interval", "eval_seed", "metrics",
+               "batch_size", "ref_stats", "ref_dir", "inception_weights", "bootstrap", "device", "trust_plugins",
+               "save")
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "arm"
+
+
+def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, cfg, device, trust_plugins):
+    """``(panel, step, params)``: samples of the run at ``d`` (a placeholder if it cannot be sampled)."""
+    from jit_core.eval.evaluate import class_major_labels
+    from jit_core.images import make_grid
+    from jit_core.runs import loading
+    loading.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
+    step = params = None
+    try:
+        run = loading.load_run(d, device=device, trust_plugins=trust_plugins)
+        step, params = run.step, run.model.num_params()
+        labels = class_major_labels(num_samples, run.model.cfg.num_classes)
+        imgs = loading.generate(run, labels, cfg=cfg, seed=seed)
+        grid = make_grid(imgs, nrow=math.ceil(math.sqrt(num_samples)), scale=max(1, 96 // run.model.cfg.image_size))
+    except Exception as e:  # noqa: BLE001 -- a run without a checkpoint still gets its curves and config
+        log.warning("no samples for %s: %s", d, e)
+        grid = _placeholder(f"no samples: {type(e).__name__}")
+    grid.save(out / f"samples_{_file_safe(label)}.png")
+    return _panel(grid, label), step, params
+
+
+def _run_labels(arms: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """Unique labels of every run: ``arm/seedfolder`` (the arm name alone when it has one run)."""
+    labels, seen = {}, set()
+    for arm, dirs in arms.items():
+        out = []
+        for i, d in enumerate(dirs):
+            label = arm if len(dirs) == 1 else f"{arm}/{Path(d).name}"
+            while label in seen:
+                label = f"{arm}/{i}-{Path(d).name}"
+                i += 1
+            seen.add(label)
+            out.append(label)
+        labels[arm] = out
+    return labels
+
+
+def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | None = None,
+                 paper: dict[str, str] | None = None, title: str | None = None, num_samples: int = 20,
+                 seed: int = 0, *, sample_cfg: float | None = None, **eval_kwargs) -> dict:
+    """Compare arms (arm name -> run folders, one per training seed) against a baseline arm; write the report.
+
+    ``baseline``: the arm the others are compared with (default: the first). ``paper``: arm -> the paper's
+    direction for that arm relative to the baseline, ``"worse"`` | ``"better"`` | ``""`` (no claim); adds
+    the columns "paper" and "ours" (agrees | disagrees | within noise, on the primary metric).
+    ``num_samples`` / ``seed`` / ``sample_cfg``: the same-seed sample grid of each arm's first run (cfg:
+    ``sample_cfg``, else the ``cfg`` keyword, else each run's own).
+
+    ``eval_kwargs`` choose the evaluation compared, read from each run's ``eval/*.json``: ``ema``,
+    ``num_images``, ``cfg``, ``steps``, ``method``, ``interval``, ``eval_seed``, ``metrics`` (None: any, as
+    long as every run has the same settings; mixed settings are refused). With ``evaluate=True`` a run
+    without a matching evaluation is evaluated with those settings (and ``batch_size``, ``ref_stats``,
+    ``ref_dir``, ``inception_weights``, ``bootstrap``, ``device``, ``trust_plugins``, ``save``).
+
+    Returns ``{"title", "baseline", "primary_metric", "metrics", "sentence", "what_this_shows",
+    "eval_settings", "rows": [per arm: arm, runs, n_runs, n, baseline, steps, metrics {name: ArmSummary
+    dict: n, mean, lo, hi, values, method, ...}, verdicts {name: Verdict dict: better, diff, lo, hi,
+    outside_noise, sentence, method}, paper, ours], "runs": {label: run_dir}, "paths": {...}}``, also
+    written to ``arms.json``.
+    """
+    from jit_core.eval import arms as A
+    unknown = sorted(set(eval_kwargs) - set(EVAL_KWARGS))
+    if unknown:
+        raise TypeError(f"compare_arms got unknown keyword(s) {', '.join(unknown)}: use {', '.join(EVAL_KWARGS)}")
+    arms = {str(a): [Path(d) for d in ds] for a, ds in arms.items()}
+    if not arms or any(not ds for ds in arms.values()):
+        raise ValueError("compare_arms needs at least one arm, each with at least one run folder")
+    baseline = baseline or next(iter(arms))
+    if baseline not in arms:
+        raise ValueError(f"baseline {baseline!r} is not an arm: use one of {', '.join(arms)}")
+    for arm, direction in (paper or {}).items():
+        if arm not in arms or direction not in A.PAPER_DIRECTIONS:
+            raise ValueError(f"paper[{arm!r}] = {direction!r}: the key must be an arm ({', '.join(arms)}) and the "
+                             "value 'worse', 'better' or '' (no claim)")
+    kw = dict(eval_kwargs)
+    trust = kw.get("trust_plugins") or ()
+    device = kw.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = _run_labels(arms)
+    runs = {label: d for arm in arms for label, d in zip(labels[arm], arms[arm])}
+    want = {k: kw.get(k) for k in A.SELECT_KEYS}
+    for d in runs.values():
+        if not (d / "config.json").is_file():
+            raise ValueError(f"{d} is not a run folder (no config.json)")
+    if kw.get("evaluate"):
+        from jit_core.eval.evaluate import evaluate_run
+        for label, d in runs.items():
+            if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]:
+                evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
+                             method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
+                             seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
+                             ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
+                             inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
+                             metrics=kw.get("metrics") or "auto", device=device, progress=False,
+                             trust_plugins=trust, bootstrap=kw.get("bootstrap"))
+    records, settings = A.select_evaluations(runs, want)
+    table = A.arm_table(labels, records, baseline, paper)
+    sentence = A.top_sentence(table)
+    paragraph = A.what_this_shows(table, settings, records)
+    title = title or "Comparison: " + " vs ".join(arms)
+
+    # curves, samples and config differences of each arm's first run
+    firsts = {arm: arms[arm][0] for arm in arms}
+    logs = {arm: read_log(d) for arm, d in firsts.items()}
+    plot_losses(logs, out / "loss_curves.png", "step")
+    plot_losses(logs, out / "loss_curves_time.png", "time")
+    panels, per_run = [], {}
+    if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
+        sample_cfg = kw["cfg"]
+    for arm, d in firsts.items():
+        panel, step, params = _sample_panel(d, arm, out, num_samples, seed, sample_cfg, device, trust)
+        panels.append(panel)
+        per_run[arm] = (step, params)
+    side_by_side(panels, out / "samples.png")
+    configs = {arm: json.loads((d / "config.json").read_text()) for arm, d in firsts.items()}
+    diff = config_diff(configs)
+    (out / "config_diff.md").write_text(_diff_markdown(diff, list(arms)))
+
+    runs_table = {"runs": {}}
+    for label, d in runs.items():
+        r = records.get(label)
+        last = (read_log(d) or [{}])[-1]
+        evals = [] if r is None else [{"name": r.get("name"), "cfg": (r.get("guidance") or {}).get("cfg"),
+                                       "num_images": (r.get("samples") or {}).get("num_images"),
+                                       "metrics": r["metrics"], "intervals": r.get("intervals") or {},
+                                       "metric_kind": r.get("metric_kind"), "json": r.get("json")}]
+        first = per_run.get(label) if len(arms.get(label, ())) == 1 else None   # a one-run arm's sampled run
+        runs_table["runs"][label] = {"run_dir": str(d.resolve()),
+                                     "step": (r or {}).get("checkpoint", {}).get("step") or last.get("step"),
+                                     "params": first[1] if first else None, "wall_time_s": last.get("time"),
+                                     "evals": evals}
+    runs_table["samples"] = {"num_samples": num_samples, "seed": seed, "runs": "each arm's first run",
+                             "cfg": sample_cfg if sample_cfg is not None else "each run's own"}
+    (out / "metrics.json").write_text(json.dumps(runs_table, indent=1, default=str))
+    paths = {"index_html": str(out / "index.html"), "metrics_md": str(out / "metrics.md"),
+             "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
+             "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
+             "loss_curves_png": str(out / "loss_curves.png")}
+    result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
+              "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
+              "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
+              "paths": paths}
+    md = A.arms_markdown(table, sentence, paragraph, settings, title)
+    (out / "metrics.md").write_text(md + "\n## Runs\n\n" + metrics_markdown(runs_table))
+    (out / "arms.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "index.html").write_text(_arms_html(result, table, diff, list(arms), num_samples, seed))
+    return result
+
+
+def _arms_html(result: dict, table: dict, diff, names: list[str], num_samples: int, seed: int) -> str:
+    from jit_core.eval import arms as A
+    m = table["primary_metric"]
+    paper = any("paper" in r for r in table["rows"])
+    head = ["arm", "seeds"] + [A.LABELS[k] + (" (lower better)" if A.LOWER_IS_BETTER[k] else " (higher better)")
+                               for k in table["metrics"]] + ["vs baseline"] + (["paper", "ours"] if paper else [])
+    rows = []
+    for r in table["rows"]:
+        cells = [r["arm"] + (" (baseline)" if r["baseline"] else ""),
+                 f"{r['n']}" + (f" of {r['n_runs']}" if r["n"] != r["n_runs"] else "")]
+        cells += [f"{r['metrics'][k]['mean']:.4g} {A._iv(r['metrics'][k])}" if k in r["metrics"] else "-"
+                  for k in table["metrics"]]
+        v = r["verdicts"].get(m)
+        cells.append("-" if v is None else (f"{v['better']} better" if v["outside_noise"] else "within noise"))
+        if paper:
+            cells += ["-", "-"] if r["baseline"] else [r.get("paper") or "(no claim)", r.get("ours", "-")]
+        rows.append(cells)
+    diff_rows = [[k] + [_diff_cell(v[n]) for n in names] for k, v in diff]
+    figs = "".join(f'<figure><img src="samples_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}'
+                   "</figcaption></figure>" for n in names)
+    runs = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in result["runs"].items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(result['title'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}} img{{max-width:100%}}
+figure{{display:inline-block;margin:4px}} .verdict{{font-size:16px;background:#f4f4f4;padding:8px}}</style></head>
+<body><h1>{html.escape(result['title'])}</h1>
+<p class="verdict">{html.escape(result['sentence'])}</p>
+<h2>Arms</h2>{_html_table(head, rows)}
+<p>95 % intervals: t over seeds (one seed: bootstrap over that run's samples); the difference to the baseline
+arm is outside the noise when its 95 % interval excludes 0. Details: <a href="arms.json">arms.json</a>,
+<a href="metrics.md">metrics.md</a>.</p>
+<p>{html.escape(result['what_this_shows'])}</p>
+<h2>Training loss (first run of each arm)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
+<h2>Samples (first run of each arm)</h2><p>{num_samples} samples per arm, seed {seed}, identical class-major
+labels.</p><img src="samples.png"><div>{figs}</div>
+<h2>Runs</h2><ul>{runs}</ul>
+<h2>Config differences (first runs)</h2>{_html_table(["key"] + names, diff_rows) if diff_rows else "<p>identical</p>"}
+<p><a href="config_diff.md">config_diff.md</a></p></body></html>
+"""
+
+
+def _parse_arm(text: str) -> tuple[str, list[str]]:
+    name, sep, runs = text.partition("=")
+    dirs = [r.strip() for r in runs.split(",") if r.strip()]
+    if not sep or not name.strip() or not dirs:
+        raise ValueError(f"--arm {text!r}: use NAME=RUN[,RUN...], e.g. --arm JiT=runs/a/s0,runs/a/s1")
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise ValueError(f"--arm {name}: {d} is not a folder")
+    return name.strip(), dirs
+
+
 def compare_command():
     """The ``jit compare`` click command."""
     import click
@@ -321,20 +540,49 @@ def compare_command():
     from jit_core.runs.loading import trust_options
 
     @click.command("compare")
-    @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
+    @click.option("--arm", "arm_specs", multiple=True, metavar="NAME=RUN[,RUN...]",
+                  help="An arm: a name and its runs (training seeds), e.g. --arm JiT=runs/a/s0,runs/a/s1. Repeat "
+                       "per arm; a positional RUN is an arm of one run.")
+    @click.option("--baseline", help="The arm the others are compared with (default: the first).")
+    @click.option("--title", help="Report title.")
     @click.option("--out", type=click.Path(file_okay=False), default="compare", show_default=True,
                   help="Report folder.")
     @click.option("--evaluate/--no-evaluate", default=False, show_default=True,
-                  help="Evaluate runs that have no eval/*.json yet.")
-    @click.option("--num-images", type=int, help="Images per evaluation (with --evaluate; default: the run's).")
-    @click.option("--num-samples", default=20, show_default=True, help="Samples per run in samples.png.")
-    @click.option("--seed", default=0, show_default=True)
+                  help="Evaluate runs that have no matching eval/*.json yet.")
+    @click.option("--num-images", type=int, help="Images per evaluation (selects / evaluates; default: any).")
+    @click.option("--eval-cfg", type=float, help="CFG of the evaluation compared (selects / evaluates).")
+    @click.option("--eval-ema", type=click.Choice(["ema1", "ema2", "model"]),
+                  help="Weights of the evaluation compared (selects / evaluates).")
+    @click.option("--eval-seed", type=int, help="Sampling seed of the evaluation compared (selects / evaluates).")
+    @click.option("--num-samples", default=20, show_default=True, help="Samples per arm in samples.png.")
+    @click.option("--seed", default=0, show_default=True, help="Seed of samples.png.")
     @click.option("--cfg", type=float, help="CFG scale for samples.png (default: each run's own).")
     @trust_options
-    def cmd(run_dirs, out, evaluate, num_images, num_samples, seed, cfg, trust_plugins):
-        """Compare runs: loss curves, samples from the same seeds, metrics, config differences."""
-        folder = compare_runs(run_dirs, out, num_samples=num_samples, seed=seed, cfg=cfg, evaluate=evaluate,
-                              num_images=num_images, trust_plugins=trust_plugins)
-        click.echo(f"report: {folder / 'index.html'}")
+    def cmd(run_dirs, arm_specs, baseline, title, out, evaluate, num_images, eval_cfg, eval_ema, eval_seed,
+            num_samples, seed, cfg, trust_plugins):
+        """Compare runs or arms: metrics with 95 % intervals and a verdict, loss curves, samples, config diff."""
+        arms: dict[str, list[str]] = {}
+        try:
+            for spec in arm_specs:
+                name, dirs = _parse_arm(spec)
+                if name in arms:
+                    raise ValueError(f"--arm {name} is given twice")
+                arms[name] = dirs
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--arm") from None
+        for name, d in zip(run_names(run_dirs), run_dirs):
+            arms.setdefault(name, [d])
+        if not arms:
+            raise click.UsageError("give runs to compare: jit compare RUN RUN, or --arm NAME=RUN,RUN ...")
+        try:
+            result = compare_arms(arms, Path(out), baseline=baseline, title=title, num_samples=num_samples,
+                                  seed=seed, evaluate=evaluate, num_images=num_images,
+                                  cfg=eval_cfg if eval_cfg is not None else None, ema=eval_ema, eval_seed=eval_seed,
+                                  trust_plugins=trust_plugins, sample_cfg=cfg)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(result["sentence"])
+        click.echo(f"report: {result['paths']['index_html']}")
 
     return cmd
