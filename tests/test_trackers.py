@@ -124,7 +124,6 @@ def wandb_history(files: list[Path]) -> tuple[list[int], list[str], dict]:
 
 @pytest.fixture
 def wandb_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
