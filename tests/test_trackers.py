@@ -223,3 +223,24 @@ def test_result_scalars_of_a_record_and_a_sweep():
     sweep = {"kind": "cfg_sweep", "results": [one, other], "best": one}
     assert result_scalars(sweep)[1] == {"eval/ema1-cfg2.9/fid": 3.5, "eval/ema1-cfg2.9/precision": 0.7,
                                         "eval/ema1-cfg1/fid": 9.0}
+
+
+# ----------------------------------------------------------------------------------- evaluation results
+def test_jit_evaluate_sends_its_result_to_the_run_trackers(tmp_path):
+    from jit_core.eval.evaluate import evaluate_run
+
+    from .test_evaluate import make_run
+    run = make_run(tmp_path / "run", overrides=["log.tensorboard=true"])
+    result = evaluate_run(run, num_images=10, steps=1, batch_size=10, save="none", progress=False)
+    assert result["metrics"]["fd_classifier"] > 0
+    acc = tb_scalars(run)
+    (point,) = acc.Scalars("eval/ema1-cfg1.5/fd_classifier")
+    assert point.step == 6 and point.value == pytest.approx(result["metrics"]["fd_classifier"], rel=1e-6)
+
+
+def test_trackers_may_be_switched_on_or_off_when_a_run_is_resumed():
+    from jit_core.training.run_dir import config_diff
+    saved = json.loads(config().to_json())
+    del saved["log"]                                        # a run folder from before the log section
+    assert config_diff(saved, json.loads(config("log.tensorboard=true", "log.wandb_name=x").to_json())) == []
+    assert config_diff(saved, json.loads(config("optim.lr=0.5").to_json())) != []
