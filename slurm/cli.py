@@ -58,33 +58,57 @@ def slurm_group() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ submit
+def cluster_options(fn):
+    """Where and how jobs run (profile, executor, resources, requeues); shared by `submit` and `study`."""
+    options = [
+        click.option("--profile", help="Cluster profile: ~/.config/jit-vco/clusters/NAME.toml or slurm/profiles/NAME.toml."),
+        click.option("--executor", type=click.Choice(EXECUTORS),
+                      help="slurm (default), local (subprocesses here) or debug (in this process)."),
+        click.option("--nodes", type=int, help="Nodes (default 1)."),
+        click.option("--gpus-per-node", type=int, help="GPUs per node; one task per GPU. 0: a CPU job."),
+        click.option("--tasks-per-node", type=int, help="Tasks per node of a CPU job (--gpus-per-node 0); default 1."),
+        click.option("--cpus-per-task", type=int, help="CPU cores per task."),
+        click.option("--mem-per-task", type=float, help="Memory per task in GB (default: an estimate from the run's model "
+                      "and data, at least 2 GB per CPU task / 8 GB per GPU task; a lower request is warned about)."),
+        click.option("--partition", help="SLURM partition."),
+        click.option("--account", help="SLURM account."),
+        click.option("--qos", help="SLURM quality of service."),
+        click.option("--time", "time_limit", help=f"Time limit per job: minutes or HH:MM:SS (default {DEFAULT_TIME_MIN} min); "
+                      "the job requeues itself at the limit and resumes."),
+        click.option("--constraint", help="SLURM node constraint (features), e.g. h100."),
+        click.option("--sbatch", "sbatch_flags", multiple=True, metavar="KEY=VALUE",
+                      help="Extra sbatch flag, repeatable: --sbatch mail-type=END --sbatch exclusive="),
+        click.option("--job-name", help="Job name (default jit-<run folder name>)."),
+        click.option("--max-requeues", type=int,
+                     help=f"Times the job may requeue at its time limit (default {DEFAULT_MAX_REQUEUES})."),
+        click.option("--signal-delay", "signal_delay_s", type=int,
+                      help=f"Seconds before the time limit at which the job requeues (default {DEFAULT_SIGNAL_DELAY_S})."),
+        click.option("--allow-local-run-dir", is_flag=True, default=None,
+                      help="Accept a run folder that looks node-local for a multi-node job."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def cluster(params: dict):
+    """The resolved cluster options from the command's parameters (profile first, then the flags given)."""
+    given = {"executor": params["executor"], "nodes": params["nodes"], "gpus_per_node": params["gpus_per_node"],
+             "tasks_per_node": params["tasks_per_node"], "cpus_per_task": params["cpus_per_task"],
+             "mem_per_task": params["mem_per_task"], "partition": params["partition"], "account": params["account"],
+             "qos": params["qos"], "time": params["time_limit"], "constraint": params["constraint"],
+             "job_name": params["job_name"], "max_requeues": params["max_requeues"],
+             "signal_delay_s": params["signal_delay_s"], "allow_local_run_dir": params["allow_local_run_dir"],
+             "sbatch": parse_sbatch_flags(params["sbatch_flags"])}
+    profile = params["profile"]
+    return resolve_options(load_profile(profile) if profile else {}, given, profile)
+
+
 @slurm_group.command("submit")
 @run_options
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Run folder (resumed if it holds this run); a sweep's runs go to RUN_DIR/KEY=VALUE.")
-@click.option("--profile", help="Cluster profile: ~/.config/jit-vco/clusters/NAME.toml or slurm/profiles/NAME.toml.")
-@click.option("--executor", type=click.Choice(EXECUTORS),
-              help="slurm (default), local (subprocesses here) or debug (in this process).")
-@click.option("--nodes", type=int, help="Nodes (default 1).")
-@click.option("--gpus-per-node", type=int, help="GPUs per node; one task per GPU. 0: a CPU job.")
-@click.option("--tasks-per-node", type=int, help="Tasks per node of a CPU job (--gpus-per-node 0); default 1.")
-@click.option("--cpus-per-task", type=int, help="CPU cores per task.")
-@click.option("--mem-per-task", type=float, help="Memory per task in GB (default: an estimate from the run's model "
-              "and data, at least 2 GB per CPU task / 8 GB per GPU task; a lower request is warned about).")
-@click.option("--partition", help="SLURM partition.")
-@click.option("--account", help="SLURM account.")
-@click.option("--qos", help="SLURM quality of service.")
-@click.option("--time", "time_limit", help=f"Time limit per job: minutes or HH:MM:SS (default {DEFAULT_TIME_MIN} min); "
-              "the job requeues itself at the limit and resumes.")
-@click.option("--constraint", help="SLURM node constraint (features), e.g. h100.")
-@click.option("--sbatch", "sbatch_flags", multiple=True, metavar="KEY=VALUE",
-              help="Extra sbatch flag, repeatable: --sbatch mail-type=END --sbatch exclusive=")
-@click.option("--job-name", help="Job name (default jit-<run folder name>).")
-@click.option("--max-requeues", type=int, help=f"Times the job may requeue at its time limit (default {DEFAULT_MAX_REQUEUES}).")
-@click.option("--signal-delay", "signal_delay_s", type=int,
-              help=f"Seconds before the time limit at which the job requeues (default {DEFAULT_SIGNAL_DELAY_S}).")
-@click.option("--allow-local-run-dir", is_flag=True, default=None,
-              help="Accept a run folder that looks node-local for a multi-node job.")
+@cluster_options
 @click.option("--sweep", multiple=True, metavar="KEY=V1,V2,...",
               help="A job array, one run per value (repeatable: all combinations), e.g. --sweep plugins=none,vco. "
               "A sweep value wins over --preset/--config/overrides/--plugin; a plugin's options go to the elements "
@@ -93,23 +117,15 @@ def slurm_group() -> None:
               "and every problem submitting would refuse; submit nothing.")
 @click.option("--wait", is_flag=True, help="Block until the job(s) end and print the result.")
 @_friendly
-def submit_cmd(preset, config_file, plugins, overrides, run_dir, profile, executor, nodes, gpus_per_node,
-               tasks_per_node, cpus_per_task, mem_per_task, partition, account, qos, time_limit, constraint,
-               sbatch_flags, job_name, max_requeues, signal_delay_s, allow_local_run_dir, sweep, dry_run, wait):
+def submit_cmd(preset, config_file, plugins, overrides, run_dir, sweep, dry_run, wait, **cluster_params):
     """Submit a training run. OVERRIDES are KEY=VALUE, as for `jit train`.
 
     \b
     jit slurm submit --preset jit-b16 --run-dir /shared/runs/b16 --profile mycluster --nodes 2 --gpus-per-node 8
-    jit slurm submit --preset vco-b16 --run-dir /shared/runs/pair --sweep plugins=none,vco --profile mycluster \
+    jit slurm submit --preset vco-b16 --run-dir /shared/runs/pair --sweep plugins=none,vco --profile mycluster \\
         data.path=/shared/imagenet vco.encoder_weights=/shared/dinov2.safetensors
     """
-    prof = load_profile(profile) if profile else {}
-    given = {"executor": executor, "nodes": nodes, "gpus_per_node": gpus_per_node, "tasks_per_node": tasks_per_node,
-             "cpus_per_task": cpus_per_task, "mem_per_task": mem_per_task, "partition": partition,
-             "account": account, "qos": qos, "time": time_limit, "constraint": constraint, "job_name": job_name,
-             "max_requeues": max_requeues, "signal_delay_s": signal_delay_s,
-             "allow_local_run_dir": allow_local_run_dir, "sbatch": parse_sbatch_flags(sbatch_flags)}
-    opts = resolve_options(prof, given, profile)
+    opts = cluster(cluster_params)
     if not run_dir:
         run_dir = build_config(preset, config_file, plugins, overrides).run_dir
     if not run_dir:
@@ -199,6 +215,53 @@ def _print_dry_run(runs, opts, root: Path) -> None:
         click.echo(json.dumps(run.config, indent=2, sort_keys=True))
     for problem in preflight(runs, opts, root):
         click.echo(f"warning: submitting would fail: {problem}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------ study
+@slurm_group.command("study")
+@click.argument("name")
+@click.argument("overrides", nargs=-1)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Study folder on shared storage (runs in OUT/<arm>/seed-<n>).")
+@click.option("--seeds", help="Comma-separated seeds (default: the study's).")
+@click.option("--arms", help="Comma-separated arm names (default: all).")
+@click.option("--num-images", type=int, help="Images generated per evaluation (default: the study's).")
+@click.option("--ref-stats", type=click.Path(exists=True, dir_okay=False), help="FID reference statistics (npz).")
+@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), help="FID Inception weights.")
+@cluster_options
+@click.option("--dry-run", is_flag=True, help="Check every arm, print what each changes and the sbatch script.")
+@_friendly
+def study_cmd(name, overrides, out, seeds, arms, num_images, ref_stats, inception_weights, dry_run, **cluster_params):
+    """Submit a named study (`jit study --list`) as one job array: every (arm, seed) trains, then evaluates.
+
+    \b
+    jit slurm study vco-b16 --out /shared/studies/vco-b16 --profile mycluster --nodes 2 --gpus-per-node 8 \\
+        data.path=/shared/imagenet vco.encoder_weights=/shared/dinov2.safetensors --ref-stats /shared/in256.npz
+    jit study vco-b16 --out /shared/studies/vco-b16 --report-only      # once the jobs have ended
+    """
+    from jit_core.study import expand
+    from jit_core.study.command import describe, parse_list
+    from jit_core.study.registry import get_study
+
+    from .runs import RunSpec
+    study = get_study(name)
+    root = Path(out).expanduser().absolute()
+    elements = expand(study, root, seeds=parse_list(seeds, int), arms=parse_list(arms), overrides=overrides)
+    runs = [RunSpec(e.config, e.run_dir, f"{e.arm.slug}/seed-{e.seed}", e.notes) for e in elements]
+    opts, mem_warnings = plan_memory(runs, cluster(cluster_params))
+    for warning in [n for r in runs for n in r.notes] + mem_warnings + [w for r in runs for w in run_warnings(r)]:
+        click.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        click.echo(describe(study, elements))
+        _print_dry_run(runs, opts, root)
+        return
+    evaluate = {"num_images": num_images or study.num_images, "save": "none", "ref_stats": ref_stats,
+                "inception_weights": inception_weights}
+    submission = submit(runs, opts, root, command_line=_command_line(click.get_current_context()), evaluate=evaluate)
+    click.echo(f"submitted study {name}: {len(runs)} runs ({opts.executor}) in {root}:")
+    for run, job in zip(runs, submission.jobs):
+        click.echo(f"  {job.job_id}  {run.run_dir}")
+    click.echo(f"watch: jit slurm status {root} | report once they end: jit study {name} --out {root} --report-only")
 
 
 # ------------------------------------------------------------------------------------------------ watching

@@ -97,15 +97,20 @@ class TrainJob(Checkpointable):
     Rank 0 writes a ``start`` event when training starts and an ``end`` event however the training ends
     (finished, interrupted, failed: with the error), so `jit slurm status|--wait` read outcomes from
     ``events.jsonl`` and never from submitit's result pickles.
+
+    ``evaluate``: keyword arguments of :func:`jit_core.eval.evaluate.evaluate_run`; a run that finished
+    training is then evaluated by every task of the job (``jit slurm study``), and rank 0 records it
+    as a finished study element (``study-element.json``).
     """
 
     def __init__(self, config: dict, run_dir: str, param_hash: bool = False, progress: bool = True,
-                 max_requeues: int | None = None):
+                 max_requeues: int | None = None, evaluate: dict | None = None):
         self.config = config
         self.run_dir = str(run_dir)
         self.param_hash = param_hash
         self.progress = progress
         self.max_requeues = max_requeues
+        self.evaluate = evaluate
 
     def __call__(self) -> dict:
         env, job_env = distributed_env()
@@ -133,6 +138,7 @@ class TrainJob(Checkpointable):
         def end(record: dict) -> None:
             if rank == 0:
                 append_event(self.run_dir, {"event": "end", "job_id": job_id, "time": now(), **record})
+        t0 = time.perf_counter()
         try:
             try:
                 trainer = Trainer(Config.from_dict(self.config), self.run_dir,
@@ -147,6 +153,8 @@ class TrainJob(Checkpointable):
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
                 if self.param_hash:
                     out["param_hash"] = _param_hash(trainer.model)
+                if result.status == "finished" and getattr(self, "evaluate", None):
+                    out["evaluation"] = self._evaluate(rank, time.perf_counter() - t0)
                 end({"status": result.status, "step": result.step, "losses": dict(result.losses)})
             finally:
                 if tdist.is_available() and tdist.is_initialized():
@@ -166,6 +174,17 @@ class TrainJob(Checkpointable):
             raise
         return out
 
+    def _evaluate(self, rank: int, train_s: float) -> str:
+        """Evaluate the finished run (distributed over the job's tasks); rank 0 records the study element."""
+        from jit_core.eval.evaluate import evaluate_run
+        from jit_core.study.local import write_done
+        t0 = time.perf_counter()
+        result = evaluate_run(self.run_dir, progress=False, **self.evaluate)
+        if rank == 0:
+            write_done(self.run_dir, {"train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1),
+                                      "num_images": self.evaluate.get("num_images"), "result": result["json"]})
+        return result["json"]
+
     @staticmethod
     def _linger_after_interrupt() -> None:
         """SIGTERM/SIGUSR1 stopped training and a checkpoint was written. On SLURM that is a cancel (SIGKILL
@@ -182,4 +201,5 @@ class TrainJob(Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Cheap (no collectives): resubmit the same job; it resumes from the last complete checkpoint."""
         return DelayedSubmission(TrainJob(self.config, self.run_dir, self.param_hash, self.progress,
-                                          getattr(self, "max_requeues", None)))   # absent from older pickles
+                                          getattr(self, "max_requeues", None),   # absent from older pickles
+                                          getattr(self, "evaluate", None)))

@@ -206,8 +206,9 @@ def _prepare_folder(folder: Path) -> None:
 
 
 def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, command_line: str | None = None,
-           param_hash: bool = False, progress: bool = True) -> Submission:
-    """Queue ``runs`` (one job, or one job array for a sweep) and record the job ids in the run folders."""
+           param_hash: bool = False, progress: bool = True, evaluate: dict | None = None) -> Submission:
+    """Queue ``runs`` (one job, or one job array for a sweep) and record the job ids in the run folders.
+    ``evaluate``: evaluate each run when its training finishes (:class:`TrainJob`), as `jit slurm study` does."""
     root = Path(root).absolute()
     opts = plan_memory(runs, opts)[0]   # the default --mem-per-task when none is given
     for problem in preflight(runs, opts, root):
@@ -215,15 +216,16 @@ def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, comma
     if opts.executor == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
         raise LaunchError(SLURM_MISSING)
     sweep = len(runs) > 1 or runs[0].label is not None
+    ours = {r.run_dir.relative_to(root).parts[0] for r in runs if r.run_dir != root and r.run_dir.is_relative_to(root)}
     if sweep and root.is_dir() and any(p.name != "slurm" and not (root / p.name / "config.json").exists()
-                                       and p.name not in {r.label for r in runs} for p in root.iterdir()):
+                                       and p.name not in ours for p in root.iterdir()):
         raise LaunchError(f"sweep folder {root} holds other files; pick a new --run-dir for the sweep")
     created = [p for p in dict.fromkeys([root] + [r.run_dir for r in runs]) if not p.exists()]
     for run in runs:
         _prepare_folder(run.run_dir)
     (root / "slurm").mkdir(parents=True, exist_ok=True)
     fns = [TrainJob(r.config, str(r.run_dir), param_hash=param_hash, progress=progress,
-                    max_requeues=opts.max_requeues) for r in runs]
+                    max_requeues=opts.max_requeues, evaluate=evaluate) for r in runs]
     captured = io.StringIO()
     try:
         executor = _make_executor(opts, root)

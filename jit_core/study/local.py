@@ -80,8 +80,13 @@ def run_element(element: Element, study: Study, num_images: int, threads: int) -
     result = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("results:")), None)
     record = {"arm": element.arm.name, "seed": element.seed, "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "threads": threads, "num_images": num_images, "result": result}
-    replace_durably(element.run_dir / DONE, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    write_done(element.run_dir, record)
     return record
+
+
+def write_done(run_dir, record: dict) -> None:
+    """Mark a study element finished (trained and evaluated), with its timings and result file."""
+    replace_durably(Path(run_dir) / DONE, lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 def prepare_metrics(elements: Sequence[Element], echo: Callable[[str], None]) -> None:

@@ -320,3 +320,24 @@ def test_debug_executor_runs_in_process_and_reraises(tmp_path):
               "train.max_steps=2", "optim.batch_size=100000", *TINY)
     assert res.exit_code == 1
     assert "failed" in res.output and "lower optim.batch_size" in res.output
+
+
+@pytest.mark.slurm
+def test_study_as_a_job_array_trains_evaluates_and_reports(slurm_cluster, run_dir):
+    """`jit slurm study`: one job array of (arm, seed) runs, each trained then evaluated in its job; the local
+    `jit study --report-only` then reports them (here the JiT arm, 2 seeds, a few steps)."""
+    res = jit("study", "vco-tiny-pair", "--out", str(run_dir), "--arms", "JiT", "--seeds", "0,1", "--num-images",
+              "16", *CPU, "train.max_steps=2", *TINY)
+    assert res.exit_code == 0, res.output
+    assert "submitted study vco-tiny-pair: 2 runs (slurm)" in res.output
+    array = read_jobs(run_dir)[-1]
+    assert array["array_job_id"] and len(array["element_job_ids"]) == 2
+    done = [run_dir / "JiT" / f"seed-{s}" / "study-element.json" for s in (0, 1)]
+    wait_for(lambda: all(p.exists() for p in done), 240, "both study elements trained and evaluated")
+    assert all(json.loads(p.read_text())["result"].endswith(".json") for p in done)
+    _add_optional_commands()
+    res = CliRunner().invoke(cli, ["study", "vco-tiny-pair", "--out", str(run_dir), "--arms", "JiT", "--seeds",
+                                   "0,1", "--report-only", "train.max_steps=2", *TINY])
+    assert res.exit_code == 0, res.output
+    arms = json.loads((run_dir / "report" / "arms.json").read_text())
+    assert arms["rows"][0]["n_runs"] == 2
