@@ -9,7 +9,7 @@ from PIL import Image
 
 from jit_core.eval import report as R
 
-from .test_evaluate import make_run
+from .test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fixture
 
 REPORT_FILES = ("loss_curves.png", "loss_curves_time.png", "samples.png", "metrics.md", "metrics.json",
                 "config_diff.md", "index.html")
@@ -156,3 +156,16 @@ def test_compare_cli_with_arms(tmp_path):
     assert "JiT vs V-Co" in res.output and "V-Co is better" in res.output
     bad = CliRunner().invoke(R.compare_command(), ["--arm", "JiT", "--out", str(tmp_path / "rep")])
     assert bad.exit_code != 0 and "NAME=RUN" in bad.output
+
+
+def test_compare_arms_evaluates_real_tiny_runs(tmp_path, cache_env):  # noqa: F811 -- the fixture
+    arms = {"A": [make_run(tmp_path / "a" / f"s{i}", seed=i) for i in range(2)],
+            "B": [make_run(tmp_path / "b" / "s0", seed=5, overrides=["optim.lr=0.002"])]}
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2, evaluate=True, num_images=20, steps=1, cfg=1.5,
+                         bootstrap=50, device="cpu")
+    a, b = res["rows"]
+    assert a["n"] == 2 and b["n"] == 1 and res["eval_settings"]["num_images"] == 20
+    assert a["metrics"]["fd_classifier"]["method"].startswith("t-interval") and "bootstrap" in \
+        b["metrics"]["fd_classifier"]["method"]
+    assert b["metrics"]["fd_classifier"]["lo"] < b["metrics"]["fd_classifier"]["mean"] < b["metrics"]["fd_classifier"]["hi"]
+    assert "B vs A" in res["sentence"] and len(list((tmp_path / "a" / "s1" / "eval").glob("*.json"))) == 1

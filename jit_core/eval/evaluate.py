@@ -7,7 +7,9 @@ size. Samples are lossless PNGs ``00000.png ...`` or one ``.npz`` (uint8 NHWC, k
 evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifier Fréchet distance
 (:mod:`jit_core.eval.classifier`, not FID); other runs with reference statistics or images -> FID/IS
 (:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
-``<run>/eval/<name>.json`` with the provenance list of the protocol's §6.
+``<run>/eval/<name>.json`` with the provenance list of the protocol's §6, and 95 % bootstrap intervals over
+the samples (``intervals``, :mod:`jit_core.eval.stats`). ``--ema a,b --cfg x,y`` evaluates the grid of
+weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table (docs/evaluation.md).
 """
 from __future__ import annotations
 
