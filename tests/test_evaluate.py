@@ -223,6 +223,8 @@ def test_ema_cfg_grid_one_row_per_point_best_marked_and_resumed(tiny_run, tmp_pa
     assert md.count("| ema") == 4 and "**best**" in md.splitlines()[7] and "chosen on these same samples" in md
     table = E.format_table(res).splitlines()
     assert len(table) == 5 and table[4].endswith("*") and "ema2" in table[4]
+    from jit_core.logsinks import result_scalars
+    assert set(result_scalars(res)[1]) == {f"eval/{e}-cfg{w}/fd_classifier" for e in ("ema1", "ema2") for w in (1, 1.8)}
     # resumed: every point exists with the same settings -> nothing is recomputed
     again = E.evaluate_run(tiny_run, **kw)
     assert len(calls) == 4 and all(p["resumed"] for p in again["points"])

@@ -362,7 +362,6 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                     error = exc
             _raise_everywhere(error, world)
             records.append(record)
-        del run
     result = records[0]
     if rank == 0:
         if grid:
@@ -373,6 +372,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         _write_json(result["json"], result)
         if grid:
             Path(result["json"]).with_suffix(".md").write_text(sweep_markdown(result))
+        run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
     if world > 1:
         box = [result]
         dist.broadcast_object_list(box, src=0)

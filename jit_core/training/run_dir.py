@@ -7,10 +7,10 @@ from pathlib import Path
 from jit_core.config import Config, ConfigError
 from jit_core.runs import checkpoint as ckpt
 
-# config keys that may change when a run is resumed (length, logging, resources)
+# config keys that may change when a run is resumed (length, logging, trackers, resources)
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.ckpt_every", "train.keep_every",
                      "train.sample_every", "train.device", "train.compile", "data.num_workers", "data.pin_memory",
-                     "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.")
+                     "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.", "log")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
