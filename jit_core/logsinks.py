@@ -45,12 +45,12 @@ class LogSink:
 
 
 def result_scalars(record: dict) -> tuple[int, dict[str, float]]:
-    """``(step, {tag: value})`` of an evaluation record (a cfg sweep: every member's numbers).
+    """``(step, {tag: value})`` of an evaluation record (a cfg sweep or EMA x CFG grid: every member's numbers).
 
     Tags are ``eval/<weights>-cfg<scale>/<metric>`` (e.g. ``eval/ema1-cfg2.9/fid``); the step is
     the evaluated checkpoint's.
     """
-    members = record.get("results") if record.get("kind") == "cfg_sweep" else [record]
+    members = record.get("results") if record.get("kind") in ("cfg_sweep", "ema_cfg_grid") else [record]
     step, out = 0, {}
     for r in members or []:
         ck, cfg = r.get("checkpoint") or {}, (r.get("guidance") or {}).get("cfg")

@@ -197,3 +197,61 @@ def test_two_ranks_split_the_ids_and_rank0_writes(tiny_run, tmp_path):
     with np.load(out / f"{r0['name']}.npz") as a, np.load(single["samples"]["path"]) as b:
         diff = np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+# ----------------------------------------------------------------------------------- EMA x CFG grid
+def test_ema_cfg_grid_one_row_per_point_best_marked_and_resumed(tiny_run, tmp_path, monkeypatch):
+    calls = []
+    target = {"ema1": 1.0, "ema2": 0.5}   # ema2 at cfg 1.8 is the best point
+
+    def fake_metrics(kind, images, folder, labels, run, **kw):
+        w = [1.0, 1.8][len(calls) % 2]
+        calls.append((run.ema, w))
+        fd = (w - 1.8) ** 2 + target[run.ema]
+        return {"fd_classifier": fd, "intervals": {"fd_classifier": [fd - 0.1, fd + 0.1]}, "interval_method": "test"}
+    monkeypatch.setattr(E, "compute_metrics", fake_metrics)
+    kw = {"num_images": 10, "cfg": [1.0, 1.8], "ema": ["ema1", "ema2"], "steps": 1, "save": "none", "out": tmp_path,
+          "progress": False}
+    res = E.evaluate_run(tiny_run, **kw)
+    assert calls == [("ema1", 1.0), ("ema1", 1.8), ("ema2", 1.0), ("ema2", 1.8)]
+    assert res["kind"] == "ema_cfg_grid" and len(res["points"]) == 4 and len(res["results"]) == 4
+    assert (res["best_ema"], res["best_cfg"]) == ("ema2", 1.8) and sum(p["best"] for p in res["points"]) == 1
+    assert res["points"][3]["interval"] == pytest.approx([0.4, 0.6])
+    assert all(r["selection"] == {"cfg_chosen_on_these_samples": True, "ema_chosen_on_these_samples": True}
+               for r in res["results"])
+    md = Path(res["json"]).with_suffix(".md").read_text()
+    assert md.count("| ema") == 4 and "**best**" in md.splitlines()[7] and "chosen on these same samples" in md
+    table = E.format_table(res).splitlines()
+    assert len(table) == 5 and table[4].endswith("*") and "ema2" in table[4]
+    from jit_core.logsinks import result_scalars
+    assert set(result_scalars(res)[1]) == {f"eval/{e}-cfg{w}/fd_classifier" for e in ("ema1", "ema2") for w in (1, 1.8)}
+    # resumed: every point exists with the same settings -> nothing is recomputed
+    again = E.evaluate_run(tiny_run, **kw)
+    assert len(calls) == 4 and all(p["resumed"] for p in again["points"])
+    assert (again["best_ema"], again["best_cfg"]) == ("ema2", 1.8)
+    # one more cfg: only the new points are computed; other settings (bootstrap) recompute
+    more = E.evaluate_run(tiny_run, **{**kw, "cfg": [1.0, 1.8, 2.6]})
+    assert len(calls) == 6 and [p["resumed"] for p in more["points"]] == [True, True, False] * 2
+    E.evaluate_run(tiny_run, **{**kw, "bootstrap": 7})
+    assert len(calls) == 10
+
+
+def test_classifier_metrics_carry_bootstrap_intervals(tiny_run, cache_env, tmp_path):
+    res = E.evaluate_run(tiny_run, num_images=20, steps=1, save="none", out=tmp_path, bootstrap=50, progress=False)
+    iv, m = res["intervals"], res["metrics"]
+    assert set(iv) == {"fd_classifier", "classifier_accuracy"} and res["bootstrap"] == 50
+    assert iv["fd_classifier"][0] < m["fd_classifier"] < iv["fd_classifier"][1]
+    assert 0 <= iv["classifier_accuracy"][0] <= m["classifier_accuracy"] <= iv["classifier_accuracy"][1] <= 1
+    assert "percentile bootstrap over the 20 generated samples, 50 resamples" in res["interval_method"]
+    none = E.evaluate_run(tiny_run, num_images=20, steps=1, save="none", out=tmp_path, bootstrap=0, progress=False)
+    assert none["intervals"] == {} and "no interval" in none["interval_method"]
+
+
+def test_evaluate_cli_grid_and_bad_ema(tiny_run, tmp_path):
+    res = CliRunner().invoke(E.evaluate_command(), [str(tiny_run), "--num-images", "4", "--ema", "ema1,ema2",
+                                                    "--cfg", "1.0,2.0", "--steps", "1", "--metrics", "none",
+                                                    "--save", "none", "--out", str(tmp_path), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("ema2") >= 2 and list(tmp_path.glob("*ema1-ema2*cfgsweep*.md"))
+    bad = CliRunner().invoke(E.evaluate_command(), [str(tiny_run), "--ema", "ema3", "--device", "cpu"])
+    assert bad.exit_code != 0 and "ema3" in bad.output and "ema1, ema2, model" in bad.output

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from jit_core.eval import report as R
 
-from .test_evaluate import make_run
+from .test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fixture
 
 REPORT_FILES = ("loss_curves.png", "loss_curves_time.png", "samples.png", "metrics.md", "metrics.json",
                 "config_diff.md", "index.html")
@@ -81,3 +82,98 @@ def test_compare_cli_and_a_run_without_checkpoint(tmp_path):
     assert "index.html" in res.output
     for f in REPORT_FILES + ("samples_a.png", "samples_empty.png"):
         assert (tmp_path / "rep" / f).is_file(), f
+
+
+# ----------------------------------------------------------------------------------- arms (several seeds each)
+def _eval_record(run, fd, acc=0.5, cfg=1.5, n=20, interval=(0.1, 1.0), step=6):
+    """A result JSON as ``jit evaluate`` writes it (the fields compare reads), in ``run/eval``."""
+    name = f"step{step:08d}-ema1-n{n}-heun4-cfg{cfg:g}-seed0"
+    rec = {"name": name, "metrics": {"fd_classifier": fd, "classifier_accuracy": acc, "fd_classifier_real_train": 1.0},
+           "intervals": {"fd_classifier": [fd - 0.3, fd + 0.3], "classifier_accuracy": [acc - 0.1, acc + 0.1]},
+           "metric_kind": "classifier", "primary_metric": "fd_classifier",
+           "checkpoint": {"weights": "ema1", "step": step}, "guidance": {"cfg": cfg, "interval": list(interval)},
+           "sampler": {"method": "heun", "steps": 4}, "samples": {"num_images": n, "seed": 0},
+           "selection": {"cfg_chosen_on_these_samples": False}, "date": "2026-01-01T00:00:00+00:00"}
+    (run / "eval").mkdir(parents=True, exist_ok=True)
+    (run / "eval" / f"{name}.json").write_text(json.dumps(rec))
+
+
+def _seed_runs(root, template, arm, fds, **kw):
+    """Run folders (config only: no checkpoint, compare needs none) with constructed evaluations."""
+    dirs = []
+    for i, fd in enumerate(fds):
+        d = root / arm / f"s{i}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text((template / "config.json").read_text())
+        _eval_record(d, fd, **kw)
+        dirs.append(d)
+    return dirs
+
+
+def test_compare_arms_ties_and_differences(tmp_path):
+    tpl = make_run(tmp_path / "tpl")
+    arms = {"JiT": _seed_runs(tmp_path, tpl, "jit", [5.5, 5.7, 5.6]),
+            "tie": _seed_runs(tmp_path, tpl, "tie", [5.6, 5.5, 5.7]),
+            "V-Co": _seed_runs(tmp_path, tpl, "vco", [4.0, 4.1, 3.9], acc=0.7)}
+    res = R.compare_arms(arms, tmp_path / "rep", paper={"tie": "better", "V-Co": "better"}, num_samples=2)
+    rows = {r["arm"]: r for r in res["rows"]}
+    assert res["baseline"] == "JiT" and res["primary_metric"] == "fd_classifier"
+    assert rows["JiT"]["n"] == 3 and rows["JiT"]["metrics"]["fd_classifier"]["mean"] == pytest.approx(5.6)
+    assert "fd_classifier_real_train" not in rows["JiT"]["metrics"]   # the floor is not an arm's metric
+    tie, vco = rows["tie"]["verdicts"]["fd_classifier"], rows["V-Co"]["verdicts"]["fd_classifier"]
+    assert not tie["outside_noise"] and tie["better"] is None and rows["tie"]["ours"] == "within noise"
+    assert vco["outside_noise"] and vco["better"] == "V-Co" and rows["V-Co"]["ours"] == "agrees"
+    assert rows["V-Co"]["verdicts"]["classifier_accuracy"]["better"] == "V-Co"   # higher accuracy is better
+    assert "tie vs JiT" in res["sentence"] and "within noise" in res["sentence"] and "V-Co is better" in res["sentence"]
+    assert "not FID" in res["what_this_shows"] and "6 steps" in res["what_this_shows"]
+    saved = json.loads((tmp_path / "rep" / "arms.json").read_text())
+    assert saved["sentence"] == res["sentence"] and len(saved["rows"]) == 3
+    md = (tmp_path / "rep" / "metrics.md").read_text()
+    assert res["sentence"] in md and "| paper | ours |" in md and "agrees" in md
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "within noise" in page and "samples_V-Co.png" in page
+    for f in REPORT_FILES + ("arms.json",):
+        assert (tmp_path / "rep" / f).is_file(), f
+    # the paper says worse; we measure better, outside the noise
+    res = R.compare_arms(arms, tmp_path / "rep2", baseline="JiT", paper={"V-Co": "worse"}, num_samples=2)
+    assert {r["arm"]: r.get("ours") for r in res["rows"]}["V-Co"] == "disagrees"
+
+
+def test_compare_arms_refuses_mixed_eval_settings(tmp_path):
+    tpl = make_run(tmp_path / "tpl")
+    arms = {"A": _seed_runs(tmp_path, tpl, "a", [5.0, 5.1]), "B": _seed_runs(tmp_path, tpl, "b", [5.0], cfg=2.0)}
+    with pytest.raises(ValueError, match="no settings in common"):
+        R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    _eval_record(arms["B"][0], 4.0, cfg=1.5)   # now both have cfg 1.5 (and B also 2.0): 1.5 is the common one
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    assert res["eval_settings"]["cfg"] == 1.5
+    assert res["rows"][1]["metrics"]["fd_classifier"]["mean"] == 4.0 and "t-interval assuming" in \
+        res["rows"][1]["verdicts"]["fd_classifier"]["method"]
+    with pytest.raises(TypeError, match="unknown keyword"):
+        R.compare_arms(arms, tmp_path / "rep", cfgs=1.5)
+
+
+def test_compare_cli_with_arms(tmp_path):
+    tpl = make_run(tmp_path / "tpl")
+    a = _seed_runs(tmp_path, tpl, "a", [5.5, 5.7])
+    b = _seed_runs(tmp_path, tpl, "b", [4.0, 4.2])
+    res = CliRunner().invoke(R.compare_command(), ["--arm", f"JiT={a[0]},{a[1]}", "--arm", f"V-Co={b[0]},{b[1]}",
+                                                   "--baseline", "V-Co", "--out", str(tmp_path / "rep"),
+                                                   "--num-samples", "2"])
+    assert res.exit_code == 0, res.output
+    assert "JiT vs V-Co" in res.output and "V-Co is better" in res.output
+    bad = CliRunner().invoke(R.compare_command(), ["--arm", "JiT", "--out", str(tmp_path / "rep")])
+    assert bad.exit_code != 0 and "NAME=RUN" in bad.output
+
+
+def test_compare_arms_evaluates_real_tiny_runs(tmp_path, cache_env):  # noqa: F811 -- the fixture
+    arms = {"A": [make_run(tmp_path / "a" / f"s{i}", seed=i) for i in range(2)],
+            "B": [make_run(tmp_path / "b" / "s0", seed=5, overrides=["optim.lr=0.002"])]}
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2, evaluate=True, num_images=20, steps=1, cfg=1.5,
+                         bootstrap=50, device="cpu")
+    a, b = res["rows"]
+    assert a["n"] == 2 and b["n"] == 1 and res["eval_settings"]["num_images"] == 20
+    assert a["metrics"]["fd_classifier"]["method"].startswith("t-interval") and "bootstrap" in \
+        b["metrics"]["fd_classifier"]["method"]
+    assert b["metrics"]["fd_classifier"]["lo"] < b["metrics"]["fd_classifier"]["mean"] < b["metrics"]["fd_classifier"]["hi"]
+    assert "B vs A" in res["sentence"] and len(list((tmp_path / "a" / "s1" / "eval").glob("*.json"))) == 1

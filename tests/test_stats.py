@@ -88,3 +88,12 @@ def test_verdict_with_one_seed_per_arm_combines_the_bootstrap_intervals():
     assert "bootstrap" in v.method and "1 seed" in v.sentence
     none = S.compare_arms_stats(S.summarize_arm("A", [5.0]), S.summarize_arm("B", [4.0]), True)
     assert none.lo is None and not none.outside_noise and "no interval" in none.sentence
+
+
+def test_fid_resampler_torch_form_equals_the_metric():
+    rng = np.random.default_rng(3)
+    x, ref = rng.normal(size=(120, 16)) + 0.1, rng.normal(size=(400, 16))
+    mu, sigma = F.feature_stats(ref)
+    f = F.fid_resampler(x, mu, sigma, device="cpu")   # N > D: the float64 torch form used for 50k x 2048
+    idx = rng.integers(0, 120, 120)
+    assert f(idx) == pytest.approx(F.frechet_distance_to_features(x[idx], mu, sigma), rel=1e-8)

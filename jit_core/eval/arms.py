@@ -8,6 +8,7 @@ intervals per metric (:func:`jit_core.eval.stats.summarize_arm`) and verdicts ag
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from jit_core.eval import stats
@@ -24,10 +25,13 @@ SELECT_KEYS = ("ema", "num_images", "cfg", "steps", "method", "interval", "eval_
 
 def settings_of(rec: dict) -> dict:
     """The evaluation settings of a result record (not the training step: that is reported, not matched)."""
-    g, sm, sa = rec.get("guidance") or {}, rec.get("sampler") or {}, rec.get("samples") or {}
-    return {"ema": (rec.get("checkpoint") or {}).get("weights"), "num_images": sa.get("num_images"),
+    def part(key):   # result files are untrusted input: a section that is not a dict counts as missing
+        return rec.get(key) if isinstance(rec.get(key), dict) else {}
+    g, sm, sa = part("guidance"), part("sampler"), part("samples")
+    iv = _interval(g.get("interval"))
+    return {"ema": part("checkpoint").get("weights"), "num_images": sa.get("num_images"),
             "method": sm.get("method"), "steps": sm.get("steps"), "cfg": g.get("cfg"),
-            "interval": list(g["interval"]) if g.get("interval") is not None else None,
+            "interval": list(iv) if iv else None,
             "eval_seed": sa.get("seed"), "metric_kind": rec.get("metric_kind")}
 
 
@@ -101,9 +105,25 @@ def select_evaluations(runs: dict[str, Path], want: dict | None = None) -> tuple
     for label in runs:
         recs = [r for r in per_run[label] if _key(settings_of(r)) == key]
         # the newest checkpoint's evaluation, then the newest evaluation of it
-        chosen[label] = max(recs, key=lambda r: ((r.get("checkpoint") or {}).get("step") or 0, r.get("date") or "")) \
-            if recs else None
+        chosen[label] = max(recs, key=_newest) if recs else None
     return chosen, json.loads(key)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _interval(x) -> tuple[float, float] | None:
+    """A record's ``[lo, hi]`` if it is one (result files are untrusted input), else None."""
+    if isinstance(x, (list, tuple)) and len(x) == 2 and all(_number(v) for v in x) and x[0] <= x[1]:
+        return float(x[0]), float(x[1])
+    return None
+
+
+def _newest(rec: dict) -> tuple:
+    ck = rec.get("checkpoint") if isinstance(rec.get("checkpoint"), dict) else {}
+    step = ck.get("step") if _number(ck.get("step")) else 0
+    return step, str(rec.get("date") or "")
 
 
 def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], baseline: str,
@@ -112,19 +132,20 @@ def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], basel
     evaluated = {a: [records[r] for r in labels if records.get(r)] for a, labels in arms.items()}
     recs = [r for rs in evaluated.values() for r in rs]
     primary = next((r.get("primary_metric") for r in recs if r.get("primary_metric")), None)
-    metrics = [m for m in ARM_METRICS if recs and all(r["metrics"].get(m) is not None for r in recs)]
+    metrics = [m for m in ARM_METRICS if recs and all(_number(r["metrics"].get(m)) for r in recs)]
     rows = []
     summaries: dict[str, dict[str, stats.ArmSummary]] = {}
     for arm, rs in evaluated.items():
         summaries[arm] = {}
         for m in metrics if rs else ():
             summaries[arm][m] = stats.summarize_arm(arm, [r["metrics"][m] for r in rs],
-                                                    [(r.get("intervals") or {}).get(m) for r in rs],
+                                                    [_interval((r.get("intervals") or {}).get(m)) if
+                                                     isinstance(r.get("intervals"), dict) else None for r in rs],
                                                     lower_is_better=LOWER_IS_BETTER[m])
     for arm, labels in arms.items():
         row = {"arm": arm, "runs": list(labels), "n_runs": len(labels), "n": len(evaluated[arm]),
                "baseline": arm == baseline,
-               "steps": [(r.get("checkpoint") or {}).get("step") for r in evaluated[arm]],
+               "steps": [_newest(r)[0] or None for r in evaluated[arm]],
                "metrics": {m: s.to_dict() for m, s in summaries[arm].items()}, "verdicts": {}}
         if arm != baseline and summaries[arm] and summaries.get(baseline):
             for m in metrics:

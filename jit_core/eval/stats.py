@@ -217,7 +217,10 @@ def _g(x: float | None) -> str:
 
 
 def _fixed(x: float) -> str:
-    return f"{x:.2f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
+    """Two decimals; smaller values with two significant digits; rounding noise (< 1e-9) as 0.00."""
+    if abs(x) < 1e-9:
+        return "0.00"
+    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.2g}"
 
 
 def _diff_interval(a: ArmSummary, b: ArmSummary, level: float):
