@@ -56,7 +56,7 @@ def tiny_studies() -> dict[str, Study]:
                           (jit, vco, *ablation_arms("vco-tiny")), baseline=VCO, seeds=(0, 1, 2), num_images=200,
                           overrides=budget, what_it_shows=SHOWS),
         "vco-tiny-pair": Study("vco-tiny-pair", "JiT vs V-Co on the embedded Fashion-MNIST (the demo)", pair,
-                               baseline="JiT", seeds=(0, 1), num_images=200, overrides=budget,
+                               baseline="JiT", seeds=(0, 1, 2), num_images=200, overrides=budget,
                                what_it_shows=SHOWS.replace("from V-Co", "from JiT")),
     }
 
