@@ -196,20 +196,20 @@ def test_sigint_resume_is_bit_identical(reference, sigint_run):
 
 
 def test_second_ctrl_c_aborts_at_once(tmp_path):
+    """Two Ctrl-C during step 3 (tests.ctrl_c_plugin): the second aborts in the middle of the step, with exit
+    status 130 and one line; the checkpoint of step 2 is what a resume starts from."""
     run = tmp_path / "run"
     with open(tmp_path / "jit.log", "w+") as log:
-        proc = _start(run, log, new_session=True, steps=200, train__log_every=1, train__ckpt_every=1000)
-        assert ft.wait_for(lambda: len(ft.read_metrics(run, tolerant=True)) >= 2, timeout=300, proc=proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(timeout=120)
+        proc = _start(run, log, "--plugin", "tests.ctrl_c_plugin", steps=20, train__ckpt_every=2)
+        rc = proc.wait(timeout=300)
         log.seek(0)
         output = log.read()
     assert rc == 130, output[-3000:]
-    assert "aborted: the step in progress is lost" in output and "Traceback" not in output, output[-3000:]
-    for path in ckpt.list_checkpoints(run):       # whatever was written is complete
-        ckpt.verify_checkpoint(path)
+    assert "received SIGINT: finishing the step, writing a checkpoint, exiting (Ctrl-C again to abort at once)" in output
+    assert _last_line(output) == ("aborted: the step in progress is lost; the last complete checkpoint is kept "
+                                  "(resume with jit train --resume RUN)"), output[-3000:]
+    assert "Traceback" not in output and "interrupted at step" not in output
+    assert ckpt.list_checkpoints(run) == [ft.step_dir(run, 2)] and ckpt.latest_checkpoint(run) == ft.step_dir(run, 2)
 
 
 # ----------------------------------------------------------------------------------- newest checkpoint, metrics

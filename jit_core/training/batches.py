@@ -5,17 +5,10 @@ batches it already trained on (indices only, no image is decoded) and continues 
 """
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
-
-
-def _worker_init(worker_id: int) -> None:
-    """Loader workers ignore Ctrl-C: the terminal sends it to the whole process group, and the trainer (not a
-    worker dying mid-epoch) decides what happens (finish the step, checkpoint, exit)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DefaultBatchSampler:
@@ -69,7 +62,7 @@ class ResumableBatches:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             loader = DataLoader(self.dataset, batch_sampler=_Skip(self.sampler, skip),
-                                num_workers=self.cfg.num_workers, worker_init_fn=_worker_init,
+                                num_workers=self.cfg.num_workers,
                                 generator=torch.Generator().manual_seed(epoch),  # not the global RNG: resume stays exact
                                 pin_memory=self.cfg.pin_memory and self.device.type == "cuda",
                                 persistent_workers=False)
