@@ -138,6 +138,18 @@ class SampleConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers besides ``metrics.jsonl`` (rank 0 only; built-in plugins of :mod:`jit_core.trackers`)."""
+
+    tensorboard: bool = False           # event files in <run>/tb/ (pip install 'jit-vco[tensorboard]')
+    wandb: bool = False                 # Weights & Biases (pip install 'jit-vco[wandb]'); its id in <run>/wandb-run.json
+    wandb_project: str = "jit-vco"
+    wandb_entity: Optional[str] = None  # team or user (None: your default entity)
+    wandb_name: Optional[str] = None    # display name (None: the run folder's name)
+    wandb_mode: str = option("online", choices=("online", "offline", "disabled"))   # offline: sync later (wandb sync)
+
+
+@dataclass
 class Config:
     model: str = "JiT-B/16"
     model_overrides: dict = field(default_factory=dict)
@@ -146,6 +158,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     plugins: list[str] = field(default_factory=list)
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_dir: Optional[str] = None

@@ -206,3 +206,38 @@ def jit_add_commands(cli):
     ``jit_core.data.build_dataset(DataConfig(name=..., path=..., image_size=...))`` (see the
     plugin guide, "Loading data in a plugin command").
     """
+
+
+@hookspec
+def jit_log_sinks(config, run_dir):
+    """**Experiment trackers.** Return a log sink (or a list of them) that receives every record of the run.
+
+    Called on rank 0 only, once per process that logs: at the start of training (new or resumed)
+    and when ``jit evaluate`` has a result. ``run_dir`` is the run folder (a ``pathlib.Path``); keep
+    a tracker's files and ids there (a resumed run continues the same tracker run). A sink has the
+    methods of ``jit_core.logsinks.LogSink`` (subclass it for no-op defaults):
+
+    - ``log_config(config)``: the resolved config as a nested dict (hyper-parameters), per start;
+    - ``log_scalars(step, scalars)``: every ``metrics.jsonl`` line (``loss``, ``loss/<term>``, ``lr``,
+      ``grad_norm``, ``img_per_s``, ``epoch``, ``time``); a resumed run never sends a step twice;
+    - ``log_image(step, tag, image)``: every sample grid (``uint8`` numpy array ``(H, W, C)``);
+    - ``log_result(record)``: every evaluation record (``jit_core.logsinks.result_scalars(record)``
+      gives ``(step, {"eval/ema1-cfg2.9/fid": ...})``);
+    - ``close()``: at the end of the process.
+
+    ``metrics.jsonl`` stays the source of truth. Return None when your tracker is off (read your
+    switch from your options); check that its package is importable in your options' ``check``,
+    so that a missing package fails at start-up and in ``--dry-run``. A sink that raises while
+    logging is reported once and dropped; the run goes on. TensorBoard (``log.tensorboard=true``) and
+    W&B (``log.wandb=true``) are built in (``jit_core.trackers``).
+
+    Example::
+
+        class MlflowSink(LogSink):
+            def __init__(self, run_dir): ...
+            def log_scalars(self, step, scalars): mlflow.log_metrics(scalars, step=step)
+
+        @hookimpl
+        def jit_log_sinks(config, run_dir):
+            return MlflowSink(run_dir) if plugin_options(config, MlflowOptions).enabled else None
+    """

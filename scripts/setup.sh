@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian 12 machine: apt data (+ SLURM for the tests), a venv, the package.
-#   scripts/setup.sh          # runtime: Fashion-MNIST + venv + jit-vco[dev]
+#   scripts/setup.sh          # runtime: Fashion-MNIST + venv + jit-vco[dev,tensorboard,wandb]
 #   scripts/setup.sh --slurm  # also the SLURM packages for the real-cluster tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +20,10 @@ if [ "${1:-}" = "--slurm" ]; then bash scripts/slurm-cluster.sh install; fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import jit_core, torch, timm, torch_fidelity, pytest, sklearn" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import jit_core, torch, timm, torch_fidelity, pytest, sklearn, tensorboard, wandb" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.jit-installed ]; then
-  echo "pip: installing jit-vco[dev] into .venv (torch 2.14.1 / torchvision 0.29.1)"
-  .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]"
+  echo "pip: installing jit-vco[dev,tensorboard,wandb] into .venv (torch 2.14.1 / torchvision 0.29.1)"
+  .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,tensorboard,wandb]"   # the trackers: tests/test_trackers.py
   # the example third-party plugin (REPA) is installed like any user plugin would be
   [ -f examples/repa_plugin/pyproject.toml ] && .venv/bin/pip install -q --disable-pip-version-check --no-deps -e examples/repa_plugin
   touch .venv/.jit-installed

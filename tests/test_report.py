@@ -43,6 +43,14 @@ def test_compare_report_has_every_file(tmp_path):
     for f in ("loss_curves.png", "loss_curves_time.png", "samples.png", "samples_b-run.png", "metrics.md"):
         assert f'"{f}"' in page
     assert "optim.lr" in page
+    shown = R.wall_time(metrics["runs"]["a-run"]["wall_time_s"])      # one unit in both tables
+    assert shown != "-" and f"| {shown} |" in md and f"<td>{shown}</td>" in page
+
+
+def test_wall_time_is_one_human_readable_unit():
+    assert [R.wall_time(s) for s in (0, 4.6, 59.4, 125, 3599, 3600, 4320.0, 90061)] == \
+        ["0 s", "5 s", "59 s", "2 min 05 s", "59 min 59 s", "1 h 00 min", "1 h 12 min", "25 h 01 min"]
+    assert R.wall_time(None) == "-" and R.wall_time(float("nan")) == "-"
 
 
 def test_loss_terms_and_names():

@@ -324,6 +324,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
             result = _sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
         _write_json(result["json"], result)
+        run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
     if world > 1:
         box = [result]
         dist.broadcast_object_list(box, src=0)

@@ -193,14 +193,28 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def wall_time(seconds) -> str:
+    """A duration for people, the one unit of the report's tables: ``45 s``, ``2 min 05 s``, ``1 h 12 min``; ``-`` if unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
 def metrics_markdown(table: dict) -> str:
     runs = table["runs"]
     cols = [c for c in METRIC_COLUMNS if any(e["metrics"].get(c) is not None for r in runs.values() for e in r["evals"])]
-    head = ["run", "step", "params", "wall time (h)", "evaluation", "cfg", "images"] + cols
+    head = ["run", "step", "params", "wall time", "evaluation", "cfg", "images"] + cols
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in runs.items():
         base = [name, _fmt(r["step"]), f"{r['params']:,}" if r["params"] else "-",
-                _fmt(r["wall_time_s"] / 3600 if r["wall_time_s"] else None)]
+                wall_time(r["wall_time_s"])]
         for e in r["evals"] or [None]:
             if e is None:
                 lines.append("| " + " | ".join(base + ["(not evaluated)", "-", "-"] + ["-"] * len(cols)) + " |")
@@ -291,7 +305,7 @@ def _index_html(names, dirs, table, diff, seed, num_samples) -> str:
     for name, r in table["runs"].items():
         for e in r["evals"] or [{"name": "(not evaluated)", "cfg": None, "metrics": {}}]:
             vals = ", ".join(f"{k}={_fmt(e['metrics'][k])}" for k in METRIC_COLUMNS if e["metrics"].get(k) is not None)
-            metric_rows.append([name, _fmt(r["step"]), _fmt(r["params"]), _fmt(r["wall_time_s"]), e["name"],
+            metric_rows.append([name, _fmt(r["step"]), _fmt(r["params"]), wall_time(r["wall_time_s"]), e["name"],
                                 _fmt(e["cfg"]), vals or "-"])
     diff_rows = [[k] + [_diff_cell(v[n]) for n in names] for k, v in diff]
     runs = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(dirs[n].resolve()))}</li>" for n in names)
@@ -306,7 +320,7 @@ figure{{display:inline-block;margin:4px}}</style></head><body>
 <h2>Training loss</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
 <h2>Samples</h2><p>{num_samples} samples per run, seed {seed}, identical class-major labels.</p>
 <img src="samples.png"><div>{per_run}</div>
-<h2>Metrics</h2>{_html_table(["run", "step", "params", "wall time (s)", "evaluation", "cfg", "metrics"], metric_rows)}
+<h2>Metrics</h2>{_html_table(["run", "step", "params", "wall time", "evaluation", "cfg", "metrics"], metric_rows)}
 <p>Details: <a href="metrics.md">metrics.md</a>, <a href="metrics.json">metrics.json</a>.
 fd_classifier is a Fréchet distance in a small classifier's feature space, not FID.</p>
 <h2>Config differences</h2>{_html_table(["key"] + list(names), diff_rows) if diff_rows else "<p>identical</p>"}

@@ -13,18 +13,21 @@ import dataclasses
 import importlib
 import importlib.metadata as md
 import importlib.util
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
 import pluggy
 
-from jit_core import hookspecs
+from jit_core import hookspecs, trackers
 from jit_core.config import ConfigError, _suggest
 from jit_core.errors import PluginError
 from jit_core.hookcalls import CORE_NAME, call_each, call_one
+from jit_core.logsinks import LogSinks
 from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
@@ -132,6 +135,8 @@ class Plugins:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.pm.register(defaults, name=CORE_NAME)
+        for name, module in trackers.BUILTIN.items():   # TensorBoard, W&B: off until log.* switches them on
+            self.pm.register(module, name=name)
         self.infos: dict[str, PluginInfo] = {}
         self._installed = installed_plugins()
         for name in enabled:
@@ -240,6 +245,28 @@ class Plugins:
     def capture_blocks(self, config) -> list[int]:
         """The union of every plugin's ``jit_capture_blocks``, sorted."""
         return sorted({i for _, blocks in call_each(self.pm.hook.jit_capture_blocks, config=config) for i in blocks})
+
+    def log_sinks(self, config, run_dir, logged_until: int = -1) -> LogSinks:
+        """Every plugin's ``jit_log_sinks`` (the built-in trackers included) as one fan-out; call on rank 0 only.
+        ``logged_until``: the last step the sinks already have (a resumed run does not resend it)."""
+        sinks = []
+        try:
+            for plugin, answer in call_each(self.pm.hook.jit_log_sinks, config=config, run_dir=Path(run_dir)):
+                sinks += [(plugin, sink) for sink in (answer if isinstance(answer, (list, tuple)) else [answer])]
+        except BaseException:
+            LogSinks(sinks).close()
+            raise
+        return LogSinks(sinks, logged_until)
+
+    def send_result(self, config, run_dir, record: dict) -> None:
+        """An evaluation record to every sink (rank 0); a tracker that cannot start is a warning, not a failed evaluation."""
+        try:
+            sinks = self.log_sinks(config, run_dir)
+        except (PluginError, ConfigError) as e:
+            logging.getLogger("jit").warning("evaluation result not sent to the trackers: %s", e)
+            return
+        with sinks:
+            sinks.log_result(record)
 
     def batch_sampler(self, dataset, config, rank: int, world_size: int, seed: int):
         """The one plugin's ``jit_batch_sampler`` (None: the core's); two plugins answering fail naming both."""

@@ -123,3 +123,6 @@ class RecordingPlugin:
     def jit_add_commands(self, cli):
         return self._call("jit_add_commands", cli=cli)
 
+    @hookimpl(tryfirst=True)
+    def jit_log_sinks(self, config, run_dir):
+        return self._call("jit_log_sinks", config=config, run_dir=run_dir)

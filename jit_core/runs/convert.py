@@ -1,6 +1,8 @@
 """``jit convert``: an official JiT / V-Co checkpoint as a jit-vco run folder.
 
-The ``.pth`` is read by :func:`jit_core.official.layout.import_official` and written as
+The checkpoint is a local ``.pth`` or a Hub name ``hf://OWNER/REPO/PATH`` (fetched into the Hugging Face
+cache by :mod:`jit_core.runs.hub`, then read like a local file). The ``.pth`` is read by
+:func:`jit_core.official.layout.import_official` and written as
 ``OUT_DIR/checkpoints/step-00000000`` by :func:`jit_core.runs.checkpoint.save_checkpoint`; when the model
 config can be read off the weights (:mod:`jit_core.official.infer`), ``OUT_DIR/config.json`` rebuilds the
 network. Registered by ``jit_core.cli._add_optional_commands``.
@@ -15,6 +17,7 @@ from jit_core.model import MODEL_CONFIGS, build_model
 from jit_core.model.streams import Stream
 from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
 from jit_core.official.layout import import_official
+from jit_core.runs import hub
 from jit_core.runs.checkpoint import (
     WEIGHT_NAMES,
     CheckpointError,
@@ -25,11 +28,11 @@ from jit_core.runs.compat import check_compatible
 
 
 def convert_command():
-    """``jit convert OFFICIAL.pth OUT_DIR``: an official JiT / V-Co checkpoint as a jit-vco run folder."""
+    """``jit convert OFFICIAL.pth|hf://OWNER/REPO/PATH OUT_DIR``: an official checkpoint as a jit-vco run folder."""
     import click
 
     @click.command("convert")
-    @click.argument("official", type=click.Path(path_type=Path))
+    @click.argument("checkpoint", metavar="OFFICIAL")
     @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
     @click.option("--check-config", "check_config", metavar="NAME",
                   help="Fail unless the weights fit this named model config (e.g. JiT-B/16).")
@@ -37,10 +40,14 @@ def convert_command():
                   help="Block where the in-context tokens enter (not visible in the weights; default from a known "
                        "config of the same depth).")
     @click.option("--force", is_flag=True, help="Write into OUT_DIR even if it already holds checkpoints.")
-    def convert(official: Path, out_dir: Path, check_config: str | None, in_context_start: int | None,
+    def convert(checkpoint: str, out_dir: Path, check_config: str | None, in_context_start: int | None,
                 force: bool):
-        """Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000."""
+        """Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000.
+
+        OFFICIAL is a local file or a Hub name, hf://OWNER/REPO/PATH (or hf://OWNER/REPO@REVISION/PATH),
+        downloaded into the Hugging Face cache (HF_HOME) unless it is there already."""
         try:
+            official = hub.fetch(checkpoint) if hub.is_hub_name(checkpoint) else Path(checkpoint)
             imported = import_official(official)
             sd = imported["model"]
             streams = streams_for(sd)
@@ -65,6 +72,8 @@ def convert_command():
                 raise click.UsageError(f"{out_dir} already holds a run; choose an empty folder or pass --force")
             source = {"path": str(official.resolve()), "sha256": sha256_file(official.resolve()),
                       "layout": imported["layout"], "epoch": imported["epoch"]}
+            if hub.is_hub_name(checkpoint):
+                source["hub"] = str(hub.parse(checkpoint))
             state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
             ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
             if cfg is not None:
@@ -72,7 +81,7 @@ def convert_command():
         except CheckpointError as e:
             raise click.ClickException(str(e)) from e
         total = sum(t.numel() for t in sd.values())
-        click.echo(f"converted {official} ({imported['layout']} layout, epoch {imported['epoch']})\n"
+        click.echo(f"converted {checkpoint} ({imported['layout']} layout, epoch {imported['epoch']})\n"
                    f"  {len(sd)} tensors, {total - sd['pos_embed'].numel():,} trainable parameters "
                    f"({total:,} with the frozen position table)\n"
                    f"  streams: {', '.join(f'{s.name} ({s.channels} ch)' for s in streams)}\n"

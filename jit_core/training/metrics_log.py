@@ -1,4 +1,7 @@
-"""``metrics.jsonl``: the means of every logged quantity since the last log line, one JSON object per line."""
+"""``metrics.jsonl``: the means of every logged quantity since the last log line, one JSON object per line.
+
+Each line is then sent to the log sinks (:mod:`jit_core.logsinks`: TensorBoard, W&B, plugins' trackers).
+"""
 from __future__ import annotations
 
 import json
@@ -7,13 +10,29 @@ from pathlib import Path
 
 from jit_core.distributed import DistInfo, all_reduce_mean
 from jit_core.durable import replace_durably
+from jit_core.logsinks import LogSinks
+
+
+def last_step(path: Path) -> int:
+    """The highest step in a ``metrics.jsonl`` (-1 if none): what the log sinks were sent before a resume."""
+    best = -1
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(step, int):
+                best = max(best, step)
+    return best
 
 
 class MetricsLog:
-    """Accumulates a step's outputs; :meth:`write` averages them (across ranks too) and appends a line (rank 0)."""
+    """Accumulates a step's outputs; :meth:`write` averages them (across ranks too), appends a line and sends it
+    to ``sinks`` (rank 0)."""
 
-    def __init__(self, path: Path, dist: DistInfo):
-        self.path, self.dist = path, dist
+    def __init__(self, path: Path, dist: DistInfo, sinks: LogSinks | None = None):
+        self.path, self.dist, self.sinks = path, dist, sinks or LogSinks()
         self.sums: dict[str, float] = {}
         self.count = 0
         self.last_write = time.time()
@@ -33,6 +52,7 @@ class MetricsLog:
         if self.dist.is_main:
             with open(self.path, "a") as f:
                 f.write(json.dumps(means) + "\n")
+            self.sinks.log_scalars(step, means)
         self.sums, self.count, self.last_write = {}, 0, time.time()
         return means
 

@@ -12,10 +12,10 @@ from jit_core.distributed import DistInfo, any_rank
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
-# config keys that may change when a run is resumed (length, logging, resources)
+# config keys that may change when a run is resumed (length, logging, trackers, resources)
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.ckpt_every", "train.keep_every",
                      "train.sample_every", "train.device", "train.compile", "data.num_workers", "data.pin_memory",
-                     "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.")
+                     "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.", "log")
 HISTORY = "history.jsonl"
 _OWN_FILES = {LOCK_NAME}          # written by the trainer before config.json: not "another program's files"
 

@@ -1,7 +1,8 @@
 """Every check a real start runs, in order, before the run folder is touched; ``jit train --dry-run`` runs exactly these.
 
 1. the plugins load (names, hook names) and their options check (types, choices, ranges, ``check(config)``);
-2. the core's config fields (choices, ranges) and cross-field checks (:func:`jit_core.config.check_config`);
+2. the core's config fields (choices, ranges) and cross-field checks (:func:`jit_core.config.check_config`),
+   and the packages of the switched-on trackers (:func:`jit_core.trackers.check`);
 3. the run folder's name fits the file system;
 4. the dataset (name, path, images), the model config it implies (model name, image size);
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from jit_core import trackers
 from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
@@ -50,6 +52,7 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
     plugins = Plugins(config.plugins, extra=extra_plugins)
     validate_plugin_options(config, plugins.option_schemas())
     check_config(config)
+    trackers.check(config)
     return plugins
 
 

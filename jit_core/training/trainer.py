@@ -3,9 +3,10 @@
 ``train(config, run_dir)`` trains (or resumes) one run. A run folder holds ``config.json``,
 ``metrics.jsonl`` (one JSON object per logged step), ``checkpoints/`` and ``samples/``. Resuming
 restores model, EMAs, optimizer, step, RNG states and the data position, so that an interrupted
-and resumed CPU run ends bit-identical to an uninterrupted one. The pieces: :mod:`.build` (what is
-trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`, :mod:`.signals`, :mod:`.metrics_log`,
-:mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`.
+and resumed CPU run ends bit-identical to an uninterrupted one. Rank 0 sends the config, every log line
+and every sample grid to the log sinks of ``jit_log_sinks`` (TensorBoard, W&B, ...) while it trains.
+The pieces: :mod:`.build` (what is trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`,
+:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ import torch.nn as nn
 from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
+from jit_core.logsinks import LogSinks
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
-from jit_core.training.metrics_log import MetricsLog
+from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
@@ -101,6 +103,9 @@ class Trainer:
             for head in self.model.heads.values():
                 head.compile()
         self.last_checkpoint: Optional[Path] = None
+        self.sinks = LogSinks()   # opened by fit() on rank 0
+        # the sinks were sent every step logged so far; resume() rolls metrics.jsonl back to its checkpoint
+        self.logged_until = last_step(self.run_dir / "metrics.jsonl") if self.dist.is_main else -1
         if self.has_checkpoint:
             self.resume()
         if self.dist.is_main:   # after a successful resume: a refused change leaves config.json as it was
@@ -178,13 +183,23 @@ class Trainer:
         labels = torch.arange(min(n_cls, 10)).repeat_interleave(max(1, 40 // min(n_cls, 10)))[:40]
         imgs = sample_with_weights(self.model, self.emas[0].state_dict(self.model), labels, self.config,
                                    self.plugins, seed=0, autocast=self.autocast)
-        return save_grid(imgs, self.run_dir / "samples" / f"{tag}.png", nrow=len(labels) // min(n_cls, 10), scale=2)
+        path = save_grid(imgs, self.run_dir / "samples" / f"{tag}.png", nrow=len(labels) // min(n_cls, 10), scale=2)
+        if self.sinks:
+            import numpy as np
+            from PIL import Image
+            with Image.open(path) as grid:
+                self.sinks.log_image(self.step, "samples", np.asarray(grid.convert("RGB")))
+        return path
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> TrainResult:
         t = self.config.train
         started = time.time()
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.dist)
+        log_file = self.run_dir / "metrics.jsonl"
+        if self.dist.is_main:
+            self.sinks = self.plugins.log_sinks(self.config, self.run_dir, logged_until=self.logged_until)
+            self.sinks.log_config(self.config.to_dict())
+        metrics = MetricsLog(log_file, self.dist, self.sinks)
         status, last = "finished", {}
         bar = None
         if self.progress and self.dist.is_main:
@@ -223,6 +238,7 @@ class Trainer:
         finally:
             if bar:
                 bar.close()
+            self.sinks.close()
             self.close()
         return TrainResult(self.run_dir, self.step, status, {k: v for k, v in last.items() if k.startswith("loss")},
                            self.last_checkpoint, self.signals.signum if status == "interrupted" else None)

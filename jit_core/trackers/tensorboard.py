@@ -1,0 +1,61 @@
+"""``log.tensorboard=true``: TensorBoard event files in ``<run>/tb/`` (``torch.utils.tensorboard``).
+
+Scalars under their ``metrics.jsonl`` names, sample grids as images, the config as text and as
+hyper-parameters (the HParams tab), evaluation numbers as ``eval/<weights>-cfg<scale>/<metric>`` at the
+evaluated step. A resumed run adds an event file to the same folder: TensorBoard shows one run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jit_core.hookspecs import hookimpl
+from jit_core.logsinks import LogSink, result_scalars
+
+FOLDER = "tb"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+    return out
+
+
+class TensorBoardSink(LogSink):
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / FOLDER))
+
+    def log_config(self, config: dict) -> None:
+        from torch.utils.tensorboard.summary import hparams
+        self.writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "))
+        for summary in hparams(_flat(config), {}):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def log_image(self, step: int, tag: str, image) -> None:
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+        self.writer.flush()
+
+    def log_result(self, record: dict) -> None:
+        step, scalars = result_scalars(record)
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@hookimpl
+def jit_log_sinks(config, run_dir):
+    return TensorBoardSink(run_dir) if config.log.tensorboard else None
