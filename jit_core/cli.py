@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,10 @@ class JitGroup(click.Group):
         from jit_core.plugins import PluginError
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:   # the second Ctrl-C (the first one stops training cleanly)
+            click.echo("aborted: the step in progress is lost; the last complete checkpoint is kept "
+                       "(resume with jit train --resume RUN)", err=True)
+            ctx.exit(128 + signal.SIGINT)
         except (ConfigError, PluginError, FileNotFoundError, KeyError) as exc:
             raise click.ClickException(str(exc).strip("'\"")) from exc
         except Exception as exc:  # known error types of the other modules, by name to keep imports lazy
@@ -60,10 +65,13 @@ def run_options(fn):
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (created; resumed if it holds this run).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
               help="Resume the run in this folder with its saved config (overrides may lengthen it).")
+@click.option("--allow-change", "allow_changes", multiple=True, metavar="KEY",
+              help="With --resume: let this config key differ from the saved config (e.g. optim.lr after a "
+                   "divergence); recorded in RUN/history.jsonl. Repeatable.")
 @click.option("--dry-run", is_flag=True,
               help="Run every start-up check (plugins, options, data, model, batches, run folder), print the "
                    "resolved config and exit; nothing is written.")
-def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run):
+def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_changes, dry_run):
     """Train (or resume) a run. OVERRIDES are KEY=VALUE, e.g. optim.blr=1e-4 train.max_steps=100 vco.drift_coef=5.
 
     \b
@@ -73,6 +81,10 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
     from jit_core.training import train as run_train
     if resume_dir:
         from jit_core.api import load_config as load_run_config
+        from jit_core.runs.checkpoint import list_checkpoints
+        if not list_checkpoints(resume_dir):
+            raise ConfigError(f"--resume {resume_dir}: no checkpoint to resume from (nothing in "
+                              f"{Path(resume_dir) / 'checkpoints'}); start a run there with jit train --run-dir")
         from jit_core.config import parse_override, set_key
         cfg = load_run_config(resume_dir, trust_plugins=plugins)  # --plugin names the modules the user trusts
         stray = [p for p in plugins if p not in cfg.plugins]
@@ -86,14 +98,18 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, dry_run)
         cfg = build_config(preset, config_file, plugins, overrides, run_dir)
     if dry_run:
         from jit_core.distributed import DistInfo, resolve_device
+        from jit_core.training.run_dir import allowed_keys
         from jit_core.training.startup import load_plugins, start_checks
         plugins = load_plugins(cfg)
-        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins)
+        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
+                     allow_changes=allowed_keys(cfg, allow_changes))
         click.echo(cfg.to_json())
         return
-    result = run_train(cfg, run_dir)
+    result = run_train(cfg, run_dir, allow_changes=allow_changes)
     losses = ", ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
     click.echo(f"{result.status} at step {result.step}: {losses}\nrun folder: {result.run_dir}")
+    if result.stop_signal == signal.SIGINT:     # Ctrl-C: checkpointed, but the shell should see an interrupt
+        click.get_current_context().exit(128 + signal.SIGINT)
 
 
 @cli.command()

@@ -12,7 +12,8 @@ only and sends every record through one :class:`LogSinks` fan-out:
 - ``close()``: at the end of the training or evaluation process (also after an error).
 
 ``metrics.jsonl`` stays the source of truth: it is written first. A resumed run replays the steps
-between its checkpoint and the last logged line bit for bit; the fan-out does not send those steps to
+between its checkpoint and the last logged line bit for bit (``metrics.jsonl`` is rolled back to the
+checkpoint first, so it logs them once); the fan-out does not send those steps to
 the sinks a second time, so a tracker sees each step once. A sink that raises while logging is
 reported once and dropped for the rest of the process; training goes on.
 """

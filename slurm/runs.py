@@ -161,5 +161,5 @@ def check_run_dir(run: RunSpec) -> None:
             raise LaunchError(f"run folder {folder} already holds a different run ({'; '.join(diff[:4])}); "
                               "use a new --run-dir (only the run's length, logging and resources may change "
                               "when a run is resubmitted)")
-    elif folder.is_dir() and any(p.name not in ("slurm", "checkpoints") for p in folder.iterdir()):
+    elif folder.is_dir() and any(p.name not in ("slurm", "checkpoints", ".lock") for p in folder.iterdir()):
         raise LaunchError(f"run folder {folder} exists and is not empty but holds no jit run; pick a new --run-dir")

@@ -169,6 +169,8 @@ def test_kill9_loop_recovers_every_time(kill_loop, capsys):
     assert fig["corrupt_after_kill"] == 0                             # no kill ever damaged a checkpoint
     assert fig["final_step"] == N and fig["leftovers"] == []
     ckpt.verify_checkpoint(ft.step_dir(fig_run(fig), N))
+    # every resume rolled metrics.jsonl back to its checkpoint: one line per step, as an uninterrupted run
+    assert [m["step"] for m in ft.read_metrics(fig_run(fig))] == list(range(1, N + 1))
     assert _resumes_mid_epoch(fig["resume_steps"]), fig["resume_steps"]   # by design: checkpoints every 2 steps
 
 
@@ -332,7 +334,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     msg = str(err.value)
     assert "non-finite values at step 5" in msg and "loss/boom=nan" in msg, msg
     assert f"last good checkpoint: {ft.step_dir(run, 4)}" in msg, msg
-    assert "train.nan_policy=skip" in msg and f"jit train --resume {run}" in msg
+    assert "train.nan_policy=skip" in msg and f"jit train --resume {run}" in msg and "--allow-change optim.lr" in msg
     assert plugin.calls == 5
     assert ckpt.list_checkpoints(run) == [ft.step_dir(run, 4)] and ft.latest_step(run) == 4
     state = _finite_checkpoint(ft.step_dir(run, 4))

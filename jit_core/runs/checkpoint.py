@@ -9,9 +9,11 @@ Layout of a run folder::
 A checkpoint is written into ``step-XXXXXXXX.tmp-<pid>``: every file is fsynced, ``manifest.json`` (size
 and SHA-256 of every file) comes last, then the directory is renamed to its final name and ``latest`` is
 replaced atomically. A crash or a full disk at any point leaves the previous checkpoint and ``latest`` as
-they were. A checkpoint damaged later fails :func:`verify_checkpoint`, and :func:`latest_checkpoint` falls
-back to the previous one. ``trainer.pt`` only ever holds plain Python values and tensors, so it loads with
-``torch.load(weights_only=True)``; nothing in this module unpickles arbitrary objects.
+they were; a kill between the rename and the update of ``latest`` leaves a newer checkpoint whose manifest
+names the one ``latest`` still names as ``previous``, and :func:`latest_checkpoint` takes it. A checkpoint
+damaged later fails :func:`verify_checkpoint`, and :func:`latest_checkpoint` falls back to the previous one.
+``trainer.pt`` only ever holds plain Python values and tensors, so it loads with ``torch.load(weights_only=True)``;
+nothing in this module unpickles arbitrary objects.
 
 Official JiT / V-Co ``checkpoint-*.pth`` files are read and written by :mod:`jit_core.official.layout`;
 :func:`jit_core.runs.loading.load_weights` reads weights from any of these sources, and ``jit convert``
@@ -206,7 +208,7 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
                  for k, sd in weights.items()}
         files["trainer.pt"] = write_file(tmp / "trainer.pt", lambda s: torch.save(state, s))
         manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "files": files}
+                    "previous": previous.name if previous is not None else None, "files": files}
         write_file(tmp / "manifest.json", lambda s: s.write(json.dumps(manifest, indent=1).encode()))
         fsync_dir(tmp)
         if final.exists():  # re-save of the same step: move the old one aside, delete it once the new one is in
@@ -299,19 +301,49 @@ def list_checkpoints(run_dir) -> list[Path]:
     return [p for _, p in _complete(Path(run_dir) / "checkpoints")]
 
 
+def _previous_of(path: Path) -> str | None:
+    """The ``previous`` a manifest records (what ``latest`` named when it was written); None if unreadable."""
+    try:
+        with open(path / "manifest.json", "rb") as f:
+            value = json.loads(f.read(1 << 20)).get("previous")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _successors(done: list[tuple[int, Path]], start: Path) -> list[Path]:
+    """Checkpoints written after ``start`` by the run that continued from it, oldest first: each one's manifest
+    names the one before as ``previous``. A kill between a checkpoint's rename and the update of ``latest``
+    leaves such a successor; a higher step left by another line of the run (one that resumed from an earlier
+    checkpoint) names another ``previous`` and is not followed."""
+    chain, current = [], start.name
+    start_step = int(_STEP_RE.match(start.name)[1])
+    for step, path in done:
+        if step > start_step and _previous_of(path) == current:
+            chain.append(path)
+            current = path.name
+    return chain
+
+
 def latest_checkpoint(run_dir, verify_hash: bool = True) -> Path | None:
     """The newest checkpoint of a run that verifies; None if the run has no checkpoint.
 
-    Starts from the one ``latest`` names (else the highest step), then goes back step by step, warning
-    about every checkpoint that fails verification. Raises :class:`CorruptCheckpointError` if checkpoints
-    exist but none verifies (rather than silently starting over).
+    Starts from the newest checkpoint of the run's line: the one ``latest`` names, or a newer one written
+    after it whose pointer update a kill prevented (:func:`_successors`); without a usable ``latest``, the
+    highest step. Then goes back step by step, warning about every checkpoint that fails verification.
+    Raises :class:`CorruptCheckpointError` if checkpoints exist but none verifies (rather than silently
+    starting over).
     """
     root = Path(run_dir) / "checkpoints"
-    candidates = [p for _, p in reversed(_complete(root))]
+    done = _complete(root)
+    candidates = [p for _, p in reversed(done)]
     pointer = _read_latest(root)
     if pointer in candidates:
-        candidates.remove(pointer)
-        candidates.insert(0, pointer)
+        first = [*reversed(_successors(done, pointer)), pointer]
+        if len(first) > 1:
+            log.info("%s names %s, but %s was written after it (the pointer update was interrupted): resuming "
+                        "from the newer one", root / "latest", pointer.name, first[0].name)
+        candidates = first + [p for p in candidates if p not in first]
     problems = []
     for path in candidates:
         try:

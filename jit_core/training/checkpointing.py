@@ -8,6 +8,7 @@ from jit_core.config import ConfigError
 from jit_core.distributed import barrier
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.compat import check_compatible
+from jit_core.training.metrics_log import roll_back
 from jit_core.training.state import rng_state, set_rng_state
 
 log = logging.getLogger("jit")
@@ -56,6 +57,9 @@ def resume(trainer) -> None:
         trainer.aux.load_state_dict(weights["aux"])
     if state.get("optimizer"):  # empty for an imported official checkpoint
         trainer.optimizer.load_state_dict(state["optimizer"])
+        o = trainer.config.optim   # the config's values, not the saved ones (a resume may change them: --allow-change)
+        for group, decay in zip(trainer.optimizer.param_groups, (0.0, o.weight_decay)):
+            group["weight_decay"], group["betas"] = decay, tuple(o.betas)
     trainer.step, trainer.elapsed, trainer.skipped = state["step"], state.get("elapsed", 0.0), state.get("skipped", 0)
     if "rng" in state:
         try:
@@ -65,4 +69,6 @@ def resume(trainer) -> None:
                                        "written by jit-vco: resume from another checkpoint") from e
     trainer.last_checkpoint = path
     if trainer.dist.is_main:
-        log.info("resumed from %s (step %d)", path, trainer.step)
+        dropped = roll_back(trainer.run_dir / "metrics.jsonl", trainer.step)
+        log.info("resumed from %s (step %d)%s", path, trainer.step,
+                 f"; dropped {dropped} metrics.jsonl lines logged after it" if dropped else "")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from jit_core.distributed import DistInfo, all_reduce_mean
+from jit_core.durable import replace_durably
 from jit_core.logsinks import LogSinks
 
 
@@ -54,3 +55,25 @@ class MetricsLog:
             self.sinks.log_scalars(step, means)
         self.sums, self.count, self.last_write = {}, 0, time.time()
         return means
+
+
+def roll_back(path: Path, step: int) -> int:
+    """Drop the lines of ``metrics.jsonl`` logged after ``step`` (and any unreadable line, e.g. one cut by a kill),
+    by rename: a resumed run logs the steps it trains again once. Returns the number of lines dropped."""
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
+        except ValueError:
+            ok = False
+        if ok:
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    if len(keep) == len(lines) and all(a == b for a, b in zip(keep, lines)):
+        return 0
+    replace_durably(path, lambda sink: sink.write(b"".join(keep)))
+    return len(lines) - len(keep)

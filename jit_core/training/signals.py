@@ -1,25 +1,37 @@
-"""Stop requests (SIGTERM, SLURM's SIGUSR1/2): the step finishes, a checkpoint is written, the run exits."""
+"""Stop requests (Ctrl-C, SIGTERM, SLURM's SIGUSR1/2): the step finishes, a checkpoint is written, the run exits.
+
+A second Ctrl-C (SIGINT) while the first is being honoured aborts at once (``KeyboardInterrupt``); the
+last complete checkpoint is what a resume starts from.
+"""
 from __future__ import annotations
 
 import logging
 import signal
 from collections.abc import Iterable
+from typing import Optional
 
 log = logging.getLogger("jit")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopSignals:
-    """While active (``with``), the given signals set :attr:`requested` instead of killing the process."""
+    """While active (``with``), the given signals set :attr:`requested` (and :attr:`signum`, the first one)
+    instead of killing the process."""
 
     def __init__(self, signals: Iterable[int] = STOP_SIGNALS):
         self.signals = tuple(signals)
         self.requested = False
+        self.signum: Optional[int] = None
         self._previous: dict = {}
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt("second Ctrl-C")
         self.requested = True
-        log.warning("received %s: finishing the step, writing a checkpoint, exiting", signal.Signals(signum).name)
+        self.signum = self.signum or signum
+        more = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+        log.warning("received %s: finishing the step, writing a checkpoint, exiting%s", signal.Signals(signum).name, more)
 
     def __enter__(self) -> StopSignals:
         for sig in self.signals:

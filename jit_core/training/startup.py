@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -56,8 +57,9 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
 
 
 def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *, extra_plugins=(),
-                 plugins: Optional[Plugins] = None) -> Startup:
-    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 6."""
+                 plugins: Optional[Plugins] = None, allow_changes: Iterable[str] = ()) -> Startup:
+    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 6.
+    ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling)."""
     plugins = plugins or load_plugins(config, extra_plugins)
     if run_dir is not None:
         check_run_folder_name(run_dir)
@@ -68,7 +70,7 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
         raise ConfigError(f"the dataset ({len(dataset)} images) is smaller than one global batch "
                           f"({batches.batch_size * dist.world_size}): lower optim.batch_size")
     if run_dir is not None:
-        check_run_dir(config, Path(run_dir))
+        check_run_dir(config, Path(run_dir), allow_changes)
         if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
             latest = ckpt.latest_checkpoint(run_dir)
             ckpt.check_state_file(latest)

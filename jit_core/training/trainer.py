@@ -30,7 +30,7 @@ from jit_core.training.build import build_for_config, make_objective, make_optim
 from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at
-from jit_core.training.run_dir import write_config
+from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import load_plugins, start_checks
 from jit_core.training.state import EMA, seed_everything
@@ -45,13 +45,17 @@ class TrainResult:
     status: str              # "finished" | "interrupted"
     losses: dict[str, float]
     checkpoint: Optional[Path]
+    stop_signal: Optional[int] = None   # the signal that interrupted the run (the CLI exits 130 after Ctrl-C)
 
 
 class Trainer:
     """One run's state; ``Trainer(config, run_dir).fit()``."""
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, *, extra_plugins=(),
-                 handle_signals: Iterable[int] = STOP_SIGNALS, progress: bool = True, dist: DistInfo | None = None):
+                 handle_signals: Iterable[int] = STOP_SIGNALS, progress: bool = True, dist: DistInfo | None = None,
+                 allow_changes: Iterable[str] = ()):
+        """``allow_changes``: config keys a resume may change (``jit train --resume --allow-change KEY``), recorded
+        in ``history.jsonl``. From here until :meth:`fit` returns, the trainer holds the run folder's lock."""
         self.config = config
         run_dir = run_dir or config.run_dir
         if run_dir is None:
@@ -60,15 +64,22 @@ class Trainer:
         config.run_dir = str(self.run_dir)
         self.progress = progress
         self.plugins = load_plugins(config, extra_plugins)   # options and config checked before any work
+        self.allow_changes = allowed_keys(config, allow_changes)
         self.dist = dist or init_distributed(config.train.device)
         self.device = self.dist.device
         # every start-up check (what --dry-run runs); every rank reads the folder before any rank writes it
-        startup = start_checks(config, self.run_dir, self.dist, plugins=self.plugins)
+        startup = start_checks(config, self.run_dir, self.dist, plugins=self.plugins, allow_changes=self.allow_changes)
+        barrier(self.dist)
+        self.lock = lock_run_dir(config, self.run_dir, self.dist, self.allow_changes)  # before anything is written
+        try:
+            self._build(startup, handle_signals)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, startup, handle_signals) -> None:
+        config = self.config
         self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
-        barrier(self.dist)
-        if self.dist.is_main:
-            write_config(config, self.run_dir)
-        barrier(self.dist)
         self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
         seed_everything(config.train.seed + self.dist.rank)
         self.model = build_for_config(config, self.plugins, self.model_config, self.device)
@@ -93,8 +104,20 @@ class Trainer:
                 head.compile()
         self.last_checkpoint: Optional[Path] = None
         self.sinks = LogSinks()   # opened by fit() on rank 0
+        # the sinks were sent every step logged so far; resume() rolls metrics.jsonl back to its checkpoint
+        self.logged_until = last_step(self.run_dir / "metrics.jsonl") if self.dist.is_main else -1
         if self.has_checkpoint:
             self.resume()
+        if self.dist.is_main:   # after a successful resume: a refused change leaves config.json as it was
+            before = write_config(config, self.run_dir)
+            for row in record_changes(self.run_dir, before, config, self.allow_changes, self.step):
+                log.warning("resuming at step %d with %s changed: %r -> %r (history.jsonl)", row["step"], row["key"],
+                            row["old"], row["new"])
+        barrier(self.dist)
+
+    def close(self) -> None:
+        """Let go of the run folder (:meth:`fit` does it when it returns)."""
+        self.lock.release()
 
     @property
     def stop_requested(self) -> bool:
@@ -146,8 +169,9 @@ class Trainer:
             return
         raise NonFiniteLossError(
             f"non-finite values at step {self.step + 1}: {problem}. The run stopped without writing them; "
-            f"last good checkpoint: {last}. Lower the lr (optim.blr), enable optim.grad_clip, or use "
-            f"train.nan_policy=skip; resume with `jit train --resume {self.run_dir}`")
+            f"last good checkpoint: {last}. Resume with a lower lr or a gradient clip, e.g. `jit train --resume "
+            f"{self.run_dir} optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; "
+            f"optim.grad_clip=1.0 --allow-change optim.grad_clip), or with train.nan_policy=skip")
 
     def sample_grid(self, tag: str) -> Optional[Path]:
         """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""
@@ -173,7 +197,7 @@ class Trainer:
         started = time.time()
         log_file = self.run_dir / "metrics.jsonl"
         if self.dist.is_main:
-            self.sinks = self.plugins.log_sinks(self.config, self.run_dir, logged_until=last_step(log_file))
+            self.sinks = self.plugins.log_sinks(self.config, self.run_dir, logged_until=self.logged_until)
             self.sinks.log_config(self.config.to_dict())
         metrics = MetricsLog(log_file, self.dist, self.sinks)
         status, last = "finished", {}
@@ -215,8 +239,9 @@ class Trainer:
             if bar:
                 bar.close()
             self.sinks.close()
+            self.close()
         return TrainResult(self.run_dir, self.step, status, {k: v for k, v in last.items() if k.startswith("loss")},
-                           self.last_checkpoint)
+                           self.last_checkpoint, self.signals.signum if status == "interrupted" else None)
 
 
 def train(config: Config, run_dir: str | Path | None = None, **kwargs) -> TrainResult:

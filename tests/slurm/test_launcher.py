@@ -125,8 +125,6 @@ def test_preempted_job_requeues_and_resumes_bit_identical(preempted):
 
 
 @pytest.mark.slurm
-@pytest.mark.xfail(strict=False, reason="metrics.jsonl repeats the steps trained again after a requeue until "
-                   "jit_core.training rolls metrics.jsonl back to the checkpoint on resume (another branch)")
 def test_metrics_one_line_per_step_after_usr2_requeue(preempted):
     """The requeued attempt resumes from the last checkpoint and trains the steps after it again: metrics.jsonl
     must still hold one line per step, as the uninterrupted run's does."""
