@@ -380,6 +380,21 @@ def option_namespace(key: str, plugins: typing.Iterable[str]) -> Optional[str]:
     return max((p for p in plugins if key.startswith(p + ".")), key=len, default=None)
 
 
+def flat_config(config: dict) -> dict:
+    """A config dict (``Config.to_dict()``) as dotted keys; plugin options as ``<plugin>.<option>``; no ``run_dir``."""
+    out = {}
+    for key, value in config.items():
+        if key == "run_dir":
+            continue
+        if key == "plugin_options":
+            out.update({f"{p}.{k}": v for p, opts in value.items() for k, v in opts.items()})
+        elif isinstance(value, dict) and key != "model_overrides":
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def flat_plugin_options(cfg: Config) -> dict[str, Any]:
     """Every plugin option of ``cfg`` as ``{"plugin.option": value}`` (the command line's form)."""
     return {f"{plugin}.{k}": v for plugin, opts in cfg.plugin_options.items() for k, v in opts.items()}

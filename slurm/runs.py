@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jit_core.config import flat_config
+
 from .options import LaunchError
 
 
@@ -91,21 +93,6 @@ def _drop_options_of_disabled(cfg, some_enable: set[str]) -> list[str]:
         given = ", ".join(f"{namespace}.{k}={v}" for k, v in dropped.items())
         notes.append(f"ignoring the options of {owners[0]!r}, which this run does not enable ({given})")
     return notes
-
-
-def flat_config(config: dict) -> dict:
-    """A config dict as dotted keys; plugin options as ``<plugin>.<option>``; ``run_dir`` left out."""
-    out = {}
-    for key, value in config.items():
-        if key == "run_dir":
-            continue
-        if key == "plugin_options":
-            out.update({f"{p}.{k}": v for p, opts in value.items() for k, v in opts.items()})
-        elif isinstance(value, dict) and key != "model_overrides":
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 def differing_keys(runs: Sequence[RunSpec]) -> list[str]:

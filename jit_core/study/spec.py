@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jit_core.config import ConfigError, parse_override
+from jit_core.config import ConfigError, flat_config, parse_override
 
 PAPER_DIRECTIONS = ("worse", "better", "")
 
@@ -81,24 +81,9 @@ class Element:
         return f"{self.arm.name} seed {self.seed}"
 
 
-def flat(config: dict) -> dict:
-    """A config dict as dotted keys (plugin options as ``<plugin>.<option>``), without ``run_dir``."""
-    out = {}
-    for key, value in config.items():
-        if key == "run_dir":
-            continue
-        if key == "plugin_options":
-            out.update({f"{p}.{k}": v for p, opts in value.items() for k, v in opts.items()})
-        elif isinstance(value, dict) and key != "model_overrides":
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
 def config_changes(a: dict, b: dict) -> list[str]:
     """The dotted keys whose values differ between two resolved configs."""
-    fa, fb = flat(a), flat(b)
+    fa, fb = flat_config(a), flat_config(b)
     return sorted(k for k in set(fa) | set(fb)
                   if json.dumps(fa.get(k, "<unset>"), sort_keys=True) != json.dumps(fb.get(k, "<unset>"), sort_keys=True))
 
