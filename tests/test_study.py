@@ -78,7 +78,7 @@ def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     arm, a verdict sentence and the paper's direction; a second invocation finds everything done."""
     out = tmp_path / "pair"
     args = ["study", "vco-tiny-pair", "--out", str(out), "--seeds", "0,1", "--num-images", "40", "--lanes", "2",
-            "train.max_steps=3", "train.ckpt_every=3", "vco.calib_images=64"]
+            "train.max_steps=3", "train.ckpt_every=3", "sample.steps=3", "vco.calib_images=64"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output + res.stderr
     assert "4 of 4 runs to do" in res.output
