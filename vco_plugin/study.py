@@ -28,7 +28,7 @@ def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[
                    ingredient=ingredient, changes=tuple(changes), paper=paper, paper_note=note)
     return (
         arm("null: label drop", "structured null -> plain label drop", ["vco.null_branch=label_drop"],
-            ["vco.null_branch"], "worse", "no mask, joint drop: 5.66 (bidirectional mask) vs 3.18 guided"),
+            ["vco.null_branch"], "worse", "no exact row; every other null branch is worse: 3.59-6.69 vs 3.18 guided"),
         arm("null: input dropout", "structured null -> input dropout", ["vco.null_branch=input_dropout"],
             ["vco.null_branch"], "worse", "input dropout 6.69 vs 3.18 guided"),
         arm("aux: none", "hybrid loss -> none", ["vco.drift_coef=0"], ["vco.drift_coef"], "worse",

@@ -472,9 +472,11 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
                                        "metrics": r["metrics"], "intervals": r.get("intervals") or {},
                                        "metric_kind": r.get("metric_kind"), "json": r.get("json")}]
         first = per_run.get(label) if len(arms.get(label, ())) == 1 else None   # a one-run arm's sampled run
+        recorded = ((r or {}).get("model") or {}).get("trainable_params")      # the evaluation's record of the model
+        params = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else (first or (0, None))[1]
         runs_table["runs"][label] = {"run_dir": str(d.resolve()),
                                      "step": (r or {}).get("checkpoint", {}).get("step") or last.get("step"),
-                                     "params": first[1] if first else None, "wall_time_s": last.get("time"),
+                                     "params": params, "wall_time_s": last.get("time"),
                                      "evals": evals}
     runs_table["samples"] = {"num_samples": num_samples, "seed": seed, "runs": "each arm's first run",
                              "cfg": sample_cfg if sample_cfg is not None else "each run's own"}
