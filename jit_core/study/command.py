@@ -67,6 +67,13 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     if missing:
         raise StudyError(f"{len(missing)} run(s) not finished ({', '.join(missing[:3])}...): run `jit study "
                          f"{study.name} --out {out}` again (it resumes)")
+    previous = out / "study.json"
+    if wall_s is None and previous.is_file():      # --report-only: keep the wall time the runs were measured with
+        try:
+            wall_s = json.loads(previous.read_text()).get("wall_s")
+        except (ValueError, AttributeError):
+            wall_s = None
+        wall_s = wall_s if isinstance(wall_s, (int, float)) else None
     arms: dict[str, list[Path]] = {}
     for e in elements:
         arms.setdefault(e.arm.name, []).append(e.run_dir)
