@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -94,3 +95,14 @@ def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     assert "V-Co" in (out / "study.md").read_text()
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0 and "0 of 4 runs to do (4 done)" in res.output
+
+
+def test_runs_train_exactly_the_checked_config(tmp_path):
+    """The local lanes train the resolved config itself: the ImageNet study's JiT arm (vco-b16 with plugins=none)
+    carries none of the preset's V-Co options, which the preset plus overrides would bring back."""
+    from jit_core.study.local import train_command
+    (element,) = expand(get_study("vco-b16"), tmp_path, seeds=[0], arms=["JiT"])
+    cmd = train_command(element)
+    saved = json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
+    assert saved == json.loads(json.dumps(element.config)) and saved["plugins"] == [] and "vco" not in saved["plugin_options"]
+    assert cmd[-2:] == ["--run-dir", str(element.run_dir)]

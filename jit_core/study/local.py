@@ -44,9 +44,14 @@ def log_path(element: Element, what: str) -> Path:
 
 
 def train_command(element: Element) -> list[str]:
-    plugins = [arg for p in element.plugins for arg in ("--plugin", p)]
-    return [sys.executable, "-m", "jit_core", "train", "--preset", element.preset, *plugins,
-            "--run-dir", str(element.run_dir), *element.overrides]
+    """``jit train`` of the element's resolved config (written beside the run folder, ``seed-<n>.config.json``):
+    exactly the config the study checked, whatever the preset and overrides would give on their own."""
+    config_file = element.run_dir.with_name(f"{element.run_dir.name}.config.json")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(element.config, indent=1, sort_keys=True)
+    if not config_file.is_file() or config_file.read_text() != text:
+        replace_durably(config_file, lambda f: f.write(text.encode()))
+    return [sys.executable, "-m", "jit_core", "train", "--config", str(config_file), "--run-dir", str(element.run_dir)]
 
 
 def evaluate_command(element: Element, study: Study, num_images: int) -> list[str]:
