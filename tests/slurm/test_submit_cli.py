@@ -204,8 +204,9 @@ def test_dry_run_sweep_baseline_vs_vco_pair(tmp_path, preset):
     assert res.exit_code == 0, res.output
     assert "#SBATCH --array=0-1%2" in res.stdout
     assert f"#SBATCH --output={run_dir}/slurm/logs/%A_%a/%A_%a_0_log.out" in res.stdout
-    assert ("warning: plugins=none: ignoring the options of 'vco', which this run does not enable "
-            "(vco.encoder=efficientnet_lite0, vco.drift_coef=5)") in res.stderr
+    given = "vco.encoder=efficientnet_lite0, vco.groups_per_step=8, vco.drift_coef=5" if preset == "vco-tiny" else \
+        "vco.encoder=efficientnet_lite0, vco.drift_coef=5"
+    assert f"warning: plugins=none: ignoring the options of 'vco', which this run does not enable ({given})" in res.stderr
     assert "#   plugins=none: plugins=[], vco.* unset\n" in res.stdout
     assert '#   plugins=vco: plugins=["vco"], ' in res.stdout and 'vco.drift_coef=5.0' in res.stdout
     folders, configs = _dry_run_configs(res.stdout)
