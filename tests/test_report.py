@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from jit_core.eval import configdiff, figures
 from jit_core.eval import report as R
 
 from .test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fixture
@@ -26,8 +27,9 @@ def test_compare_report_has_every_file(tmp_path):
     a = make_run(tmp_path / "a" / "run", seed=0)
     b = make_run(tmp_path / "b" / "run", seed=1, loss_terms=("feature", "hybrid"), overrides=["optim.lr=0.002"])
     _fake_eval(a)
-    out = R.compare_runs([a, b], tmp_path / "report", num_samples=4, seed=0, cfg=1.0)
-    names = ["a-run", "b-run"]
+    names = ["a-run", "b-run"]                       # one run per arm: the plain side-by-side of runs
+    out = tmp_path / "report"
+    R.compare_arms(dict(zip(names, ([a], [b]))), out, num_samples=4, seed=0, sample_cfg=1.0)
     for f in REPORT_FILES + tuple(f"samples_{n}.png" for n in names):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     with Image.open(out / "samples.png") as both, Image.open(out / "samples_a-run.png") as one:
@@ -57,7 +59,7 @@ def test_wall_time_is_one_human_readable_unit():
 def test_loss_terms_and_names():
     logs = {"x": [{"step": 1, "loss": 1.0, "loss/pixel": 0.5, "loss/feature": 0.2, "lr": 1e-3}],
             "y": [{"step": 1, "loss": 1.0, "loss/hybrid": 0.1}]}
-    assert R.loss_terms(logs) == ["loss", "loss/pixel", "loss/feature", "loss/hybrid"]
+    assert figures.loss_terms(logs) == ["loss", "loss/pixel", "loss/feature", "loss/hybrid"]
     assert R.run_names(["p/run", "q/run", "z"]) == ["p-run", "q-run", "z"]
     assert R.run_names(["p/run", "p/run"]) == ["p-run", "p-run-2"]
 
@@ -66,9 +68,9 @@ def test_config_diff_includes_plugin_options():
     a = {"model": "JiT-T/4", "optim": {"lr": 1.0}, "plugins": [], "plugin_options": {}, "run_dir": "a"}
     b = {"model": "JiT-T/4", "optim": {"lr": 2.0}, "plugins": ["vco"], "plugin_options": {"vco": {"drift_coef": 5}},
          "run_dir": "b"}
-    diff = dict(R.config_diff({"a": a, "b": b}))
+    diff = dict(configdiff.config_diff({"a": a, "b": b}))
     assert set(diff) == {"optim.lr", "plugins", "plugin_options.vco.drift_coef"}
-    assert diff["plugin_options.vco.drift_coef"] == {"a": R.NOT_SET, "b": 5}
+    assert diff["plugin_options.vco.drift_coef"] == {"a": configdiff.NOT_SET, "b": 5}
 
 
 def test_compare_cli_and_a_run_without_checkpoint(tmp_path):

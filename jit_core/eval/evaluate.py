@@ -13,21 +13,19 @@ weights x cfg on the same seeds, one JSON per point (resumable) plus a summary t
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from jit_core.diffusion import guidance_active, guidance_scales
+from .provenance import point_settings, provenance
+from .results import finished, format_table, primary_metric, sweep_markdown, sweep_summary, write_json
 
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
@@ -82,10 +80,6 @@ def metric_kind(run, metrics: str, ref_stats, ref_dir) -> str:
     return "inception" if metrics == "fid" else metrics
 
 
-def primary_metric(kind: str) -> str | None:
-    return {"inception": "fid", "classifier": "fd_classifier"}.get(kind)
-
-
 def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | None, labels: torch.Tensor, run, *,
                     ref_stats=None, ref_dir=None, inception_weights=None, prc: bool = False, device=None,
                     progress: bool = False, bootstrap: int = 0) -> dict:
@@ -101,128 +95,6 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
                                 isc=True, fid=bool(ref_stats or ref_dir), prc=prc and ref_dir is not None,
                                 device=device, progress=progress, n_boot=bootstrap)
     return {}
-
-
-# ----------------------------------------------------------------------------------- provenance
-def _weights_hash(checkpoint: Path, ema: str) -> tuple[str, str | None]:
-    from jit_core.eval.fid import file_sha256
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_file():
-        return str(checkpoint), file_sha256(checkpoint)
-    f = checkpoint / f"{ema}.safetensors"
-    manifest = checkpoint / "manifest.json"
-    if manifest.is_file():  # load_run verified these hashes while loading
-        entry = json.loads(manifest.read_text()).get("files", {}).get(f.name)
-        if entry and entry.get("sha256"):
-            return str(f), entry["sha256"]
-    return str(f), file_sha256(f) if f.is_file() else None
-
-
-def _last_logged(run_dir: Path) -> dict:
-    path = Path(run_dir) / "metrics.jsonl"
-    last = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                last = json.loads(line) or last
-            except ValueError:
-                continue
-    return last
-
-
-def _trainer_world_size(checkpoint: Path) -> int | None:
-    """Ranks that trained the checkpoint (``trainer.pt``, memory-mapped: the optimizer state is not read)."""
-    path = Path(checkpoint) / "trainer.pt"
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("world_size"))
-    except Exception:  # noqa: BLE001 -- provenance only: an official import or an older checkpoint lacks it
-        return None
-
-
-def _velocity_evaluations(method: str, steps: int, interval) -> tuple[int, int]:
-    """(velocity evaluations, how many of them guided) for the sampler grid t_i = i / steps."""
-    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32).tolist()
-    times = []
-    for i in range(steps):
-        times.append(grid[i])
-        if method == "heun" and i < steps - 1:
-            times.append(grid[i + 1])
-    return len(times), sum(bool(guidance_active(t, tuple(interval))) for t in times)
-
-
-def _unconditional_form(run) -> dict:
-    from jit_core.diffusion import unconditional_form
-    from jit_core.hookcalls import call_each
-    drop = torch.ones(1, dtype=torch.bool)
-    impls = [name for name, _ in call_each(run.plugins.hook.jit_null_branch, drop=drop, streams=run.model.streams,
-                                           config=run.config)]
-    u = unconditional_form(run.plugins.hook, torch.zeros(1, dtype=torch.int64), drop, run.model.streams, run.config,
-                           run.model.cfg.num_classes)
-    names = [s.name for s in run.model.streams]
-    blocked = None
-    if u.blocked is not None:
-        blocked = [f"{names[q]} queries -/-> {names[k]} keys" for q in range(len(names)) for k in range(len(names))
-                   if bool(u.blocked[0, q, k])]
-    nulls = sorted(u.null_inputs)
-    return {"null_label": int(u.labels[0]), "attention_blocked": blocked, "null_inputs": nulls or None,
-            "hooks_in_call_order": impls,
-            "description": "null class label" + (" + attention mask (" + "; ".join(blocked) + ")" if blocked else "")
-            + (" + null input (" + ", ".join(nulls) + ")" if nulls else "")}
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for dist_name in ("timm", "torch-fidelity", "jit-vco", "scipy"):
-        try:
-            out[dist_name] = md.version(dist_name)
-        except md.PackageNotFoundError:
-            out[dist_name] = None
-    return out
-
-
-def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images: int, seed: int, batch_size: int,
-               world_size: int, device, save: str, sample_path: str | None, swept: bool,
-               ema_swept: bool = False) -> dict:
-    """Everything §6 of the protocol asks to record next to a number (metric-side items are added later)."""
-    c = run.config
-    ema_decay = {"ema1": c.optim.ema_decays[0], "ema2": c.optim.ema_decays[1]}.get(run.ema)
-    weights_file, weights_sha = _weights_hash(run.checkpoint, run.ema)
-    evals, guided = _velocity_evaluations(method, steps, interval)
-    scales = guidance_scales(run.plugins.hook, run.model.streams, cfg, c)
-    device = torch.device(device)
-    autocast = device.type == "cuda" and c.train.precision == "bf16"
-    last = _last_logged(run.run_dir)
-    mc, world = run.model.cfg, _trainer_world_size(run.checkpoint)
-    return {
-        "run_dir": str(Path(run.run_dir).resolve()),
-        "checkpoint": {"path": str(run.checkpoint), "step": run.step, "epoch": last.get("epoch"),
-                       "weights": run.ema, "ema_decay": ema_decay, "weights_file": weights_file,
-                       "weights_sha256": weights_sha},
-        "model": {"name": c.model, "trainable_params": run.model.num_params(), "image_size": mc.image_size,
-                  "channels": mc.in_channels, "num_classes": mc.num_classes,
-                  "streams": [s.name for s in run.model.streams],
-                  "plugins": {n: i.version for n, i in run.plugins.infos.items()}},
-        "training": {"batch_size_per_rank": c.optim.batch_size, "world_size": world,
-                     "global_batch": c.optim.batch_size * world if world else None, "lr_last_logged": last.get("lr"),
-                     "wall_time_s": last.get("time"), "dataset": c.data.name},
-        "sampler": {"method": method, "steps": steps, "grid_points": steps + 1, "velocity_evaluations": evals,
-                    "final_step": "Heun + final Euler" if method == "heun" else "Euler",
-                    "t_eps": c.diffusion.t_eps, "t_eps_rule": "velocity divides by max(1 - t, t_eps)",
-                    "precision": "bf16 autocast" if autocast else "fp32",
-                    "attention": run.model.attention_path, "device": str(device), "batch_size": batch_size},
-        "guidance": {"cfg": cfg, "scale_per_stream": scales, "interval": list(interval),
-                     "interval_ends": "open: guided iff lo < t < hi (lo == 0: t < hi)",
-                     "guided_evaluations": guided if any(w != 1.0 for w in scales.values()) else 0,
-                     "all_streams_unguided": all(w == 1.0 for w in scales.values()),
-                     "unconditional": _unconditional_form(run)},
-        "samples": {"num_images": num_images, "label_scheme": "class-major: label(n) = floor(n * C / N), N/C per class",
-                    "seed": seed, "noise": "image n: torch.Generator seeded seed * 1000003 + n (initial_noise)",
-                    "quantisation": "round(clip(255 (x + 1) / 2, 0, 255)), uint8", "format": save,
-                    "path": sample_path, "world_size": world_size},
-        "selection": {"cfg_chosen_on_these_samples": swept, "ema_chosen_on_these_samples": ema_swept},
-        "versions": _versions(),
-    }
 
 
 # ----------------------------------------------------------------------------------- generation
@@ -330,14 +202,14 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         for w in cfgs:
             name = eval_name(run.step, e, n, method, steps, w, seed, interval)
             wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, prc)
-            done = _finished(out / f"{name}.json", wanted, world) if grid and resume else None
+            done = finished(out / f"{name}.json", wanted, world) if grid and resume else None
             if done is not None:
                 if rank == 0:
                     log.info("%s: finished earlier with the same settings, not recomputed", name)
                     done["selection"] = {"cfg_chosen_on_these_samples": len(cfgs) > 1,
                                          "ema_chosen_on_these_samples": len(emas) > 1}
                     done["resumed"] = True
-                    _write_json(done["json"], done)
+                    write_json(done["json"], done)
                 records.append(done)
                 continue
             folder = out / name if save == "png" else None
@@ -367,9 +239,9 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         if grid:
             first = records[0]
             name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", seed, interval)
-            result = _sweep_summary(records, kind, out / f"{name}.json")
+            result = sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
-        _write_json(result["json"], result)
+        write_json(result["json"], result)
         if grid:
             Path(result["json"]).with_suffix(".md").write_text(sweep_markdown(result))
         run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
@@ -378,33 +250,6 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
-
-
-def point_settings(run, name: str, kind: str, bootstrap: int, save: str, ref_stats, ref_dir, prc: bool) -> dict:
-    """What must match for an existing result JSON to stand for this grid point (the name encodes step,
-    weights, images, sampler, cfg, seed and interval)."""
-    from jit_core.eval.fid import file_sha256
-    return {"name": name, "metric_kind": kind, "bootstrap": bootstrap, "save": save,
-            "weights_sha256": _weights_hash(run.checkpoint, run.ema)[1],
-            "ref_stats_sha256": file_sha256(ref_stats) if ref_stats else None,
-            "ref_dir": str(Path(ref_dir).resolve()) if ref_dir else None, "prc": bool(prc and ref_dir)}
-
-
-def _finished(path: Path, wanted: dict, world: int) -> dict | None:
-    """The saved record at ``path`` if it was computed with ``wanted`` settings (rank 0 decides for all)."""
-    rec = None
-    if _dist()[0] == 0 and path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict) or rec.get("settings_key") != wanted or "metrics" not in rec:
-            rec = None
-    if world > 1:
-        box = [rec]
-        dist.broadcast_object_list(box, src=0)
-        rec = box[0]
-    return rec
 
 
 def _raise_everywhere(error: Exception | None, world: int) -> None:
@@ -441,85 +286,11 @@ def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, s
               "metric_provenance": metric_prov, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)},
               "json": str(out / f"{name}.json")}
-    _write_json(record["json"], record)
+    write_json(record["json"], record)
     return record
 
 
-def _sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
-    """The grid's summary: one point per record, the best by the primary metric (lower is better)."""
-    key = primary_metric(kind)
-    scored = [r for r in records if key and r["metrics"].get(key) is not None]
-    best = min(scored, key=lambda r: r["metrics"][key]) if scored else None
-    emas = list(dict.fromkeys(r["checkpoint"]["weights"] for r in records))
-    points = [{"ema": r["checkpoint"]["weights"], "cfg": r["guidance"]["cfg"],
-               "value": r["metrics"].get(key) if key else None, "interval": (r.get("intervals") or {}).get(key),
-               "best": r is best, "resumed": bool(r.get("resumed")), "json": r["json"]} for r in records]
-    summary = {"kind": "ema_cfg_grid" if len(emas) > 1 else "cfg_sweep", "primary_metric": key, "emas": emas,
-               "cfgs": list(dict.fromkeys(r["guidance"]["cfg"] for r in records)), "points": points,
-               "values": [p["value"] for p in points],
-               "best_cfg": best["guidance"]["cfg"] if best else None,
-               "best_ema": best["checkpoint"]["weights"] if best else None, "best": best, "results": records,
-               "note": ("the best " + ("EMA and cfg were" if len(emas) > 1 else "cfg was") + " chosen on these same "
-                        "samples (protocol §4: report it on fresh samples, e.g. another --seed)"),
-               "json": str(path)}
-    _write_json(path, summary)
-    return summary
-
-
-def sweep_markdown(result: dict) -> str:
-    """The grid as a markdown table (one row per point, the best marked)."""
-    key = result["primary_metric"] or "metric"
-    lines = [f"# {'EMA x CFG grid' if result['kind'] == 'ema_cfg_grid' else 'CFG sweep'}: {key}", "",
-             f"| weights | cfg | {key} | 95 % interval | best |", "|---|---|---|---|---|"]
-    for p in result["points"]:
-        iv = p["interval"]
-        lines.append(f"| {p['ema']} | {p['cfg']:g} | {_cell(p['value'])} | "
-                     f"{f'[{_cell(iv[0])}, {_cell(iv[1])}]' if iv else '-'} | {'**best**' if p['best'] else ''} |")
-    lines += ["", f"Best: {result['best_ema']} at cfg {result['best_cfg']}; {result['note']}." if result["best"]
-              else "No point has a value of the primary metric.", ""]
-    return "\n".join(lines)
-
-
-def _cell(v) -> str:
-    return "-" if v is None else f"{v:.4g}"
-
-
-def _write_json(path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.generic,)):
-        return o.item()
-    if isinstance(o, (Path, torch.device)):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 # ----------------------------------------------------------------------------------- CLI
-def format_table(result: dict) -> str:
-    records = result["results"] if "results" in result else [result]
-    keys = [k for k in ("fid", "inception_score", "precision", "recall", "fd_classifier", "fd_classifier_real_train",
-                        "classifier_accuracy") if any(r["metrics"].get(k) is not None for r in records)]
-    prim = records[0].get("primary_metric")
-    has_iv = bool(prim and any((r.get("intervals") or {}).get(prim) for r in records))
-    lines = [" ".join([f"{'weights':>7}", f"{'cfg':>6}"] + [f"{k:>14}" for k in keys]
-                      + ([f"{'95 % interval':>22}"] if has_iv else []))]
-    for r in records:
-        vals = [r["metrics"].get(k) for k in keys]
-        mark = " *" if result.get("best") is r else ""
-        iv = (r.get("intervals") or {}).get(prim) if has_iv else None
-        ivs = [f"{f'[{iv[0]:.4g}, {iv[1]:.4g}]' if iv else '-':>22}"] if has_iv else []
-        lines.append(" ".join([f"{r['checkpoint']['weights']:>7}", f"{r['guidance']['cfg']:>6g}"]
-                              + [f"{v:>14.4f}" if v is not None else f"{'-':>14}" for v in vals] + ivs) + mark)
-    return "\n".join(lines)
-
-
 def _floats(text: str | None) -> list[float] | None:
     return [float(x) for x in text.split(",") if x.strip()] if text else None
 

@@ -1,0 +1,111 @@
+"""Evaluation results on disk and on screen: the saved record of a grid point, the grid's summary (best
+point marked), its markdown and terminal tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from jit_core.durable import replace_durably
+
+METRIC_COLUMNS = ("fid", "inception_score", "precision", "recall", "fd_classifier", "fd_classifier_real_train",
+                  "classifier_accuracy")
+
+
+def primary_metric(kind: str) -> str | None:
+    return {"inception": "fid", "classifier": "fd_classifier"}.get(kind)
+
+
+def finished(path: Path, wanted: dict, world: int) -> dict | None:
+    """The saved record at ``path`` if it was computed with ``wanted`` settings (rank 0 decides for all)."""
+    rec = None
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank == 0 and path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("settings_key") != wanted or "metrics" not in rec:
+            rec = None
+    if world > 1:
+        box = [rec]
+        dist.broadcast_object_list(box, src=0)
+        rec = box[0]
+    return rec
+
+
+def sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
+    """The grid's summary: one point per record, the best by the primary metric (lower is better)."""
+    key = primary_metric(kind)
+    scored = [r for r in records if key and r["metrics"].get(key) is not None]
+    best = min(scored, key=lambda r: r["metrics"][key]) if scored else None
+    emas = list(dict.fromkeys(r["checkpoint"]["weights"] for r in records))
+    points = [{"ema": r["checkpoint"]["weights"], "cfg": r["guidance"]["cfg"],
+               "value": r["metrics"].get(key) if key else None, "interval": (r.get("intervals") or {}).get(key),
+               "best": r is best, "resumed": bool(r.get("resumed")), "json": r["json"]} for r in records]
+    summary = {"kind": "ema_cfg_grid" if len(emas) > 1 else "cfg_sweep", "primary_metric": key, "emas": emas,
+               "cfgs": list(dict.fromkeys(r["guidance"]["cfg"] for r in records)), "points": points,
+               "values": [p["value"] for p in points],
+               "best_cfg": best["guidance"]["cfg"] if best else None,
+               "best_ema": best["checkpoint"]["weights"] if best else None, "best": best, "results": records,
+               "note": ("the best " + ("EMA and cfg were" if len(emas) > 1 else "cfg was") + " chosen on these same "
+                        "samples (protocol §4: report it on fresh samples, e.g. another --seed)"),
+               "json": str(path)}
+    write_json(path, summary)
+    return summary
+
+
+def sweep_markdown(result: dict) -> str:
+    """The grid as a markdown table (one row per point, the best marked)."""
+    key = result["primary_metric"] or "metric"
+    lines = [f"# {'EMA x CFG grid' if result['kind'] == 'ema_cfg_grid' else 'CFG sweep'}: {key}", "",
+             f"| weights | cfg | {key} | 95 % interval | best |", "|---|---|---|---|---|"]
+    for p in result["points"]:
+        iv = p["interval"]
+        lines.append(f"| {p['ema']} | {p['cfg']:g} | {_cell(p['value'])} | "
+                     f"{f'[{_cell(iv[0])}, {_cell(iv[1])}]' if iv else '-'} | {'**best**' if p['best'] else ''} |")
+    lines += ["", f"Best: {result['best_ema']} at cfg {result['best_cfg']}; {result['note']}." if result["best"]
+              else "No point has a value of the primary metric.", ""]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as JSON by a durable rename (a reader sees the old file or the whole new one)."""
+    text = json.dumps(obj, indent=1, default=_json_default)
+    replace_durably(Path(path), lambda f: f.write(text.encode()))
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, (Path, torch.device)):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def format_table(result: dict) -> str:
+    """The result (one point or a grid) as a terminal table, the best point starred."""
+    records = result["results"] if "results" in result else [result]
+    keys = [k for k in METRIC_COLUMNS if any(r["metrics"].get(k) is not None for r in records)]
+    prim = records[0].get("primary_metric")
+    has_iv = bool(prim and any((r.get("intervals") or {}).get(prim) for r in records))
+    lines = [" ".join([f"{'weights':>7}", f"{'cfg':>6}"] + [f"{k:>14}" for k in keys]
+                      + ([f"{'95 % interval':>22}"] if has_iv else []))]
+    for r in records:
+        vals = [r["metrics"].get(k) for k in keys]
+        mark = " *" if result.get("best") is r else ""
+        iv = (r.get("intervals") or {}).get(prim) if has_iv else None
+        ivs = [f"{f'[{iv[0]:.4g}, {iv[1]:.4g}]' if iv else '-':>22}"] if has_iv else []
+        lines.append(" ".join([f"{r['checkpoint']['weights']:>7}", f"{r['guidance']['cfg']:>6g}"]
+                              + [f"{v:>14.4f}" if v is not None else f"{'-':>14}" for v in vals] + ivs) + mark)
+    return "\n".join(lines)
