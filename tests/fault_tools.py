@@ -365,3 +365,25 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "ddp":
         sys.exit(ddp_main(sys.argv[2:]))
     sys.exit("usage: python -m tests.fault_tools ddp RUN_DIR OUT_PREFIX KEY=VALUE...")
+
+
+def stop_after_step_3_then_resume(proc, log, run: Path, stop, resume_args=()) -> dict:
+    """``stop(proc)`` once the run has logged 3 steps, wait for the exit and read ``log``; then finish the run
+    with ``jit train --resume RUN`` in-process. Returns what the signal tests check."""
+    import re
+
+    from click.testing import CliRunner
+
+    from jit_core import cli as jit_cli
+    from jit_core.runs import checkpoint as ckpt
+    reached = wait_for(lambda: len(read_metrics(run, tolerant=True)) >= 3, timeout=300, proc=proc)
+    stop(proc)
+    rc = proc.wait(timeout=300)
+    log.seek(0)
+    output = log.read()
+    m = re.search(r"interrupted at step (\d+)", output)
+    r = {"run": run, "reached": reached, "rc": rc, "output": output, "stopped_at": int(m[1]) if m else None,
+         "checkpoints": ckpt.list_checkpoints(run)}
+    with single_thread():
+        r["resume"] = CliRunner().invoke(jit_cli.cli, ["train", "--resume", str(run), *resume_args])
+    return r
