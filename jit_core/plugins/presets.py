@@ -6,18 +6,26 @@ import sys
 from jit_core.config import load_config, register_preset
 
 
-def register_plugin_presets() -> None:
-    """Register the presets of every installed plugin (a broken plugin warns and is skipped)."""
+def from_installed(hook_name: str) -> list:
+    """Every installed plugin's answer to a no-argument hook (``jit_presets``, ``jit_studies``), each plugin
+    loaded on its own: a broken plugin warns and is skipped, so it cannot break runs that do not use it."""
     from .manager import PluginError, Plugins, installed_plugins
+    answers = []
     for name in installed_plugins():
         try:
-            with_presets = Plugins([name])
-        except PluginError as exc:  # a broken plugin must not break runs that do not use it
+            plugins = Plugins([name])
+        except PluginError as exc:
             print(f"warning: {exc}", file=sys.stderr)
             continue
-        for presets in with_presets.hook.jit_presets():
-            for key, factory in (presets or {}).items():
-                register_preset(key, factory)
+        answers += getattr(plugins.hook, hook_name)()
+    return answers
+
+
+def register_plugin_presets() -> None:
+    """Register the presets of every installed plugin."""
+    for presets in from_installed("jit_presets"):
+        for key, factory in (presets or {}).items():
+            register_preset(key, factory)
 
 
 def build_config(preset, config_file, plugins, overrides, run_dir=None):

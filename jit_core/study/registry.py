@@ -6,15 +6,10 @@ from .spec import Study, StudyError
 
 def available_studies() -> dict[str, Study]:
     """``{name: Study}`` from every installed plugin (a broken plugin is skipped, as for presets)."""
-    from jit_core.plugins import PluginError, Plugins, installed_plugins
+    from jit_core.plugins.presets import from_installed
     studies: dict[str, Study] = {}
-    for name in installed_plugins():
-        try:
-            plugins = Plugins([name])
-        except PluginError:
-            continue
-        for found in plugins.hook.jit_studies():
-            studies.update(found or {})
+    for found in from_installed("jit_studies"):
+        studies.update(found or {})
     return studies
 
 

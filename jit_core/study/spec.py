@@ -71,9 +71,6 @@ class Element:
     seed: int
     run_dir: Path
     config: dict
-    preset: str
-    overrides: list[str]
-    plugins: list[str]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -95,31 +92,26 @@ def _namespace(key: str) -> str | None:
 
 def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: Sequence[str]):
     """The arm's config as the trainer will see it, with the options of plugins it does not enable dropped."""
-    from jit_core.config import Config, get_preset
-    from jit_core.plugins.presets import build_config, register_plugin_presets
+    from jit_core.config import Config, set_key
+    from jit_core.plugins.presets import build_config
     from jit_core.training.startup import load_plugins
-    register_plugin_presets()
-    plugins = list(get_preset(arm.preset).plugins) + [p for p in arm.plugins]
-    for text in list(arm.overrides):
-        key, value = parse_override(text)
-        if key == "plugins":
-            plugins = [] if value in ("none", "[]", "") else [p.strip() for p in str(value).split(",") if p.strip()]
+    cfg = build_config(arm.preset, None, arm.plugins, arm.overrides, run_dir)
     core_sections = set(Config().to_dict())
-    overrides, notes = list(arm.overrides), []
+    notes = []
     for text in [*study.overrides, *user_overrides, f"train.seed={seed}"]:
-        ns = _namespace(parse_override(text)[0])
-        if ns and ns not in core_sections and ns not in plugins:
+        key, value = parse_override(text)
+        ns = _namespace(key)
+        if ns and ns not in core_sections and ns not in cfg.plugins:
             notes.append(f"{arm.name}: ignoring {text} ({ns} is not enabled in this arm)")
             continue
-        overrides.append(text)
-    cfg = build_config(arm.preset, None, arm.plugins, overrides, run_dir)
+        set_key(cfg, key, value)
     for ns in [ns for ns in cfg.plugin_options if ns not in cfg.plugins]:   # e.g. a V-Co preset with plugins=none
         cfg.plugin_options.pop(ns)
     try:
         load_plugins(cfg)
     except ConfigError as exc:
         raise StudyError(f"study {study.name!r}, arm {arm.name!r}: {exc}") from None
-    return cfg.to_dict(), overrides, notes
+    return cfg.to_dict(), notes
 
 
 def check_arms(study: Study, resolved: dict[str, dict]) -> None:
@@ -150,14 +142,13 @@ def expand(study: Study, out: str | Path, *, seeds: Sequence[int] | None = None,
     seeds = list(study.seeds if seeds is None else seeds)
     if not seeds:
         raise StudyError("no seeds: pass e.g. --seeds 0,1,2")
-    needed = {a.name for a in chosen} | {a.reference for a in chosen if a.reference}
-    resolved = {a.name: _resolve(a, seeds[0], study, out / a.slug / f"seed-{seeds[0]}", overrides)[0]
-                for a in study.arms if a.name in needed}
+    def element(arm: Arm, seed: int) -> Element:
+        run_dir = out / arm.slug / f"seed-{seed}"
+        return Element(arm, seed, run_dir, *_resolve(arm, seed, study, run_dir, overrides))
+
+    elements = [element(arm, seed) for arm in chosen for seed in seeds]
+    resolved = {e.arm.name: e.config for e in elements if e.seed == seeds[0]}
+    for ref in {a.reference for a in chosen if a.reference} - set(resolved):   # an unselected reference: for the check
+        resolved[ref] = element(study.arm(ref), seeds[0]).config
     check_arms(study, resolved)
-    elements = []
-    for arm in chosen:
-        for seed in seeds:
-            run_dir = out / arm.slug / f"seed-{seed}"
-            config, arm_overrides, notes = _resolve(arm, seed, study, run_dir, overrides)
-            elements.append(Element(arm, seed, run_dir, config, arm.preset, arm_overrides, list(arm.plugins), notes))
     return elements
