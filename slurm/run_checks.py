@@ -33,11 +33,10 @@ def run_warnings(run: RunSpec) -> list[str]:
 
 
 def _vco_problems(config: dict) -> list[str]:
+    # vco.stats / feature_cache / encoder_weights naming missing files were refused already, by V-Co's option
+    # checks when the run was planned (runs._validated); what is left is whether the encoder can be built here
     opts = config.get("plugin_options", {}).get("vco", {})
     problems = []
-    for key in ("stats", "feature_cache"):
-        if opts.get(key) and not Path(opts[key]).expanduser().exists():
-            problems.append(f"vco.{key}={opts[key]} does not exist")
     # the encoder is needed for the targets (unless cached), the hybrid loss and the automatic statistics
     needs_encoder = not opts.get("feature_cache") or opts.get("drift_coef", 1.0) != 0 or \
         (opts.get("calibration") != "none" and not opts.get("stats"))
