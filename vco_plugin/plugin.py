@@ -149,7 +149,7 @@ class _Calibration:
         if run_dir and (Path(run_dir) / STATS_FILE).is_file():
             return load_stats(Path(run_dir) / STATS_FILE)
         stats = self._compute(device, grid)
-        if run_dir and _is_main_process():
+        if run_dir and _rank_and_world()[0] == 0:
             _save_atomic(stats, Path(run_dir))
         return stats
 
@@ -183,9 +183,9 @@ def calibration_state(config, opts: VCoOptions) -> _Calibration:
     return _CALIBRATIONS[key]
 
 
-def _is_main_process() -> bool:
+def _rank_and_world() -> tuple[int, int]:
     dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def _save_atomic(stats, run_dir: Path) -> None:
@@ -383,18 +383,13 @@ def jit_null_branch(drop, streams, config):
     return null_branch(opts.null_branch, drop, opts.symmetric_mask)
 
 
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     """The hybrid loss's groups: the sampler's class groups of the local batch; the labels for iid batches or a
     batch that did not come from the sampler (another size than ``optim.batch_size``, e.g. called directly)."""
     batch = step.labels.shape[0]
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
-    world = _world_size()
+    world = _rank_and_world()[1]
     ids = local_group_ids(batch, opts.groups_per_step or world, world)
     return ids.to(step.labels.device)
 
