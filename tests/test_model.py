@@ -141,7 +141,7 @@ def test_vco_param_counts(name, count):
 
 # =========================================================================== state-dict layout
 def official_b16_layout() -> dict[str, tuple[int, ...]]:
-    """JiT-B/16 keys and shapes, transcribed from spec section 9 (in the spec's order)."""
+    """JiT-B/16 keys and shapes, transcribed from docs/official-code.md#jit-checkpoint (in its order)."""
     h, d, f, p = 768, 64, 2048, 16
     keys = {"net.pos_embed": (1, 256, h), "net.in_context_posemb": (1, 32, h),
             "net.t_embedder.mlp.0.weight": (h, 256), "net.t_embedder.mlp.0.bias": (h,),
@@ -196,7 +196,7 @@ def test_official_round_trip(vco):
 
 # =========================================================================== RoPE
 def hand_rope(head_dim: int, grid: int, prefix: int):
-    """(cos, sin) computed entry by entry from spec section 3.8."""
+    """(cos, sin) computed entry by entry from docs/official-code.md#rope."""
     half = head_dim // 2
     L = prefix + grid * grid
     cos, sin = np.ones((L, head_dim)), np.zeros((L, head_dim))

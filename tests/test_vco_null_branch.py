@@ -1,4 +1,4 @@
-"""The structured unconditional branch (spec §5): labels, the stream block matrix, loss masks, and
+"""The structured unconditional branch (docs/official-code.md#null-branch): labels, the stream block matrix, loss masks, and
 its effect on a real multi-stream JiT."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Frozen feature encoders for V-Co (spec vco.md §3 and §6).
+"""Frozen feature encoders for V-Co (V-Co, arXiv 2603.16792; the official preprocessing: docs/official-code.md,
+#feature-target and #hybrid-loss).
 
 One encoder serves V-Co twice:
 
