@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 COMPACT_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
@@ -57,7 +58,6 @@ class Compact:
         path = folder / f"{name}.safetensors"
         self.name, self.path = name, path
         self.tensors = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             self.meta = json.loads((f.metadata() or {}).get("meta", "{}"))
         self._derived: dict[str, torch.Tensor] = {}
@@ -88,8 +88,8 @@ class Compact:
             # the official values came from torch's CPU generator; an ulp of libm difference is harmless
             if not torch.allclose(got, stored, rtol=1e-6, atol=1e-6):
                 raise AssertionError(f"{self.name}: torch {torch.__version__} draws other normals for {key!r} (seed "
-                                     f"{recipe['seed']}) than the official run; the compact copy cannot rebuild it "
-                                     "here: run the tests with the full fixture folder (see tests/conftest.py)")
+                                     f"{recipe['seed']}) than the official run did: store the tensor itself (drop it "
+                                     "from DERIVED in scripts/compact_official_fixtures.py and rebuild the copy)")
             self._derived[key] = value
         return self._derived[key]
 
