@@ -24,7 +24,10 @@ from .official_fixtures import compact
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# the fixtures' own advice: loss and weights 1e-6 relative, gradients 1e-7 absolute at max |grad| ~ 0.1
+# the fixtures' own advice: loss and weights 1e-6 relative, gradients 1e-7 absolute at max |grad| ~ 0.1. Measured
+# (fp32, 1 thread): loss identical, gradients within 3.4e-7 of each tensor's largest value, EMAs within 3 ulp
+# (the official mul_ + add_ rounds where our lerp does not), weights after AdamW within 1e-7 + 1e-6 relative: a step
+# moves a weight by about lr, so its rounding error scales with lr, not with the weight (hence atol = 1e-6 lr)
 LOSS_RTOL, WEIGHT_RTOL, GRAD_SCALED_ATOL = 1e-6, 1e-6, 1e-6
 
 
@@ -139,4 +142,5 @@ def test_adamw_lr_rule_and_both_emas_after_one_and_three_steps(case):
                      "ema2": emas[1].state_dict(model)}
             for which, sd in state.items():
                 for name in named:
-                    fx.check(sd[ours[name]], f"{case}/after{k + 1}/{which}/{name}", rtol=WEIGHT_RTOL, atol=1e-9)
+                    fx.check(sd[ours[name]], f"{case}/after{k + 1}/{which}/{name}", rtol=WEIGHT_RTOL,
+                             atol=WEIGHT_RTOL * base)
