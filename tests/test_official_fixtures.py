@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_compaction_script_rebuilds_the_committed_copy(full_fixtures_dir, tmp_pa
     names = sorted(p.name for p in COMPACT_DIR.iterdir() if p.suffix in (".safetensors", ".json"))
     if full_fixtures_dir is not None:
         done = subprocess.run([sys.executable, str(SCRIPT), str(full_fixtures_dir), "--out", str(tmp_path)],
-                              capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == names
         for name in names:

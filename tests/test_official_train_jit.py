@@ -28,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # (fp32, 1 thread): loss identical, gradients within 3.4e-7 of each tensor's largest value, EMAs within 3 ulp
 # (the official mul_ + add_ rounds where our lerp does not), weights after AdamW within 1e-7 + 1e-6 relative: a step
 # moves a weight by about lr, so its rounding error scales with lr, not with the weight (hence atol = 1e-6 lr)
-LOSS_RTOL, WEIGHT_RTOL, GRAD_SCALED_ATOL = 1e-6, 1e-6, 1e-6
+LOSS_RTOL, WEIGHT_RTOL = 1e-6, 1e-6
+GRAD_SCALED_ATOL = 2e-6      # 6x the measured 3.4e-7: room for another CPU's kernels, far below any real mistake
 
 
 def jit_config() -> Config:
