@@ -23,7 +23,13 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.official_fixtures import EMA_OFFSETS, probe_positions, seeded_normals, tensor_stats  # noqa: E402
+from tests.official_fixtures import (  # noqa: E402
+    EMA_OFFSETS,
+    FULL_FIXTURE_NAMES,
+    probe_positions,
+    seeded_normals,
+    tensor_stats,
+)
 
 # values kept per probed tensor (tensors this small or smaller are kept whole)
 GRAD_PROBE_JIT, GRAD_PROBE_VCO = 2048, 1024
@@ -210,8 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("full", type=Path, help="folder holding the official_* fixture folders")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "official")
     args = parser.parse_args(argv)
-    missing = [n for n in ("official_jit_tiny", "official_jit_train", "official_vco_tiny", "official_vco_train")
-               if not (args.full / n).is_dir()]
+    missing = [n for n in FULL_FIXTURE_NAMES if not (args.full / n).is_dir()]
     if missing:
         parser.error(f"{args.full} lacks {', '.join(missing)}: pass the folder that holds the full fixtures")
     torch.set_num_threads(1)
