@@ -1,4 +1,5 @@
-"""V-Co as a jit_core plugin: every ingredient enters through a hook (spec vco.md).
+"""V-Co as a jit_core plugin: every ingredient enters through a hook (V-Co, arXiv 2603.16792;
+official details in docs/official-code.md#v-co).
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
 2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
@@ -274,12 +275,12 @@ def jit_options():
 
 
 def _preset_vco(model: str, cfg_scale: float) -> Config:
-    """The paper's final recipe at 256 px (spec §7).
+    """The paper's final recipe at 256 px (docs/official-code.md#recipe).
 
     The README command's batches: 8 class groups of 128 per step (8 GPUs x 1 class x 128 images; on
     fewer GPUs the 8 groups are placed on the ranks there are), global batch 1024 on 8 GPUs and the
     core's lr = blr * global / 256 = 2e-4. The released B/L/H scripts ran 16 x 32, 32 x 16 and 64 x 16
-    (spec §6, §10.3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
+    (docs/official-code.md#batches, #defects 3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
     and 16 on 16 ranks) and the lr follows the real batch. Dropout 0 for all sizes.
     """
     cfg = Config(model=model, model_overrides={"proj_drop": 0.0, "attn_drop": 0.0})

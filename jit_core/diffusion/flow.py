@@ -42,9 +42,14 @@ def noise_scale_for(image_size: int, configured: Optional[float] = None) -> floa
     return configured if configured is not None else image_size / 256
 
 
+def logit_normal_t(normals: torch.Tensor, P_mean: float, P_std: float) -> torch.Tensor:
+    """The flow time of standard normals ``normals``: sigmoid(normals * P_std + P_mean)."""
+    return torch.sigmoid(normals * P_std + P_mean)
+
+
 def sample_t(n: int, P_mean: float, P_std: float, device=None, generator=None) -> torch.Tensor:
     """Logit-normal flow time: sigmoid of N(P_mean, P_std^2)."""
-    return torch.sigmoid(torch.randn(n, device=device, generator=generator) * P_std + P_mean)
+    return logit_normal_t(torch.randn(n, device=device, generator=generator), P_mean, P_std)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -77,11 +82,14 @@ def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch
 
 # ----------------------------------------------------------------------------------- training step
 def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
-                    hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None
+                    hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None,
+                    t: Optional[torch.Tensor] = None, noise: Optional[dict[str, torch.Tensor]] = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms).
 
-    ``drop``: the (B,) bool samples made unconditional; default Bernoulli(``diffusion.label_drop_prob``).
+    The step's random draws, each drawn here unless given (the official-parity tests give the official run's):
+    ``t`` the (B,) flow times (:func:`sample_t`), ``noise`` standard normals per stream name (scaled here by the
+    stream's ``noise_scale``), ``drop`` the (B,) bool samples made unconditional (Bernoulli(``label_drop_prob``)).
     """
     d = config.diffusion
     B, device = images.shape[0], images.device
@@ -92,9 +100,12 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
         for s in streams[1:]:        # the pixel stream is the core's: never normalized
             normalized = call_for_stream(hook.jit_normalize, stream=s, target=targets[s.name], config=config)
             targets[s.name] = targets[s.name] if normalized is None else normalized
-    t = sample_t(B, d.P_mean, d.P_std, device)
+    if t is None:
+        t = sample_t(B, d.P_mean, d.P_std, device)
     ts = {s.name: s.shift(t) for s in streams}
-    noisy = {s.name: add_noise(targets[s.name], ts[s.name], torch.randn_like(targets[s.name]) * s.noise_scale)
+    noise = noise or {}
+    noisy = {s.name: add_noise(targets[s.name], ts[s.name],
+                               (noise[s.name] if s.name in noise else torch.randn_like(targets[s.name])) * s.noise_scale)
              for s in streams}
     if drop is None:
         drop = torch.rand(B, device=device) < d.label_drop_prob
