@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jit_core.config import Config, ConfigError
 from jit_core.distributed import DistInfo, any_rank
+from jit_core.durable import append_text, ensure_dir, write_text
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
@@ -96,16 +97,15 @@ def lock_run_dir(config: Config, run_dir: Path, dist: DistInfo, allowed: Iterabl
 
 
 def write_config(config: Config, run_dir: Path) -> dict | None:
-    """Create the folder and write ``config.json`` by rename (the main process only); returns the config it replaced."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Create the folder and write ``config.json`` by an atomic rename (the main process only; a link in its place
+    is refused, never followed); returns the config it replaced."""
+    ensure_dir(run_dir)
     saved = run_dir / "config.json"
     try:
-        before = json.loads(saved.read_text()) if saved.exists() else None
-    except ValueError:
+        before = json.loads(saved.read_text()) if saved.is_file() and not saved.is_symlink() else None
+    except (ValueError, UnicodeDecodeError):
         before = None
-    tmp = saved.with_suffix(".json.tmp")
-    tmp.write_text(config.to_json())
-    tmp.replace(saved)
+    write_text(saved, config.to_json())
     return before if isinstance(before, dict) else None
 
 
@@ -117,8 +117,7 @@ def record_changes(run_dir: Path, before: dict | None, config: Config, allowed: 
     rows = [{"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "key": k, "old": va, "new": vb}
             for k, va, vb in _changes(before, json.loads(config.to_json())) if k in allowed]
     if rows:
-        with open(run_dir / HISTORY, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        append_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in rows), fsync=True)
     return rows
 
 
