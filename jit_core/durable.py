@@ -200,7 +200,7 @@ def replace_durably(path: Path, fill: Callable[[HashingSink], object], fsync: bo
                 fsync_dir(path.parent)
         return entry
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):    # gone already (renamed), or never created (read-only)
             os.unlink(tmp)
 
 
@@ -309,7 +309,14 @@ def _open_regular(path: Path, flags: int, mode: str):
     """``os.open`` with ``O_NOFOLLOW``, checked to be a regular file, as a Python file object."""
     path = Path(path)
     with writing(path):
-        fd = os.open(path, flags, 0o666)
+        try:    # O_NONBLOCK: a fifo in its place must not hang the open (it has no effect on a regular file)
+            fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            fd = None
+    if fd is None:
+        raise WriteError(f"{path} is not a regular file (a fifo, a device...): move it away and re-run")
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise WriteError(f"{path} is not a regular file (a fifo, a device...): move it away and re-run")

@@ -88,7 +88,7 @@ def save_record(out: Path, name: str, record: dict, run_dir: Path) -> Path:
     """Write a result (a point or a grid summary) to ``out/<name>.json``: the path is built from the folder being
     written and the result's name, never read from a file. Paths inside it are stored relative to the run folder
     (:func:`for_disk`), so a copied or moved run keeps working and never touches the original."""
-    path = Path(out) / f"{name}.json"
+    path = durable.ensure_dir(Path(out)) / f"{name}.json"
     write_json(path, for_disk(record, run_dir))
     return path
 

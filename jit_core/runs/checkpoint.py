@@ -39,7 +39,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from jit_core.durable import SAFETENSORS_DTYPES, WriteError, ensure_dir, fsync_dir, sha256_file, stream_safetensors, write_file
+from jit_core.durable import (
+    SAFETENSORS_DTYPES,
+    WriteError,
+    ensure_dir,
+    fsync_dir,
+    sha256_file,
+    stream_safetensors,
+    write_file,
+    write_text,
+)
 from jit_core.errors import CheckpointError, CorruptCheckpointError, first_line, weights_only_refusal
 
 log = logging.getLogger(__name__)
@@ -106,13 +115,7 @@ def _read_latest(root: Path) -> Path | None:
 
 
 def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f"latest.tmp-{os.getpid()}"
-    try:
-        write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
-        os.replace(tmp, root / "latest")
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(root)
+    write_text(root / "latest", f"{name}\n")   # atomic; a link in its place is refused
 
 
 def _pid_alive(pid: int) -> bool:

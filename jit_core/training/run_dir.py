@@ -18,6 +18,9 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
                      "train.sample_every", "train.device", "train.compile", "data.num_workers", "data.pin_memory",
                      "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.", "log")
 HISTORY = "history.jsonl"
+# what the trainer writes in its folder (files, then folders): a link in the place of any of them is refused at
+# start-up, before anything is written (a link would send the write to wherever it points)
+TRAINER_WRITES = (LOCK_NAME, "config.json", "metrics.jsonl", HISTORY, "wandb-run.json", "checkpoints", "samples", "tb")
 _OWN_FILES = {LOCK_NAME}          # written by the trainer before config.json: not "another program's files"
 
 
@@ -67,6 +70,12 @@ def check_run_dir(config: Config, run_dir: Path, allowed: Iterable[str] = ()) ->
     """Refuse a folder that holds another run, or files that are not a jit run. Reads only: every rank may call it.
 
     ``allowed``: keys that may differ from the saved config (``jit train --resume --allow-change KEY``)."""
+    links = [name for name in TRAINER_WRITES if (run_dir / name).is_symlink()]
+    if run_dir.is_symlink() and not run_dir.is_dir():
+        links.insert(0, ".")
+    if links:
+        raise ConfigError(f"run folder {run_dir}: {', '.join(links)} is a symbolic link, where the trainer writes; "
+                          "jit-vco never writes through a link (it could point anywhere): remove it and re-run")
     saved = run_dir / "config.json"
     started = bool(ckpt.list_checkpoints(run_dir))  # a run that never wrote a checkpoint may restart with another config
     if saved.exists() and started:
