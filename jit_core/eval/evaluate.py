@@ -213,7 +213,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                     done["selection"] = {"cfg_chosen_on_these_samples": len(cfgs) > 1,
                                          "ema_chosen_on_these_samples": len(emas) > 1}
                     done["resumed"] = True
-                    done["json"] = str(save_record(out, name, done, run_dir))
+                    done["json"] = str(out / f"{name}.json")   # where it is, whatever the file says
+                    save_record(out, name, done, run_dir)
                 records.append(done)
                 continue
             folder = out / name if save == "png" else None
