@@ -153,6 +153,12 @@ def _calibration(d):
     save_stats(FeatureStats(var=torch.ones(2, 3), rms_factor=1.0), d / "stats.safetensors")
 
 
+def _tensorboard(d):
+    from jit_core.trackers.tensorboard import TensorBoardSink
+    pytest.importorskip("tensorboard")
+    TensorBoardSink(d)
+
+
 def _slurm_record(d):
     from slurm.records import _append_jsonl
     _append_jsonl(d / "jobs.jsonl", {"job": 1})
@@ -185,6 +191,7 @@ WRITERS = [
     Writer("V-Co statistics", "stats.safetensors", _calibration),
     Writer("V-Co statistics summary", "stats.json", _calibration),
     Writer("SLURM job records", "jobs.jsonl", _slurm_record),
+    Writer("TensorBoard folder", "tb", _tensorboard, folder=True),
 ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jit_core.config import Config, ConfigError
 from jit_core.distributed import DistInfo, any_rank
-from jit_core.durable import append_text, ensure_dir, write_text
+from jit_core.durable import WriteError, append_text, ensure_dir, write_text
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
@@ -20,7 +20,8 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
 HISTORY = "history.jsonl"
 # what the trainer writes in its folder (files, then folders): a link in the place of any of them is refused at
 # start-up, before anything is written (a link would send the write to wherever it points)
-TRAINER_WRITES = (LOCK_NAME, "config.json", "metrics.jsonl", HISTORY, "wandb-run.json", "checkpoints", "samples", "tb")
+TRAINER_WRITES = (LOCK_NAME, "config.json", "metrics.jsonl", HISTORY, "wandb-run.json", "checkpoints", "samples", "tb",
+                  "wandb")
 _OWN_FILES = {LOCK_NAME}          # written by the trainer before config.json: not "another program's files"
 
 
@@ -97,7 +98,7 @@ def lock_run_dir(config: Config, run_dir: Path, dist: DistInfo, allowed: Iterabl
         try:
             lock.acquire()
             check_run_dir(config, run_dir, allowed)
-        except ConfigError as e:
+        except (ConfigError, WriteError) as e:    # every rank must learn it (no rank left in a collective)
             lock.release()
             error = e
     if any_rank(error is not None, dist):
