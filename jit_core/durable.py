@@ -39,7 +39,6 @@ CHUNK = 1 << 23
 SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                       torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -118,17 +117,23 @@ class HashingSink:
         self.f.flush()
 
 
+def _no_follow(path, flags: int) -> int:
+    """``open(..., opener=_no_follow)``: the flags ``open`` chose, never following a link (``O_EXCL`` already
+    refuses one; this also covers modes without it)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 def write_file(path: Path, fill: Callable[[HashingSink], object], fsync: bool = True) -> dict:
     """Create ``path`` exclusively (never through a link), let ``fill`` write it, flush and fsync; return its
     manifest entry. Fails if anything (a file, a link) is already there."""
     path = Path(path)
     with writing(path):
         try:
-            fd = os.open(path, _NEW, 0o666)
+            f = open(path, "xb", opener=_no_follow)  # noqa: SIM115 -- closed by the `with` below
         except FileExistsError:
             refuse_link(path)
             raise
-        with os.fdopen(fd, "wb") as f:
+        with f:
             sink = HashingSink(f)
             fill(sink)
             f.flush()
