@@ -220,3 +220,130 @@ def test_every_preset_passes_the_declared_checks(vco):
         cfg = get_preset(name)
         validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
         check_config(cfg)
+
+
+# ----------------------------------------------------------------------------------- writing files (issue #21)
+# Links planted in a run folder, paths read from result files, a full disk, a read-only run folder: each ends in
+# one line (or the right result), nothing outside the folder touched, the previous files whole. The writers
+# themselves are walked one by one in tests/test_writes.py; these rows go through the real CLI.
+from .test_writes import PRECIOUS, fill, read_only, small_fs  # noqa: E402 -- this block's own helpers
+
+
+def _link(name: str, dangling: bool = False):
+    def plant(run, tmp):
+        target = tmp / "outside" / name
+        target.parent.mkdir(exist_ok=True)
+        if not dangling:
+            target.write_bytes(PRECIOUS)
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(target)
+    return plant
+
+
+def _eval_link(run, tmp):
+    (run / "eval").mkdir(exist_ok=True)
+    name = "step00000002-ema1-n2-heun1-cfg1-seed0.json"
+    (tmp / "outside").mkdir(exist_ok=True)
+    (tmp / "outside" / "victim").write_bytes(PRECIOUS)
+    (run / "eval" / name).symlink_to(tmp / "outside" / "victim")
+
+
+RESUME = ["train", "--resume", "{run}", "train.max_steps=3"]
+# (id, damage(run, tmp), command after `jit`, fragments of the one error line; None: the command succeeds)
+WRITES = [
+    ("lock-link", _link(".lock"), RESUME, [".lock is a symbolic link, where the trainer writes", "remove it"]),
+    ("lock-dangling-link", _link(".lock", dangling=True), RESUME, [".lock is a symbolic link"]),
+    ("config-json-tmp-link", _link("config.json.tmp"), RESUME, None),      # no longer a name the trainer writes
+    ("metrics-jsonl-link", _link("metrics.jsonl"), RESUME, ["metrics.jsonl is a symbolic link", "remove it"]),
+    ("history-jsonl-link", _link("history.jsonl"), [*RESUME, "optim.lr=5e-4", "--allow-change", "optim.lr"],
+     ["history.jsonl is a symbolic link"]),
+    ("evaluate-point-json-link", _eval_link,
+     ["evaluate", "{run}", "--num-images", "2", "--cfg", "1", "--metrics", "none", "--save", "none"],
+     ["step00000002-ema1-n2-heun1-cfg1-seed0.json is a symbolic link", "remove the link"]),
+]
+
+
+@pytest.mark.parametrize("case", WRITES, ids=[c[0] for c in WRITES])
+def test_links_in_a_run_folder(cli, run_copy, tmp_path, case):
+    _, damage, command, fragments = case
+    damage(run_copy, tmp_path)
+    outside = {p.name: p.read_bytes() for p in (tmp_path / "outside").iterdir()}
+    res = invoke(cli, *[c.format(run=run_copy) for c in command])
+    if fragments is None:
+        assert res.exit_code == 0, res.output
+        assert not (run_copy / "config.json").is_symlink() and json.loads((run_copy / "config.json").read_text())
+    else:
+        one_line_error(res, *fragments)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "outside").iterdir()} == outside   # targets untouched
+    assert not any(p.exists() for p in (tmp_path / "outside").iterdir() if not outside.get(p.name))
+
+
+GRID = ["--ema", "ema1,ema2", "--cfg", "1,2", "--num-images", "2", "--metrics", "none", "--save", "none"]
+
+
+def test_a_grid_rerun_writes_under_the_folder_by_name_never_to_a_stored_path(cli, run_copy, tmp_path, monkeypatch):
+    """Case 4: a crafted "json" field, a copied run folder, another working directory."""
+    monkeypatch.chdir(run_copy.parent)
+    assert invoke(cli, "evaluate", "run", *GRID).exit_code == 0              # a relative path, as typed
+    points = sorted((run_copy / "eval").glob("step*-ema1-*cfg1-*.json"))
+    rec = json.loads(points[0].read_text())
+    assert rec["json"] == f"eval/{points[0].name}"                       # stored relative to the run folder
+    victim = tmp_path / "victim"
+    victim.write_bytes(PRECIOUS)
+    rec["json"] = str(victim)                                            # crafted: a write target elsewhere
+    points[0].write_text(json.dumps(rec))
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(run_copy, copy)
+    original = _snapshot(run_copy)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = invoke(cli, "evaluate", "../copy", *GRID)
+    assert res.exit_code == 0, res.output
+    assert victim.read_bytes() == PRECIOUS                               # the crafted path was not written
+    assert _snapshot(run_copy) == original                               # the copy never touched the original
+    again = json.loads((copy / "eval" / points[0].name).read_text())
+    assert again["resumed"] and again["json"] == f"eval/{points[0].name}"
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    with small_fs(tmp_path / "fs", "6m") as fs:
+        yield fs
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_keeps_the_previous_result(cli, run_copy, full_fs):
+    args = ["evaluate", run_copy, "--num-images", "2", "--metrics", "none", "--save", "npz", "--out", full_fs]
+    assert invoke(cli, *args).exit_code == 0
+    before = _snapshot(full_fs)
+    fill(full_fs)
+    one_line_error(invoke(cli, *args), "disk full: could not write", "free space in", "re-run")
+    (full_fs / "filler").unlink()
+    assert _snapshot(full_fs) == before
+
+
+def test_compare_on_a_full_disk_is_one_line_and_keeps_the_previous_report(cli, run_copy, full_fs):
+    import shutil
+    other = shutil.copytree(run_copy, run_copy.parent / "other")
+    args = ["compare", run_copy, other, "--out", full_fs / "report", "--num-samples", "4"]
+    first = invoke(cli, *args)
+    assert first.exit_code == 0, first.output
+    before = _snapshot(full_fs)
+    fill(full_fs)
+    one_line_error(invoke(cli, *args), "disk full: could not write", "free space in")
+    (full_fs / "filler").unlink()
+    assert _snapshot(full_fs) == before                                   # every file of the report whole
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{run}", "--num-images", "2", "--metrics", "none"], RESUME],
+                         ids=["evaluate", "resume"])
+def test_a_read_only_run_folder_is_one_line(cli, finished, tmp_path, command):
+    import shutil
+    with small_fs(tmp_path / "fs", "64m") as fs:
+        run = shutil.copytree(finished, fs / "run")
+        read_only(fs)
+        before = _snapshot(run)
+        one_line_error(invoke(cli, *[c.format(run=run) for c in command]), "is on a read-only file system",
+                       "make it writable")
+        assert _snapshot(run) == before

@@ -2,6 +2,7 @@
 point marked), its markdown and terminal tables."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from jit_core.durable import replace_durably
+from jit_core import durable
 
 METRIC_COLUMNS = ("fid", "inception_score", "precision", "recall", "fd_classifier", "fd_classifier_real_train",
                   "classifier_accuracy")
@@ -39,7 +40,8 @@ def finished(path: Path, wanted: dict, world: int) -> dict | None:
 
 
 def sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
-    """The grid's summary: one point per record, the best by the primary metric (lower is better)."""
+    """The grid's summary (to be saved at ``path``): one point per record, the best by the primary metric (lower is
+    better)."""
     key = primary_metric(kind)
     scored = [r for r in records if key and r["metrics"].get(key) is not None]
     best = min(scored, key=lambda r: r["metrics"][key]) if scored else None
@@ -55,7 +57,6 @@ def sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
                "note": ("the best " + ("EMA and cfg were" if len(emas) > 1 else "cfg was") + " chosen on these same "
                         "samples (report it on fresh samples, e.g. another --seed)"),
                "json": str(path)}
-    write_json(path, summary)
     return summary
 
 
@@ -78,9 +79,40 @@ def _cell(v) -> str:
 
 
 def write_json(path, obj) -> None:
-    """Write ``obj`` as JSON by a durable rename (a reader sees the old file or the whole new one)."""
-    text = json.dumps(obj, indent=1, default=_json_default)
-    replace_durably(Path(path), lambda f: f.write(text.encode()))
+    """Write ``obj`` as JSON by a durable rename (a reader sees the old file or the whole new one; a full disk
+    leaves the old one whole and ends in one line; a link in its place is refused)."""
+    durable.write_json(Path(path), obj, default=_json_default)
+
+
+def save_record(out: Path, name: str, record: dict, run_dir: Path) -> Path:
+    """Write a result (a point or a grid summary) to ``out/<name>.json``: the path is built from the folder being
+    written and the result's name, never read from a file. Paths inside it are stored relative to the run folder
+    (:func:`for_disk`), so a copied or moved run keeps working and never touches the original."""
+    path = durable.ensure_dir(Path(out)) / f"{name}.json"
+    write_json(path, for_disk(record, run_dir))
+    return path
+
+
+_PATH_KEYS = ("json", "path")   # the fields of a result that hold a file or folder path
+
+
+def for_disk(obj, run_dir: Path):
+    """A copy of ``obj`` whose path fields (``json``, ``samples.path``, nested records too) are relative to
+    ``run_dir`` (:func:`jit_core.durable.stored_path`). Such a stored path is for display and reading only."""
+    obj = copy.deepcopy(obj)
+
+    def walk(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k in _PATH_KEYS and isinstance(v, (str, Path)) and v:
+                    o[k] = durable.stored_path(v, run_dir)
+                else:
+                    walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(obj)
+    return obj
 
 
 def _json_default(o: Any):

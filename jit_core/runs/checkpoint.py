@@ -39,7 +39,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from jit_core.durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
+from jit_core.durable import (
+    SAFETENSORS_DTYPES,
+    WriteError,
+    ensure_dir,
+    fsync_dir,
+    sha256_file,
+    stream_safetensors,
+    write_file,
+    write_text,
+)
 from jit_core.errors import CheckpointError, CorruptCheckpointError, first_line, weights_only_refusal
 
 log = logging.getLogger(__name__)
@@ -106,13 +115,7 @@ def _read_latest(root: Path) -> Path | None:
 
 
 def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f"latest.tmp-{os.getpid()}"
-    try:
-        write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
-        os.replace(tmp, root / "latest")
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(root)
+    write_text(root / "latest", f"{name}\n")   # atomic; a link in its place is refused
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,8 +198,7 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
         raise CheckpointError(f"state must be a dict, got {type(state).__name__}")
     _check_state(state)
 
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_dir(Path(run_dir) / "checkpoints")   # a link in its place would put the checkpoints elsewhere
     _clean_leftovers(root)
     name = f"step-{step:08d}"
     final, tmp = root / name, root / f"{name}.tmp-{os.getpid()}"
@@ -225,6 +227,8 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
         if aside is not None and aside.exists() and not final.exists():
             with contextlib.suppress(OSError):  # else the next save's cleanup restores it
                 os.rename(aside, final)
+        if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError):
+            exc = exc.__cause__                      # said below with the checkpoint's own context
         if not isinstance(exc, OSError):
             raise
         intact = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from jit_core import durable
+
 from .spec import Element, Study, StudyError, config_changes, expand
 
 
@@ -80,11 +82,11 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     baseline = study.baseline if study.baseline in arms else next(iter(arms))
     report = compare_arms(arms, out / "report", baseline=baseline, paper={a: study.arm(a).paper for a in arms},
                           title=f"jit study {study.name}")
-    (out / "study.md").write_text(study_markdown(study, elements, records, wall_s, report))
+    durable.write_text(out / "study.md", study_markdown(study, elements, records, wall_s, report))
     summary = {"study": study.name, "baseline": baseline, "wall_s": wall_s,
-               "runs": [{**records[e.run_dir], "run_dir": str(e.run_dir)} for e in elements],
+               "runs": [{**records[e.run_dir], "run_dir": durable.stored_path(e.run_dir, out)} for e in elements],
                "report": {k: v for k, v in report.items() if isinstance(v, (str, int, float, list, dict))}}
-    (out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
+    durable.write_json(out / "study.json", summary, default=str)
     return report
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from jit_core.durable import replace_durably
+from jit_core.durable import ensure_dir, open_append, replace_durably, stored_path
 
 from .spec import Element, Study, StudyError
 
@@ -47,9 +47,9 @@ def train_command(element: Element) -> list[str]:
     """``jit train`` of the element's resolved config (written beside the run folder, ``seed-<n>.config.json``):
     exactly the config the study checked, whatever the preset and overrides would give on their own."""
     config_file = element.run_dir.with_name(f"{element.run_dir.name}.config.json")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(config_file.parent)
     text = json.dumps(element.config, indent=1, sort_keys=True)
-    if not config_file.is_file() or config_file.read_text() != text:
+    if config_file.is_symlink() or not config_file.is_file() or config_file.read_text() != text:
         replace_durably(config_file, lambda f: f.write(text.encode()))
     return [sys.executable, "-m", "jit_core", "train", "--config", str(config_file), "--run-dir", str(element.run_dir)]
 
@@ -60,8 +60,8 @@ def evaluate_command(element: Element, study: Study, num_images: int) -> list[st
 
 
 def _run(cmd: list[str], log: Path, env: dict, what: str, element: Element) -> str:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
+    ensure_dir(log.parent)
+    with open_append(log) as f:   # never through a link planted in its place
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
@@ -83,6 +83,7 @@ def run_element(element: Element, study: Study, num_images: int, threads: int) -
                "evaluation", element)
     t2 = time.perf_counter()
     result = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("results:")), None)
+    result = stored_path(result, element.run_dir) if result else None   # relative: the folder may move
     record = {"arm": element.arm.name, "seed": element.seed, "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "threads": threads, "num_images": num_images, "result": result}
     write_done(element.run_dir, record)
