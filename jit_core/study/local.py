@@ -85,9 +85,29 @@ def element_cost(element: Element) -> int:
     return 1 + 2 * len(element.config.get("plugins") or [])
 
 
+# what a finished element's record holds, with the types a reader relies on (the file is untrusted input)
+DONE_FIELDS = {"arm": (str,), "seed": (int,), "train_s": (int, float), "eval_s": (int, float),
+               "result": (str, type(None))}
+
+
 def done_record(element: Element) -> dict | None:
+    """The element's ``study-element.json`` (None: not finished); :class:`StudyError` naming the file if it is not
+    the record this module writes."""
     path = element.run_dir / DONE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    fix = f"delete {path} to evaluate that run again (its training is kept)"
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise StudyError(f"{path} is not valid JSON: {fix}") from None
+    if not isinstance(record, dict):
+        raise StudyError(f"{path} holds a {type(record).__name__}, not an object: {fix}")
+    for key, types in DONE_FIELDS.items():
+        value = record.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise StudyError(f"{path}: {key!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}: {fix}")
+    return record
 
 
 def log_path(element: Element, what: str) -> Path:
