@@ -365,6 +365,10 @@ RUNS_GUARDS = [
      ["x.json: metric 'fd_classifier' is 'good', not a finite number", "evaluate the run again"]),
     ("compare-metrics-not-an-object", _result_json([1]), ["compare", "{run}", "--out", "{tmp}/rep"],
      ["x.json: 'metrics' is a list, not an object"]),
+    ("compare-run-listed-twice", None, ["compare", "--arm", "A={run},{run}", "--out", "{tmp}/rep"],
+     ["is listed twice in arm 'A': one run is one training seed; list each run once"]),
+    ("compare-run-in-two-arms", None, ["compare", "--arm", "A={run}", "--arm", "B={run}", "--out", "{tmp}/rep"],
+     ["is listed in arms 'A' and 'B'"]),
 ]
 
 

@@ -414,7 +414,7 @@ def check_weight_values(name: str, sd: dict[str, torch.Tensor], fp: Path) -> Non
 
 # trainer.pt: the keys a reader uses and their types (the file is untrusted input); "step" is required
 STATE_TYPES = {"step": (int,), "optimizer": (dict,), "elapsed": (int, float), "skipped": (int,), "rng": (dict,),
-               "rng_per_rank": (list,), "config": (str,), "world_size": (int,)}
+               "rng_per_rank": (list,), "world_size": (int,)}
 
 
 def check_state_schema(state, fp: Path) -> dict:
