@@ -62,6 +62,15 @@ def test_runs_trained_for_different_steps_are_flagged_in_the_verdict(tmp_path, t
     assert "V-Co vs JiT" in res["sentence"]
 
 
+def test_runs_trained_on_different_numbers_of_images_are_flagged(tmp_path, template):
+    arms = {"JiT": _seed_runs(tmp_path, template, "j", [5.0, 5.2]), "V-Co": _seed_runs(tmp_path, template, "v", [4.0, 4.1])}
+    for run, batch in zip(arms["JiT"] + arms["V-Co"], (16, 16, 16, 64)):
+        _edit(run, training={"global_batch": batch})
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    assert res["sentence"].startswith("Caution, not comparable: the runs were trained for different numbers of "
+                                      "images (JiT 96, 96; V-Co 96, 384).")
+
+
 def test_identical_seeds_and_zero_width_intervals_get_no_verdict(tmp_path, template):
     arms = {"JiT": _seed_runs(tmp_path, template, "j", [5.0, 5.0]),
             "V-Co": _seed_runs(tmp_path, template, "v", [4.0, 4.0])}
