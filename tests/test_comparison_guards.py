@@ -128,3 +128,12 @@ def test_a_result_file_with_wrong_types_is_refused_in_one_line(tmp_path, templat
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ResultFileError, match="nested too deeply"):
         R.compare_arms(arms, tmp_path / "rep")
+
+
+def test_log_lines_that_are_not_records_are_skipped(tmp_path, template):
+    arms = {"A": _seed_runs(tmp_path, template, "a", [5.0, 5.1])}
+    for run in arms["A"]:
+        with open(run / "metrics.jsonl", "w") as f:
+            f.write('[1, 2]\n"text"\n' + "[" * 100_000 + "]" * 100_000 + '\n{"step": 1, "loss": 0.5, "time": "x"}\n')
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    assert res["rows"][0]["n"] == 2 and (tmp_path / "rep" / "loss_curves.png").is_file()

@@ -48,15 +48,17 @@ def run_names(run_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    """The run's ``metrics.jsonl`` records (unreadable lines skipped)."""
+    """The run's ``metrics.jsonl`` records (unreadable lines and lines that are not objects skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(row, dict):     # untrusted lines: only objects are log records
+                rows.append(row)
     return rows
 
 
