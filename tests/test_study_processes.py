@@ -60,7 +60,8 @@ def _logged(run: Path) -> bool:
 def _start(tmp_path: Path, out: Path) -> subprocess.Popen:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    overrides = folder_overrides(STEPS, train__ckpt_every=STEPS, train__log_every=1)
+    # one data-loader worker per lane: a stopped trainer must shut it down itself (it is not signalled)
+    overrides = folder_overrides(STEPS, train__ckpt_every=STEPS, train__log_every=1, data__num_workers=1)
     return subprocess.Popen([sys.executable, str(driver), str(out), *overrides], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -75,7 +76,7 @@ def _stop(tmp_path: Path, out: Path, runs: list[Path], how: int, after: list[int
             return log.is_file() and any(json.loads(line)["step"] > step for line in log.read_text().splitlines()[-1:])
         assert wait_for(lambda: all(past(r, s) for r, s in zip(runs, after)), 300, 0.1, study), \
             study.communicate()[0]
-        assert len(_pids_using(out)) == 2
+        assert len(_pids_using(out)) >= 2          # two lanes (and their data-loader workers)
         os.kill(study.pid, how)
         output = study.communicate(timeout=120)[0]
         # the lanes stop on their own: the signal passed on by the study, or their parent seen gone after kill -9
@@ -111,3 +112,22 @@ def test_a_stopped_study_leaves_no_orphan_and_a_rerun_resumes(tmp_path):
         assert "in use by another" not in train_log
         assert _step_of(run) == STEPS and json.loads((run / "study-element.json").read_text())["seed"] in (0, 1)
     assert not _pids_using(out)
+
+
+def test_a_lane_has_its_own_process_group_and_a_second_signal_kills_it():
+    from jit_core.study.local import Children
+    children = Children()
+    ignore_term = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                   "print(os.environ['JIT_STUDY_PARENT_PID'], flush=True); time.sleep(60)")
+    proc = children.start([sys.executable, "-c", ignore_term], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == str(os.getpid())    # it knows whose death to watch for
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)     # its own group: a terminal's Ctrl-C skips it
+        children.stop(signal.SIGTERM)                                 # passed on; this child ignores it
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)
+        children.stop(signal.SIGTERM)                                 # the second signal: SIGKILL to its group
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.communicate()

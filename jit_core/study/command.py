@@ -71,7 +71,7 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     if wall_s is None and previous.is_file():      # --report-only: keep the wall time the runs were measured with
         try:
             wall_s = json.loads(previous.read_text()).get("wall_s")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):    # only a timing: a damaged file loses just that
             wall_s = None
         wall_s = wall_s if isinstance(wall_s, (int, float)) else None
     arms: dict[str, list[Path]] = {}

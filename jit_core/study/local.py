@@ -6,10 +6,11 @@ finished (``<run>/study-element.json``) is skipped, and an interrupted one resum
 (``jit train`` resumes a folder holding its run), so re-running the command continues the study.
 
 The study owns its children: each ``jit train`` / ``jit evaluate`` runs in its own process group (a Ctrl-C in the
-terminal reaches the study only); SIGTERM or SIGINT to the study is passed on to every child's group (the trainer
+terminal reaches the study only); SIGTERM or SIGINT to the study is passed on to every child (the trainer
 finishes its step, writes a checkpoint and exits), no new child starts, and the study exits once they have
-(:class:`StudyInterrupted`). If the study itself is killed (kill -9), each child sees its parent gone and stops the
-same way (:func:`jit_core.training.signals.stop_with_parent`). Either way, re-running the command resumes.
+(:class:`StudyInterrupted`); a second signal kills the children's process groups at once. If the study itself
+is killed (kill -9), each child sees its parent gone and stops the same way
+(:func:`jit_core.training.signals.stop_with_parent`). Either way, re-running the command resumes.
 """
 from __future__ import annotations
 
@@ -70,12 +71,18 @@ class Children:
             self._running.discard(proc)
 
     def stop(self, signum: int) -> None:
-        """Pass ``signum`` on to every running child's process group (SIGTERM: checkpoint and exit)."""
+        """First call: pass ``signum`` on to every running child (the trainer finishes its step, checkpoints and
+        exits, shutting down its own data-loader workers: they are not signalled, or their death would fail the
+        step). Any later call: SIGKILL to every child's process group (abort at once; the last complete
+        checkpoint is kept, as after a second Ctrl-C to ``jit train``)."""
         with self._lock:
-            self.stopping = self.stopping or signum
+            first, self.stopping = self.stopping is None, self.stopping or signum
             for proc in self._running:
                 try:
-                    os.killpg(proc.pid, signum)
+                    if first:
+                        proc.send_signal(signum)
+                    else:
+                        os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:   # it has just exited
                     pass
 
@@ -251,7 +258,9 @@ class ForwardStopSignals:
         self.children.stop(signum)
         if first:
             self.echo(f"received {signal.Signals(signum).name}: stopping the runs (each writes a checkpoint); "
-                      "waiting for them to exit")
+                      "waiting for them to exit (signal again to abort them at once)")
+        else:
+            self.echo("aborting the runs at once: the last complete checkpoint of each is kept")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
