@@ -346,6 +346,8 @@ RUNS_GUARDS = [
      ["config.json: bad value 'many' for train.max_steps: expected int"]),
     ("sample-config-not-a-table", _config("[1]"), ["sample", "{run}"], ["must hold a table of keys, not list"]),
     ("sample-cfg-inf", None, ["sample", "{run}", "--cfg", "inf"], ["--cfg inf", "must be >= 0 and finite"]),
+    ("evaluate-cfg-nan", None, ["evaluate", "{run}", "--cfg", "1.5,nan", "--num-images", "4"],
+     ["--cfg", "1.5,nan: each CFG scale must be >= 0 and finite"]),
     ("sample-ema-nan", _weights("ema1", _nan), ["sample", "{run}"], ["ema1.safetensors", "NaN/inf value(s)"]),
     ("resume-ema-nan", _weights("ema1", _nan), ["train", "--resume", "{run}"], ["ema1.safetensors", "NaN/inf value(s)"]),
     ("resume-model-nan", _weights("model", _nan), ["train", "--resume", "{run}"], ["model.safetensors", "NaN/inf"]),
