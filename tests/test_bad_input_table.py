@@ -302,6 +302,15 @@ def _trainer_state(state):
     return damage
 
 
+def _optimizer_moment_reshaped(run):
+    ckpt = run / "checkpoints" / "step-00000002"
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    moments = state["optimizer"]["state"][0]
+    moments["exp_avg"] = torch.zeros(moments["exp_avg"].numel() + 1)
+    torch.save(state, ckpt / "trainer.pt")
+    _rehash(ckpt, "trainer.pt")
+
+
 def _first_key(sd):
     return sorted(sd)[0]
 
@@ -361,6 +370,8 @@ RUNS_GUARDS = [
      ["trainer.pt: 'step' is a str, expected int"]),
     ("trainer-pt-optimizer-a-list", _trainer_state({"step": 2, "optimizer": [1]}), ["sample", "{run}"],
      ["trainer.pt: 'optimizer' is a list, expected dict"]),
+    ("trainer-pt-optimizer-moment-wrong-shape", _optimizer_moment_reshaped, ["train", "--resume", "{run}"],
+     ["trainer.pt holds an optimizer state that does not fit this run", "its exp_avg has shape"]),
     ("trainer-pt-without-step", _trainer_state({"elapsed": 1.0}), ["train", "--resume", "{run}"],
      ["trainer.pt has no 'step'"]),
     ("compare-non-numeric-metric", _result_json({"fd_classifier": "good"}), ["compare", "{run}", "--out", "{tmp}/rep"],

@@ -137,3 +137,14 @@ def test_log_lines_that_are_not_records_are_skipped(tmp_path, template):
             f.write('[1, 2]\n"text"\n' + "[" * 100_000 + "]" * 100_000 + '\n{"step": 1, "loss": 0.5, "time": "x"}\n')
     res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
     assert res["rows"][0]["n"] == 2 and (tmp_path / "rep" / "loss_curves.png").is_file()
+
+
+def test_a_damaged_grid_point_is_computed_again_with_a_warning(tmp_path, caplog):
+    from jit_core.eval.results import finished
+    path = tmp_path / "point.json"
+    path.write_text(json.dumps({"settings_key": {"k": 1}, "metrics": {"fd_classifier": "abc"}}))
+    assert finished(path, {"k": 1}, 1) is None
+    assert f"result file {path}: metric 'fd_classifier' is 'abc'" in caplog.text and "computing that point again" in caplog.text
+    path.write_text(json.dumps({"settings_key": {"k": 1}, "metrics": {"fd_classifier": 2.5}}))
+    assert finished(path, {"k": 1}, 1)["metrics"]["fd_classifier"] == 2.5
+    assert finished(path, {"k": 2}, 1) is None         # other settings: not this point

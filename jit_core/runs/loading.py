@@ -100,7 +100,10 @@ def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
         have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
         raise ckpt.CheckpointError(f"checkpoint {found} has no {which!r} weights (it has {have})")
     ckpt._check_files(found, manifest, [fname], verify_hash=True)
-    return ckpt._load_safetensors(found / fname)
+    sd = ckpt._load_safetensors(found / fname)
+    if which in ckpt.WEIGHT_NAMES:
+        ckpt.check_weight_values(which, sd, found / fname)
+    return sd
 
 
 def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:

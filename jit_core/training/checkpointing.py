@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from jit_core.config import ConfigError
 from jit_core.distributed import barrier
 from jit_core.runs import checkpoint as ckpt
@@ -42,6 +44,16 @@ def save(trainer) -> Path:
     return trainer.last_checkpoint
 
 
+def check_optimizer_state(optimizer) -> None:
+    """ValueError unless every per-parameter state tensor (AdamW's moments) has its parameter's shape:
+    ``load_state_dict`` does not check it, and the first step after the resume would fail."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"its {key} has shape {list(value.shape)} for a parameter of shape {list(p.shape)}")
+
+
 def resume(trainer) -> None:
     """Restore the trainer from the run folder's latest verified checkpoint."""
     path = ckpt.latest_checkpoint(trainer.run_dir)
@@ -62,6 +74,7 @@ def resume(trainer) -> None:
     if state.get("optimizer"):  # empty for an imported official checkpoint
         try:
             trainer.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_state(trainer.optimizer)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
             raise ckpt.CheckpointError(f"{path / 'trainer.pt'} holds an optimizer state that does not fit this run "
                                        f"({e}); resume from another checkpoint") from e
