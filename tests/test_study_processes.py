@@ -131,3 +131,21 @@ def test_a_lane_has_its_own_process_group_and_a_second_signal_kills_it():
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_jit_study_exits_with_the_signal_after_its_runs_stopped(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import jit_core.cli as jit_cli
+    from jit_core.study import local
+
+    def stopped(*args, **kwargs):
+        raise local.StudyInterrupted("study vco-tiny-pair stopped by SIGTERM: ...; run the same command again to "
+                                     "resume", signal.SIGTERM)
+    monkeypatch.setattr(local, "run_local", stopped)
+    jit_cli._add_optional_commands()
+    res = CliRunner().invoke(jit_cli.cli, ["study", "vco-tiny-pair", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 128 + signal.SIGTERM, res.output
+    assert res.stderr.strip() == ("Error: study vco-tiny-pair stopped by SIGTERM: ...; run the same command again "
+                                  "to resume")
+    assert not (tmp_path / "s" / "report").exists()       # no report of a study that did not finish
