@@ -135,8 +135,8 @@ def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, d
     from jit_core.distributed import resolve_device
     from jit_core.images import save_grid, save_pngs
     wanted = parse_labels(labels)
-    if cfg is not None and cfg < 0:
-        raise ConfigError(f"--cfg {cfg}: the CFG scale must be >= 0 (1 = unguided)")
+    if cfg is not None and not 0 <= cfg < float("inf"):   # nan fails both comparisons
+        raise ConfigError(f"--cfg {cfg}: the CFG scale must be >= 0 and finite (1 = unguided)")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps {steps}: the sampler needs at least 1 step")
     check_device(device)

@@ -342,6 +342,8 @@ def evaluate_command():
         info = init_distributed(device)
         try:
             cfgs = _floats(cfg)
+            if any(not 0 <= c < float("inf") for c in cfgs or ()):     # nan fails both comparisons
+                raise ValueError(f"{cfg}: each CFG scale must be >= 0 and finite (1 = unguided)")
             emas = _as_list(ema, str.strip)
             bad = [e for e in emas if e not in WEIGHTS]
             if bad or not emas:

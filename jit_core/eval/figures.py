@@ -27,7 +27,8 @@ def plot_losses(logs: dict[str, list[dict]], path: str | Path, x: str = "step") 
     cols = min(3, len(terms))
     rows = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    tmax = max((r.get("time", 0) or 0 for rows_ in logs.values() for r in rows_), default=0)
+    tmax = max((r["time"] for rows_ in logs.values() for r in rows_ if isinstance(r.get("time"), (int, float))
+                and math.isfinite(r["time"])), default=0)
     unit, div = ("h", 3600.0) if tmax > 7200 else (("min", 60.0) if tmax > 120 else ("s", 1.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, term in zip(axes.flat, terms):

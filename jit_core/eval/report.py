@@ -15,6 +15,7 @@ flattened config keys, plugin options included, that differ); and ``index.html``
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -49,15 +50,17 @@ def run_names(run_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    """The run's ``metrics.jsonl`` records (unreadable lines skipped)."""
+    """The run's ``metrics.jsonl`` records (unreadable lines and lines that are not objects skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(row, dict):     # untrusted lines: only objects are log records
+                rows.append(row)
     return rows
 
 
@@ -119,7 +122,12 @@ EVAL_KWARGS = ("evaluate", "ema", "num_images", "cfg", "steps", "method", "inter
 
 
 def _file_safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "arm"
+    """A file name part for an arm: the name itself when it is safe, else a safe form plus a hash of the name (so
+    ``a b`` and ``a_b`` get different files)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    if safe == name:
+        return name
+    return f"{safe or 'arm'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, cfg, device, trust_plugins):
@@ -188,6 +196,12 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     arms = {str(a): [Path(d) for d in ds] for a, ds in arms.items()}
     if not arms or any(not ds for ds in arms.values()):
         raise ValueError("compare_arms needs at least one arm, each with at least one run folder")
+    A.check_distinct_runs(arms)
+    files = {_file_safe(a).lower(): a for a in arms}     # lower: case-insensitive file systems
+    if len(files) < len(arms):
+        clash = sorted(set(arms) - set(files.values()))[0]
+        raise ValueError(f"arm names {clash!r} and {files[_file_safe(clash).lower()]!r} differ only in case, so their "
+                         "sample files would be one on some file systems: rename one arm")
     baseline = baseline or next(iter(arms))
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not an arm: use one of {', '.join(arms)}")
@@ -300,7 +314,7 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
         cells += [f"{r['metrics'][k]['mean']:.4g} {A._iv(r['metrics'][k])}" if k in r["metrics"] else "-"
                   for k in table["metrics"]]
         v = r["verdicts"].get(m)
-        cells.append("-" if v is None else (f"{v['better']} better" if v["outside_noise"] else "within noise"))
+        cells.append(A.verdict_cell(v))
         if paper:
             cells += ["-", "-"] if r["baseline"] else [r.get("paper") or "(no claim)", r.get("ours", "-")]
         rows.append(cells)

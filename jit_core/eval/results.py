@@ -3,7 +3,7 @@ point marked), its markdown and terminal tables."""
 from __future__ import annotations
 
 import copy
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ import torch
 import torch.distributed as dist
 
 from jit_core import durable
+from jit_core.eval.record_checks import NUMERIC_METRICS, ResultFileError, check_record, read_record
 
-METRIC_COLUMNS = ("fid", "inception_score", "precision", "recall", "fd_classifier", "fd_classifier_real_train",
-                  "classifier_accuracy")
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = NUMERIC_METRICS
 
 
 def primary_metric(kind: str) -> str | None:
@@ -26,9 +28,12 @@ def finished(path: Path, wanted: dict, world: int) -> dict | None:
     rec = None
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0 and path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-        except ValueError:
+        try:    # a damaged or edited point is computed again (and its file replaced), with a warning naming it
+            rec = read_record(path)
+            if isinstance(rec, dict) and rec.get("settings_key") == wanted:
+                check_record(rec, path)
+        except ResultFileError as e:
+            log.warning("%s; computing that point again", e)
             rec = None
         if not isinstance(rec, dict) or rec.get("settings_key") != wanted or "metrics" not in rec:
             rec = None
@@ -45,10 +50,15 @@ def sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
     key = primary_metric(kind)
     scored = [r for r in records if key and r["metrics"].get(key) is not None]
     best = min(scored, key=lambda r: r["metrics"][key]) if scored else None
+    tied = [r for r in scored if best is not None and r["metrics"][key] == best["metrics"][key]]
+    if len(tied) > 1:      # exact ties: no point is better than the others, so none is starred
+        best = None
     emas = list(dict.fromkeys(r["checkpoint"]["weights"] for r in records))
     points = [{"ema": r["checkpoint"]["weights"], "cfg": r["guidance"]["cfg"],
                "value": r["metrics"].get(key) if key else None, "interval": (r.get("intervals") or {}).get(key),
                "best": r is best, "resumed": bool(r.get("resumed")), "json": r["json"]} for r in records]
+    for point, r in zip(points, records):
+        point["tied"] = len(tied) > 1 and any(r is t for t in tied)
     summary = {"kind": "ema_cfg_grid" if len(emas) > 1 else "cfg_sweep", "primary_metric": key, "emas": emas,
                "cfgs": list(dict.fromkeys(r["guidance"]["cfg"] for r in records)), "points": points,
                "values": [p["value"] for p in points],
@@ -69,7 +79,9 @@ def sweep_markdown(result: dict) -> str:
         iv = p["interval"]
         lines.append(f"| {p['ema']} | {p['cfg']:g} | {_cell(p['value'])} | "
                      f"{f'[{_cell(iv[0])}, {_cell(iv[1])}]' if iv else '-'} | {'**best**' if p['best'] else ''} |")
+    ties = [p for p in result["points"] if p.get("tied")]
     lines += ["", f"Best: {result['best_ema']} at cfg {result['best_cfg']}; {result['note']}." if result["best"]
+              else f"No best: {len(ties)} points tie exactly at {_cell(ties[0]['value'])}." if ties
               else "No point has a value of the primary metric.", ""]
     return "\n".join(lines)
 

@@ -402,11 +402,49 @@ def check_state_file(path) -> Path:
     return fp
 
 
+def check_weight_values(name: str, sd: dict[str, torch.Tensor], fp: Path) -> None:
+    """The network weights ``sd`` (model / ema1 / ema2, read from ``fp``) are usable: every tensor floating point
+    and finite. The rule for dtypes: float16 / bfloat16 / float64 tensors are accepted and cast to the model's
+    dtype when loaded into it (``load_state_dict`` copies); integer, bool and complex tensors are refused, as no
+    weight of the network is one. A NaN or inf is refused: sampling would give black images, a resume NaN losses."""
+    for key, t in sd.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{fp}: {key} is a {t.dtype} tensor, but {name} weights are floating point: the file "
+                                  f"was not written by jit-vco; {_FIX}")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{fp}: {key} holds {bad} NaN/inf value(s): the weights are unusable; {_FIX}")
+
+
+# trainer.pt: the keys a reader uses and their types (the file is untrusted input); "step" is required
+STATE_TYPES = {"step": (int,), "optimizer": (dict,), "elapsed": (int, float), "skipped": (int,), "rng": (dict,),
+               "rng_per_rank": (list,), "world_size": (int,)}
+
+
+def check_state_schema(state, fp: Path) -> dict:
+    """``state`` (``trainer.pt`` read from ``fp``) if it is a dict whose keys have the types jit-vco writes."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{fp} holds a {type(state).__name__}, not the dict jit-vco writes: it was damaged or "
+                              f"replaced; {_FIX}")
+    if "step" not in state:
+        raise CheckpointError(f"{fp} has no 'step': it was not written by jit-vco; {_FIX}")
+    for key, types in STATE_TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, types) or isinstance(value, bool)):
+            want = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{fp}: {key!r} is a {type(value).__name__}, expected {want}: it was not written "
+                                  f"by jit-vco; {_FIX}")
+    if state["step"] < 0 or state.get("world_size", 1) < 1:
+        raise CheckpointError(f"{fp}: step {state['step']} / world_size {state.get('world_size')} out of range; {_FIX}")
+    return state
+
+
 def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """``(weights, state)`` of a checkpoint dir (or a run dir -> its latest checkpoint).
 
     ``weights`` maps model/ema1/ema2[/aux] to state dicts; ``state`` is ``trainer.pt``, read with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)``. Both are checked before use: the network weights by
+    :func:`check_weight_values` (floating point, finite), ``trainer.pt`` by :func:`check_state_schema`.
     """
     path = _resolve(path)
     if verify:
@@ -424,4 +462,7 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
         if re.search(r"Unsupported global|unsupported GLOBAL", str(e)):      # real pickled objects: refused
             raise weights_only_refusal(fp, e) from e
         raise CorruptCheckpointError(f"cannot read {fp} ({first_line(e)}): the file is damaged; {_FIX}") from e
-    return weights, state
+    for name in WEIGHT_NAMES:
+        if name in weights:
+            check_weight_values(name, weights[name], path / f"{name}.safetensors")
+    return weights, check_state_schema(state, fp)

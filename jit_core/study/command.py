@@ -73,7 +73,7 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     if wall_s is None and previous.is_file():      # --report-only: keep the wall time the runs were measured with
         try:
             wall_s = json.loads(previous.read_text()).get("wall_s")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):    # only a timing: a damaged file loses just that
             wall_s = None
         wall_s = wall_s if isinstance(wall_s, (int, float)) else None
     arms: dict[str, list[Path]] = {}
@@ -114,7 +114,7 @@ def study_command():
         jit study vco-tiny-pair                       # JiT vs V-Co on the embedded data (the demo)
         jit study vco-tiny --seeds 0,1,2              # V-Co's ablations, 3 seeds
         """
-        from .local import run_local
+        from .local import StudyInterrupted, run_local
         from .registry import available_studies, get_study
         if list_ or not name:
             for key, st in sorted(available_studies().items()):
@@ -132,7 +132,11 @@ def study_command():
         wall = None
         if not report_only:
             t0 = time.perf_counter()
-            run_local(elements, study, num_images=num_images or study.num_images, lanes=lanes, echo=click.echo)
+            try:
+                run_local(elements, study, num_images=num_images or study.num_images, lanes=lanes, echo=click.echo)
+            except StudyInterrupted as e:      # the runs checkpointed and exited: a shell sees the signal
+                click.echo(f"Error: {e}", err=True)
+                click.get_current_context().exit(128 + e.signum)
             wall = round(time.perf_counter() - t0, 1)
         report = study_report(study, elements, out_dir.expanduser().absolute(), wall)
         if report.get("sentence"):

@@ -20,7 +20,7 @@ def last_step(path: Path) -> int:
         for line in Path(path).read_text().splitlines():
             try:
                 step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):   # a damaged or crafted line: not a step
                 continue
             if isinstance(step, int):
                 best = max(best, step)
@@ -69,7 +69,7 @@ def roll_back(path: Path, step: int) -> int:
         try:
             row = json.loads(line)
             ok = isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
-        except ValueError:
+        except (ValueError, RecursionError):
             ok = False
         if ok:
             keep.append(line if line.endswith(b"\n") else line + b"\n")
