@@ -94,10 +94,13 @@ def ensure_dir(path: Path) -> Path:
     files meant for it cannot land elsewhere."""
     path = Path(path)
     refuse_link(path)
-    with writing(path):
-        path.mkdir(parents=True, exist_ok=True)
+    try:
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):     # a file where the folder (or a parent) should be
+        pass
     if not path.is_dir():
-        raise WriteError(f"{path} exists and is not a folder: move it away and re-run")
+        raise WriteError(f"{path} exists and is not a folder (or a file stands in its path): move it away and re-run")
     return path
 
 
@@ -292,7 +295,7 @@ def staged(folder: Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
         if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     stage = folder / f"{_STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    with writing(stage):
+    with writing(folder):     # the error names the folder being written, not the hidden staging folder
         stage.mkdir()
     try:
         yield stage

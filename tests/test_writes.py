@@ -266,6 +266,9 @@ def test_replace_and_append_do_what_they_say(tmp_path):
         durable.append_text(tmp_path / "fifo", "x")
     with pytest.raises(WriteError, match="is a folder"):
         durable.write_text(tmp_path, "x")
+    for folder in (tmp_path / "log", tmp_path / "log" / "sub"):
+        with pytest.raises(WriteError, match="exists and is not a folder"):
+            durable.ensure_dir(folder)
 
 
 def test_a_staged_set_is_published_whole_or_not_at_all(tmp_path):
