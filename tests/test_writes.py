@@ -123,8 +123,10 @@ def _study_done(d):
 
 
 def _study_log(d):
-    from jit_core.study.local import _run
-    _run([sys.executable, "-c", "print('hi')"], d / "seed-0.train.log", dict(os.environ), "training", None)
+    from jit_core.study import local
+    children = [local.Children()] if hasattr(local, "Children") else []   # the lanes' process groups, where present
+    local._run([sys.executable, "-c", "print('hi')"], d / "seed-0.train.log", dict(os.environ), "training", None,
+               *children)
 
 
 def _study_files(d):
