@@ -333,7 +333,8 @@ def test_a_full_disk_keeps_the_previous_file_whole(tmp_path):
         fill(fs)
         with pytest.raises(WriteError) as info:
             durable.write_json(fs / "result.json", {"new": "y" * 300_000})
-        assert str(info.value).startswith("disk full: could not write") and "free space" in str(info.value)
+        assert str(info.value).startswith(f"disk full: could not write {fs / 'result.json'} (")
+        assert f"free space in {fs} and re-run" in str(info.value)
         assert (fs / "result.json").read_bytes() == before
         assert sorted(p.name for p in fs.iterdir()) == ["filler", "result.json"]    # the temporary file removed
 
