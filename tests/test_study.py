@@ -90,7 +90,12 @@ def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     assert set(rows) == {"JiT", "V-Co"} and all(r["n_runs"] == 2 for r in rows.values())
     fd = rows["V-Co"]["metrics"][arms["primary_metric"]]
     assert fd["n"] == 2 and fd["lo"] <= fd["mean"] <= fd["hi"]
-    assert rows["V-Co"]["paper"] == "better" and rows["V-Co"]["ours"] in ("agrees", "disagrees", "within noise")
+    # 3 steps leave both models at their zero-initialised output: every sample is the same image, so the guards of
+    # jit compare must flag the numbers (chance-level accuracy, identical seeds) instead of giving a verdict
+    assert rows["V-Co"]["paper"] == "better"
+    assert rows["V-Co"]["ours"] in ("agrees", "disagrees", "within noise", "no verdict (degenerate)")
+    if rows["V-Co"]["ours"] == "no verdict (degenerate)":
+        assert "Caution" in arms["sentence"] and "degenerate" in arms["sentence"]
     assert arms["sentence"] and arms["sentence"] in (out / "report" / "index.html").read_text()
     assert "V-Co" in (out / "study.md").read_text()
     res = CliRunner().invoke(cli, args)
