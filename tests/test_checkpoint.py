@@ -137,7 +137,7 @@ def test_official_jit_fixture_parity():
         check_compatible(imported[which], model, which)
         model.load_state_dict(imported[which], strict=True)
         with torch.no_grad():
-            out = model(io["z"], io["t"], io["y"])
+            out = model(io["z"], io["t"], io["y"]).pixel
         torch.testing.assert_close(out, io[key], atol=1e-5, rtol=0)
     delta = imported["ema2"]["in_context_posemb"] - imported["model"]["in_context_posemb"]
     torch.testing.assert_close(delta, torch.full_like(delta, -0.001))
@@ -154,8 +154,8 @@ def test_official_vco_fixture_parity():
     blocked = torch.zeros(len(io["t"]), 2, 2, dtype=torch.bool)
     blocked[:, 0, 1] = io["drop"]
     with torch.no_grad():
-        plain = model(inputs, io["t"], io["y"])
-        dropped = model(inputs, io["t"], io["y_drop"], blocked)
+        plain = model(inputs, io["t"], io["y"]).x_hat
+        dropped = model(inputs, io["t"], io["y_drop"], blocked).x_hat
     for out, suffix in ((plain, ""), (dropped, "_drop")):
         torch.testing.assert_close(out["pixel"], io["x_pred" + suffix], atol=1e-5, rtol=0)
         torch.testing.assert_close(out["feature"], io["f_pred" + suffix], atol=1e-5, rtol=0)
@@ -210,7 +210,7 @@ def test_convert_command_jit(tmp_path):
     model = build_model(config["model"], **config["model_overrides"]).eval()
     model.load_state_dict(load_weights(out, "ema1"), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(io["z"], io["t"], io["y"]), io["x_pred_ema1"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(io["z"], io["t"], io["y"]).pixel, io["x_pred_ema1"], atol=1e-5, rtol=0)
 
     again = CliRunner().invoke(convert_command(), [str(source), str(out)])
     assert again.exit_code != 0 and "already holds a run" in again.output
