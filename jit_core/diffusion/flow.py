@@ -162,10 +162,12 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     t_eps = config.diffusion.t_eps
     # Built once per call, not per step: the blocked matrices of the guided forwards, grouped for the
     # fast attention path (grouping reads the matrix on the host, so this is the call's only sync).
-    uncond_blocked = grouped_for(model, uncond.blocked)
-    batched_blocked = None
-    if batched_cfg and uncond.blocked is not None:
-        batched_blocked = grouped_for(model, torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked]))
+    uncond_blocked = batched_blocked = None
+    if guided and uncond.blocked is not None:
+        if batched_cfg:      # [conditional | unconditional]: nothing blocked in the first half
+            batched_blocked = grouped_for(model, torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked]))
+        else:
+            uncond_blocked = grouped_for(model, uncond.blocked)
     batched_labels = torch.cat([labels, uncond.labels])
 
     def x_pred(zz, tt, yy, blocked):

@@ -18,6 +18,7 @@ Two numerics (``path``): ``exact`` is the official one (q.k and softmax in fp32 
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -105,11 +106,12 @@ def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
                     dropout: float) -> torch.Tensor:
     """The official numerics: q.k logits and softmax in fp32 with autocast off, then the product with v
     under autocast (bf16 when on). A masked logit is -inf, as the official additive 0 / -inf bias gives."""
-    with torch.autocast(q.device.type, enabled=False):
+    autocast = torch.amp.is_autocast_available(q.device.type) and torch.is_autocast_enabled(q.device.type)
+    with torch.autocast(q.device.type, enabled=False) if autocast else contextlib.nullcontext():
         logits = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5    # (B, heads, L, L)
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
     if dropout:
         probs = F.dropout(probs, dropout)
-    return probs @ v if torch.is_autocast_enabled(q.device.type) else probs.to(v.dtype) @ v
+    return probs @ v if autocast else probs.to(v.dtype) @ v

@@ -194,9 +194,10 @@ class JointBlock(nn.Module):
     def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask: Mask, path: str) -> list[torch.Tensor]:
         """xs: per stream (B, L_s, h); c: (B, h); ropes: per stream (cos, sin) of (L_s, d); mask: see attention.py."""
         blocks = list(self.streams.values())
-        m = [blk.adaln(c) for blk in blocks]
-        u = [modulate(blk.norm1(x), mi.shift_msa, mi.scale_msa) for blk, x, mi in zip(blocks, xs, m)]
-        a = self.attention(blocks, u, ropes, mask, path)
+        m = [blk.adaln(c) for blk in blocks]                                                 # six (B, h) per stream
+        u = [modulate(blk.norm1(x), mi.shift_msa, mi.scale_msa) for blk, x, mi in zip(blocks, xs, m)]  # (B, L_s, h)
+        a = self.attention(blocks, u, ropes, mask, path)                                     # (B, L_s, h)
+        # x_s = x_s + gate_msa_s * Attn(...), then x_s = x_s + gate_mlp_s * MLP_s(...)
         xs = [x + mi.gate_msa.unsqueeze(1) * ai for x, mi, ai in zip(xs, m, a)]
         return [x + mi.gate_mlp.unsqueeze(1) * blk.mlp(modulate(blk.norm2(x), mi.shift_mlp, mi.scale_mlp))
                 for blk, x, mi in zip(blocks, xs, m)]

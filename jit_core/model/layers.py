@@ -67,7 +67,10 @@ class PatchEmbed(nn.Module):
         self.proj2 = nn.Conv2d(bottleneck, hidden, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2)
+        """(B, C, H, W) -> (B, T, h) row-major tokens."""
+        # contiguous: every block then gets the same memory layout, so a compiled block is not
+        # recompiled for the first block's transposed input
+        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2).contiguous()
 
 
 class TokenEmbed(nn.Module):
@@ -93,8 +96,8 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return self.w3(self.drop(F.silu(a) * b))
+        a, b = self.w12(x).chunk(2, dim=-1)              # gate, value: (B, L, H_f) each
+        return self.w3(self.drop(F.silu(a) * b))          # (B, L, h)
 
 
 class FinalLayer(nn.Module):
@@ -107,8 +110,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)          # (B, h) each
+        return self.linear(modulate(self.norm_final(x), shift, scale))    # (B, T, out)
 
 
 def sincos_2d(hidden: int, grid: int, positions: Optional[np.ndarray] = None) -> torch.Tensor:
@@ -174,6 +177,6 @@ def with_identity_prefix(cos: torch.Tensor, sin: torch.Tensor, prefix: int):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rot(x) * sin with rot(a, b) = (-b, a) on adjacent channel pairs."""
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+    pairs = x.unflatten(-1, (-1, 2))                                              # (..., L, d/2, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)    # (..., L, d)
+    return x * cos + rotated * sin                                                # cos, sin: (L, d)
