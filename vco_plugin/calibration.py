@@ -1,4 +1,5 @@
-"""RMS calibration of the feature stream (spec vco.md §3.4-3.7, ingredient 4).
+"""RMS calibration of the feature stream (V-Co, arXiv 2603.16792, ingredient 4; the official
+statistics and factor: docs/official-code.md#feature-target).
 
 The co-denoised target is ``f = alpha * z / sqrt(var + 1e-5)``:
 

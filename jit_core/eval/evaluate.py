@@ -1,13 +1,13 @@
 """``jit evaluate``: generate per the evaluation protocol, compute metrics, record full provenance.
 
-Generation follows shared/spec/evaluation.md §1: N images, class-major labels (image n has class
+Generation follows docs/official-code.md#evaluation (item 1): N images, class-major labels (image n has class
 floor(n C / N), i.e. N / C per class), rank r at step i covers ids ``i b world + r b ... + b - 1``; the
 initial noise of image n depends only on (seed, n), so results do not depend on batch size or world
 size. Samples are lossless PNGs ``00000.png ...`` or one ``.npz`` (uint8 NHWC, key ``arr_0``, the ADM
 evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifier Fréchet distance
 (:mod:`jit_core.eval.classifier`, not FID); other runs with reference statistics or images -> FID/IS
 (:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
-``<run>/eval/<name>.json`` with the provenance list of the protocol's §6, and 95 % bootstrap intervals over
+``<run>/eval/<name>.json`` with the provenance list of that protocol (item 5), and 95 % bootstrap intervals over
 the samples (``intervals``, :mod:`jit_core.eval.stats`). ``--ema a,b --cfg x,y`` evaluates the grid of
 weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table (docs/evaluation.md).
 """

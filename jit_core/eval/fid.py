@@ -1,6 +1,6 @@
 """Sample-quality metrics: Fréchet distance, improved precision/recall, and FID/IS through torch-fidelity.
 
-FID and IS follow the evaluation protocol (shared/spec/evaluation.md §2): torch-fidelity's
+FID and IS follow the evaluation protocol (docs/official-code.md#evaluation, 2): torch-fidelity's
 ``inception-v3-compat`` extractor (the TF 2015-12-05 FID Inception, TF1-style bilinear resize to 299),
 FID on the 2048-d pool features against a reference ``.npz`` (keys ``mu``, ``sigma``), IS on
 ``logits_unbiased`` with 10 splits shuffled with seed 2020. PyPI's torch-fidelity has no

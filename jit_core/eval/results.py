@@ -53,7 +53,7 @@ def sweep_summary(records: list[dict], kind: str, path: Path) -> dict:
                "best_cfg": best["guidance"]["cfg"] if best else None,
                "best_ema": best["checkpoint"]["weights"] if best else None, "best": best, "results": records,
                "note": ("the best " + ("EMA and cfg were" if len(emas) > 1 else "cfg was") + " chosen on these same "
-                        "samples (protocol §4: report it on fresh samples, e.g. another --seed)"),
+                        "samples (report it on fresh samples, e.g. another --seed)"),
                "json": str(path)}
     write_json(path, summary)
     return summary

@@ -30,7 +30,7 @@ from jit_core.training import checkpointing
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
 from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
-from jit_core.training.optim import lr_at
+from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import load_plugins, start_checks
@@ -88,8 +88,8 @@ class Trainer:
         self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
-        o, t = config.optim, config.train
-        self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
+        t = config.train
+        self.base_lr = peak_lr(config, self.global_batch)
         self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
