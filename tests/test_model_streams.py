@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from jit_core.config import get_preset
 from jit_core.diffusion import sample, training_losses
-from jit_core.model import JiT, Stream, get_model_config, pixel_stream
+from jit_core.model import JiT, Stream, StreamGroups, get_model_config, pixel_stream
 from jit_core.model.layers import cell_centres, rope_tables, sincos_1d, sincos_2d
 from jit_core.plugins import Plugins
 from jit_core.testing import nontrivial
@@ -109,10 +109,12 @@ def test_pixels_blocked_from_the_streams_equal_the_pixel_only_model(model, atten
         with torch.no_grad():
             ref = pixel_only.set_attention(attention)({"pixel": x["pixel"]}, t, y).pixel
             alone = model(x, t, y, blocked=blocked).pixel
+            grouped = model(x, t, y, blocked=StreamGroups(blocked)).pixel    # the sampler's form, either path
             joint = model(x, t, y).pixel
     finally:
         model.set_attention("exact")
     torch.testing.assert_close(alone, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grouped, ref, atol=1e-6, rtol=0)
     assert (joint - ref).abs().max() > 1e-3
 
 

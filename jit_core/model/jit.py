@@ -406,17 +406,14 @@ class JiT(nn.Module):
         c = self.t_embedder(t) + y_emb                                              # (B, h), the adaLN condition
         xs = [self.embedders[s.name](inputs[s.name]) + pos for s, (pos, _, _) in zip(self.streams, tables)]  # (B, T_s, h)
         ropes = [rope for _, rope, _ in tables]
-        groups = blocked if isinstance(blocked, StreamGroups) else None
-        if groups is not None and self.attention_path == "exact":
-            blocked = groups.blocked
-        mask = self.attention_mask(blocked, groups, xs)
+        mask = self.attention_mask(blocked, xs)
         hidden = {}
         for i, block in enumerate(self.blocks):
             if i == self.cfg.in_context_start:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per stream
                 ic = y_emb.unsqueeze(1) + self.in_context_posemb                    # (B, K, h)
                 xs = [torch.cat([ic.to(x.dtype), x], dim=1) if s.in_context else x for s, x in zip(self.streams, xs)]
                 ropes = [ic_rope if s.in_context else rope for s, (_, rope, ic_rope) in zip(self.streams, tables)]
-                mask = self.attention_mask(blocked, groups, xs)                     # the lengths changed
+                mask = self.attention_mask(blocked, xs)                             # the lengths changed
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, mask, self.attention_path, use_reentrant=False)
             else:
@@ -429,12 +426,14 @@ class JiT(nn.Module):
             x_hat[s.name] = self.unpatchify(x, s.channels) if s.kind == "patch" else x
         return JiTOutput(x_hat, hidden)
 
-    def attention_mask(self, blocked, groups: Optional[StreamGroups], xs: list[torch.Tensor]) -> Mask:
-        """The form of ``blocked`` the blocks get: None, the caller's StreamGroups, or a token mask."""
+    def attention_mask(self, blocked, xs: list[torch.Tensor]) -> Mask:
+        """The form of ``blocked`` the blocks get: None, the caller's StreamGroups (fast path), or a token mask."""
         if blocked is None:
             return None
-        if groups is not None and self.attention_path == "fast":
-            return groups
+        if isinstance(blocked, StreamGroups):
+            if self.attention_path == "fast":
+                return blocked
+            blocked = blocked.blocked
         # sync-free guard: a query stream that may see no key stream would give NaN attention
         torch._assert_async(~blocked.all(dim=2).any(), "a stream may see no key stream at all: its attention is undefined")
         return token_mask(blocked, [x.shape[1] for x in xs])
