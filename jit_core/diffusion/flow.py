@@ -178,8 +178,9 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     uncond = unconditional_form(hook, labels, torch.ones_like(labels, dtype=torch.bool), streams, config,
                                 mc.num_classes)
     t_eps = config.diffusion.t_eps
-    # Built once per call, not per step: the blocked matrices of the guided forwards, grouped for the
-    # fast attention path (grouping reads the matrix on the host, so this is the call's only sync).
+    # Decided once per call, not per step: the blocked matrix of the guided forward, grouped for the fast
+    # attention path (grouping reads it on the host: the call's only sync), the time grid and its steps, and
+    # where CFG applies. The steps then queue device work only.
     uncond_blocked = batched_blocked = None
     if guided and uncond.blocked is not None:
         if batched_cfg:      # [conditional | unconditional]: nothing blocked in the first half
@@ -187,14 +188,17 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         else:
             uncond_blocked = grouped_for(model, uncond.blocked)
     batched_labels = torch.cat([labels, uncond.labels])
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)       # on the host: t_i = i / steps
+    times = grid.tolist()
+    deltas = [{s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams} for i in range(steps)]
+    guide_at = {t: guided and guidance_active(t, interval) for t in times}   # t from the float32 grid
 
     def x_pred(zz, tt, yy, blocked):
         return model(zz, tt, yy, blocked=blocked).x_hat
 
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
-        guide = guided and guidance_active(t, interval)   # t from the float32 grid, compared in float32
-        if not guide:
+        if not guide_at[t]:
             out = x_pred(zz, tt, labels, None)
             return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
         zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
@@ -213,9 +217,6 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
             res[k] = vu + scales[k] * (vc - vu)
         return res
 
-    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)       # on the host: t_i = i / steps
-    times = grid.tolist()
-    deltas = [{s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams} for i in range(steps)]
     for i in range(steps):
         t0, t1, dt = times[i], times[i + 1], deltas[i]                # dt: per-stream step (time shifts)
         v1 = vel(z, t0)
