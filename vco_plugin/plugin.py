@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from jit_core import durable
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
@@ -193,15 +191,8 @@ def _rank_and_world() -> tuple[int, int]:
 def _save_atomic(stats, run_dir: Path) -> None:
     """Write the statistics (and their sidecar files) into ``run_dir`` by rename, so no reader sees half a file."""
     from .calibration import save_stats
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".vco_stats-", dir=run_dir))
-    try:
-        save_stats(stats, str(tmp / STATS_FILE))
-        files = sorted(tmp.iterdir(), key=lambda p: p.name == STATS_FILE)   # the main file last
-        for f in files:
-            os.replace(f, run_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with durable.staged(run_dir, last=(STATS_FILE,)) as stage:   # the main file last; links refused
+        save_stats(stats, stage / STATS_FILE)
     log.info("vco: feature statistics saved to %s", run_dir / STATS_FILE)
 
 

@@ -33,9 +33,10 @@ def _last_logged(run_dir: Path) -> dict:
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                last = json.loads(line) or last
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            last = row if isinstance(row, dict) and row else last   # untrusted lines: only objects count
     return last
 
 

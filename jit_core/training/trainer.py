@@ -165,11 +165,17 @@ class Trainer:
             log.warning("non-finite values at step %d (%s): step skipped (%d/%d)", self.step, problem,
                         self.skipped, self.config.train.max_skipped_steps)
             return
-        raise NonFiniteLossError(
-            f"non-finite values at step {self.step + 1}: {problem}. The run stopped without writing them; "
-            f"last good checkpoint: {last}. Resume with a lower lr or a gradient clip, e.g. `jit train --resume "
-            f"{self.run_dir} optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; "
-            f"optim.grad_clip=1.0 --allow-change optim.grad_clip), or with train.nan_policy=skip")
+        if self.last_checkpoint is None and not self.has_checkpoint:   # nothing to resume: start again
+            fix = (f"No checkpoint was written yet, so there is nothing to resume: start again in a new folder with "
+                   f"a lower lr or a gradient clip, e.g. `jit train --config {self.run_dir / 'config.json'} --run-dir "
+                   f"<new folder> optim.lr=<lower>` (optim.blr when optim.lr is unset; or optim.grad_clip=1.0, or "
+                   "train.nan_policy=skip)")
+        else:
+            fix = (f"Resume with a lower lr or a gradient clip, e.g. `jit train --resume {self.run_dir} "
+                   "optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; optim.grad_clip=1.0 "
+                   "--allow-change optim.grad_clip), or with train.nan_policy=skip")
+        raise NonFiniteLossError(f"non-finite values at step {self.step + 1}: {problem}. The run stopped without "
+                                 f"writing them; last good checkpoint: {last}. {fix}")
 
     def sample_grid(self, tag: str) -> Optional[Path]:
         """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""
