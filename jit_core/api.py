@@ -2,7 +2,7 @@
 
     from jit_core import api
     run = api.load_run("runs/tiny")                    # EMA1 weights, config, plugins
-    x_hat = run.model(z, t, y)                         # x-prediction
+    x_hat = run.model(z, t, y).pixel                   # x-prediction (JiTOutput: .x_hat per stream)
     images = api.generate(run, torch.arange(10), cfg=2.0, seed=0)   # uint8 (N, C, H, W)
 
 A facade: loading lives in :mod:`jit_core.runs.loading`, generation in :mod:`jit_core.diffusion.generate`.

@@ -11,7 +11,7 @@ from torch import nn
 
 from jit_core.config import get_preset
 from jit_core.diffusion import guidance_active, noise_scale_for, per_sample_v_loss, sample, sample_t, training_losses
-from jit_core.model import JiT, get_model_config
+from jit_core.model import JiT, JiTOutput, get_model_config
 from jit_core.model.streams import PIXEL, pixel_stream
 from jit_core.plugins import Plugins
 
@@ -62,12 +62,14 @@ class ConstantModel(nn.Module):
         self.x_star = x_star
         self.calls: list[tuple[float, int, torch.Tensor]] = []
 
+    def input_shape(self, stream):
+        return (stream.channels, self.cfg.image_size, self.cfg.image_size)
+
     def forward(self, inputs, t, y, blocked=None, capture=()):
         z = inputs[PIXEL] if isinstance(inputs, dict) else inputs
         assert torch.all(t == t[0])
         self.calls.append((t[0].item(), z.shape[0], y.clone()))
-        out = self.x_star.expand_as(z).clone()
-        return {PIXEL: out} if isinstance(inputs, dict) else out
+        return JiTOutput({PIXEL: self.x_star.expand_as(z).clone()})
 
 
 # =========================================================================== t distribution
@@ -282,7 +284,7 @@ def test_guided_sampler_matches_reference(hook, config, tiny_model, interval):
     def net(y):
         def fn(z, t):
             with torch.no_grad():
-                return tiny_model(z, torch.full((3,), t), y)
+                return tiny_model(z, torch.full((3,), t), y).pixel
         return fn
 
     ref = reference_sampler(net(labels), noise, 6, config.diffusion.t_eps, uncond_fn=net(torch.full((3,), NULL)),
@@ -300,7 +302,7 @@ def test_cfg_one_equals_conditional_only_sampler(hook, config, tiny_model):
 
     def cond(z, t):
         with torch.no_grad():
-            return tiny_model(z, torch.full((3,), t), labels)
+            return tiny_model(z, torch.full((3,), t), labels).pixel
 
     ref = reference_sampler(cond, noise, 6, config.diffusion.t_eps)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -330,7 +332,7 @@ class RecordingModel(nn.Module):
 
     def forward(self, inputs, t, y, blocked=None, capture=()):
         self.seen = {"z": inputs[PIXEL].clone(), "t": t.clone(), "y": y.clone(), "blocked": blocked}
-        return {PIXEL: 0.5 * inputs[PIXEL]}
+        return JiTOutput({PIXEL: 0.5 * inputs[PIXEL]})
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

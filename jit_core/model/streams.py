@@ -24,7 +24,13 @@ class Stream:
 
     - ``name``: unique key (``pixel`` is the core's image stream).
     - ``kind``: ``"patch"`` (input ``(B, C, H, W)`` image, patch embed, unpatchified head) or
-      ``"tokens"`` (input ``(B, T, C)`` row-major tokens on the pixel grid, 1x1 embed, per-token head).
+      ``"tokens"`` (input ``(B, T, C)`` tokens, 1x1 embed, per-token head).
+    - ``grid``: a ``tokens`` stream on a ``grid`` x ``grid`` grid of its own (T = grid^2, row-major,
+      e.g. 4 when the pixels are 8 x 8), placed at its cells' centres on the pixel grid. None (default):
+      the pixel grid (T = (image_size / patch_size)^2).
+    - ``tokens``: instead, a ``tokens`` stream of this many global tokens (T = tokens) with no place on
+      the grid: not rotated by RoPE, a 1D sin-cos table over the token index. At most one of
+      ``grid`` / ``tokens`` is set (docs/architecture.md, "Streams with their own token count").
     - ``channels``: input/output channels (3 for pixels, 768 for DINOv2 features).
     - ``in_context``: whether the stream gets its own copy of the in-context class tokens.
     - ``loss_weight``: weight of this stream's v-loss in the objective.
@@ -44,6 +50,8 @@ class Stream:
     name: str
     kind: Literal["patch", "tokens"] = "tokens"
     channels: int = 3
+    grid: Optional[int] = None
+    tokens: Optional[int] = None
     in_context: bool = True
     loss_weight: float = 1.0
     noise_scale: float = 1.0
