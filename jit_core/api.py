@@ -57,10 +57,21 @@ def run_folder(run: RunRef) -> Path:
     """
     if isinstance(run, LoadedRun):
         return Path(run.run_dir)
+    if isinstance(run, str) and run.startswith("hf://"):
+        raise ValueError(f"{run} is a Hub name, not a run folder: load it first, api.load_run({run!r}), and pass "
+                         "the loaded run")
     if isinstance(run, (str, os.PathLike)):
         return Path(run)
     raise TypeError(f"a run is a run folder (str or Path) or a run from api.load_run / api.train, "
                     f"not {type(run).__name__}")
+
+
+def _trusted(runs: Iterable[RunRef], trust_plugins: Sequence[str] | bool) -> Sequence[str] | bool:
+    """``trust_plugins`` plus the plugins of the loaded runs among ``runs``: loading them was trusting them."""
+    if trust_plugins is True:
+        return True
+    loaded = [name for run in runs if isinstance(run, LoadedRun) for name in run.config.plugins]
+    return tuple(dict.fromkeys([*trust_plugins, *loaded]))
 
 
 def _as_text(value: Any) -> str:
@@ -122,7 +133,8 @@ def resolve_config(config: str | os.PathLike | Config, overrides: Overrides = No
     texts = override_texts(overrides, **more)
     if isinstance(config, Config):      # every key of it, as KEY=VALUE before the overrides
         keys = flat_config(config.to_dict())
-        return build_config(None, None, plugins, [f"{k}={_as_text(v)}" for k, v in keys.items()] + texts, run_dir)
+        return build_config(None, None, plugins, [f"{k}={_as_text(v)}" for k, v in keys.items()] + texts,
+                            run_dir or config.run_dir)
     if isinstance(config, os.PathLike) or str(config).endswith((".toml", ".json")):
         return build_config(None, os.fspath(config), plugins, texts, run_dir)
     if isinstance(config, str):
@@ -167,7 +179,8 @@ def evaluate(run: RunRef, num_images: int | None = None, *, cfg: float | Sequenc
     """Generate and evaluate a run as ``jit evaluate`` does; returns the result record (``metrics``,
     ``intervals``, provenance, ``json``: where it was written), or for several ``ema`` x ``cfg`` points the
     grid summary (``results``, ``best``). Defaults are the run's own sampler settings; a loaded run is
-    evaluated with the weights and checkpoint it was loaded with. Metrics and files: docs/evaluation.md.
+    evaluated with the weights and checkpoint it was loaded with (and may import the plugins it was loaded
+    with). Metrics and files: docs/evaluation.md.
 
     ``result = api.evaluate(run, num_images=100, cfg=2.0); result["metrics"]``
     """
@@ -179,7 +192,7 @@ def evaluate(run: RunRef, num_images: int | None = None, *, cfg: float | Sequenc
     return evaluate_run(run_folder(run), num_images, cfg, steps, method, interval, ema or "ema1", seed, batch_size,
                         out, ref_stats, inception_weights, save, metrics, ref_dir=ref_dir,
                         device=None if device == "auto" else device, checkpoint=checkpoint, progress=progress,
-                        trust_plugins=trust_plugins, bootstrap=bootstrap, resume=resume)
+                        trust_plugins=_trusted([run], trust_plugins), bootstrap=bootstrap, resume=resume)
 
 
 def _arms(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]]) -> dict[str, list[Path]]:
@@ -210,6 +223,9 @@ def compare(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[Run
     ``report = api.compare({"JiT": ["runs/j0", "runs/j1"], "V-Co": ["runs/v0", "runs/v1"]}, "reports/seeds")``
     """
     from jit_core.eval.report import compare_arms
+    single = isinstance(runs, (str, os.PathLike, LoadedRun))
+    given = list(runs.values()) if isinstance(runs, Mapping) else [runs] if single else list(runs)
+    trust_plugins = _trusted([r for v in given for r in (v if isinstance(v, (list, tuple)) else [v])], trust_plugins)
     return compare_arms(_arms(runs), Path(out), baseline=baseline, paper=dict(paper) if paper else None, title=title,
                         num_samples=num_samples, seed=seed, sample_cfg=sample_cfg, evaluate=evaluate,
                         num_images=num_images, cfg=cfg, ema=ema, eval_seed=eval_seed, trust_plugins=trust_plugins,
@@ -290,8 +306,8 @@ def sample_grid(run: RunRef, labels: Sequence[int] | None = None, *, num_per_cla
         loaded = run
     else:
         check_device(device)
-        loaded = load_run(run_folder(run), ema=ema or "ema1", device=resolve_device(device),
-                          trust_plugins=trust_plugins)
+        folder = run if isinstance(run, str) else run_folder(run)      # load_run takes the names it knows
+        loaded = load_run(folder, ema=ema or "ema1", device=resolve_device(device), trust_plugins=trust_plugins)
     num_classes = loaded.model.cfg.num_classes
     if labels is None:
         wanted = torch.arange(min(10, num_classes)).repeat_interleave(num_per_class)

@@ -2,20 +2,34 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from jit_core import api
+from jit_core import api, hookimpl
 from jit_core.config import ConfigError, flat_config
+from jit_core.plugins import PluginError
 from jit_core.plugins.presets import build_config
 from jit_core.testing import run_cli
 
 from .test_evaluate import make_run
 
 TINY_TRAIN = {"train.max_steps": 2, "train.ckpt_every": 2, "optim.batch_size": 8}
+LOSS_CALLS = [0]
+
+
+@hookimpl
+def jit_loss_terms(step):
+    """This module is also a plugin, enabled by module path (``plugins=["tests.test_api"]``): a Ctrl-C
+    (a real SIGINT to this process, as a notebook's interrupt) during its run's second training step."""
+    LOSS_CALLS[0] += 1
+    if LOSS_CALLS[0] == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +104,22 @@ def test_train_trains_what_jit_train_trains_and_resumes(tmp_path, one_thread):
     assert longer.step == 3 and [r["step"] for r in api.read_metrics(longer)] == [2, 3]
 
 
+@pytest.mark.slow   # two tiny trainings
+def test_ctrl_c_checkpoints_then_raises_and_a_loaded_run_keeps_its_trust(tmp_path, one_thread):
+    run_dir, LOSS_CALLS[0] = tmp_path / "run", 0
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 2"):
+        api.train("test", run_dir, TINY_TRAIN, plugins=[__name__], progress=False, train__max_steps=4)
+    assert (run_dir / "checkpoints" / "step-00000002").is_dir()
+    with pytest.raises(PluginError, match=__name__):          # a folder naming a plugin module: trusted by name only
+        api.load_config(run_dir)
+    run = api.train(api.load_config(run_dir, trust_plugins=[__name__]), run_dir, progress=False)
+    assert run.step == 4 and LOSS_CALLS[0] == 4
+    record = api.evaluate(run, num_images=4, metrics="none", save="none", progress=False, device="cpu")
+    assert record["checkpoint"]["step"] == 4           # the loaded run's plugins were trusted when it was loaded
+    with pytest.raises(PluginError, match=__name__):
+        api.evaluate(run_dir, num_images=4, metrics="none", save="none", progress=False, device="cpu")
+
+
 # ----------------------------------------------------------------------------------- metrics and pictures
 def test_read_metrics_rows_and_columns(runs, tmp_path):
     a, _ = runs
@@ -101,6 +131,8 @@ def test_read_metrics_rows_and_columns(runs, tmp_path):
         api.read_metrics(tmp_path)
     with pytest.raises(TypeError, match="run folder"):
         api.read_metrics(3)
+    with pytest.raises(ValueError, match=r"Hub name, not a run folder: load it first, api.load_run\('hf://o/r'\)"):
+        api.read_metrics("hf://o/r")
 
 
 def test_plot_losses_returns_the_figure_and_saves_it(runs, tmp_path):
