@@ -195,15 +195,14 @@ def evaluate(run: RunRef, num_images: int | None = None, *, cfg: float | Sequenc
                         trust_plugins=_trusted([run], trust_plugins), bootstrap=bootstrap, resume=resume)
 
 
-def _arms(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]]) -> dict[str, list[Path]]:
-    """Arm name -> run folders: a mapping as given; runs alone are arms of one run, named as ``jit compare``
-    names its positional runs (folder names, made unique)."""
+def _arms(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]]) -> dict[str, list[RunRef]]:
+    """Arm name -> runs: a mapping as given; runs alone are arms of one run, named as ``jit compare`` names
+    its positional runs (folder names, made unique)."""
     from jit_core.eval.report import run_names
     if isinstance(runs, Mapping):
-        return {str(name): [run_folder(r) for r in (v if isinstance(v, (list, tuple)) else [v])]
-                for name, v in runs.items()}
-    folders = [run_folder(r) for r in ([runs] if isinstance(runs, (str, os.PathLike, LoadedRun)) else runs)]
-    return {name: [folder] for name, folder in zip(run_names(folders), folders)}
+        return {str(name): list(v) if isinstance(v, (list, tuple)) else [v] for name, v in runs.items()}
+    listed = [runs] if isinstance(runs, (str, os.PathLike, LoadedRun)) else list(runs)
+    return {name: [run] for name, run in zip(run_names([run_folder(r) for r in listed]), listed)}
 
 
 def compare(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]], out: str | os.PathLike, *,
@@ -223,10 +222,10 @@ def compare(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[Run
     ``report = api.compare({"JiT": ["runs/j0", "runs/j1"], "V-Co": ["runs/v0", "runs/v1"]}, "reports/seeds")``
     """
     from jit_core.eval.report import compare_arms
-    single = isinstance(runs, (str, os.PathLike, LoadedRun))
-    given = list(runs.values()) if isinstance(runs, Mapping) else [runs] if single else list(runs)
-    trust_plugins = _trusted([r for v in given for r in (v if isinstance(v, (list, tuple)) else [v])], trust_plugins)
-    return compare_arms(_arms(runs), Path(out), baseline=baseline, paper=dict(paper) if paper else None, title=title,
+    arms = _arms(runs)
+    trust_plugins = _trusted([run for arm in arms.values() for run in arm], trust_plugins)
+    folders = {name: [run_folder(r) for r in arm] for name, arm in arms.items()}
+    return compare_arms(folders, Path(out), baseline=baseline, paper=dict(paper) if paper else None, title=title,
                         num_samples=num_samples, seed=seed, sample_cfg=sample_cfg, evaluate=evaluate,
                         num_images=num_images, cfg=cfg, ema=ema, eval_seed=eval_seed, trust_plugins=trust_plugins,
                         **eval_options)
@@ -254,7 +253,7 @@ def read_metrics(run: RunRef, columns: bool = False) -> list[dict] | dict[str, l
 def _named_runs(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef]) -> dict[str, Path]:
     if isinstance(runs, Mapping):
         return {str(name): run_folder(r) for name, r in runs.items()}
-    return {name: folders[0] for name, folders in _arms(runs).items()}
+    return {name: run_folder(arm[0]) for name, arm in _arms(runs).items()}
 
 
 def _read_image(path: Path) -> Image:
@@ -315,9 +314,11 @@ def sample_grid(run: RunRef, labels: Sequence[int] | None = None, *, num_per_cla
     else:
         wanted, nrow = torch.as_tensor(list(labels), dtype=torch.int64), None
         bad = [int(v) for v in wanted if not 0 <= v < num_classes]
-        if bad or not len(wanted):
-            raise ValueError(f"labels: {bad[0] if bad else 'none given'} is not a class of this run "
-                             f"(0 .. {num_classes - 1}; {num_classes} is the null class)")
+        if bad:
+            raise ValueError(f"labels: {bad[0]} is not a class of this run (0 .. {num_classes - 1}; "
+                             f"{num_classes} is the null class)")
+        if not len(wanted):
+            raise ValueError("labels: empty; give class labels (e.g. [0, 1, 2]) or None for every class")
     images = generate(loaded, wanted, cfg=cfg, steps=steps, method=method, seed=seed)
     if out is not None:
         save_grid(images, out, nrow=nrow, scale=scale)

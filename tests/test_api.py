@@ -161,6 +161,8 @@ def test_sample_grid_is_jit_samples_grid(runs, tmp_path):
         api.sample_grid(loaded, [3], ema="ema1")
     with pytest.raises(ValueError, match="10 is not a class of this run"):
         api.sample_grid(loaded, [1, 10])
+    with pytest.raises(ValueError, match="labels: empty"):
+        api.sample_grid(loaded, [])
 
 
 # ----------------------------------------------------------------------------------- evaluate, compare
