@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +199,30 @@ def test_compare_is_jit_compare(runs, tmp_path):
     arms = api.compare({"A": [a], "B": b}, tmp_path / "arms", baseline="B", num_samples=4, **EVAL)
     assert [r["arm"] for r in arms["rows"]] == ["A", "B"] and arms["baseline"] == "B"
     assert arms["rows"][0]["metrics"]["fd_classifier"]["mean"] == report["rows"][0]["metrics"]["fd_classifier"]["mean"]
+
+
+# ----------------------------------------------------------------------------------- the README's example
+def readme_python_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow   # two tiny trainings, two evaluations of 10 images (Heun-2), a report: 39 s loaded
+def test_readme_notebook_workflow_runs_at_a_tiny_budget(tmp_path, monkeypatch, one_thread):
+    """README's second Python block (the notebook workflow) as written, but 4 steps of 8 images, Heun-2, 10 samples."""
+    block = next(b for b in readme_python_blocks() if "api.train(" in b)
+    budget = {'{"train.max_steps": 20}': '{"train.max_steps": 4, "optim.batch_size": 8, "sample.steps": 2}',
+              "num_images=100": "num_images=10, bootstrap=0", "cfg=2.0)": "cfg=2.0, num_per_class=1)",
+              '"reports/a-vs-tiny",': '"reports/a-vs-tiny", num_samples=2,'}
+    for written, tiny in budget.items():
+        assert written in block
+        block = block.replace(written, tiny)
+    monkeypatch.chdir(tmp_path)
+    api.train("tiny", "runs/tiny", {"train.max_steps": 2, "optim.batch_size": 8, "sample.steps": 2},  # README's runs/tiny
+              progress=False)
+    namespace = {"api": api}
+    exec(block, namespace)   # noqa: S102 -- the README's own example
+    assert namespace["run"].step == 4 and len(namespace["rows"]) == 1
+    assert namespace["result"]["samples"]["num_images"] == 10
+    assert [r["arm"] for r in namespace["report"]["rows"]] == ["a", "tiny"]
+    assert (tmp_path / "reports" / "a-vs-tiny" / "index.html").is_file()
