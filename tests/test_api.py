@@ -187,6 +187,7 @@ def test_evaluate_is_jit_evaluate(runs, tmp_path):
         api.evaluate(a, device="gpu")
 
 
+@pytest.mark.slow   # three reports with samples and two evaluations: 15 s on the loaded 2-core machine
 def test_compare_is_jit_compare(runs, tmp_path):
     a, b = runs
     report = api.compare([a, api.load_run(b)], tmp_path / "api", evaluate=True, bootstrap=0, num_samples=4, **EVAL)
