@@ -67,9 +67,10 @@ def velocity(x_pred: torch.Tensor, z: torch.Tensor, t: torch.Tensor, t_eps: floa
     return (x_pred - z) / _bcast((1 - t).clamp_min(t_eps), z)
 
 
-def per_sample_v_loss(x_pred, x, z, t, t_eps) -> torch.Tensor:
-    """(B,) mean over all non-batch dims of (v - v_hat)^2."""
-    diff = velocity(x_pred.float(), z.float(), t, t_eps) - velocity(x.float(), z.float(), t, t_eps)
+def per_sample_v_loss(x_pred, x, z, t, t_eps, t_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) mean over all non-batch dims of (v - v_hat)^2; ``t_pred``: the prediction's time if not ``t``."""
+    t_pred = t if t_pred is None else t_pred
+    diff = velocity(x_pred.float(), z.float(), t_pred, t_eps) - velocity(x.float(), z.float(), t, t_eps)
     return diff.pow(2).flatten(1).mean(1)
 
 
@@ -117,7 +118,8 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
     losses = {}
     total = torch.zeros((), device=device)
     for s in streams:
-        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps)
+        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps,
+                                s.prediction_time(t))
         losses[s.name] = masked_mean(per, uncond.loss_masks.get(s.name))
         total = total + s.loss_weight * losses[s.name]
     step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
@@ -200,7 +202,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
         if not guide_at[t]:
             out = x_pred(zz, tt, labels, None)
-            return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
+            return {s.name: velocity(out[s.name].float(), zz[s.name], s.prediction_time(tt), t_eps) for s in streams}
         zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
         if batched_cfg:
             out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]), batched_labels,
@@ -212,7 +214,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
             unc = x_pred(zu, tt, uncond.labels, uncond_blocked)
         res = {}
         for s in streams:
-            k, ts = s.name, s.shift(tt)
+            k, ts = s.name, s.prediction_time(tt)
             vc, vu = velocity(cond[k].float(), zz[k], ts, t_eps), velocity(unc[k].float(), zz[k], ts, t_eps)
             res[k] = vu + scales[k] * (vc - vu)
         return res
