@@ -101,8 +101,10 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
         from jit_core.training.run_dir import allowed_keys
         from jit_core.training.startup import load_plugins, start_checks
         plugins = load_plugins(cfg)
-        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
-                     allow_changes=allowed_keys(cfg, allow_changes))
+        startup = start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
+                               allow_changes=allowed_keys(cfg, allow_changes))
+        if startup.memory:
+            click.echo(startup.memory.describe(cfg), err=True)
         click.echo(cfg.to_json())
         return
     result = run_train(cfg, run_dir, allow_changes=allow_changes)

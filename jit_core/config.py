@@ -122,6 +122,15 @@ class TrainConfig:
     precision: str = option("bf16", choices=("bf16", "fp32"))  # bf16 autocast on CUDA | fp32
     compile: bool = False
     grad_checkpointing: bool = False    # activation checkpointing per block (memory for L/H/G)
+    grad_accum: int = option(1, ge=1)   # micro-batches per optimizer step: one process plays grad_accum ranks of
+    #                                     optim.batch_size images (global batch = batch_size x processes x grad_accum)
+    gpu_memory_gib: Optional[float] = option(None, gt=0)   # the GPU a run must fit (None: the visible one, else 80 GB)
+    tf32: bool = True                   # CUDA: TF32 matmuls/convolutions for fp32 ops (bf16 autocast is unaffected)
+    cudnn_benchmark: bool = True        # CUDA: cuDNN picks its fastest kernels for the fixed shapes
+    ddp_broadcast_buffers: bool = False  # DDP: rank 0's buffers every step (JiT's are constant; on anyway when a
+    #                                      plugin's trainable modules have buffers)
+    grad_norm: str = option("step", choices=("step", "log"))   # gradient norm every step (and checked for NaN)
+    #                                     | only on logged steps when optim.grad_clip is unset (one pass less)
     nan_policy: str = option("stop", choices=("stop", "skip"))
     max_skipped_steps: int = option(10, ge=0)
     device: str = "auto"                # auto | cpu | cuda | cuda:N (checked by check_config)

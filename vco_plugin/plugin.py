@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
+from jit_core.distributed import data_rank_and_world
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
 
@@ -389,7 +390,7 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     batch = step.labels.shape[0]
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
-    world = _rank_and_world()[1]
+    world = data_rank_and_world()[1]     # the virtual ranks' world under train.grad_accum
     ids = local_group_ids(batch, opts.groups_per_step or world, world)
     return ids.to(step.labels.device)
 
