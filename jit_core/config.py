@@ -202,10 +202,13 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------------------- presets
-def _preset_jit(model: str, image_size: int, cfg_scale: float) -> Config:
+def _preset_jit(model: str, image_size: int, cfg_scale: float, checkpointing: bool = False) -> Config:
+    """The paper's recipe for ``model`` (128 images per GPU); ``checkpointing`` where 128 images do not fit an
+    80 GB GPU without it (the memory model of jit_core/model/budget.py; tests/test_budget.py checks each preset)."""
     cfg = Config(model=model)
     cfg.data.image_size = image_size
     cfg.sample.cfg = cfg_scale
+    cfg.train.grad_checkpointing = checkpointing
     return cfg
 
 
@@ -239,11 +242,11 @@ def _preset_test() -> Config:
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "jit-b16": lambda: _preset_jit("JiT-B/16", 256, 2.9),
     "jit-b32": lambda: _preset_jit("JiT-B/32", 512, 2.9),
-    "jit-l16": lambda: _preset_jit("JiT-L/16", 256, 2.4),
-    "jit-l32": lambda: _preset_jit("JiT-L/32", 512, 2.5),
-    "jit-h16": lambda: _preset_jit("JiT-H/16", 256, 2.2),
-    "jit-h32": lambda: _preset_jit("JiT-H/32", 512, 2.3),
-    "jit-g16": lambda: _preset_jit("JiT-G/16", 256, 2.2),
+    "jit-l16": lambda: _preset_jit("JiT-L/16", 256, 2.4, checkpointing=True),
+    "jit-l32": lambda: _preset_jit("JiT-L/32", 512, 2.5, checkpointing=True),
+    "jit-h16": lambda: _preset_jit("JiT-H/16", 256, 2.2, checkpointing=True),
+    "jit-h32": lambda: _preset_jit("JiT-H/32", 512, 2.3, checkpointing=True),
+    "jit-g16": lambda: _preset_jit("JiT-G/16", 256, 2.2, checkpointing=True),
     "tiny": _preset_tiny,
     "test": _preset_test,
 }

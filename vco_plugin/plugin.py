@@ -307,13 +307,18 @@ def _preset_vco_tiny() -> Config:
     return cfg
 
 
+def _checkpointed(cfg: Config) -> Config:
+    cfg.train.grad_checkpointing = True
+    return cfg
+
+
 @hookimpl
 def jit_presets():
     """``vco-b16`` / ``vco-l16`` / ``vco-h16`` (paper recipe) and ``vco-tiny`` (CPU demo)."""
     return {
         "vco-b16": lambda: _preset_vco("JiT-B/16", 1.8),
-        "vco-l16": lambda: _preset_vco("JiT-L/16", 1.4),
-        "vco-h16": lambda: _preset_vco("JiT-H/16", 1.5),
+        "vco-l16": lambda: _checkpointed(_preset_vco("JiT-L/16", 1.4)),   # 128 per 80 GB GPU: see jit_core/model/budget.py
+        "vco-h16": lambda: _checkpointed(_preset_vco("JiT-H/16", 1.5)),
         "vco-tiny": _preset_vco_tiny,
     }
 

@@ -19,7 +19,9 @@ that fits) and the benchmarks read it from here.
   activations are alive again while it is recomputed.
 - **Resident state**: fp32 weights, gradients, AdamW's two moments and two EMAs = 24 B per trainable
   parameter, 12 B per frozen one (EMA copies included), + frozen modules a plugin runs (its encoders:
-  4 B per parameter; see :func:`frozen_modules`).
+  4 B per parameter; see :func:`frozen_modules`); when a loss differentiates through such a module (V-Co's
+  hybrid loss), its bf16 weight copies (2 B per parameter) and ``FROZEN_ACT_PER_PARAM`` bytes per parameter
+  and image count as activations.
 
 Peak per GPU = resident + activations x (1 + ``ALLOWANCE``) + ``CONTEXT_GIB`` (CUDA context, cuBLAS
 workspaces, NCCL buffers). The allowance covers op temporaries and the caching allocator's fragmentation.
@@ -48,7 +50,8 @@ DROPOUT_MASK_HIDDEN = 11 / 3      # 1-byte dropout masks per token in blocks wit
 NULL_BRANCH_HIDDEN = 2            # a null-branch sample's grouped attention copies, per token
 OUTSIDE_HIDDEN, OUTSIDE_OUT = 14.8677, 6.0   # embedders, heads and loss, per token
 LIVE_PER_VALUE = 10               # inputs, targets, noisy inputs and predictions alive at the end of the forward
-FROZEN_ACT_PER_PARAM = 0.7        # bytes saved per image and frozen parameter when a loss differentiates through it
+FROZEN_ACT_PER_PARAM = 0.69       # bytes saved per image and frozen parameter when a loss differentiates through
+#                                   it (DINOv2-B/14 at 224 px, V-Co's hybrid loss: 59.8 MB per image, 86.6 M parameters)
 
 
 def _streams(cfg: ModelConfig, streams: Optional[Sequence[Stream]]) -> list[Stream]:
@@ -195,7 +198,8 @@ def training_memory(cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None
         block_part = inputs + max(blocks)
     else:
         block_part = sum(blocks)
-    frozen_act = FROZEN_ACT_PER_PARAM * frozen.params * batch if frozen.differentiated else 0
+    # a frozen module a loss differentiates through saves its bf16 weight copies and its activations
+    frozen_act = (2 + FROZEN_ACT_PER_PARAM * batch) * frozen.params if frozen.differentiated else 0
     activations = int(outside + block_part + frozen_act)
     return MemoryEstimate(resident=resident, activations=activations, frozen=4 * frozen.params, batch=batch,
                           checkpointing=checkpointing,
@@ -217,7 +221,7 @@ def frozen_modules(streams: Sequence[Stream], image_shape: tuple[int, int, int])
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             for a in (*args, *kwargs.values()):
-                if isinstance(a, torch.nn.Parameter):
+                if isinstance(a, torch.nn.Parameter) and a.device.type == "meta":   # used on the meta batch
                     self.params[id(a)] = a
             return func(*args, **kwargs)
 
