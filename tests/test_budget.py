@@ -142,3 +142,23 @@ def test_no_silent_cpu(tmp_path):
     with pytest.raises(ConfigError, match="a GPU is installed"):
         start_checks(config, None, DistInfo(), gpu_here=True)
     start_checks(config, None, DistInfo(), gpu_here=False)
+
+
+def test_slurm_planner_proposes_the_setting_that_fits_and_names_no_plugin(tmp_path):
+    """``jit slurm submit``'s memory planner: a GPU run that does not fit gets the setting that does (here the
+    micro-batch with train.grad_accum keeping the global batch); the host request comes from the same budget."""
+    from slurm.memory import estimate_task_gb, plan_memory
+    from slurm.options import resolve_options
+    from slurm.runs import RunSpec
+    fits = RunSpec(load_config("jit-l16").to_dict(), tmp_path / "a", "fits")
+    tight = RunSpec(load_config("jit-l16", None, ["train.gpu_memory_gib=14"]).to_dict(), tmp_path / "b", "tight")
+    opts, warnings = plan_memory([fits, tight], resolve_options({}, {"gpus_per_node": 8}))
+    assert len(warnings) == 1 and warnings[0].startswith("tight: estimated peak per GPU")
+    assert "add optim.batch_size=" in warnings[0] and "train.grad_accum=" in warnings[0]
+    l16 = budget.params(get_model_config("JiT-L/16"))
+    assert estimate_task_gb(fits.config, gpu=True) == pytest.approx(4.0 + 24 * l16.trainable / 2 ** 30
+                                                                    + 12 * l16.frozen / 2 ** 30 + 0.5 * 4)
+    assert opts.mem_per_task >= 8
+    import slurm.memory
+    text = Path(slurm.memory.__file__).read_text().lower()
+    assert not any(name in text for name in ("vco_names", "vco_plugin", "dinov2", "efficientnet", "streams = 2"))
