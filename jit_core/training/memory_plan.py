@@ -2,7 +2,7 @@
 
 ``jit train --dry-run`` prints the estimate; a start (dry or real) whose estimate exceeds the GPU it trains on
 (``train.gpu_memory_gib``, else the visible GPU's memory) is refused with the setting that fits in one line:
-activation checkpointing first (the same numbers, ~30 % more compute), then gradient accumulation over smaller
+activation checkpointing first (the same numbers, one more forward per step), then gradient accumulation over smaller
 micro-batches (the same global batch and lr; see :mod:`jit_core.training.accumulate`).
 """
 from __future__ import annotations

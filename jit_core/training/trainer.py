@@ -6,7 +6,8 @@ restores model, EMAs, optimizer, step, RNG states and the data position, so that
 and resumed CPU run ends bit-identical to an uninterrupted one. Rank 0 sends the config, every log line
 and every sample grid to the log sinks of ``jit_log_sinks`` (TensorBoard, W&B, ...) while it trains.
 The pieces: :mod:`.build` (what is trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`,
-:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`.
+:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`,
+:mod:`.accumulate` (train.grad_accum), :mod:`.devices`, :mod:`.memory_plan`.
 """
 from __future__ import annotations
 
