@@ -152,7 +152,8 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.config.optim.grad_clip
         grad_norm = None
-        if clip or self.config.train.grad_norm == "step" or (self.step + 1) % self.config.train.log_every == 0:
+        logged = (self.step + 1) % self.config.train.log_every == 0 or self.step + 1 == self.total_steps
+        if clip or self.config.train.grad_norm == "step" or logged:   # train.grad_norm=log: one pass less
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         problem = find_nonfinite(losses, total, grad_norm)
         if any_rank(problem is not None, self.dist):
