@@ -90,7 +90,8 @@ class Trainer:
         cuda_switches(config.train, self.device)
         # seeded as (virtual) rank, then built: what draws from the RNG before the first step (accumulate.py)
         self.ranks = VirtualRanks(self.dist, config.train.grad_accum)
-        self.model, self.aux = self.ranks.start(config.train.seed, self._build_modules)
+        self.model, self.aux = self.ranks.start(config.train.seed, lambda: self._build_modules(self.device),
+                                                lambda: self._build_modules(torch.device("cpu")))
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size   # micro-batches included
@@ -122,9 +123,9 @@ class Trainer:
                             row["old"], row["new"])
         barrier(self.dist)
 
-    def _build_modules(self) -> tuple[nn.Module, nn.ModuleDict]:
-        model = build_for_config(self.config, self.plugins, self.model_config, self.device)
-        return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(self.device)
+    def _build_modules(self, device: torch.device) -> tuple[nn.Module, nn.ModuleDict]:
+        model = build_for_config(self.config, self.plugins, self.model_config, device)
+        return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(device)
 
     def close(self) -> None:
         """Let go of the run folder (:meth:`fit` does it when it returns)."""
