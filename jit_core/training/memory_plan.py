@@ -80,12 +80,12 @@ def gpu_capacity_gib(config: Config, device: torch.device) -> Optional[float]:
 def check_memory(config: Config, model_config, plugins, device: torch.device) -> Optional[MemoryPlan]:
     """The memory plan of a GPU run (or of a GPU-sized model, against an 80 GB card); ConfigError naming the
     setting that fits when it cannot fit; None for a small CPU run (host memory is not planned here)."""
-    streams = plugins.streams(config, model_config)
     capacity = gpu_capacity_gib(config, device)
     if capacity is None:
-        if budget.params(model_config, streams).trainable < GPU_SIZED_PARAMS:
+        if budget.params(model_config).trainable < GPU_SIZED_PARAMS:
             return None
         capacity = budget.GPU_GIB
+    streams = plugins.streams(config, model_config)
     frozen = budget.frozen_modules(streams, (model_config.in_channels, model_config.image_size,
                                              model_config.image_size))
     plan = MemoryPlan(run_estimate(config, model_config, streams, frozen), capacity, frozen is not None)
