@@ -94,7 +94,7 @@ class Trainer:
                                                 lambda: self._build_modules(torch.device("cpu")))
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.capture = self.plugins.capture_blocks(config)
-        self.global_batch = self.batches.batch_size * self.dist.world_size   # micro-batches included
+        self.global_batch = self.batches.batch_size * self.dist.world_size
         o, t = config.optim, config.train
         self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
         self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
