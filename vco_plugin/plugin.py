@@ -29,7 +29,6 @@ from typing import Optional
 import torch
 
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
-from jit_core.distributed import data_rank_and_world
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
 
@@ -185,8 +184,9 @@ def calibration_state(config, opts: VCoOptions) -> _Calibration:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    """The data-parallel (rank, world) of the current batch: a virtual rank's under ``train.grad_accum``."""
+    from jit_core.distributed import data_rank_and_world
+    return data_rank_and_world()
 
 
 def _save_atomic(stats, run_dir: Path) -> None:
@@ -395,7 +395,7 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     batch = step.labels.shape[0]
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
-    world = data_rank_and_world()[1]     # the virtual ranks' world under train.grad_accum
+    world = _rank_and_world()[1]
     ids = local_group_ids(batch, opts.groups_per_step or world, world)
     return ids.to(step.labels.device)
 
