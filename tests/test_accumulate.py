@@ -92,3 +92,16 @@ def test_resume_refuses_another_number_of_ranks(tmp_path):
     ft.train_in_process(load_config("test", None, _overrides("train.grad_accum=2", "train.max_steps=2")), run)
     with pytest.raises(ConfigError, match="written by 2 ranks .* processes x train.grad_accum = 2"):
         ft.train_in_process(load_config("test", None, _overrides("train.grad_accum=4", "train.max_steps=4")), run)
+
+
+@pytest.mark.slow
+def test_resume_on_another_split_of_the_same_ranks(tmp_path):
+    """Steps 1-2 as 1 process x 4 micro-batches, steps 3-4 as 2 gloo ranks x 2: what 1 x 4 trains in one go."""
+    from jit_core.config import load_config
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    ft.train_in_process(load_config("test", None, _overrides(f"train.grad_accum={RANKS}")), whole)
+    ft.train_in_process(load_config("test", None, _overrides(f"train.grad_accum={RANKS}", "train.max_steps=2")), split)
+    assert ft.latest_step(split) == 2           # a run folder with a checkpoint is resumed (or refused), never restarted
+    codes, outputs = ft.launch_ddp(split, tmp_path / "report", _overrides("train.grad_accum=2"), world=2, timeout=400)
+    assert codes == [0, 0], [o[-3000:] for o in outputs]
+    _assert_same_training({"run": whole}, {"run": split})
