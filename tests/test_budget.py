@@ -73,6 +73,12 @@ def test_frozen_modules_are_counted_without_knowing_the_plugin():
     by_content = Stream("feature", channels=8, target=lambda x: x[0, 0, 0, 0].item())   # needs real pixels
     assert budget.frozen_modules([pixel_stream(), by_content], (3, 32, 32)) is None
     assert budget.frozen_modules([pixel_stream()], (3, 32, 32)) == budget.Frozen()
+    # a target that builds its encoder on first use draws its init: the training RNG must not move
+    lazy = Stream("feature", channels=8, target=lambda x: nn.Linear(3, 8).requires_grad_(False).to(x.device)(
+        x.flatten(2).transpose(1, 2)))
+    before = torch.get_rng_state()
+    assert budget.frozen_modules([pixel_stream(), lazy], (3, 32, 32)).params == 3 * 8 + 8
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 GPU_PRESETS = ("jit-b16", "jit-b32", "jit-l16", "jit-l32", "jit-h16", "jit-h32", "jit-g16",

@@ -29,10 +29,12 @@ workspaces, NCCL buffers). The allowance covers op temporaries and the caching a
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 from jit_core.model.jit import ModelConfig
@@ -229,10 +231,14 @@ def frozen_modules(streams: Sequence[Stream], image_shape: tuple[int, int, int])
     if not targets:
         return Frozen()
     touched = Touched()
+    py_state, np_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), touched:
             for target in targets:
                 target(torch.zeros(1, *image_shape, device="meta"))
     except Exception:   # noqa: BLE001 -- a target that needs real data: the estimate says it could not count it
         return None
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     return Frozen(params=sum(p.numel() for p in touched.params.values()))
