@@ -119,12 +119,27 @@ def _dry_run(cli_runner, tmp_path, *overrides):
                                    *ft.folder_overrides(2), *overrides])
 
 
+def cli_group():
+    from jit_core.cli import cli
+    return cli
+
+
 def test_dry_run_prints_the_peak_per_gpu_and_refuses_what_cannot_fit(tmp_path):
     from click.testing import CliRunner
     runner = CliRunner()
     res = _dry_run(runner, tmp_path, "train.gpu_memory_gib=80")
     assert res.exit_code == 0, res.output
     assert "estimated peak memory per GPU:" in res.output and "of 80.0 GiB" in res.output
+    from tests import fault_tools as ft
+    images = ft.make_image_folder(tmp_path / "images", classes=2, per_class=64)   # one batch of 128
+    res = runner.invoke(cli_group(), ["train", "--preset", "jit-h16", "--run-dir", str(tmp_path / "h"), "--dry-run",
+                                      "data.name=folder", f"data.path={images}"])
+    assert res.exit_code != 0 and "sized for GPUs" in res.output and "train.device=cpu" in res.output
+    res = runner.invoke(cli_group(), ["train", "--preset", "jit-h16", "--run-dir", str(tmp_path / "h"), "--dry-run",
+                                      "data.name=folder", f"data.path={images}", "train.device=cpu"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("estimated peak memory per GPU"))
+    assert float(line.split(": ")[1].split(" GiB")[0]) <= budget.GPU_GIB and "checkpointing on" in line
     res = _dry_run(runner, tmp_path, "train.gpu_memory_gib=0.5")
     assert res.exit_code != 0
     assert "does not fit; use a GPU with more memory" in res.output
