@@ -7,9 +7,10 @@ without activation checkpointing, for an 80 GB card - computed on a CPU-only mac
 Two parts, both counted rather than guessed:
 
 1. **Resident state** (exact, from the full models built on the meta device): fp32 weights, fp32
-   gradients (kept from one step to the next: ``Trainer.train_step`` sets them to None only after the
-   forward), AdamW ``exp_avg`` + ``exp_avg_sq``, two fp32 EMAs of every model parameter (the frozen
-   sin-cos table included) = 24 B per trainable parameter, 12 B per frozen one, + buffers. With DDP
+   gradients (``Trainer.train_step`` sets them to None before the forward, so at the forward's peak they are
+   not alive: counted anyway, which errs high by 4 B per parameter), AdamW ``exp_avg`` + ``exp_avg_sq``,
+   two fp32 EMAs of every model parameter (the frozen sin-cos table included) = 24 B per trainable
+   parameter, 12 B per frozen one, + buffers. With DDP
    (``--world-size`` > 1, the default 8) the reducer's gradient buckets would add 4 B per trainable
    parameter, but the Trainer builds ``DistributedDataParallel`` with ``gradient_as_bucket_view=True``
    (the gradients are views into the buckets), so they add nothing. V-Co adds

@@ -52,7 +52,6 @@ class VirtualRanks:
 
     def __init__(self, dist: DistInfo, accum: int):
         self.accum = accum
-        self.process_world = dist.world_size
         self.world = dist.world_size * accum
         self.ranks = [dist.rank * accum + a for a in range(accum)]
         self._states: list[dict] | None = None
