@@ -7,8 +7,8 @@ without activation checkpointing, for an 80 GB card - computed on a CPU-only mac
 Two parts, both counted rather than guessed:
 
 1. **Resident state** (exact, from the full models built on the meta device): fp32 weights, fp32
-   gradients (``Trainer.train_step`` sets them to None before the forward, so at the forward's peak they are
-   not alive: counted anyway, which errs high by 4 B per parameter), AdamW ``exp_avg`` + ``exp_avg_sq``,
+   gradients (DDP's buckets hold them throughout; on one GPU ``Trainer.train_step`` frees them before the
+   forward, so there this errs high by 4 B per parameter), AdamW ``exp_avg`` + ``exp_avg_sq``,
    two fp32 EMAs of every model parameter (the frozen sin-cos table included) = 24 B per trainable
    parameter, 12 B per frozen one, + buffers. With DDP
    (``--world-size`` > 1, the default 8) the reducer's gradient buckets would add 4 B per trainable
