@@ -1,4 +1,5 @@
-"""V-Co as a jit_core plugin: every ingredient enters through a hook (spec vco.md).
+"""V-Co as a jit_core plugin: every ingredient enters through a hook (V-Co, arXiv 2603.16792;
+official details in docs/official-code.md#v-co).
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
 2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
@@ -18,9 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,9 +26,11 @@ from typing import Optional
 
 import torch
 
+from jit_core import durable
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
+from jit_core.rng import forked_rng
 
 from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 NAME = "vco"
 STATS_FILE = "vco_stats.safetensors"
 ENCODERS = ("dinov2", "efficientnet_lite0")
-CALIBRATIONS = ("rms", "time_shift", "none")
+# rms: the recipe; none and time_shift: Table 4's ablations as released (table4_run_a, table4_run_b);
+# time_shift_corrected: run_b without its defect (calibration.py; docs/embedded-comparison.md)
+CALIBRATIONS = ("rms", "time_shift", "time_shift_corrected", "none")
+SCALED = ("rms", "time_shift")                       # the target is multiplied by alpha
+SHIFTED = ("time_shift", "time_shift_corrected")     # the feature stream's time is shifted by alpha
 
 
 @dataclass
@@ -51,14 +55,15 @@ class VCoOptions:
     encoder: str = option("dinov2", choices=ENCODERS)   # dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
     encoder_weights: Optional[str] = None   # weights file/dir for the encoder; None = its default; "random" (tests)
     feature_loss_weight: float = option(0.1, ge=0)      # weight of the feature-stream v-loss (L_dino)
-    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | time_shift | none
+    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | none | time_shift[_corrected]
     stats: Optional[str] = None             # stats file from `jit vco calibrate`; None = auto (computed at start)
     calib_images: int = option(2048, ge=1)  # training images used by the automatic statistics
     rms_factor: Optional[float] = option(None, gt=0)    # alpha; None = the statistics' RMS(x)/RMS(f) factor
     drift_coef: float = option(10.0, ge=0)  # coefficient of the hybrid loss (0 disables it)
     gate_tau: float = option(10.0, gt=0)    # hybrid loss: gate temperature tau_g
     repulsion_tau: float = option(0.2, gt=0)   # hybrid loss: repulsion kernel temperature tau_r
-    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = one per rank (batches.py)
+    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = classes_per_rank per rank
+    classes_per_rank: int = option(1, ge=1)   # classes of one rank of the recipe, drawn without replacement (batches.py)
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
     cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
     null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
@@ -68,6 +73,9 @@ class VCoOptions:
 
     def check(self, config) -> None:
         """Checks across options and the rest of the config, at start-up (and in ``jit train --dry-run``)."""
+        if self.rms_factor is not None and self.calibration == "none":
+            raise ConfigError(f"vco.rms_factor={self.rms_factor} has no effect with vco.calibration={self.calibration} "
+                              "(alpha = 1): unset vco.rms_factor or use vco.calibration=rms")
         if self.symmetric_mask and self.null_branch != "structured":
             raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
                               "the other null branches have no attention mask")
@@ -192,15 +200,8 @@ def _rank_and_world() -> tuple[int, int]:
 def _save_atomic(stats, run_dir: Path) -> None:
     """Write the statistics (and their sidecar files) into ``run_dir`` by rename, so no reader sees half a file."""
     from .calibration import save_stats
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".vco_stats-", dir=run_dir))
-    try:
-        save_stats(stats, str(tmp / STATS_FILE))
-        files = sorted(tmp.iterdir(), key=lambda p: p.name == STATS_FILE)   # the main file last
-        for f in files:
-            os.replace(f, run_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with durable.staged(run_dir, last=(STATS_FILE,)) as stage:   # the main file last; links refused
+        save_stats(stats, stage / STATS_FILE)
     log.info("vco: feature statistics saved to %s", run_dir / STATS_FILE)
 
 
@@ -274,12 +275,12 @@ def jit_options():
 
 
 def _preset_vco(model: str, cfg_scale: float) -> Config:
-    """The paper's final recipe at 256 px (spec §7).
+    """The paper's final recipe at 256 px (docs/official-code.md#recipe).
 
     The README command's batches: 8 class groups of 128 per step (8 GPUs x 1 class x 128 images; on
     fewer GPUs the 8 groups are placed on the ranks there are), global batch 1024 on 8 GPUs and the
     core's lr = blr * global / 256 = 2e-4. The released B/L/H scripts ran 16 x 32, 32 x 16 and 64 x 16
-    (spec §6, §10.3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
+    (docs/official-code.md#batches, #defects 3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
     and 16 on 16 ranks) and the lr follows the real batch. Dropout 0 for all sizes.
     """
     cfg = Config(model=model, model_overrides={"proj_drop": 0.0, "attn_drop": 0.0})
@@ -338,8 +339,9 @@ def jit_streams(config, model_config):
     opts = options(config)
     grid = model_config.grid
     alpha = 1.0
-    if opts.calibration == "time_shift":
-        alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
+    if opts.calibration in SHIFTED:
+        with forked_rng():   # the statistics may be computed here, before the model's weights are drawn
+            alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
 
     cache = []   # the opened, checked feature cache, after the first step
 
@@ -357,21 +359,21 @@ def jit_streams(config, model_config):
 
     return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
                    loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
-                   default_init=True, time_shift=alpha)]
+                   default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift")]
 
 
 @hookimpl
 def jit_normalize(stream, target, config):
-    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift``
+    (the released run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and
+    ``time_shift_corrected`` (alpha is in the stream's time only)."""
     if stream.name != FEATURE or not enabled(config):
         return None
     opts = options(config)
-    if opts.calibration == "none":
-        return target
     from .calibration import standardize
     grid = round(target.shape[1] ** 0.5)
     state = calibration_state(config, opts)
-    alpha = state.alpha(opts, target.device, grid) if opts.calibration == "rms" else 1.0   # time_shift: alpha is in t
+    alpha = state.alpha(opts, target.device, grid) if opts.calibration in SCALED else 1.0
     stats = state.scaled(target.device, grid, alpha)
     if tuple(stats.var.shape) != tuple(target.shape[1:]):
         raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
@@ -396,7 +398,7 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
     world = _rank_and_world()[1]
-    ids = local_group_ids(batch, opts.groups_per_step or world, world)
+    ids = local_group_ids(batch, opts.groups_per_step or world * opts.classes_per_rank, world)
     return ids.to(step.labels.device)
 
 
@@ -421,12 +423,29 @@ def jit_loss_terms(step):
     return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
 
 
+def set_up(config, opts: VCoOptions, model) -> None:
+    """Build now what the training steps would otherwise build on first use: the opened, checked
+    ``vco.feature_cache``, the frozen encoder and the feature statistics (loaded, or computed and saved).
+
+    Run under :func:`jit_core.rng.forked_rng`: building the encoder and computing the statistics draw from
+    the global RNGs, and a resumed run must draw in its steps exactly what the uninterrupted run drew.
+    """
+    device = next(model.parameters()).device
+    if opts.feature_cache:
+        open_feature_cache(opts, model.cfg)
+    if not opts.feature_cache or opts.drift_coef != 0:
+        encoder(opts, device)
+    calibration_state(config, opts).get(device, model.cfg.grid)
+
+
 @hookimpl
 def jit_trainable_modules(config, model):
-    """No trainable modules; called once when training starts, it opens and checks ``vco.feature_cache``
-    so that a missing cache or one built for another setting is refused before the first step."""
-    if enabled(config) and options(config).feature_cache:
-        open_feature_cache(options(config), model.cfg)
+    """No trainable modules; called once when training starts, before a resume restores the RNG states: V-Co's
+    set-up runs here (:func:`set_up`), so a missing cache or weights file is refused before the first step and
+    nothing random happens lazily in a step."""
+    if enabled(config):
+        with forked_rng(next(model.parameters()).device):
+            set_up(config, options(config), model)
     return None
 
 
@@ -439,8 +458,9 @@ def jit_batch_sampler(dataset, config, rank, world_size, seed):
     if not opts.class_balanced:
         return None
     try:
-        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
-                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed)
+        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size * opts.classes_per_rank,
+                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed,
+                                           classes_per_rank=opts.classes_per_rank)
     except ValueError as exc:
         raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
     if rank == 0:
