@@ -6,7 +6,9 @@
 3. the run folder's name fits the file system;
 4. the dataset (name, path, images), the model config it implies (model name, image size);
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
-6. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
+6. the device: no silent CPU fallback (:mod:`.devices`);
+7. the memory per GPU: the estimate fits the GPU (:mod:`.memory_plan`; the fix in one line if not);
+8. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from jit_core import trackers
 from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
+from jit_core.model import budget
 from jit_core.plugins import Plugins
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training.batches import ResumableBatches
 from jit_core.training.build import make_batches, resolve_model_config
+from jit_core.training.devices import check_device_choice
+from jit_core.training.memory_plan import MemoryPlan, check_memory
 from jit_core.training.run_dir import check_run_dir
 
 NAME_MAX = 255          # bytes per path component on ext4, xfs, btrfs, NFS
@@ -37,6 +42,7 @@ class Startup:
     dataset: Any
     model_config: Any
     batches: ResumableBatches
+    memory: Optional[MemoryPlan] = None     # None: a small CPU run (not planned)
 
 
 def check_run_folder_name(run_dir: str | os.PathLike) -> None:
@@ -57,9 +63,11 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
 
 
 def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *, extra_plugins=(),
-                 plugins: Optional[Plugins] = None, allow_changes: Iterable[str] = ()) -> Startup:
-    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 6.
-    ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling)."""
+                 plugins: Optional[Plugins] = None, allow_changes: Iterable[str] = (),
+                 gpu_here: Optional[bool] = None) -> Startup:
+    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 8.
+    ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling);
+    ``gpu_here``: whether a GPU is installed (None: probe the machine, :func:`.devices.gpu_present`)."""
     plugins = plugins or load_plugins(config, extra_plugins)
     if run_dir is not None:
         check_run_folder_name(run_dir)
@@ -69,9 +77,11 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
     if len(batches) == 0:
         raise ConfigError(f"the dataset ({len(dataset)} images) is smaller than one global batch "
                           f"({batches.batch_size * dist.world_size}): lower optim.batch_size")
+    check_device_choice(config.train.device, dist.device, budget.params(model_config).trainable, gpu_here)
+    memory = check_memory(config, model_config, plugins, dist.device)
     if run_dir is not None:
         check_run_dir(config, Path(run_dir), allow_changes)
         if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
             latest = ckpt.latest_checkpoint(run_dir)
             ckpt.check_state_file(latest)
-    return Startup(plugins, dataset, model_config, batches)
+    return Startup(plugins, dataset, model_config, batches, memory)
