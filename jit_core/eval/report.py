@@ -3,12 +3,15 @@
 An *arm* is one or more runs (training seeds) of the same recipe: :func:`compare_arms` reports per arm the
 mean and 95 % interval of each metric and whether each arm's difference to the baseline arm is outside the
 noise (:mod:`jit_core.eval.arms`, :mod:`jit_core.eval.stats`), in ``arms.json`` / ``metrics.md`` /
-``index.html``; curves, samples and config differences use each arm's first run
-(:mod:`jit_core.eval.figures`, :mod:`jit_core.eval.configdiff`). One run per arm is the plain
-side-by-side of runs.
+``index.html``; loss curves use every run of an arm, samples and config differences each arm's first run
+(:mod:`jit_core.eval.plots`, :mod:`jit_core.eval.figures`, :mod:`jit_core.eval.configdiff`). One run per arm is
+the plain side-by-side of runs.
 
-The report folder holds ``loss_curves.png`` (x = step) and ``loss_curves_time.png`` (x = wall clock),
-one subplot per loss term and one line per run; ``samples.png`` (every run sampled with the same seeds
+The report folder holds ``loss_curves.png``/``.pdf`` (x = step) and ``loss_curves_time.png``/``.pdf`` (x =
+wall clock), one subplot per loss term and per arm the mean over its seeds with a min-max band (a one-point
+run as a marker); ``forest.png``/``.pdf`` (each arm's difference to the baseline on the primary metric with
+its 95 % interval); ``arms.csv``/``arms.tex`` and ``runs.csv``/``runs.tex`` (the tables of ``index.html``,
+for a paper); ``samples.png`` (every run sampled with the same seeds
 and labels, one titled panel each) and ``samples_<name>.png``; ``metrics.md`` / ``metrics.json`` (the
 runs' ``eval/*.json`` results, with step, parameter count and wall time); ``config_diff.md`` (the
 flattened config keys, plugin options included, that differ); and ``index.html`` showing all of it.
@@ -28,8 +31,9 @@ import torch
 
 from jit_core import durable
 
+from . import plots
 from .configdiff import config_diff, diff_cell, diff_markdown
-from .figures import placeholder, plot_losses, side_by_side, titled_panel
+from .figures import placeholder, side_by_side, titled_panel
 from .results import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -239,11 +243,16 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     # every file goes to a staging folder first, then replaces the previous report's (index.html last): a full
     # disk or an error on the way leaves the previous report whole
     with durable.staged(out, last=("index.html",)) as stage:
-        # curves, samples and config differences of each arm's first run
+        # loss curves of every seed (mean and band per arm); samples and config differences of each arm's first run
         firsts = {arm: arms[arm][0] for arm in arms}
-        logs = {arm: read_log(d) for arm, d in firsts.items()}
-        plot_losses(logs, stage / "loss_curves.png", "step")
-        plot_losses(logs, stage / "loss_curves_time.png", "time")
+        seed_logs = {arm: [read_log(d) for d in ds] for arm, ds in arms.items()}
+        plots.plot_loss_bands(seed_logs, stage / "loss_curves", "step")
+        plots.plot_loss_bands(seed_logs, stage / "loss_curves_time", "time")
+        m = table["primary_metric"]
+        if m:
+            plots.plot_forest(table, m, baseline, stage / "forest", label=A.LABELS.get(m, m),
+                              lower_is_better=A.LOWER_IS_BETTER.get(m))
+        plots.write_table(stage / "arms", *_arms_cells(table))
         panels, per_run = [], {}
         if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
             sample_cfg = kw["cfg"]
@@ -282,6 +291,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
                   "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
                   "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
                   "paths": paths}
+        plots.write_table(stage / "runs", RUNS_HEAD, _runs_rows(runs_table))
         md = A.arms_markdown(table, sentence, paragraph, settings, title)
         durable.write_text(stage / "metrics.md", md + "\n## Runs\n\n" + metrics_markdown(runs_table))
         durable.write_json(stage / "arms.json", result, default=str)
@@ -300,8 +310,11 @@ def _runs_rows(runs_table: dict) -> list[list[str]]:
     return rows
 
 
-def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[str], num_samples: int,
-               seed: int) -> str:
+RUNS_HEAD = ["run", "step", "params", "wall time", "evaluation", "cfg", "metrics"]
+
+
+def _arms_cells(table: dict) -> tuple[list[str], list[list[str]]]:
+    """The Arms table (header, rows): index.html, arms.csv and arms.tex show the same cells."""
     from jit_core.eval import arms as A
     m = table["primary_metric"]
     paper = any("paper" in r for r in table["rows"])
@@ -318,10 +331,18 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
         if paper:
             cells += ["-", "-"] if r["baseline"] else [r.get("paper") or "(no claim)", r.get("ours", "-")]
         rows.append(cells)
+    return head, rows
+
+
+def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[str], num_samples: int,
+               seed: int) -> str:
+    head, rows = _arms_cells(table)
+    forest = ('<h2>Difference to the baseline</h2><img src="forest.png"> <a href="forest.pdf">PDF</a>'
+              if table["primary_metric"] else "")
     diff_rows = [[k] + [diff_cell(v[n]) for n in names] for k, v in diff]
     figs = "".join(f'<figure><img src="samples_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}'
                    "</figcaption></figure>" for n in names)
-    runs = _html_table(["run", "step", "params", "wall time", "evaluation", "cfg", "metrics"], _runs_rows(runs_table))
+    runs = _html_table(RUNS_HEAD, _runs_rows(runs_table))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(result['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
@@ -332,9 +353,11 @@ figure{{display:inline-block;margin:4px}} .verdict{{font-size:16px;background:#f
 <h2>Arms</h2>{_html_table(head, rows)}
 <p>95 % intervals: t over seeds (one seed: bootstrap over that run's samples); the difference to the baseline
 arm is outside the noise when its 95 % interval excludes 0. Details: <a href="arms.json">arms.json</a>,
-<a href="metrics.md">metrics.md</a>.</p>
-<p>{html.escape(result['what_this_shows'])}</p>
-<h2>Training loss (first run of each arm)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
+<a href="metrics.md">metrics.md</a>; tables for a paper: <a href="arms.csv">arms.csv</a>, <a href="arms.tex">arms.tex</a>,
+<a href="runs.csv">runs.csv</a>, <a href="runs.tex">runs.tex</a>.</p>
+<p>{html.escape(result['what_this_shows'])}</p>{forest}
+<h2>Training loss (mean and band over seeds)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
+<p>PDF: <a href="loss_curves.pdf">loss_curves.pdf</a>, <a href="loss_curves_time.pdf">loss_curves_time.pdf</a>.</p>
 <h2>Samples (first run of each arm)</h2><p>{num_samples} samples per arm, seed {seed}, identical class-major
 labels.</p><img src="samples.png"><div>{figs}</div>
 <h2>Runs</h2>{runs}

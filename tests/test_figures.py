@@ -1,0 +1,62 @@
+"""Paper figures and tables (:mod:`jit_core.eval.plots`): seed bands, forest plot, PNG + PDF, CSV + LaTeX."""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from PIL import Image
+
+from jit_core.eval import plots
+
+
+def _log(steps, losses, t0=0.0):
+    return [{"step": s, "loss": v, "time": t0 + s, "loss/pixel": 2 * v} for s, v in zip(steps, losses)]
+
+
+def test_seed_band_is_mean_min_max_per_step_over_seeds():
+    runs = [_log([1, 2, 3], [1.0, 0.5, 0.2]), _log([1, 2], [3.0, 1.5]), _log([1], [float("nan")])]
+    xs, mean, lo, hi, n = plots.seed_band(runs, "loss")
+    assert xs == [1, 2, 3] and n == [2, 2, 1]          # the NaN is not a value; step 3 has one seed
+    assert mean == pytest.approx([2.0, 1.0, 0.2]) and lo == [1.0, 0.5, 0.2] and hi == [3.0, 1.5, 0.2]
+    xs, *_ = plots.seed_band([_log([1], [1.0], t0=10), _log([1], [1.0], t0=20)], "loss", x="time")
+    assert xs == [pytest.approx(16.0)]                  # the seeds' mean wall clock at that step
+
+
+def test_loss_bands_are_png_and_pdf_and_a_one_point_run_shows(tmp_path):
+    arms = {"JiT": [_log([1, 2, 3], [1.0, 0.5, 0.2]), _log([1, 2, 3], [1.2, 0.6, 0.3])],
+            "short": [_log([1], [0.9])]}
+    png, pdf = plots.plot_loss_bands(arms, tmp_path / "loss_curves")
+    assert png.name == "loss_curves.png" and pdf.name == "loss_curves.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with Image.open(png) as im:
+        assert im.width > 500
+    import matplotlib.pyplot as plt
+    assert not plt.get_fignums()                        # every figure closed
+
+
+def _table():
+    def row(arm, diff, lo, hi, outside, baseline=False):
+        v = {} if baseline else {"fd": {"diff": diff, "lo": lo, "hi": hi, "outside_noise": outside}}
+        return {"arm": arm, "baseline": baseline, "verdicts": v}
+    return {"rows": [row("JiT", 0, 0, 0, False, baseline=True), row("V-Co", -1.6, -1.9, -1.3, True),
+                     row("tie", 0.03, -0.2, 0.26, False), row("one seed", 0.5, None, None, False)]}
+
+
+def test_forest_rows_and_figure(tmp_path):
+    rows = plots.forest_rows(_table(), "fd")
+    assert [r[0] for r in rows] == ["V-Co", "tie", "one seed"]       # the baseline is the zero line, not a row
+    assert rows[0] == ("V-Co", -1.6, -1.9, -1.3, True) and rows[2][2:4] == (None, None)
+    assert plots.forest_rows(_table(), "accuracy") == []
+    for table in (_table(), {"rows": []}):
+        png, pdf = plots.plot_forest(table, "fd", "JiT", tmp_path / "forest", lower_is_better=True)
+        assert png.is_file() and pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_tables_as_csv_and_latex(tmp_path):
+    head, rows = ["arm", "FD_cls (lower better)"], [["V-Co_2 & co", "4 [3.9, 4.1] 95%"]]
+    csv_path, tex_path = plots.write_table(tmp_path / "arms", head, rows)
+    assert list(csv.reader(io.StringIO(csv_path.read_text()))) == [head, rows[0]]
+    tex = tex_path.read_text()
+    assert r"V-Co\_2 \& co" in tex and r"95\%" in tex and tex.count(r"\\") == 2
+    assert tex.startswith(r"\begin{tabular}{ll}") and r"\end{tabular}" in tex
