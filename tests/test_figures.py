@@ -60,3 +60,19 @@ def test_tables_as_csv_and_latex(tmp_path):
     tex = tex_path.read_text()
     assert r"V-Co\_2 \& co" in tex and r"95\%" in tex and tex.count(r"\\") == 2
     assert tex.startswith(r"\begin{tabular}{ll}") and r"\end{tabular}" in tex
+
+
+def test_metric_vs_cfg_from_a_grid_summary(tmp_path):
+    from jit_core.eval.results import sweep_summary
+
+    def rec(ema, cfg, fd, iv):
+        return {"checkpoint": {"weights": ema}, "guidance": {"cfg": cfg}, "metrics": {"fd_classifier": fd},
+                "intervals": {"fd_classifier": iv} if iv else {}, "json": f"{ema}-{cfg}.json"}
+    recs = [rec("ema1", 1.0, 3.0, [2.5, 3.5]), rec("ema1", 1.8, 2.0, None), rec("ema2", 1.0, 2.2, [2.0, 2.4]),
+            rec("ema2", 1.8, None, None)]
+    summary = sweep_summary(recs, "classifier", tmp_path / "grid.json")
+    assert summary["best_ema"] == "ema1" and summary["best_cfg"] == 1.8
+    png, pdf = plots.plot_metric_vs_cfg(summary, tmp_path / "grid")
+    assert png.name == "grid.png" and pdf.read_bytes().startswith(b"%PDF")
+    empty = sweep_summary([rec("ema1", 1.0, None, None)], "classifier", tmp_path / "none.json")
+    assert plots.plot_metric_vs_cfg(empty, tmp_path / "none")[0].is_file()

@@ -117,6 +117,12 @@ def _forest(d):
     plot_forest({"rows": [row]}, "fd", "a", d / "forest")
 
 
+def _cfg_figure(d):
+    from jit_core.eval.plots import plot_metric_vs_cfg
+    plot_metric_vs_cfg({"primary_metric": "fd", "emas": ["ema1"], "points": [
+        {"ema": "ema1", "cfg": 1.0, "value": 2.0, "interval": [1.5, 2.5], "best": True}]}, d / "grid")
+
+
 def _paper_table(d):
     from jit_core.eval.plots import write_table
     write_table(d / "arms", ["arm"], [["a"]])
@@ -200,6 +206,7 @@ WRITERS = [
     Writer("loss bands figure (PDF)", "loss_curves.pdf", _loss_bands),
     Writer("forest plot", "forest.png", _forest),
     Writer("forest plot (PDF)", "forest.pdf", _forest),
+    Writer("metric-vs-CFG figure (PDF)", "grid.pdf", _cfg_figure),
     Writer("paper table (CSV)", "arms.csv", _paper_table),
     Writer("paper table (LaTeX)", "arms.tex", _paper_table),
     Writer("sample panels", "samples.png", _panels),

@@ -9,7 +9,8 @@ evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifie
 (:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
 ``<run>/eval/<name>.json`` with the provenance list of that protocol (item 5), and 95 % bootstrap intervals over
 the samples (``intervals``, :mod:`jit_core.eval.stats`). ``--ema a,b --cfg x,y`` evaluates the grid of
-weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table (docs/evaluation.md).
+weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table and a metric-vs-CFG figure
+(``<name>.png`` / ``.pdf``, :func:`jit_core.eval.plots.plot_metric_vs_cfg`; docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -251,6 +252,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         save_record(out, name, result, run_dir)
         if grid:
             durable.write_text(out / f"{name}.md", sweep_markdown(result))
+            from jit_core.eval.plots import plot_metric_vs_cfg  # matplotlib only where a grid is drawn
+            plot_metric_vs_cfg(result, out / name)
         run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
     if world > 1:
         box = [result]

@@ -178,3 +178,35 @@ def write_table(stem: Path, head: Sequence[str], rows: Sequence[Sequence[object]
     durable.write_text(csv_path, csv_text(head, rows))
     durable.write_text(tex_path, latex_table(head, rows))
     return [csv_path, tex_path]
+
+
+def plot_metric_vs_cfg(summary: dict, stem: Path) -> list[Path]:
+    """An EMA x CFG grid (:func:`jit_core.eval.results.sweep_summary`): the primary metric against the CFG scale,
+    one line per weights, the 95 % interval of each point as an error bar, the best point ringed."""
+    plt = _pyplot()
+    key = summary.get("primary_metric") or "metric"
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, ema in enumerate(summary.get("emas") or []):
+        pts = sorted((p for p in summary["points"] if p["ema"] == ema and _finite(p.get("value"))),
+                     key=lambda p: p["cfg"])
+        if not pts:
+            continue
+        xs, ys = [p["cfg"] for p in pts], [p["value"] for p in pts]
+        ivs = [p.get("interval") for p in pts]
+        has = [iv is not None and len(iv) == 2 and _finite(iv[0]) and _finite(iv[1]) for iv in ivs]
+        err = [[y - iv[0] if h else 0.0 for y, iv, h in zip(ys, ivs, has)],
+               [iv[1] - y if h else 0.0 for y, iv, h in zip(ys, ivs, has)]]
+        ax.errorbar(xs, ys, yerr=err if any(has) else None, fmt="-o", color=f"C{i}", capsize=3, label=ema)
+        for p in pts:
+            if p.get("best"):
+                ax.plot([p["cfg"]], [p["value"]], "o", markersize=13, markerfacecolor="none", color="black")
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no point has a value", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8, title="weights", title_fontsize=8)
+    ax.set_xlabel("CFG scale")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} vs CFG (95 % intervals; ringed: best, chosen on these samples)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png_pdf(fig, stem)
