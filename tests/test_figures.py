@@ -76,3 +76,74 @@ def test_metric_vs_cfg_from_a_grid_summary(tmp_path):
     assert png.name == "grid.png" and pdf.read_bytes().startswith(b"%PDF")
     empty = sweep_summary([rec("ema1", 1.0, None, None)], "classifier", tmp_path / "none.json")
     assert plots.plot_metric_vs_cfg(empty, tmp_path / "none")[0].is_file()
+
+
+# ----------------------------------------------------------------------------------- metric vs training step
+def _fake_metrics(calls):
+    def compute(kind, images, folder, labels, run, **kw):
+        calls.append(run.step)
+        fd = 10.0 / run.step
+        return {"fd_classifier": fd, "intervals": {"fd_classifier": [fd - 0.5, fd + 0.5]}, "interval_method": "test"}
+    return compute
+
+
+def test_all_checkpoints_evaluates_each_once_and_draws_metric_vs_step(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from jit_core.eval import evaluate as E
+    from jit_core.eval import over_steps
+    from jit_core.runs.checkpoint import list_checkpoints
+
+    from .test_evaluate import make_run
+    run = make_run(tmp_path / "a", steps=3)
+    again = make_run(tmp_path / "b", seed=0, steps=6)          # the same weights format, saved at step 6 into run a
+    import shutil
+    shutil.copytree(list_checkpoints(again)[0], run / "checkpoints" / list_checkpoints(again)[0].name)
+    assert [p.name for p in list_checkpoints(run)] == sorted(p.name for p in list_checkpoints(run)) and \
+        len(list_checkpoints(run)) == 2
+    calls = []
+    monkeypatch.setattr(E, "compute_metrics", _fake_metrics(calls))
+    kw = {"num_images": 10, "steps": 1, "save": "none", "progress": False, "device": "cpu"}
+    results = over_steps.evaluate_all_checkpoints(run, **kw)
+    assert [r["checkpoint"]["step"] for r in results] == [3, 6] and calls == [3, 6]
+    assert [r["checkpoint"]["step"] for r in over_steps.evaluate_all_checkpoints(run, **kw)] == [3, 6]
+    assert calls == [3, 6]                                     # resumed: nothing recomputed
+    rows, settings = over_steps.metric_by_step({"A": [run]}, "fd_classifier")
+    assert rows == {"A": [[{"step": 3, "fd_classifier": pytest.approx(10 / 3)},
+                           {"step": 6, "fd_classifier": pytest.approx(10 / 6)}]]}
+    assert settings["num_images"] == 10
+    res = CliRunner().invoke(E.evaluate_command(), [str(run), "--all-checkpoints", "--num-images", "10", "--steps", "1",
+                                                    "--save", "none", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert calls == [3, 6] and (run / "eval" / "metric_vs_step.pdf").read_bytes().startswith(b"%PDF")
+    both = CliRunner().invoke(E.evaluate_command(), [str(run), "--all-checkpoints", "--checkpoint", str(run)])
+    assert both.exit_code != 0 and "leave out --checkpoint" in both.output
+    shutil.rmtree(again / "checkpoints")
+    (again / "checkpoints").mkdir()
+    none = CliRunner().invoke(E.evaluate_command(), [str(again), "--all-checkpoints", "--device", "cpu"])
+    assert none.exit_code != 0 and "no complete checkpoint" in none.output and "Traceback" not in none.output
+
+
+def test_metric_vs_step_figure_bands_over_seeds(tmp_path):
+    arms = {"JiT": [[{"step": 3, "fd": 4.0}, {"step": 6, "fd": 2.0}], [{"step": 3, "fd": 5.0}, {"step": 6, "fd": 3.0}]],
+            "one step": [[{"step": 6, "fd": 1.0}]], "none": [[]]}
+    png, pdf = plots.plot_metric_vs_step(arms, "fd", tmp_path / "metric_vs_step", subtitle="test")
+    assert png.is_file() and pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_compare_report_draws_metric_vs_step_when_runs_have_several_checkpoints(tmp_path):
+    from jit_core.eval import report as R
+
+    from .test_evaluate import make_run
+    from .test_report import _eval_record, _seed_runs
+    tpl = make_run(tmp_path / "tpl")
+    arms = {"JiT": _seed_runs(tmp_path, tpl, "jit", [5.5, 5.7]), "V-Co": _seed_runs(tmp_path, tpl, "vco", [4.0, 4.2])}
+    res = R.compare_arms(arms, tmp_path / "one-step", num_samples=2)
+    assert res["paths"]["metric_vs_step_png"] is None and not (tmp_path / "one-step" / "metric_vs_step.png").exists()
+    for fd, d in zip([9.0, 9.5, 8.0, 8.1], arms["JiT"] + arms["V-Co"]):
+        _eval_record(d, fd, step=3)                             # an earlier checkpoint of every run
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    out = tmp_path / "rep"
+    assert res["rows"][0]["metrics"]["fd_classifier"]["mean"] == pytest.approx(5.6)   # compared: the newest step
+    assert (out / "metric_vs_step.pdf").read_bytes().startswith(b"%PDF")
+    assert '"metric_vs_step.png"' in (out / "index.html").read_text()

@@ -149,14 +149,15 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                  ema: str | Sequence[str] = "ema1", seed: int = 0, batch_size: int | None = None, out=None,
                  ref_stats=None, inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None,
                  prc: bool = True, device=None, checkpoint=None, progress: bool = True, trust_plugins=(),
-                 bootstrap: int | None = None, resume: bool = True) -> dict:
+                 bootstrap: int | None = None, resume: bool = True, resume_single: bool = False) -> dict:
     """Generate and evaluate a run on the grid ``ema`` x ``cfg`` (each may be a list; best by the primary metric).
 
     One point: returns its result record. Several points: ``{"kind": "cfg_sweep" | "ema_cfg_grid",
     "results": [...], "best": record, ...}`` (one EMA: a CFG sweep, as before). Every point is written to
     ``<out or run/eval>/<name>.json``; with several points and ``resume``, a point whose JSON exists with the
     same settings (:func:`point_settings`) is read back instead of recomputed. ``bootstrap``: resamples for
-    the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). Under
+    the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). ``resume_single``: read
+    back a single point's result the same way (``--all-checkpoints``, :mod:`jit_core.eval.over_steps`). Under
     torch.distributed every rank generates its share; rank 0 writes files and computes metrics, and the
     result is broadcast to every rank.
     """
@@ -207,7 +208,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         for w in cfgs:
             name = eval_name(run.step, e, n, method, steps, w, seed, interval)
             wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, prc)
-            done = finished(out / f"{name}.json", wanted, world) if grid and resume else None
+            done = finished(out / f"{name}.json", wanted, world) if (grid or resume_single) and resume else None
             if done is not None:
                 if rank == 0:
                     log.info("%s: finished earlier with the same settings, not recomputed", name)
@@ -330,6 +331,8 @@ def evaluate_command():
     @click.option("--metrics", default="auto", show_default=True,
                   type=click.Choice(["auto", "fid", "classifier", "none"]))
     @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint other than the latest.")
+    @click.option("--all-checkpoints", is_flag=True,
+                  help="Evaluate every saved checkpoint (resumable) and draw the metric against the training step.")
     @click.option("--device", default="auto", show_default=True)
     @click.option("--bootstrap", type=click.IntRange(min=0),
                   help="Resamples for the per-run 95 % intervals (default 1000 for the classifier metric, 200 for "
@@ -338,7 +341,7 @@ def evaluate_command():
                   help="In a grid, keep points whose result JSON exists with the same settings.")
     @trust_options
     def cmd(run_dir, num_images, cfg, steps, method, interval, ema, seed, batch_size, out, ref_stats, ref_dir,
-            inception_weights, save, metrics, checkpoint, device, bootstrap, resume, trust_plugins):
+            inception_weights, save, metrics, checkpoint, all_checkpoints, device, bootstrap, resume, trust_plugins):
         """Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."""
         from jit_core.distributed import init_distributed
         from jit_core.eval.fid import InceptionWeightsError
@@ -354,12 +357,28 @@ def evaluate_command():
                                          param_hint="--ema")
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--cfg") from None
+        if all_checkpoints and checkpoint:
+            raise click.BadParameter("evaluates every checkpoint: leave out --checkpoint", param_hint="--all-checkpoints")
         try:
-            result = evaluate_run(run_dir, num_images, cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
-                                  steps, method, _floats(interval), emas if len(emas) > 1 else emas[0], seed,
-                                  batch_size, out, ref_stats, inception_weights, save, metrics, ref_dir=ref_dir,
-                                  device=info.device, checkpoint=checkpoint, trust_plugins=trust_plugins,
-                                  bootstrap=bootstrap, resume=resume)
+            kwargs = dict(num_images=num_images, cfg=cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
+                          steps=steps, method=method, interval=_floats(interval),
+                          ema=emas if len(emas) > 1 else emas[0], seed=seed, batch_size=batch_size, out=out,
+                          ref_stats=ref_stats, inception_weights=inception_weights, save=save, metrics=metrics,
+                          ref_dir=ref_dir, device=info.device, trust_plugins=trust_plugins, bootstrap=bootstrap,
+                          resume=resume)
+            if all_checkpoints:
+                from jit_core.eval.over_steps import evaluate_all_checkpoints, step_figure
+                try:
+                    results = evaluate_all_checkpoints(run_dir, **kwargs)
+                except ValueError as e:     # no checkpoint: a one-line error naming the fix
+                    raise click.ClickException(str(e)) from None
+                if info.is_main:
+                    for result in results:
+                        click.echo(format_table(result))
+                    figure = step_figure(run_dir, results, Path(out) if out else Path(run_dir) / "eval")
+                    click.echo(f"metric vs step: {figure}" if figure else "metric vs step: no metric to draw")
+                return
+            result = evaluate_run(run_dir, checkpoint=checkpoint, **kwargs)
         except InceptionWeightsError as e:
             raise click.ClickException(str(e)) from None
         if info.is_main:

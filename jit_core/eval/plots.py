@@ -210,3 +210,33 @@ def plot_metric_vs_cfg(summary: dict, stem: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_png_pdf(fig, stem)
+
+
+def plot_metric_vs_step(arms: dict[str, list[list[dict]]], metric: str, stem: Path, label: str | None = None,
+                        subtitle: str = "") -> list[Path]:
+    """A metric against the training step (rows of :func:`jit_core.eval.over_steps.metric_by_step`): per arm the
+    mean over its seeds with the min-max band; an arm evaluated at one step only is a marker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (arm, runs) in enumerate(arms.items()):
+        xs, mean, lo, hi, n = seed_band(runs, metric)
+        if not xs:
+            continue
+        c = f"C{i}"
+        if len(xs) == 1:
+            ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt="o", color=c, capsize=3,
+                        label=f"{arm} (n={max(n)}, one step)")
+            continue
+        ax.plot(xs, mean, "-o", color=c, markersize=3, label=f"{arm} (n={max(n)})")
+        if max(n) > 1:
+            ax.fill_between(xs, lo, hi, color=c, alpha=0.2, linewidth=0)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no evaluated checkpoint", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label or metric)
+    ax.set_title("mean over seeds, band = min to max" + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png_pdf(fig, stem)

@@ -10,7 +10,9 @@ the plain side-by-side of runs.
 The report folder holds ``loss_curves.png``/``.pdf`` (x = step) and ``loss_curves_time.png``/``.pdf`` (x =
 wall clock), one subplot per loss term and per arm the mean over its seeds with a min-max band (a one-point
 run as a marker); ``forest.png``/``.pdf`` (each arm's difference to the baseline on the primary metric with
-its 95 % interval); ``arms.csv``/``arms.tex`` and ``runs.csv``/``runs.tex`` (the tables of ``index.html``,
+its 95 % interval); ``metric_vs_step.png``/``.pdf`` when runs were evaluated at several checkpoints (``jit
+evaluate --all-checkpoints``: the primary metric against the training step, mean and band over seeds per arm);
+``arms.csv``/``arms.tex`` and ``runs.csv``/``runs.tex`` (the tables of ``index.html``,
 for a paper); ``samples.png`` (every run sampled with the same seeds
 and labels, one titled panel each) and ``samples_<name>.png``; ``metrics.md`` / ``metrics.json`` (the
 runs' ``eval/*.json`` results, with step, parameter count and wall time); ``config_diff.md`` (the
@@ -253,6 +255,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
             plots.plot_forest(table, m, baseline, stage / "forest", label=A.LABELS.get(m, m),
                               lower_is_better=A.LOWER_IS_BETTER.get(m))
         plots.write_table(stage / "arms", *_arms_cells(table))
+        over_training = m and _metric_vs_step(arms, m, stage)
         panels, per_run = [], {}
         if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
             sample_cfg = kw["cfg"]
@@ -286,7 +289,8 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
         paths = {"index_html": str(out / "index.html"), "metrics_md": str(out / "metrics.md"),
                  "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
                  "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
-                 "loss_curves_png": str(out / "loss_curves.png")}
+                 "loss_curves_png": str(out / "loss_curves.png"), "forest_png": str(out / "forest.png") if m else None,
+                 "metric_vs_step_png": str(out / "metric_vs_step.png") if over_training else None}
         result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
                   "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
                   "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
@@ -297,6 +301,19 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
         durable.write_json(stage / "arms.json", result, default=str)
         durable.write_text(stage / "index.html", _arms_html(result, table, runs_table, diff, list(arms), num_samples, seed))
     return result
+
+
+def _metric_vs_step(arms: dict[str, list[Path]], metric: str, stage: Path) -> bool:
+    """``metric_vs_step.png`` / ``.pdf`` when some run was evaluated at two or more steps (``jit evaluate
+    --all-checkpoints``); False (no figure) otherwise."""
+    from jit_core.eval import arms as A
+    from jit_core.eval.over_steps import metric_by_step
+    rows, settings = metric_by_step(arms, metric)
+    if not any(len(run) > 1 for runs in rows.values() for run in runs):
+        return False
+    plots.plot_metric_vs_step(rows, metric, stage / "metric_vs_step", label=A.LABELS.get(metric, metric),
+                              subtitle=A.describe(settings) if settings else "")
+    return True
 
 
 def _runs_rows(runs_table: dict) -> list[list[str]]:
@@ -339,6 +356,9 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
     head, rows = _arms_cells(table)
     forest = ('<h2>Difference to the baseline</h2><img src="forest.png"> <a href="forest.pdf">PDF</a>'
               if table["primary_metric"] else "")
+    if result["paths"].get("metric_vs_step_png"):
+        forest += ('<h2>Metric over training (mean and band over seeds)</h2><img src="metric_vs_step.png"> '
+                   '<a href="metric_vs_step.pdf">PDF</a>')
     diff_rows = [[k] + [diff_cell(v[n]) for n in names] for k, v in diff]
     figs = "".join(f'<figure><img src="samples_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}'
                    "</figcaption></figure>" for n in names)
