@@ -104,9 +104,9 @@ def test_all_checkpoints_evaluates_each_once_and_draws_metric_vs_step(tmp_path, 
     calls = []
     monkeypatch.setattr(E, "compute_metrics", _fake_metrics(calls))
     kw = {"num_images": 10, "steps": 1, "save": "none", "progress": False, "device": "cpu"}
-    results = over_steps.evaluate_all_checkpoints(run, **kw)
+    results = E.evaluate_all_checkpoints(run, **kw)
     assert [r["checkpoint"]["step"] for r in results] == [3, 6] and calls == [3, 6]
-    assert [r["checkpoint"]["step"] for r in over_steps.evaluate_all_checkpoints(run, **kw)] == [3, 6]
+    assert [r["checkpoint"]["step"] for r in E.evaluate_all_checkpoints(run, **kw)] == [3, 6]
     assert calls == [3, 6]                                     # resumed: nothing recomputed
     rows, settings = over_steps.metric_by_step({"A": [run]}, "fd_classifier")
     assert rows == {"A": [[{"step": 3, "fd_classifier": pytest.approx(10 / 3)},

@@ -157,7 +157,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     ``<out or run/eval>/<name>.json``; with several points and ``resume``, a point whose JSON exists with the
     same settings (:func:`point_settings`) is read back instead of recomputed. ``bootstrap``: resamples for
     the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). ``resume_single``: read
-    back a single point's result the same way (``--all-checkpoints``, :mod:`jit_core.eval.over_steps`). Under
+    back a single point's result the same way (:func:`evaluate_all_checkpoints`). Under
     torch.distributed every rank generates its share; rank 0 writes files and computes metrics, and the
     result is broadcast to every rank.
     """
@@ -261,6 +261,19 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
+
+
+def evaluate_all_checkpoints(run_dir, **evaluate_kwargs) -> list[dict]:
+    """:func:`evaluate_run` on every complete checkpoint of ``run_dir``, oldest first (``--all-checkpoints``).
+
+    Resumable: a checkpoint whose result JSON exists with the same settings is read back, not recomputed."""
+    from jit_core.runs.checkpoint import list_checkpoints
+    if evaluate_kwargs.get("checkpoint") is not None:
+        raise ValueError("--all-checkpoints evaluates every checkpoint: leave out --checkpoint")
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise ValueError(f"{run_dir} has no complete checkpoint in checkpoints/: train it first")
+    return [evaluate_run(run_dir, checkpoint=c, resume_single=True, **evaluate_kwargs) for c in checkpoints]
 
 
 def _raise_everywhere(error: Exception | None, world: int) -> None:
@@ -367,7 +380,7 @@ def evaluate_command():
                           ref_dir=ref_dir, device=info.device, trust_plugins=trust_plugins, bootstrap=bootstrap,
                           resume=resume)
             if all_checkpoints:
-                from jit_core.eval.over_steps import evaluate_all_checkpoints, step_figure
+                from jit_core.eval.over_steps import step_figure
                 try:
                     results = evaluate_all_checkpoints(run_dir, **kwargs)
                 except ValueError as e:     # no checkpoint: a one-line error naming the fix

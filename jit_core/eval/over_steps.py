@@ -1,6 +1,6 @@
-"""Metrics over training: evaluate every saved checkpoint of a run (``jit evaluate --all-checkpoints``) and
-gather the results per training step, for the metric-vs-step figure
-(:func:`jit_core.eval.plots.plot_metric_vs_step`)."""
+"""Metrics over training: the results of every saved checkpoint of a run
+(:func:`jit_core.eval.evaluate.evaluate_all_checkpoints`, ``jit evaluate --all-checkpoints``) gathered per
+training step, for the metric-vs-step figure (:func:`jit_core.eval.plots.plot_metric_vs_step`)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,20 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jit_core.eval import arms as A
-
-
-def evaluate_all_checkpoints(run_dir, **evaluate_kwargs) -> list[dict]:
-    """:func:`jit_core.eval.evaluate.evaluate_run` on every complete checkpoint of ``run_dir``, oldest first.
-
-    Resumable: a checkpoint whose result JSON exists with the same settings is read back, not recomputed."""
-    from jit_core.eval.evaluate import evaluate_run
-    from jit_core.runs.checkpoint import list_checkpoints
-    if evaluate_kwargs.get("checkpoint") is not None:
-        raise ValueError("--all-checkpoints evaluates every checkpoint: leave out --checkpoint")
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise ValueError(f"{run_dir} has no complete checkpoint in checkpoints/: train it first")
-    return [evaluate_run(run_dir, checkpoint=c, resume_single=True, **evaluate_kwargs) for c in checkpoints]
 
 
 def _step(rec: dict):
