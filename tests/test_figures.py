@@ -147,3 +147,42 @@ def test_compare_report_draws_metric_vs_step_when_runs_have_several_checkpoints(
     assert res["rows"][0]["metrics"]["fd_classifier"]["mean"] == pytest.approx(5.6)   # compared: the newest step
     assert (out / "metric_vs_step.pdf").read_bytes().startswith(b"%PDF")
     assert '"metric_vs_step.png"' in (out / "index.html").read_text()
+
+
+# ----------------------------------------------------------------------------------- sample sheets
+def test_class_names_and_titled_rows():
+    import torch
+
+    from jit_core.eval import sheets
+    assert sheets.class_names("fashion_mnist", 10)[9] == "Ankle boot" and sheets.class_names("digits", 10)[3] == "3"
+    assert sheets.class_names("imagenet", 3) == ["class 0", "class 1", "class 2"]
+    rows = [torch.full((4, 1, 8, 8), 255, dtype=torch.uint8), torch.zeros(4, 1, 8, 8, dtype=torch.uint8)]
+    img = sheets.titled_rows(rows, ["Ankle boot", "Bag"], ["a", "b", "c", "d"])
+    assert img.size == (sheets.ROW_TITLE_WIDTH + 4 * 10 + 2, sheets.COLUMN_TITLE_HEIGHT + 2 * (10 + 2))
+    title = img.crop((0, sheets.COLUMN_TITLE_HEIGHT, sheets.ROW_TITLE_WIDTH, img.height)).convert("L")
+    assert title.getextrema()[0] < 128                      # the row titles are drawn
+
+
+def test_per_class_sheet_cfg_strip_and_samples_over_steps(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from jit_core.eval import sheets
+    from jit_core.runs import loading
+    from jit_core.runs.checkpoint import list_checkpoints
+
+    from .test_evaluate import make_run
+    run_dir = make_run(tmp_path / "a", steps=3)
+    later = make_run(tmp_path / "b", steps=6)
+    shutil.copytree(list_checkpoints(later)[0], run_dir / "checkpoints" / list_checkpoints(later)[0].name)
+    run = loading.load_run(run_dir)
+    size, n_cls = run.model.cfg.image_size * sheets._scale(run), run.model.cfg.num_classes
+    cell = size + 2 * sheets._scale(run)
+    with Image.open(sheets.per_class_sheet(run, 2, tmp_path / "classes.png")) as im:
+        assert im.height >= n_cls * cell and im.width >= sheets.ROW_TITLE_WIDTH + 2 * cell
+    with Image.open(sheets.cfg_strip(run, [1.0, 3.0], tmp_path / "cfg.png")) as im:
+        assert sheets.COLUMN_TITLE_HEIGHT + 2 * cell <= im.height < sheets.COLUMN_TITLE_HEIGHT + 3 * cell
+        assert im.width >= sheets.ROW_TITLE_WIDTH + n_cls * cell
+    with Image.open(sheets.steps_sheet(run_dir, tmp_path / "steps.png")) as im:
+        assert sheets.COLUMN_TITLE_HEIGHT + 2 * cell <= im.height < sheets.COLUMN_TITLE_HEIGHT + 3 * cell
