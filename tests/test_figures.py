@@ -116,6 +116,7 @@ def test_all_checkpoints_evaluates_each_once_and_draws_metric_vs_step(tmp_path, 
                                                     "--save", "none", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert calls == [3, 6] and (run / "eval" / "metric_vs_step.pdf").read_bytes().startswith(b"%PDF")
+    assert (run / "eval" / "samples_over_steps.png").is_file()
     both = CliRunner().invoke(E.evaluate_command(), [str(run), "--all-checkpoints", "--checkpoint", str(run)])
     assert both.exit_code != 0 and "leave out --checkpoint" in both.output
     shutil.rmtree(again / "checkpoints")

@@ -34,6 +34,8 @@ def test_compare_report_has_every_file(tmp_path):
     R.compare_arms(dict(zip(names, ([a], [b]))), out, num_samples=4, seed=0, sample_cfg=1.0)
     for f in REPORT_FILES + tuple(f"samples_{n}.png" for n in names):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    for n in names:                                   # the per-class sheets, shown in the page
+        assert (out / f"classes_{n}.png").is_file() and f'"classes_{n}.png"' in (out / "index.html").read_text()
     with Image.open(out / "samples.png") as both, Image.open(out / "samples_a-run.png") as one:
         assert both.width > 2 * one.width - 10  # two panels side by side
     diff = (out / "config_diff.md").read_text()

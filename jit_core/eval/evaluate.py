@@ -388,8 +388,13 @@ def evaluate_command():
                 if info.is_main:
                     for result in results:
                         click.echo(format_table(result))
-                    figure = step_figure(run_dir, results, Path(out) if out else Path(run_dir) / "eval")
+                    folder = Path(out) if out else Path(run_dir) / "eval"
+                    figure = step_figure(run_dir, results, folder)
                     click.echo(f"metric vs step: {figure}" if figure else "metric vs step: no metric to draw")
+                    from jit_core.eval.sheets import steps_sheet
+                    sheet = steps_sheet(run_dir, folder / "samples_over_steps.png", seed=seed, ema=emas[0],
+                                        cfg=cfgs[0] if cfgs else None, device=info.device, trust_plugins=trust_plugins)
+                    click.echo(f"samples over steps: {sheet}")
                 return
             result = evaluate_run(run_dir, checkpoint=checkpoint, **kwargs)
         except InceptionWeightsError as e:

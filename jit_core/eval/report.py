@@ -13,7 +13,8 @@ run as a marker); ``forest.png``/``.pdf`` (each arm's difference to the baseline
 its 95 % interval); ``metric_vs_step.png``/``.pdf`` when runs were evaluated at several checkpoints (``jit
 evaluate --all-checkpoints``: the primary metric against the training step, mean and band over seeds per arm);
 ``arms.csv``/``arms.tex`` and ``runs.csv``/``runs.tex`` (the tables of ``index.html``,
-for a paper); ``samples.png`` (every run sampled with the same seeds
+for a paper); ``classes_<name>.png`` (each arm's first run: one row of samples per class, titled with the
+class name, :mod:`jit_core.eval.sheets`); ``samples.png`` (every run sampled with the same seeds
 and labels, one titled panel each) and ``samples_<name>.png``; ``metrics.md`` / ``metrics.json`` (the
 runs' ``eval/*.json`` results, with step, parameter count and wall time); ``config_diff.md`` (the
 flattened config keys, plugin options included, that differ); and ``index.html`` showing all of it.
@@ -37,6 +38,7 @@ from . import plots
 from .configdiff import config_diff, diff_cell, diff_markdown
 from .figures import placeholder, side_by_side, titled_panel
 from .results import METRIC_COLUMNS
+from .sheets import per_class_sheet
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,9 @@ def _file_safe(name: str) -> str:
     return f"{safe or 'arm'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
+CLASS_SHEET_PER_CLASS = 4   # samples of each class in classes_<arm>.png
+
+
 def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, cfg, device, trust_plugins):
     """``(panel, step, params)``: samples of the run at ``d`` (a placeholder if it cannot be sampled)."""
     from jit_core.eval.evaluate import class_major_labels
@@ -149,6 +154,8 @@ def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, c
         labels = class_major_labels(num_samples, run.model.cfg.num_classes)
         imgs = loading.generate(run, labels, cfg=cfg, seed=seed)
         grid = make_grid(imgs, nrow=math.ceil(math.sqrt(num_samples)), scale=max(1, 96 // run.model.cfg.image_size))
+        # one row per class, titled with its name (the same seed and cfg)
+        per_class_sheet(run, CLASS_SHEET_PER_CLASS, out / f"classes_{_file_safe(label)}.png", seed=seed, cfg=cfg)
     except Exception as e:  # noqa: BLE001 -- a run without a checkpoint still gets its curves and config
         log.warning("no samples for %s: %s", d, e)
         grid = placeholder(f"no samples: {type(e).__name__}")
@@ -264,6 +271,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
             panels.append(panel)
             per_run[arm] = (step, params)
         side_by_side(panels, stage / "samples.png")
+        class_sheets = [arm for arm in arms if (stage / f"classes_{_file_safe(arm)}.png").is_file()]
         configs = {arm: json.loads((d / "config.json").read_text()) for arm, d in firsts.items()}
         diff = config_diff(configs)
         durable.write_text(stage / "config_diff.md", diff_markdown(diff, list(arms)))
@@ -290,7 +298,8 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
                  "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
                  "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
                  "loss_curves_png": str(out / "loss_curves.png"), "forest_png": str(out / "forest.png") if m else None,
-                 "metric_vs_step_png": str(out / "metric_vs_step.png") if over_training else None}
+                 "metric_vs_step_png": str(out / "metric_vs_step.png") if over_training else None,
+                 "class_sheets": {arm: str(out / f"classes_{_file_safe(arm)}.png") for arm in class_sheets}}
         result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
                   "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
                   "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
@@ -363,6 +372,10 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
     figs = "".join(f'<figure><img src="samples_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}'
                    "</figcaption></figure>" for n in names)
     runs = _html_table(RUNS_HEAD, _runs_rows(runs_table))
+    sheets = result["paths"].get("class_sheets") or {}
+    classes = ("<h2>Samples per class (first run of each arm)</h2>" + "".join(
+        f'<figure><img src="classes_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}</figcaption>'
+        "</figure>" for n in names if n in sheets)) if sheets else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(result['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
@@ -379,7 +392,7 @@ arm is outside the noise when its 95 % interval excludes 0. Details: <a href="ar
 <h2>Training loss (mean and band over seeds)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
 <p>PDF: <a href="loss_curves.pdf">loss_curves.pdf</a>, <a href="loss_curves_time.pdf">loss_curves_time.pdf</a>.</p>
 <h2>Samples (first run of each arm)</h2><p>{num_samples} samples per arm, seed {seed}, identical class-major
-labels.</p><img src="samples.png"><div>{figs}</div>
+labels.</p><img src="samples.png"><div>{figs}</div>{classes}
 <h2>Runs</h2>{runs}
 <h2>Config differences (first runs)</h2>{_html_table(["key"] + names, diff_rows) if diff_rows else "<p>identical</p>"}
 <p><a href="config_diff.md">config_diff.md</a></p></body></html>
