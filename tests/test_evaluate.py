@@ -269,5 +269,6 @@ def test_evaluate_cli_grid_and_bad_ema(tiny_run, tmp_path):
                                                     "--save", "none", "--out", str(tmp_path), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert res.output.count("ema2") >= 2 and list(tmp_path.glob("*ema1-ema2*cfgsweep*.md"))
+    assert list(tmp_path.glob("*ema1-ema2*cfgsweep*.strip.png")) and "CFG strip:" in res.output   # one row per cfg
     bad = CliRunner().invoke(E.evaluate_command(), [str(tiny_run), "--ema", "ema3", "--device", "cpu"])
     assert bad.exit_code != 0 and "ema3" in bad.output and "ema1, ema2, model" in bad.output

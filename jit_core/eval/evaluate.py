@@ -405,5 +405,11 @@ def evaluate_command():
                 click.echo(f"best: {result['best_ema']} cfg {result['best_cfg']:g} by {result['primary_metric']} "
                            "(chosen on these samples)")
             click.echo(f"results: {result['json']}")
+            if result.get("kind") in ("cfg_sweep", "ema_cfg_grid"):
+                from jit_core.eval.sheets import cfg_strip_of_run
+                strip = cfg_strip_of_run(run_dir, result["cfgs"], Path(result["json"]).with_suffix(".strip.png"),
+                                         ema=result.get("best_ema") or emas[0], seed=seed, device=info.device,
+                                         checkpoint=checkpoint, trust_plugins=trust_plugins)
+                click.echo(f"CFG strip: {strip}")
 
     return cmd

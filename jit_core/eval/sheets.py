@@ -66,6 +66,14 @@ def cfg_strip(run, cfgs: Sequence[float], path: Path, *, seed: int = 0, per_clas
                                                 [names[int(c)] for c in labels], scale=_scale(run)))
 
 
+def cfg_strip_of_run(run_dir, cfgs: Sequence[float], path: Path, *, ema: str = "ema1", seed: int = 0,
+                     device="cpu", checkpoint=None, trust_plugins=()) -> Path:
+    """:func:`cfg_strip` of a run folder's weights ``ema`` (the latest checkpoint unless ``checkpoint``)."""
+    from jit_core.runs import loading
+    run = loading.load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+    return cfg_strip(run, cfgs, path, seed=seed)
+
+
 def steps_sheet(run_dir, path: Path, *, seed: int = 0, cfg: float | None = None, ema: str = "ema1",
                 device="cpu", trust_plugins=()) -> Path:
     """One sample of every class at each saved checkpoint of ``run_dir``, one row per training step."""
