@@ -61,10 +61,11 @@ def seed_band(runs: Sequence[list[dict]], term: str, x: str = "step") -> tuple[l
 
 
 def plot_loss_bands(arms: dict[str, list[list[dict]]], stem: Path, x: str = "step") -> list[Path]:
-    """One subplot per loss term, one line per arm: the mean over its seeds with the min-max band shaded.
+    """One subplot per loss term, one line per arm: the mean over its seeds with the min-max band shaded (both
+    smoothed, :func:`jit_core.eval.figures.smooth`; the raw mean faint).
 
     A curve of a single logged point (a very short run) is drawn as a marker, so it is not invisible."""
-    from .figures import loss_terms
+    from .figures import loss_terms, smooth
     plt = _pyplot()
     terms = loss_terms({f"{a}/{i}": rows for a, runs in arms.items() for i, rows in enumerate(runs)}) or ["loss"]
     cols = min(3, len(terms))
@@ -88,9 +89,11 @@ def plot_loss_bands(arms: dict[str, list[list[dict]]], stem: Path, x: str = "ste
                 ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt="o", color=c, capsize=3,
                             label=label + ", one point")
                 continue
-            ax.plot(xs, mean, color=c, linewidth=1.6, label=label)
+            # the raw mean faint, the smoothed mean and band on top (smoothing as in the single-run curves)
+            ax.plot(xs, mean, color=c, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, smooth(mean), color=c, linewidth=1.6, label=label)
             if max(n) > 1:
-                ax.fill_between(xs, lo, hi, color=c, alpha=0.2, linewidth=0)
+                ax.fill_between(xs, smooth(lo), smooth(hi), color=c, alpha=0.2, linewidth=0)
         ax.set_title(term)
         ax.set_xlabel("step" if x == "step" else f"wall clock ({unit})")
         ax.grid(alpha=0.3)
@@ -100,7 +103,7 @@ def plot_loss_bands(arms: dict[str, list[list[dict]]], stem: Path, x: str = "ste
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
-    fig.suptitle("mean over seeds, band = min to max", fontsize=9)
+    fig.suptitle("mean over seeds, band = min to max (smoothed; raw mean faint)", fontsize=9)
     fig.tight_layout()
     return save_png_pdf(fig, stem)
 
