@@ -218,3 +218,17 @@ def test_gpu_sh_dry_runs_every_stage(tmp_path):
     for name in ("flops", "train_b16", "train_vco_b16", "train_vco_b16_exact", "sample_b16", "levers",
                  "train_vco_h16", "train_b16_compile"):
         assert (tmp_path / f"{name}.json").is_file(), name
+
+
+def test_bench_feature_cache_tiny(tmp_path):
+    out_json = tmp_path / "cache.json"
+    _run("bench_feature_cache.py", "--batch", "2", "--cache-images", "2", "--repeats", "1", "--json", str(out_json))
+    parts = json.loads(out_json.read_text())["per_image_ms"]
+    assert set(parts) == {"keys", "find", "gather", "total"} and parts["total"] > 0
+
+
+def test_encoder_precision_tiny(tmp_path):
+    out_json = tmp_path / "precision.json"
+    _run("encoder_precision.py", "--images", "4", "--skip-dinov2", "--json", str(out_json))
+    (row,) = json.loads(out_json.read_text())
+    assert row["fp32_switch_exact_under_autocast"] and 0 < row["target_rel_err_median"] < 0.5
