@@ -13,7 +13,7 @@ loaded machine's cores it gets); with ``--workers`` > 0 a ``DataLoader`` of that
 by wall clock too.
 
 Demand: a training step of JiT-B/16 is 3 x its forward FLOPs (benchmarks/flops.py); at 40 % MFU of an
-H100's 989 TFLOPS dense bf16 peak (NVIDIA's H100 SXM datasheet) one GPU consumes
+H100's 989 TFLOPS dense bf16 peak (the peak benchmarks/RESULTS.md uses for MFU) one GPU consumes
 ``0.4 * 989e12 / train_flops`` images/s (about 2,600). Workers needed = ceil(demand * ms/img / 1000).
 """
 from __future__ import annotations
