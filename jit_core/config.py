@@ -208,6 +208,9 @@ def _preset_jit(model: str, image_size: int, cfg_scale: float, checkpointing: bo
     80 GB GPU without it (the memory model of jit_core/model/budget.py; tests/test_budget.py checks each preset)."""
     cfg = Config(model=model)
     cfg.data.image_size = image_size
+    # JPEG decode + ADM crop costs 4-6 ms of CPU per image; a B/16 H100 at 40 % MFU takes ~2,600 img/s
+    # (benchmarks/RESULTS.md, "Data loading"): 12 workers per GPU instead of the generic 4.
+    cfg.data.num_workers = 12
     cfg.sample.cfg = cfg_scale
     cfg.train.grad_checkpointing = checkpointing
     return cfg

@@ -161,3 +161,74 @@ def test_heun50_evaluation_count():
 def test_shell_scripts_parse(script):
     res = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+# ----------------------------------------------------------------------------------- data loading, gpu.sh
+def test_bench_data_tiny(tmp_path):
+    """JPEGs of ImageNet sizes are synthesised, decoded + centre-cropped, and the worker count derived."""
+    out_json = tmp_path / "data.json"
+    out = _run("bench_data.py", "--images", "4", "--size", "32", "--repeats", "1", "--workers", "0",
+               "--json", str(out_json))
+    data = json.loads(out_json.read_text())
+    assert data["ms_per_image"] > 0 and data["workers_needed"] >= 1
+    assert 2500 < data["demand_img_s"] < 2700     # JiT-B/16 at 40 % MFU of an H100's 989 TFLOPS
+    assert "workers" in out
+
+
+def test_bench_data_images_are_imagenet_sized(tmp_path):
+    import bench_data
+    from PIL import Image
+    bench_data.synthesize_jpegs(tmp_path, 2)
+    sizes = sorted(Image.open(p).size for p in tmp_path.rglob("*.JPEG"))
+    assert sizes == [(375, 500), (500, 375)]
+
+
+def test_exact_attention_batch_fits():
+    """V-Co-B/16's exact attention keeps 341 MB of scores per image: 64 per 80 GB card, 128 on 141 GB."""
+    import exact_attention_batch as e
+    assert e.joint_length("JiT-B/16", 2) == 544
+    assert e.score_bytes_per_image("JiT-B/16", 2) == 12 * 12 * 544 ** 2 * 8
+    assert e.exact_attention_batch("JiT-B/16", 2, 80 * 2**30) == 64
+    assert e.exact_attention_batch("JiT-B/16", 2, 141 * 2**30) == 128
+    assert e.exact_attention_batch("JiT-B/16", 1, 80 * 2**30) == 128     # JiT alone fits at 128
+
+
+def _gpu_sh(tmp_path, *args, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "OUT": str(tmp_path), **(env_extra or {})}
+    res = subprocess.run(["bash", str(BENCH / "gpu.sh"), *args], capture_output=True, text=True, env=env,
+                         timeout=timeout, cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout[res.stdout.index("### summary"):]
+
+
+def test_gpu_sh_every_stage_reported_when_all_fail(tmp_path):
+    """A stage that fails does not stop the others: with a Python that always fails, every stage is
+    still run and listed as FAILED in the summary."""
+    summary = _gpu_sh(tmp_path, "--dry", env_extra={"PYTHON": "false"}, timeout=120)
+    lines = [ln.strip() for ln in summary.splitlines()[1:] if ln.strip()]
+    assert len(lines) == 8 and all(ln.startswith("FAILED(1)") for ln in lines), summary
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_runs_every_stage(tmp_path):
+    """`gpu.sh --dry` runs every stage on the CPU at a tiny size (~1 min of CPU) and writes each JSON."""
+    summary = _gpu_sh(tmp_path, "--dry")
+    lines = [ln.strip() for ln in summary.splitlines()[1:] if ln.strip()]
+    assert len(lines) == 8 and all(ln.startswith("ok") for ln in lines), summary
+    for name in ("flops", "train_b16", "train_vco_b16", "train_vco_b16_exact", "sample_b16", "levers",
+                 "train_vco_h16", "train_b16_compile"):
+        assert (tmp_path / f"{name}.json").is_file(), name
+
+
+def test_bench_feature_cache_tiny(tmp_path):
+    out_json = tmp_path / "cache.json"
+    _run("bench_feature_cache.py", "--batch", "2", "--cache-images", "2", "--repeats", "1", "--json", str(out_json))
+    parts = json.loads(out_json.read_text())["per_image_ms"]
+    assert set(parts) == {"keys", "find", "gather", "total"} and parts["total"] > 0
+
+
+def test_encoder_precision_tiny(tmp_path):
+    out_json = tmp_path / "precision.json"
+    _run("encoder_precision.py", "--images", "4", "--skip-dinov2", "--json", str(out_json))
+    (row,) = json.loads(out_json.read_text())
+    assert row["fp32_switch_exact_under_autocast"] and 0 < row["target_rel_err_median"] < 0.5

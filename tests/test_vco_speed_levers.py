@@ -362,3 +362,13 @@ def test_training_start_refuses_a_mismatched_cache(tmp_path, folder_run, stats_f
     with pytest.raises(FeatureCacheError, match="encoder weights default .this run: random."):
         train_tiny(tmp_path, plugins=["vco"], steps=1, **opts)
     assert not list(tmp_path.glob("run*/metrics.jsonl"))
+
+
+def test_feature_cache_refuses_gpu_images(tmp_path):
+    """The lookup runs on the CPU only (on a GPU it costs more than the encoder pass: benchmarks/RESULTS.md);
+    images on any other device are refused with the fix, before any work (meta stands in for CUDA here)."""
+    from vco_plugin.feature_cache import FeatureCache
+
+    cache = FeatureCache.__new__(FeatureCache)      # the check comes before the cache is used
+    with pytest.raises(FeatureCacheError, match="unset vco.feature_cache for GPU runs"):
+        cache.lookup(torch.zeros(2, 3, 8, 8, device="meta"))

