@@ -178,7 +178,8 @@ def test_slurm_planner_proposes_the_setting_that_fits_and_names_no_plugin(tmp_pa
     assert "add optim.batch_size=" in warnings[0] and "train.grad_accum=" in warnings[0]
     l16 = budget.params(get_model_config("JiT-L/16"))
     assert estimate_task_gb(fits.config, gpu=True) == pytest.approx(4.0 + 24 * l16.trainable / 2 ** 30
-                                                                    + 12 * l16.frozen / 2 ** 30 + 0.5 * 4)
+                                                                    + 12 * l16.frozen / 2 ** 30
+                                                                    + 0.5 * fits.config["data"]["num_workers"])
     assert opts.mem_per_task >= 8
     import slurm.memory
     text = Path(slurm.memory.__file__).read_text().lower()
