@@ -2,6 +2,7 @@
 2-arm x 2-seed study end to end (train, evaluate, report with intervals and the paper column)."""
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     assert rows["V-Co"]["ours"] in ("agrees", "disagrees", "within noise", "no verdict (degenerate)")
     if rows["V-Co"]["ours"] == "no verdict (degenerate)":
         assert "Caution" in arms["sentence"] and "degenerate" in arms["sentence"]
-    assert arms["sentence"] and arms["sentence"] in (out / "report" / "index.html").read_text()
+    assert arms["sentence"] and html.escape(arms["sentence"]) in (out / "report" / "index.html").read_text()
     assert "V-Co" in (out / "study.md").read_text()
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0 and "0 of 4 runs to do (4 done)" in res.output
