@@ -99,10 +99,11 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     if dry_run:
         from jit_core.distributed import DistInfo, resolve_device
         from jit_core.training.run_dir import allowed_keys
-        from jit_core.training.startup import load_plugins, start_checks
+        from jit_core.training.startup import load_plugins, setup_plugins, start_checks
         plugins = load_plugins(cfg)
-        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
-                     allow_changes=allowed_keys(cfg, allow_changes))
+        dist = DistInfo(device=resolve_device(cfg.train.device))
+        startup = start_checks(cfg, run_dir, dist, plugins=plugins, allow_changes=allowed_keys(cfg, allow_changes))
+        setup_plugins(startup, cfg, run_dir, dist, dry_run=True)
         click.echo(cfg.to_json())
         return
     result = run_train(cfg, run_dir, allow_changes=allow_changes)

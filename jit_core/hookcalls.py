@@ -10,41 +10,58 @@
 ``caller`` is a pluggy hook caller (``plugins.hook.jit_normalize``). An exception inside an
 implementation is re-raised as :class:`~jit_core.errors.PluginError` naming the plugin and the hook
 (a ``ConfigError`` or ``PluginError`` passes through unchanged: its message is the plugin's).
+
+A plugin's per-run object (what its ``jit_run_plugin`` returned) is registered under the plugin's name
+plus :data:`RUN_SUFFIX`; :func:`plugin_name` maps it back, so answers are attributed to the plugin.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from jit_core.config import ConfigError
 from jit_core.errors import PluginError
 
 CORE_NAME = "jit_core.plugins.defaults"   # the name the core's own implementations are registered under
+RUN_SUFFIX = "#run"                        # a per-run object is registered as "<plugin>#run"
+
+
+def plugin_name(registered: str) -> str:
+    """The plugin a registered name belongs to (``vco#run`` -> ``vco``)."""
+    return registered[:-len(RUN_SUFFIX)] if registered.endswith(RUN_SUFFIX) else registered
 
 
 def _call(impl, hook_name: str, kwargs: dict) -> Any:
+    name = plugin_name(impl.plugin_name)
     try:
-        return impl.function(*[kwargs[name] for name in impl.argnames])
+        return impl.function(*[kwargs[arg] for arg in impl.argnames])
     except (PluginError, ConfigError):
         raise
     except KeyError as exc:
-        if any(name not in kwargs for name in impl.argnames):
-            raise PluginError(f"plugin {impl.plugin_name!r} implements {hook_name} with unknown arguments "
+        if any(arg not in kwargs for arg in impl.argnames):
+            raise PluginError(f"plugin {name!r} implements {hook_name} with unknown arguments "
                               f"{[n for n in impl.argnames if n not in kwargs]}; the hook passes {sorted(kwargs)}") from exc
-        raise PluginError(f"plugin {impl.plugin_name!r} failed in hook {hook_name}: KeyError: {exc}") from exc
+        raise PluginError(f"plugin {name!r} failed in hook {hook_name}: KeyError: {exc}") from exc
     except Exception as exc:
-        raise PluginError(f"plugin {impl.plugin_name!r} failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"plugin {name!r} failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
 
 
-def call_each(caller, **kwargs) -> list[tuple[str, Any]]:
+def call_each(caller, per_plugin: Callable[[str], dict] | None = None, only: Callable[[str], bool] | None = None,
+              **kwargs) -> list[tuple[str, Any]]:
     """``(plugin name, result)`` of every plugin's implementation in registration order; None results and
-    the core's defaults left out."""
+    the core's defaults left out. ``per_plugin(name)``: extra keyword arguments for that plugin's call
+    (its own drop, its own generator); ``only(name)``: False skips that plugin."""
     out = []
     for impl in caller.get_hookimpls():   # pluggy keeps registration order (tryfirst ones last)
         if impl.plugin_name == CORE_NAME:
             continue
-        result = _call(impl, caller.name, kwargs)
+        name = plugin_name(impl.plugin_name)
+        if only is not None and not only(name):
+            continue
+        call_kwargs = {**kwargs, **per_plugin(name)} if per_plugin else kwargs
+        result = _call(impl, caller.name, call_kwargs)
         if result is not None:
-            out.append((impl.plugin_name, result))
+            out.append((name, result))
     return out
 
 
@@ -55,7 +72,7 @@ def call_for_stream(caller, **kwargs) -> Any:
     impls = caller.get_hookimpls()
     for wanted in ((owner, CORE_NAME) if owner else (CORE_NAME,)):
         for impl in impls:
-            if impl.plugin_name == wanted:
+            if plugin_name(impl.plugin_name) == wanted:
                 result = _call(impl, caller.name, kwargs)
                 if result is not None:
                     return result

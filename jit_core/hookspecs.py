@@ -32,6 +32,10 @@ every sample dropped, and asks ``jit_guidance_scale`` for each stream's scale.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
 import pluggy
 
 PROJECT = "jit_core"
@@ -42,6 +46,64 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 PER_STREAM = ("jit_normalize", "jit_guidance_scale")
 #: Hooks at most one enabled plugin may answer (two answers: an error at start-up naming both).
 ONE_PLUGIN = ("jit_batch_sampler",)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a plugin's ``jit_setup`` may read about the run being set up."""
+
+    config: Any                          # the resolved, checked run config
+    model_config: Any = None             # the network's config (grid, hidden_size, depth, num_classes, ...)
+    device: Any = "cpu"                  # the torch.device this rank trains or samples on
+    dataset: Any = None                  # the training dataset (None outside training)
+    run_dir: Optional[Path] = None       # the run folder (None: no folder, e.g. a notebook model)
+    rank: int = 0
+    world_size: int = 1
+    training: bool = False               # True when the run trains (a dry run included), False to sample
+    dry_run: bool = False                # jit train --dry-run: check what you can, build no weights, write nothing
+
+
+@hookspec
+def jit_run_plugin(config):
+    """**The per-run object.** Return this plugin's object for the run ``config`` describes, or None.
+
+    Install-time (a module-level function): called once per run, after the options are checked, with the
+    resolved config. The core registers the returned object for that run like a plugin module, so its
+    methods marked ``@hookimpl`` answer the per-run hooks (``jit_setup``, ``jit_streams``,
+    ``jit_null_branch``, ``jit_loss_terms``, ...) for this plugin. The object owns everything the run
+    needs (its typed options, encoders, statistics, caches): nothing run-specific lives in module
+    globals, so two runs in one process (a notebook, a test session, study lanes) never share state.
+    Return None when the config leaves the plugin with nothing to do.
+
+    Example::
+
+        class EdgesRun:
+            def __init__(self, config):
+                self.opts = plugin_options(config, EdgesOptions)
+
+            @hookimpl
+            def jit_streams(self, model_config):
+                return [Stream("edges", channels=2, target=self.edges)]
+
+        @hookimpl
+        def jit_run_plugin(config):
+            return EdgesRun(config)
+    """
+
+
+@hookspec
+def jit_setup(run):
+    """**Set-up.** Prepare the run once, at start-up: build frozen encoders, load or compute statistics,
+    open caches, check files. ``run`` is a :class:`RunContext`.
+
+    Called before the network is built, on every rank: when training starts or resumes (after the run
+    folder is locked), in ``jit train --dry-run`` (``run.dry_run``: check what you can without building
+    weights and write nothing) and when a run is loaded to sample (``run.training`` False). The core
+    runs it with the global RNGs forked and seeded by ``train.seed`` (:func:`jit_core.rng.isolated_rng`),
+    so whatever it draws (a module's random init, a random subset) never shifts the training
+    randomness: a resumed run stays bit-identical to an uninterrupted one. Do expensive work here, not
+    lazily in a step hook.
+    """
 
 
 @hookspec

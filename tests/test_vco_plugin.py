@@ -25,8 +25,9 @@ from vco_plugin.calibration import compute_stats, load_stats, save_stats
 from vco_plugin.drift_loss import hybrid_loss
 from vco_plugin.features import build_encoder
 
-HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_null_branch", "jit_loss_terms",
-         "jit_batch_sampler", "jit_guidance_scale", "jit_add_commands"}
+HOOKS = {"jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_run_plugin"}   # install time
+RUN_HOOKS = {"jit_setup", "jit_streams", "jit_normalize", "jit_null_branch", "jit_loss_terms", "jit_batch_sampler",
+             "jit_guidance_scale"}                                                              # the run object's
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def small_config(pl, **options):
     cfg.model, cfg.model_overrides = "JiT-T/4", {"in_channels": 1}
     cfg.plugin_options["vco"].update(options)
     validate_plugin_options(cfg, pl.option_schemas())
+    pl.start_run(cfg)                   # the run objects of this config answer from here on
     return cfg
 
 
@@ -72,7 +74,9 @@ def images(n=4, seed=0):
 def test_loads_through_entry_point(vco):
     info = vco.infos["vco"]
     assert info.source.startswith("entry point")
-    assert HOOKS <= set(info.hooks)
+    assert HOOKS == set(info.hooks)
+    run = vco.start_run(small_config(vco))["vco"]
+    assert isinstance(run, plugin.VCoRun) and RUN_HOOKS == {c.name for c in vco.pm.get_hookcallers(run)}
     assert info.options == dataclasses.asdict(plugin.VCoOptions())
     assert len(dataclasses.fields(plugin.VCoOptions)) <= 17         # compact: one option per idea
 
@@ -171,7 +175,7 @@ def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
     # per step: no recomputation; a resumed process (fresh cache) loads the file instead of computing
     monkeypatch.setattr(plugin._Calibration, "_compute", lambda *a: pytest.fail("statistics recomputed"))
     assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
-    plugin._CALIBRATIONS.clear()
+    vco.start_run(cfg)                  # a new run (a resumed process) loads the file instead of computing
     assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
 
 

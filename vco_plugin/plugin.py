@@ -1,4 +1,8 @@
-"""V-Co as a jit_core plugin: every ingredient enters through a hook (spec vco.md).
+"""V-Co as a jit_core plugin: every ingredient enters through a hook (arXiv 2603.16792).
+
+The module holds the install-time hooks (options, presets, studies, commands) and ``jit_run_plugin``,
+which makes one :class:`VCoRun` per run: it owns the run's options, frozen encoder, feature
+statistics and feature cache, and answers the per-run hooks.
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
 2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
@@ -16,21 +20,21 @@ Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live u
 # ruff: noqa: UP045
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
 import weakref
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
-from jit_core.hookspecs import hookimpl
+from jit_core.hookspecs import RunContext, hookimpl
 from jit_core.model.streams import Stream
+from jit_core.rng import isolated_rng
 
 from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
@@ -79,12 +83,6 @@ class VCoOptions:
                 raise ConfigError(f"vco.{key}={path!r} does not exist: {what}")
 
 
-def enabled(config) -> bool:
-    """Whether ``config`` enables V-Co (by entry-point name or module path)."""
-    plugins = getattr(config, "plugins", None) or []
-    return NAME in plugins or __name__ in plugins
-
-
 def options(config) -> VCoOptions:
     """The typed, checked V-Co options of ``config`` (whichever name V-Co was enabled by)."""
     return plugin_options(config, VCoOptions)
@@ -96,12 +94,6 @@ def encoder_channels(name: str) -> int:
     return {"dinov2": features.DINOv2Encoder, "efficientnet_lite0": features.EfficientNetLite0Encoder}[name].channels
 
 
-def encoder(opts: VCoOptions, device):
-    """The frozen feature encoder on ``device`` (cached by features.build_encoder)."""
-    from .features import build_encoder
-    return build_encoder(opts.encoder, opts.encoder_weights, device=device)
-
-
 # ----------------------------------------------------------------------------------- calibration state
 class _Calibration:
     """Feature statistics of one run: loaded or computed once, then reused every step.
@@ -111,8 +103,8 @@ class _Calibration:
     subset) and saved there by the main process.
     """
 
-    def __init__(self, config, opts: VCoOptions):
-        self.config, self.opts = config, opts
+    def __init__(self, config, opts: VCoOptions, encoder):
+        self.config, self.opts, self.encoder = config, opts, encoder   # encoder(device): the run's frozen encoder
         self.stats = None
         self._scaled: dict = {}
 
@@ -125,10 +117,10 @@ class _Calibration:
                      self.stats.rms_factor, meta.get("num_images", "?"), meta.get("dataset", self.config.data.name))
         return self.stats
 
-    def alpha(self, opts: VCoOptions, device, grid: int) -> float:
+    def alpha(self, device, grid: int) -> float:
         """alpha: the ``rms_factor`` option, else the statistics' RMS(x)/RMS(f) factor."""
-        if opts.rms_factor is not None:
-            return float(opts.rms_factor)
+        if self.opts.rms_factor is not None:
+            return float(self.opts.rms_factor)
         return float(self.get(device, grid).rms_factor)
 
     def scaled(self, device, grid: int, alpha: float):
@@ -165,22 +157,10 @@ class _Calibration:
         subset = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed))[:n].tolist()
         log.info("vco: computing feature statistics from %d training images (%s, grid %d)", n, opts.encoder, grid)
         loader = DataLoader(Subset(dataset, subset), batch_size=64, num_workers=cfg.data.num_workers)
-        stats = compute_stats(encoder(opts, device), (to_model_range(u8) for u8, _ in loader), grid,
+        stats = compute_stats(self.encoder(device), (to_model_range(u8) for u8, _ in loader), grid,
                               max_images=n, progress=False)
         stats.meta.update(dataset=cfg.data.name if not cfg.data.path else cfg.data.path, seed=cfg.train.seed)
         return stats
-
-
-_CALIBRATIONS: dict[str, _Calibration] = {}
-
-
-def calibration_state(config, opts: VCoOptions) -> _Calibration:
-    """The run's calibration state, keyed by everything the statistics depend on."""
-    key = json.dumps([config.run_dir, asdict(config.data), config.model, config.model_overrides, config.train.seed,
-                      opts.encoder, opts.encoder_weights, opts.stats, opts.calib_images], sort_keys=True, default=str)
-    if key not in _CALIBRATIONS:
-        _CALIBRATIONS[key] = _Calibration(config, opts)
-    return _CALIBRATIONS[key]
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -246,9 +226,6 @@ class _Positives:
         if ref() is not images or k != key or fp != self._fingerprint(images):
             return None
         return f_pos
-
-
-_POSITIVES = _Positives()
 
 
 def _positive_key(enc, grid: int) -> tuple:
@@ -324,65 +301,6 @@ def jit_studies():
     return {**tiny_studies(), **imagenet_studies()}
 
 
-@hookimpl
-def jit_streams(config, model_config):
-    """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
-    if not enabled(config):
-        return []
-    opts = options(config)
-    grid = model_config.grid
-    alpha = 1.0
-    if opts.calibration == "time_shift":
-        alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
-
-    cache = []   # the opened, checked feature cache, after the first step
-
-    def target(images: torch.Tensor) -> torch.Tensor:
-        if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
-            if not cache:
-                cache.append(open_feature_cache(opts, model_config))
-            return cache[0].lookup(images)
-        enc = encoder(opts, images.device)
-        if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
-            tokens, f_pos = enc.target_and_embedding(images, grid)
-            _POSITIVES.put(images, _positive_key(enc, grid), f_pos)
-            return tokens
-        return enc.target_tokens(images, grid)
-
-    return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
-                   loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
-                   default_init=True, time_shift=alpha)]
-
-
-@hookimpl
-def jit_normalize(stream, target, config):
-    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
-    if stream.name != FEATURE or not enabled(config):
-        return None
-    opts = options(config)
-    if opts.calibration == "none":
-        return target
-    from .calibration import standardize
-    grid = round(target.shape[1] ** 0.5)
-    state = calibration_state(config, opts)
-    alpha = state.alpha(opts, target.device, grid) if opts.calibration == "rms" else 1.0   # time_shift: alpha is in t
-    stats = state.scaled(target.device, grid, alpha)
-    if tuple(stats.var.shape) != tuple(target.shape[1:]):
-        raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
-                          f"targets are {tuple(target.shape[1:])}: recompute them (`jit vco calibrate`) for "
-                          "this encoder and grid")
-    return standardize(target, stats)
-
-
-@hookimpl
-def jit_null_branch(drop, streams, config):
-    """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
-    if not enabled(config) or FEATURE not in [s.name for s in streams]:
-        return None
-    opts = options(config)
-    return null_branch(opts.null_branch, drop, opts.symmetric_mask)
-
-
 def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     """The hybrid loss's groups: the sampler's class groups of the local batch; the labels for iid batches or a
     batch that did not come from the sampler (another size than ``optim.batch_size``, e.g. called directly)."""
@@ -395,62 +313,145 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
 
 
 @hookimpl
-def jit_loss_terms(step):
-    """``hybrid``: drift_coef x the perceptual-drifting loss of x-hat against the clean images."""
-    if not enabled(step.config):
-        return {}
-    opts = options(step.config)
-    if opts.drift_coef == 0:
-        return {}
-    enc = encoder(opts, step.images.device)
-    f = enc.embedding(step.preds["pixel"])
-    f_pos = None
-    if opts.shared_encoder_pass and FEATURE in step.targets:   # f+ remembered by the stream target, if it is
-        grid = round(step.targets[FEATURE].shape[1] ** 0.5)    # for exactly these images
-        f_pos = _POSITIVES.take(step.images, _positive_key(enc, grid))
-    if f_pos is None:
-        with torch.no_grad():
-            f_pos = enc.embedding(step.images)
-    groups = hybrid_groups(step, opts)
-    return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
+def jit_run_plugin(config):
+    """One :class:`VCoRun` per run."""
+    return VCoRun(config)
 
 
-@hookimpl
-def jit_trainable_modules(config, model):
-    """No trainable modules; called once when training starts, it opens and checks ``vco.feature_cache``
-    so that a missing cache or one built for another setting is refused before the first step."""
-    if enabled(config) and options(config).feature_cache:
-        open_feature_cache(options(config), model.cfg)
-    return None
+class VCoRun:
+    """V-Co for one run: its options, frozen encoder, feature statistics and feature cache, and the per-run hooks.
 
+    Set-up (``jit_setup``, at start-up under the core's forked RNG) builds the encoder, loads or computes
+    the statistics and opens the feature cache, so nothing is built lazily inside a training step.
+    """
 
-@hookimpl
-def jit_batch_sampler(dataset, config, rank, world_size, seed):
-    """Class-balanced batches: ``groups_per_step`` class groups per global step, placed on the ranks."""
-    if not enabled(config):
-        return None
-    opts = options(config)
-    if not opts.class_balanced:
-        return None
-    try:
-        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
-                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
-    if rank == 0:
-        sampler.warn_if_few_classes()
-    return sampler
+    def __init__(self, config):
+        self.config = config
+        self.opts = options(config)
+        self.calibration = _Calibration(config, self.opts, self.encoder)
+        self.device = _default_device(config)
+        self._encoders: dict[str, object] = {}     # device -> the frozen encoder
+        self._cache = None                         # the opened, checked feature cache
+        self._positives = _Positives()
 
+    # ----------------------------------------------------------------- what the run owns
+    def encoder(self, device):
+        """The frozen feature encoder on ``device``, built once per run (under a forked RNG, whenever it is)."""
+        key = str(torch.device(device))
+        if key not in self._encoders:
+            from .features import build_encoder
+            with isolated_rng(self.config.train.seed):      # its random init must not shift training randomness
+                self._encoders[key] = build_encoder(self.opts.encoder, self.opts.encoder_weights, device=device)
+        return self._encoders[key]
 
-@hookimpl
-def jit_guidance_scale(stream, scale, config):
-    """Feature stream: 1 when unguided (scale 1), else ``cfg_feature`` or the pixel scale."""
-    if stream.name != FEATURE or not enabled(config):
-        return None
-    if scale == 1.0:
-        return 1.0
-    w_d = options(config).cfg_feature
-    return scale if w_d is None else w_d
+    def feature_cache(self, model_config):
+        """``vco.feature_cache``, opened and checked against this run once."""
+        if self._cache is None:
+            self._cache = open_feature_cache(self.opts, model_config)
+        return self._cache
+
+    # ----------------------------------------------------------------- hooks
+    @hookimpl
+    def jit_setup(self, run: RunContext):
+        """Open and check the feature cache; when training, build the encoder and get the statistics."""
+        self.device = torch.device(run.device)
+        if self.opts.feature_cache:           # a missing cache, or one built for another setting, fails here
+            self.feature_cache(run.model_config)
+        if not run.training or run.dry_run:
+            return
+        if not self.opts.feature_cache or self.opts.drift_coef != 0:
+            self.encoder(run.device)
+        if self.opts.calibration != "none":
+            self.calibration.get(run.device, run.model_config.grid)
+
+    @hookimpl
+    def jit_streams(self, model_config):
+        """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
+        opts, grid = self.opts, model_config.grid
+        alpha = self.calibration.alpha(self.device, grid) if opts.calibration == "time_shift" else 1.0
+
+        def target(images: torch.Tensor) -> torch.Tensor:
+            if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
+                return self.feature_cache(model_config).lookup(images)
+            enc = self.encoder(images.device)
+            if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
+                tokens, f_pos = enc.target_and_embedding(images, grid)
+                self._positives.put(images, _positive_key(enc, grid), f_pos)
+                return tokens
+            return enc.target_tokens(images, grid)
+
+        return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
+                       loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
+                       default_init=True, time_shift=alpha)]
+
+    @hookimpl
+    def jit_normalize(self, stream, target):
+        """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+        opts = self.opts
+        if stream.name != FEATURE:
+            return None
+        if opts.calibration == "none":
+            return target
+        from .calibration import standardize
+        grid = round(target.shape[1] ** 0.5)
+        alpha = self.calibration.alpha(target.device, grid) if opts.calibration == "rms" else 1.0  # time_shift: in t
+        stats = self.calibration.scaled(target.device, grid, alpha)
+        if tuple(stats.var.shape) != tuple(target.shape[1:]):
+            raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
+                              f"targets are {tuple(target.shape[1:])}: recompute them (`jit vco calibrate`) for "
+                              "this encoder and grid")
+        return standardize(target, stats)
+
+    @hookimpl
+    def jit_null_branch(self, drop, streams):
+        """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
+        if FEATURE not in [s.name for s in streams]:
+            return None
+        return null_branch(self.opts.null_branch, drop, self.opts.symmetric_mask)
+
+    @hookimpl
+    def jit_loss_terms(self, step):
+        """``hybrid``: drift_coef x the perceptual-drifting loss of x-hat against the clean images."""
+        opts = self.opts
+        if opts.drift_coef == 0:
+            return {}
+        enc = self.encoder(step.images.device)
+        f = enc.embedding(step.preds["pixel"])
+        f_pos = None
+        if opts.shared_encoder_pass and FEATURE in step.targets:   # f+ remembered by the stream target, if it is
+            grid = round(step.targets[FEATURE].shape[1] ** 0.5)    # for exactly these images
+            f_pos = self._positives.take(step.images, _positive_key(enc, grid))
+        if f_pos is None:
+            with torch.no_grad():
+                f_pos = enc.embedding(step.images)
+        groups = hybrid_groups(step, opts)
+        return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
+
+    @hookimpl
+    def jit_batch_sampler(self, dataset, rank, world_size, seed):
+        """Class-balanced batches: ``groups_per_step`` class groups per global step, placed on the ranks."""
+        opts = self.opts
+        if not opts.class_balanced:
+            return None
+        try:
+            sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
+                                               self.config.optim.batch_size, rank=rank, world_size=world_size,
+                                               seed=seed)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
+        if rank == 0:
+            sampler.warn_if_few_classes()
+        return sampler
+
+    @hookimpl
+    def jit_guidance_scale(self, stream, scale):
+        """Feature stream: 1 when unguided (scale 1), else ``cfg_feature`` or the pixel scale."""
+        if stream.name != FEATURE:
+            return None
+        if scale == 1.0:
+            return 1.0
+        w_d = self.opts.cfg_feature
+        return scale if w_d is None else w_d
 
 
 @hookimpl

@@ -9,6 +9,7 @@ work), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata as md
@@ -26,11 +27,13 @@ import pluggy
 from jit_core import hookspecs, trackers
 from jit_core.config import ConfigError, _suggest
 from jit_core.errors import PluginError
-from jit_core.hookcalls import CORE_NAME, call_each, call_one
+from jit_core.hookcalls import CORE_NAME, RUN_SUFFIX, call_each, call_one, plugin_name
 from jit_core.logsinks import LogSinks
 from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
+#: Hooks of the plugin module (called when a plugin is installed or a run starts), never of a run object.
+INSTALL_TIME_HOOKS = ("jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_run_plugin")
 DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -103,13 +106,13 @@ def _hook_names(module) -> list[str]:
 
 def _culprit(exc: BaseException, pm: pluggy.PluginManager, hook_impls) -> str:
     """The plugin whose hook implementation is on the exception's traceback."""
-    codes = {impl.function.__code__: pm.get_name(impl.plugin) for impl in hook_impls}
+    codes = {impl.function.__code__: plugin_name(pm.get_name(impl.plugin)) for impl in hook_impls}
     tb = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code in codes:
             return codes[tb.tb_frame.f_code]
         tb = tb.tb_next
-    return ", ".join(pm.get_name(i.plugin) for i in hook_impls)
+    return ", ".join(plugin_name(pm.get_name(i.plugin)) for i in hook_impls)
 
 
 def _wrap_errors(pm: pluggy.PluginManager) -> None:
@@ -139,6 +142,8 @@ class Plugins:
             self.pm.register(module, name=name)
         self.infos: dict[str, PluginInfo] = {}
         self._installed = installed_plugins()
+        self.runs: dict[str, Any] = {}          # plugin name -> its per-run object (jit_run_plugin)
+        self.run_config = None                  # the config the per-run objects were made for
         for name in enabled:
             self.enable(name)
         for obj in extra:  # objects registered directly (tests, notebooks)
@@ -205,6 +210,55 @@ class Plugins:
     def hook_names(self) -> list[str]:
         return [n for n in dir(hookspecs) if n.startswith("jit_")]
 
+    # ----------------------------------------------------------------- one run
+    def start_run(self, config) -> dict[str, Any]:
+        """Make every plugin's per-run object (``jit_run_plugin(config)``) and register it for this run.
+
+        ``config`` is the resolved, checked config. Objects of an earlier run are unregistered first.
+        Only the plugins ``config.plugins`` enables (and objects passed directly) are asked. The plugins are
+        registered again in ``--plugin`` order, each run object right after its module,
+        so answers keep the ``--plugin`` order. Returns ``{plugin: run object}``.
+        """
+        for name in list(self.runs):
+            self.pm.unregister(name=name + RUN_SUFFIX)
+        self.runs, self.run_config = {}, config
+        wanted = set(config.plugins)     # a plugin loaded here but not enabled by this config makes no run object
+        made = dict(call_each(self.pm.hook.jit_run_plugin, config=config,
+                              only=lambda name: name in wanted or self.infos[name].source == "object"))
+        for name, info in self.infos.items():     # registration order = --plugin order
+            self.pm.unregister(name=name)
+            self.pm.register(info.module, name=name)
+            if name in made:
+                self._register_run_object(name, made[name])
+        return dict(self.runs)
+
+    def ensure_run(self, config) -> None:
+        """Start the run for ``config`` unless its objects are already made (for this very config object)."""
+        if self.run_config is not config:
+            self.start_run(config)
+
+    def _register_run_object(self, name: str, obj: Any) -> None:
+        install_time = [h for h in INSTALL_TIME_HOOKS if callable(getattr(obj, h, None))]
+        if install_time:
+            raise PluginError(f"plugin {name!r}: its run object implements {', '.join(install_time)}, which are "
+                              "install-time hooks: define them at module level")
+        self.pm.register(obj, name=name + RUN_SUFFIX)
+        implemented = {c.name for c in (self.pm.get_hookcallers(obj) or [])}
+        stray = [n for n in _hook_names(obj) if n not in implemented]
+        if stray:
+            self.pm.unregister(obj)
+            raise PluginError(f"plugin {name!r}: its run object defines {', '.join(stray)} without @jit_core.hookimpl "
+                              f"or with an unknown hook name{_suggest(stray[0], self.hook_names())}")
+        self.pm.check_pending()
+        self.runs[name] = obj
+
+    def setup(self, run: hookspecs.RunContext) -> None:
+        """Every plugin's ``jit_setup(run)``, with the global RNGs forked and seeded by ``train.seed``."""
+        from jit_core.rng import isolated_rng
+        self.ensure_run(run.config)
+        with isolated_rng(run.config.train.seed):
+            call_each(self.pm.hook.jit_setup, run=run)
+
     def option_schemas(self) -> dict[str, type]:
         out = {}
         for name, info in self.infos.items():
@@ -219,6 +273,7 @@ class Plugins:
         its plugin; a duplicate name is an error naming both plugins."""
         from jit_core.diffusion import noise_scale_for
         from jit_core.model.streams import pixel_stream
+        self.ensure_run(config)
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}
@@ -228,7 +283,9 @@ class Plugins:
                     raise PluginError(f"stream {s.name!r} is added by both {owner[s.name]!r} and {plugin!r}; "
                                       "rename one of them")
                 owner[s.name] = plugin
-                streams.append(dataclasses.replace(s, plugin=plugin))
+                owned = copy.copy(s)          # a plugin's Stream subclass keeps its methods
+                owned.plugin = plugin
+                streams.append(owned)
         return streams
 
     def trainable_modules(self, config, model) -> dict[str, Any]:

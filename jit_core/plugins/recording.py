@@ -79,6 +79,14 @@ class RecordingPlugin:
 
     # -- every hook of jit_core.hookspecs, with its full signature
     @hookimpl(tryfirst=True)
+    def jit_run_plugin(self, config):
+        return self._call("jit_run_plugin", config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_setup(self, run):
+        return self._call("jit_setup", run=run)
+
+    @hookimpl(tryfirst=True)
     def jit_options(self):
         return self._call("jit_options")
 

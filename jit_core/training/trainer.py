@@ -32,7 +32,7 @@ from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
-from jit_core.training.startup import load_plugins, start_checks
+from jit_core.training.startup import load_plugins, setup_plugins, start_checks
 from jit_core.training.state import EMA, seed_everything
 
 log = logging.getLogger("jit")
@@ -81,6 +81,7 @@ class Trainer:
         config = self.config
         self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
         self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
+        setup_plugins(startup, config, self.run_dir, self.dist)   # under a forked RNG: never shifts training's
         seed_everything(config.train.seed + self.dist.rank)
         self.model = build_for_config(config, self.plugins, self.model_config, self.device)
         self.model.grad_checkpointing = config.train.grad_checkpointing
