@@ -4,15 +4,17 @@ The module holds the install-time hooks (options, presets, studies, commands) an
 which makes one :class:`VCoRun` per run: it owns the run's options, frozen encoder, feature
 statistics and feature cache, and answers the per-run hooks.
 
-1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
-2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
-                               ``jit_guidance_scale``;
+1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (:class:`FeatureStream`:
+                               frozen encoder tokens);
+2. structured null branch   -> ``FeatureStream.null_branch`` (null_branch.py: structured | label_drop |
+                               input_dropout), ``FeatureStream.guidance_scale`` (w_d);
 3. drifting hybrid loss     -> ``jit_loss_terms`` (drift_loss.py), ``jit_batch_sampler`` (batches.py);
-4. RMS calibration          -> ``jit_normalize`` (calibration.py statistics), or a time shift.
+4. RMS calibration          -> ``FeatureStream.normalize`` (calibration.py statistics), or a time shift.
 
 Two speed levers, off by default (the paper's computation): ``shared_encoder_pass`` (one encoder pass
-on the clean images serves the target tokens and the hybrid loss's f+) and ``feature_cache`` (target
-tokens precomputed by ``jit vco cache-features``, looked up by image content; feature_cache.py).
+on the clean images serves the target tokens and the hybrid loss's f+, handed over in ``step.values``)
+and ``feature_cache`` (target tokens precomputed by ``jit vco cache-features``, looked up by image content;
+feature_cache.py).
 
 Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live under ``vco.*``.
 """
@@ -24,8 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -191,47 +192,6 @@ def _default_device(config) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------- speed levers
-class _Positives:
-    """The hybrid loss's f+ computed by the stream target in the same encoder pass as the target tokens
-    (``shared_encoder_pass``), remembered for exactly those images.
-
-    One entry: a weak reference to the images tensor plus its storage pointer, shape, strides, dtype,
-    device and version counter (bumped by any in-place change), and the encoder and grid it was
-    computed with. :meth:`take` returns f+ only if all of these still match, and forgets the entry in
-    any case, so a stale f+ can never be used: other images, changed images, another encoder or grid
-    all get ``None`` (and the caller computes f+ as usual).
-    """
-
-    def __init__(self):
-        self._entry = None
-
-    @staticmethod
-    def _fingerprint(images: torch.Tensor):
-        try:
-            version = images._version
-        except RuntimeError:   # inference-mode tensors have no version counter: never remembered
-            return None
-        return (images.data_ptr(), tuple(images.shape), tuple(images.stride()), images.dtype, str(images.device),
-                version)
-
-    def put(self, images: torch.Tensor, key: tuple, f_pos: torch.Tensor) -> None:
-        fp = self._fingerprint(images)
-        self._entry = None if fp is None else (weakref.ref(images), key, fp, f_pos)
-
-    def take(self, images: torch.Tensor, key: tuple) -> Optional[torch.Tensor]:
-        entry, self._entry = self._entry, None
-        if entry is None:
-            return None
-        ref, k, fp, f_pos = entry
-        if ref() is not images or k != key or fp != self._fingerprint(images):
-            return None
-        return f_pos
-
-
-def _positive_key(enc, grid: int) -> tuple:
-    return (enc, grid)          # the encoder object itself (modules compare by identity) and the grid
-
-
 def open_feature_cache(opts: VCoOptions, model_config):
     """The opened ``vco.feature_cache``, checked against this run's encoder, weights, grid, image size and
     channels (FeatureCacheError naming the mismatch and the rebuild command otherwise)."""
@@ -318,6 +278,54 @@ def jit_run_plugin(config):
     return VCoRun(config)
 
 
+F_POS = "vco.f_pos"      # step.values key: the hybrid loss's f+ from the target's encoder pass (shared_encoder_pass)
+
+
+@dataclass
+class FeatureStream(Stream):
+    """V-Co's ``feature`` stream with its behaviour: encoder tokens as the clean target (ingredient 1), their
+    calibration (ingredient 4), the feature CFG scale ``w_d`` and the structured null branch (ingredient 2)."""
+
+    run: Optional[VCoRun] = field(default=None, repr=False, compare=False)
+
+    def clean(self, images: torch.Tensor, values: dict) -> torch.Tensor:
+        run, opts = self.run, self.run.opts
+        if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
+            return run.feature_cache(run.model_config).lookup(images)
+        enc, grid = run.encoder(images.device), run.model_config.grid
+        if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass, on the step
+            tokens, values[F_POS] = enc.target_and_embedding(images, grid)
+            return tokens
+        return enc.target_tokens(images, grid)
+
+    def normalize(self, clean: torch.Tensor) -> torch.Tensor:
+        """Per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+        run, opts = self.run, self.run.opts
+        if opts.calibration == "none":
+            return clean
+        from .calibration import standardize
+        grid = round(clean.shape[1] ** 0.5)
+        alpha = run.calibration.alpha(clean.device, grid) if opts.calibration == "rms" else 1.0   # time_shift: in t
+        stats = run.calibration.scaled(clean.device, grid, alpha)
+        if tuple(stats.var.shape) != tuple(clean.shape[1:]):
+            raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
+                              f"targets are {tuple(clean.shape[1:])}: recompute them (`jit vco calibrate`) for "
+                              "this encoder and grid")
+        return standardize(clean, stats)
+
+    def guidance_scale(self, scale: float) -> float:
+        """1 when unguided (scale 1), else ``cfg_feature`` (w_d) or the pixel scale."""
+        if scale == 1.0:
+            return 1.0
+        w_d = self.run.opts.cfg_feature
+        return scale if w_d is None else w_d
+
+    def null_branch(self, drop: torch.Tensor, streams, training: bool):
+        """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
+        opts = self.run.opts
+        return null_branch(opts.null_branch, drop, opts.symmetric_mask, self.name)
+
+
 class VCoRun:
     """V-Co for one run: its options, frozen encoder, feature statistics and feature cache, and the per-run hooks.
 
@@ -330,9 +338,9 @@ class VCoRun:
         self.opts = options(config)
         self.calibration = _Calibration(config, self.opts, self.encoder)
         self.device = _default_device(config)
+        self.model_config = None                   # set by jit_setup / jit_streams
         self._encoders: dict[str, object] = {}     # device -> the frozen encoder
         self._cache = None                         # the opened, checked feature cache
-        self._positives = _Positives()
 
     # ----------------------------------------------------------------- what the run owns
     def encoder(self, device):
@@ -354,7 +362,7 @@ class VCoRun:
     @hookimpl
     def jit_setup(self, run: RunContext):
         """Open and check the feature cache; when training, build the encoder and get the statistics."""
-        self.device = torch.device(run.device)
+        self.device, self.model_config = torch.device(run.device), run.model_config
         if self.opts.feature_cache:           # a missing cache, or one built for another setting, fails here
             self.feature_cache(run.model_config)
         if not run.training or run.dry_run:
@@ -367,47 +375,12 @@ class VCoRun:
     @hookimpl
     def jit_streams(self, model_config):
         """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
-        opts, grid = self.opts, model_config.grid
-        alpha = self.calibration.alpha(self.device, grid) if opts.calibration == "time_shift" else 1.0
-
-        def target(images: torch.Tensor) -> torch.Tensor:
-            if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
-                return self.feature_cache(model_config).lookup(images)
-            enc = self.encoder(images.device)
-            if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
-                tokens, f_pos = enc.target_and_embedding(images, grid)
-                self._positives.put(images, _positive_key(enc, grid), f_pos)
-                return tokens
-            return enc.target_tokens(images, grid)
-
-        return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
-                       loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
-                       default_init=True, time_shift=alpha)]
-
-    @hookimpl
-    def jit_normalize(self, stream, target):
-        """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+        self.model_config = model_config
         opts = self.opts
-        if stream.name != FEATURE:
-            return None
-        if opts.calibration == "none":
-            return target
-        from .calibration import standardize
-        grid = round(target.shape[1] ** 0.5)
-        alpha = self.calibration.alpha(target.device, grid) if opts.calibration == "rms" else 1.0  # time_shift: in t
-        stats = self.calibration.scaled(target.device, grid, alpha)
-        if tuple(stats.var.shape) != tuple(target.shape[1:]):
-            raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
-                              f"targets are {tuple(target.shape[1:])}: recompute them (`jit vco calibrate`) for "
-                              "this encoder and grid")
-        return standardize(target, stats)
-
-    @hookimpl
-    def jit_null_branch(self, drop, streams):
-        """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
-        if FEATURE not in [s.name for s in streams]:
-            return None
-        return null_branch(self.opts.null_branch, drop, self.opts.symmetric_mask)
+        alpha = self.calibration.alpha(self.device, model_config.grid) if opts.calibration == "time_shift" else 1.0
+        return [FeatureStream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
+                              loss_weight=opts.feature_loss_weight, noise_scale=1.0, guidance=True,
+                              default_init=True, time_shift=alpha, run=self)]
 
     @hookimpl
     def jit_loss_terms(self, step):
@@ -417,10 +390,7 @@ class VCoRun:
             return {}
         enc = self.encoder(step.images.device)
         f = enc.embedding(step.preds["pixel"])
-        f_pos = None
-        if opts.shared_encoder_pass and FEATURE in step.targets:   # f+ remembered by the stream target, if it is
-            grid = round(step.targets[FEATURE].shape[1] ** 0.5)    # for exactly these images
-            f_pos = self._positives.take(step.images, _positive_key(enc, grid))
+        f_pos = step.values.get(F_POS)          # from the feature target's encoder pass of this very step
         if f_pos is None:
             with torch.no_grad():
                 f_pos = enc.embedding(step.images)
@@ -442,16 +412,6 @@ class VCoRun:
         if rank == 0:
             sampler.warn_if_few_classes()
         return sampler
-
-    @hookimpl
-    def jit_guidance_scale(self, stream, scale):
-        """Feature stream: 1 when unguided (scale 1), else ``cfg_feature`` or the pixel scale."""
-        if stream.name != FEATURE:
-            return None
-        if scale == 1.0:
-            return 1.0
-        w_d = self.opts.cfg_feature
-        return scale if w_d is None else w_d
 
 
 @hookimpl

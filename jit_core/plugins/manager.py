@@ -27,9 +27,8 @@ import pluggy
 from jit_core import hookspecs, trackers
 from jit_core.config import ConfigError, _suggest
 from jit_core.errors import PluginError
-from jit_core.hookcalls import CORE_NAME, RUN_SUFFIX, call_each, call_one, plugin_name
+from jit_core.hookcalls import RUN_SUFFIX, call_each, call_one
 from jit_core.logsinks import LogSinks
-from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
 #: Hooks of the plugin module (called when a plugin is installed or a run starts), never of a run object.
@@ -104,40 +103,13 @@ def _hook_names(module) -> list[str]:
     return sorted(n for n in dir(module) if n.startswith("jit_") and callable(getattr(module, n, None)))
 
 
-def _culprit(exc: BaseException, pm: pluggy.PluginManager, hook_impls) -> str:
-    """The plugin whose hook implementation is on the exception's traceback."""
-    codes = {impl.function.__code__: plugin_name(pm.get_name(impl.plugin)) for impl in hook_impls}
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in codes:
-            return codes[tb.tb_frame.f_code]
-        tb = tb.tb_next
-    return ", ".join(plugin_name(pm.get_name(i.plugin)) for i in hook_impls)
-
-
-def _wrap_errors(pm: pluggy.PluginManager) -> None:
-    """Re-raise any exception inside a hook as PluginError naming the plugin and the hook."""
-    def before(hook_name, hook_impls, kwargs):
-        pass
-
-    def after(outcome, hook_name, hook_impls, kwargs):
-        exc = outcome.exception
-        if exc is None or isinstance(exc, (PluginError, ConfigError)):
-            return
-        err = PluginError(f"plugin {_culprit(exc, pm, hook_impls)!r} failed in hook {hook_name}: "
-                          f"{type(exc).__name__}: {exc}")
-        err.__cause__ = exc
-        outcome.force_exception(err)
-    pm.add_hookcall_monitoring(before, after)
-
-
 class Plugins:
-    """A pluggy manager with the core defaults and the enabled plugins registered."""
+    """A pluggy manager with the built-in trackers and the enabled plugins registered (and, once a run
+    has started, their per-run objects)."""
 
     def __init__(self, enabled: Iterable[str] = (), extra: Iterable[Any] = ()):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.pm.register(defaults, name=CORE_NAME)
         for name, module in trackers.BUILTIN.items():   # TensorBoard, W&B: off until log.* switches them on
             self.pm.register(module, name=name)
         self.infos: dict[str, PluginInfo] = {}
@@ -150,7 +122,6 @@ class Plugins:
             name = getattr(obj, "__name__", None) or type(obj).__name__
             self._register(name, obj, "object", "")
         self.pm.check_pending()
-        _wrap_errors(self.pm)
         self.hook = self.pm.hook
 
     def enable(self, name: str) -> None:
@@ -199,11 +170,9 @@ class Plugins:
             raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}. "
                               f"Known hooks: {', '.join(sorted(self.hook_names()))}") from exc
         options = {}
-        opt_fn = getattr(module, "jit_options", None)
-        if opt_fn is not None:
-            schema = opt_fn()
-            if schema is not None:
-                options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
+        schema = self._options_schema(name)
+        if schema is not None:
+            options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
         hooks = sorted(c.name for c in (self.pm.get_hookcallers(module) or []))
         self.infos[name] = PluginInfo(name, source, version, True, hooks, options, module)
 
@@ -224,7 +193,7 @@ class Plugins:
         self.runs, self.run_config = {}, config
         wanted = set(config.plugins)     # a plugin loaded here but not enabled by this config makes no run object
         made = dict(call_each(self.pm.hook.jit_run_plugin, config=config,
-                              only=lambda name: name in wanted or self.infos[name].source == "object"))
+                              only=lambda name: name in wanted or getattr(self.infos.get(name), "source", "") == "object"))
         for name, info in self.infos.items():     # registration order = --plugin order
             self.pm.unregister(name=name)
             self.pm.register(info.module, name=name)
@@ -259,14 +228,17 @@ class Plugins:
         with isolated_rng(run.config.train.seed):
             call_each(self.pm.hook.jit_setup, run=run)
 
+    def _options_schema(self, name: str) -> Optional[type]:
+        answers = call_each(self.pm.hook.jit_options, only=lambda plugin: plugin == name)
+        return answers[0][1] if answers else None
+
     def option_schemas(self) -> dict[str, type]:
-        out = {}
-        for name, info in self.infos.items():
-            fn = getattr(info.module, "jit_options", None)
-            schema = fn() if fn else None
-            if schema is not None:
-                out[name] = schema
-        return out
+        """``{plugin: options dataclass}`` of the enabled plugins that declare options."""
+        return dict(call_each(self.pm.hook.jit_options, only=lambda plugin: plugin in self.infos))
+
+    def install_answers(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
+        """``(plugin, answer)`` of an install-time hook (``jit_presets``, ``jit_studies``, ``jit_add_commands``)."""
+        return call_each(getattr(self.pm.hook, hook_name), **kwargs)
 
     def streams(self, config, model_config):
         """The pixel stream, then every plugin's streams in ``--plugin`` order, each with ``Stream.plugin`` set to
@@ -289,9 +261,15 @@ class Plugins:
         return streams
 
     def trainable_modules(self, config, model) -> dict[str, Any]:
-        """Every plugin's ``jit_trainable_modules``, merged; a name given by two plugins is an error naming both."""
+        """Every plugin's ``jit_trainable_modules``, merged; a name given by two plugins is an error naming both.
+
+        Built under a forked RNG seeded by ``train.seed`` (like ``jit_setup``): their random init neither depends
+        on nor shifts the training randomness, so a plugin whose terms are off trains the baseline bit for bit."""
+        from jit_core.rng import isolated_rng
         out, owner = {}, {}
-        for plugin, modules in call_each(self.pm.hook.jit_trainable_modules, config=config, model=model):
+        with isolated_rng(config.train.seed):
+            answers = call_each(self.pm.hook.jit_trainable_modules, config=config, model=model)
+        for plugin, modules in answers:
             for key, module in modules.items():
                 if key in owner:
                     raise PluginError(f"trainable module {key!r} is added by both {owner[key]!r} and {plugin!r}; "

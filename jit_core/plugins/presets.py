@@ -17,7 +17,7 @@ def from_installed(hook_name: str) -> list:
         except PluginError as exc:
             print(f"warning: {exc}", file=sys.stderr)
             continue
-        answers += getattr(plugins.hook, hook_name)()
+        answers += [answer for _, answer in plugins.install_answers(hook_name)]
     return answers
 
 

@@ -40,18 +40,19 @@ def build_for_config(config: Config, plugins: Plugins, model_config, device=None
 class Objective(nn.Module):
     """The training objective of one batch: ``(total loss, named terms)`` (:func:`jit_core.diffusion.training_losses`)."""
 
-    def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture):
+    def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture, rank: int = 0):
         super().__init__()
         self.model, self.aux = model, aux
-        self._config, self._hook, self._capture = config, hook, capture
+        self._config, self._hook, self._capture, self._rank = config, hook, capture, rank
 
-    def forward(self, images, labels):
+    def forward(self, images, labels, global_step: int = 0):
+        """``global_step`` (optimizer steps done) seeds the plugins' generators of this step."""
         return training_losses(self.model, self.model.streams, images, labels, self._config, self._hook,
-                               aux=self.aux, capture=self._capture)
+                               aux=self.aux, capture=self._capture, global_step=global_step, rank=self._rank)
 
 
 def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Module:
-    obj = Objective(model, aux, config, plugins.hook, capture)
+    obj = Objective(model, aux, config, plugins.hook, capture, dist.rank)
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         # gradients live in the all-reduce buckets (no second 4 B/parameter copy)

@@ -141,7 +141,7 @@ class Trainer:
         # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.model.grad_checkpointing):
-            total, losses = self.objective(images, labels)
+            total, losses = self.objective(images, labels, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]

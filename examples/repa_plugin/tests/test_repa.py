@@ -92,3 +92,9 @@ def test_alignment_loss_is_one_minus_cosine():
     assert torch.allclose(plugin.alignment_loss(x, -x), torch.tensor(2.0))
     y = torch.randn(2, 5, 7)
     assert torch.allclose(plugin.alignment_loss(x, y), (1 - torch.cosine_similarity(x, y, dim=-1)).mean())
+
+
+def test_resumes_bit_identically_and_off_is_the_baseline(tmp_path):
+    from jit_core.testing import check_off_equals_baseline, check_resumes_bit_identically
+    check_resumes_bit_identically(tmp_path, plugins=["repa"], steps=4, **{"repa.projector_dim": 32})
+    check_off_equals_baseline(tmp_path, plugins=["repa"], off={"repa.coef": 0.0, "repa.projector_dim": 32}, steps=2)
