@@ -1,12 +1,19 @@
-"""The random numbers a plugin may use, and the fence around its set-up.
+"""Random numbers for plugins, and set-up that draws random numbers without moving the training RNGs.
 
+A run's randomness is the seeded global RNGs (torch CPU and CUDA, Python ``random``, NumPy), saved in every
+checkpoint and restored on resume. Set-up work that happens to draw from them (building a frozen encoder
+whose constructor initialises weights before loading its checkpoint, a DataLoader drawing its base seed
+while feature statistics are computed) must leave them exactly as it found them: otherwise the draws of the
+first training steps depend on whether the set-up ran before them (a fresh run) or before the restored state
+(a resumed one), and a resume is no longer bit-identical.
+
+- :func:`forked_rng`: that guarantee for a block of code;
+- :func:`isolated_rng`: the same, with the global RNGs seeded inside (the core runs every plugin's
+  ``jit_setup`` and ``jit_trainable_modules`` in it, so set-up is also reproducible);
 - :func:`plugin_generator`: the seeded ``torch.Generator`` the core hands each plugin per training step
   (``generator`` in ``jit_null_branch`` / ``jit_loss_terms``), seeded from (run seed, global step, plugin
   name, rank, purpose). It is a function of the step, so a resumed run draws exactly the numbers an
-  uninterrupted one draws: it is part of the checkpointed state by construction, with nothing to save.
-- :func:`isolated_rng`: runs plugin set-up (``jit_setup``) with the global RNGs (torch CPU and CUDA,
-  Python, NumPy) forked and seeded, so building an encoder or computing statistics never shifts the
-  training randomness, whether the run starts fresh or resumes.
+  uninterrupted one draws: part of the checkpointed state by construction, with nothing to save.
 """
 from __future__ import annotations
 
@@ -15,7 +22,45 @@ import hashlib
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
+
+
+def _cuda_devices(device) -> list[int]:
+    """The CUDA device whose generator a checkpoint saves: ``device`` if it is a CUDA device, else the current
+    one when CUDA is already initialised (never initialises CUDA on a device the process does not use)."""
+    if not torch.cuda.is_available():
+        return []
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+
+
+@contextlib.contextmanager
+def forked_rng(device=None) -> Iterator[None]:
+    """Run the block with the global RNGs forked: torch CPU, the CUDA generator of ``device`` (or the current
+    CUDA device), Python ``random`` and NumPy are restored when the block ends, even on an error."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int, device=None) -> Iterator[None]:
+    """:func:`forked_rng`, with every forked RNG seeded by ``seed`` inside the block."""
+    cuda = _cuda_devices(device)
+    with forked_rng(device):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:              # only the forked generators: the others are not restored
+            torch.cuda.default_generators[index].manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        yield
 
 
 def plugin_seed(seed: int, step: int, plugin: str, rank: int = 0, purpose: str = "step") -> int:
@@ -28,26 +73,3 @@ def plugin_generator(seed: int, step: int, plugin: str, rank: int = 0, purpose: 
                      device: str | torch.device = "cpu") -> torch.Generator:
     """A fresh generator on ``device`` seeded by :func:`plugin_seed`."""
     return torch.Generator(device=device).manual_seed(plugin_seed(seed, step, plugin, rank, purpose))
-
-
-@contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Fork every global RNG, seed it with ``seed`` inside, restore it on exit (also on an error)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    py_state = random.getstate()
-    try:
-        import numpy as np
-        np_state = np.random.get_state()
-    except ImportError:   # numpy is optional for the core's RNG fence
-        np = np_state = None
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        if np is not None:
-            np.random.seed(seed % 2 ** 32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            if np is not None:
-                np.random.set_state(np_state)

@@ -112,7 +112,8 @@ class _Calibration:
     def get(self, device, grid: int):
         """The statistics as loaded or computed (``var`` on the CPU)."""
         if self.stats is None:
-            self.stats = self._load_or_compute(torch.device(device), grid)
+            with isolated_rng(self.config.train.seed, device):   # a DataLoader draws its seed: not from training's
+                self.stats = self._load_or_compute(torch.device(device), grid)
             meta = self.stats.meta
             log.info("vco: feature statistics var %s, rms_factor %.4f (%s images of %s)", tuple(self.stats.var.shape),
                      self.stats.rms_factor, meta.get("num_images", "?"), meta.get("dataset", self.config.data.name))
@@ -348,7 +349,7 @@ class VCoRun:
         key = str(torch.device(device))
         if key not in self._encoders:
             from .features import build_encoder
-            with isolated_rng(self.config.train.seed):      # its random init must not shift training randomness
+            with isolated_rng(self.config.train.seed, device):   # its random init must not shift training's
                 self._encoders[key] = build_encoder(self.opts.encoder, self.opts.encoder_weights, device=device)
         return self._encoders[key]
 

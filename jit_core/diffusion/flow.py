@@ -147,9 +147,16 @@ def guidance_scales(streams: Sequence[Stream], scale: float) -> dict[str, float]
 
 
 def guidance_active(t: float | torch.Tensor, interval: tuple[float, float]) -> torch.Tensor | bool:
-    """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo)."""
+    """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo).
+
+    Compared as the official sampler compares its float32 time grid with the interval: in float32 (a Python
+    float ``t`` is rounded to float32 first). It decides grid points that equal an end of the interval: at
+    10 steps the grid point float32(0.1) is not > 0.1 in float32, though it is in float64, so it is not guided.
+    """
     lo, hi = interval
-    return (t < hi) & ((t > lo) | (lo == 0)) if isinstance(t, torch.Tensor) else (t < hi and (lo == 0 or t > lo))
+    tt = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float32)
+    mask = (tt < hi) & ((tt > lo) | (lo == 0))
+    return mask if isinstance(t, torch.Tensor) else bool(mask)
 
 
 @torch.no_grad()
@@ -190,7 +197,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
 
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
-        guide = guided and guidance_active(torch.tensor(t, dtype=torch.float32).item(), interval)
+        guide = guided and guidance_active(t, interval)   # t from the float32 grid, compared in float32
         if not guide:
             out = x_pred(zz, tt, labels, None)
             return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}

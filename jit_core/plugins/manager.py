@@ -225,7 +225,7 @@ class Plugins:
         """Every plugin's ``jit_setup(run)``, with the global RNGs forked and seeded by ``train.seed``."""
         from jit_core.rng import isolated_rng
         self.ensure_run(run.config)
-        with isolated_rng(run.config.train.seed):
+        with isolated_rng(run.config.train.seed, run.device):
             call_each(self.pm.hook.jit_setup, run=run)
 
     def _options_schema(self, name: str) -> Optional[type]:
@@ -267,7 +267,7 @@ class Plugins:
         on nor shifts the training randomness, so a plugin whose terms are off trains the baseline bit for bit."""
         from jit_core.rng import isolated_rng
         out, owner = {}, {}
-        with isolated_rng(config.train.seed):
+        with isolated_rng(config.train.seed, next(model.parameters()).device):
             answers = call_each(self.pm.hook.jit_trainable_modules, config=config, model=model)
         for plugin, modules in answers:
             for key, module in modules.items():
