@@ -4,11 +4,13 @@ A plugin is an installed module (entry-point group ``jit_core.plugins``) with fu
 ``@jit_core.hookimpl``. Hooks come in four phases, declared with each spec below:
 
 - **install** (module-level functions): ``jit_options``, ``jit_presets``, ``jit_studies``,
-  ``jit_add_commands`` and ``jit_run_plugin``, the factory of the plugin's per-run object;
-- **run set-up** (methods of the per-run object): ``jit_setup``, ``jit_streams``,
+  ``jit_add_commands``, ``jit_official_layouts`` and ``jit_run_plugin``, the factory of the plugin's
+  per-run object;
+- **run set-up** (methods of the per-run object): ``jit_setup``, ``jit_preflight``, ``jit_streams``,
   ``jit_trainable_modules``, ``jit_capture_blocks``, ``jit_batch_sampler``, ``jit_log_sinks``;
 - **per step** (training and the unconditional half of CFG): ``jit_null_branch``, ``jit_loss_terms``;
-- **sampling and evaluation**: a stream's own ``guidance_scale`` (see :class:`jit_core.Stream`).
+- **evaluation**: ``jit_eval_metrics`` (sampling itself asks each stream's own ``guidance_scale``, see
+  :class:`jit_core.Stream`).
 
 Every hook is called with keyword arguments; an implementation may accept any subset of them (pluggy
 passes only the names it declares), so a run object's methods leave out ``config``: the object was
@@ -58,7 +60,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 EACH = "every plugin"
 ONE = "one plugin"
-PHASES = ("install", "run set-up", "per step")
+PHASES = ("install", "run set-up", "per step", "evaluation")
 
 
 def spec(rule: str, phase: str):
@@ -161,6 +163,18 @@ def jit_add_commands(cli: Any) -> None:
 
 
 @spec(EACH, "install")
+def jit_official_layouts() -> Optional[list]:
+    """Return the official checkpoint layouts (``jit_core.official.layout.OfficialLayout``) of the code base
+    this plugin re-implements, so that ``jit convert`` imports its ``.pth`` checkpoints and exports write them.
+
+    A layout detects its official keys, maps each official key to ours (None: not part of the network, e.g. a
+    frozen encoder) and each of ours back, says which networks it writes (e.g. those with your stream) and
+    which plugins a converted run enables. Asked of every installed plugin, enabled or not. V-Co adds the
+    official V-Co layout.
+    """
+
+
+@spec(EACH, "install")
 def jit_run_plugin(config: Any) -> Optional[object]:
     """**The per-run object.** Return this plugin's object for the run ``config`` describes, or None.
 
@@ -201,6 +215,17 @@ def jit_setup(run: RunContext) -> None:
     so whatever it draws (a module's random init, a random subset) never shifts the training
     randomness: a resumed run stays bit-identical to an uninterrupted one. Do expensive work here, not
     lazily in a step hook.
+    """
+
+
+@spec(EACH, "run set-up")
+def jit_preflight(config: Any) -> Optional[list[str]]:
+    """**Pre-flight checks.** Return what would make this run fail once started, one line each (None or [] = fine).
+
+    Cheap and read-only: look for files, check that weights can be found, never build or load them. ``jit
+    train --dry-run`` fails on any problem, and ``jit slurm submit`` refuses the run before anything is queued
+    (it checks on the submitting machine, which sees the run's files as the nodes do). V-Co reports an
+    encoder whose weights cannot be found offline, or a token grid the encoder does not fit.
     """
 
 
@@ -343,4 +368,17 @@ def jit_loss_terms(step: Any, generator: Any) -> Optional[dict[str, Any]]:
     step (the same one ``jit_null_branch`` drew from). Terms are added as returned (apply your
     coefficient) and each is logged as ``loss/<name>``. A name used by a stream or by another
     plugin's term is an error naming both.
+    """
+
+
+# =================================================================================== evaluation
+@spec(EACH, "evaluation")
+def jit_eval_metrics(images: Any, labels: Any, config: Any) -> Optional[dict[str, float]]:
+    """**Evaluation metrics.** Return ``{name: float}`` of this plugin's metrics of one set of samples.
+
+    Called by ``jit evaluate`` on rank 0 for every evaluated set (each CFG scale and EMA of a grid), with the
+    generated ``images`` (uint8 ``(N, C, H, W)``, the evaluation protocol's quantisation) and their class
+    ``labels`` ``(N,)``. The values are added to the result's ``metrics`` beside the core's (FID, IS, the
+    classifier metric), written to the result JSON and sent to the trackers. Name them after your plugin
+    (``"lowpass/energy"``); a name the core or another plugin already uses is an error naming both.
     """

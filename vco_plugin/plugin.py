@@ -274,6 +274,13 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
 
 
 @hookimpl
+def jit_official_layouts():
+    """The official V-Co checkpoint layout (official_layout.py), for ``jit convert`` and exports."""
+    from .official_layout import VCO_LAYOUT
+    return [VCO_LAYOUT]
+
+
+@hookimpl
 def jit_run_plugin(config):
     """One :class:`VCoRun` per run."""
     return VCoRun(config)
@@ -372,6 +379,24 @@ class VCoRun:
             self.encoder(run.device)
         if self.opts.calibration != "none":
             self.calibration.get(run.device, run.model_config.grid)
+
+    @hookimpl
+    def jit_preflight(self, config):
+        """Whether the frozen encoder can be built from here (weights findable offline, the token grid it fits):
+        files are looked for, nothing is built. Missing stats / cache / weights files fail the options' check."""
+        opts = self.opts
+        needs_encoder = not opts.feature_cache or opts.drift_coef != 0 or (opts.calibration != "none" and not opts.stats)
+        if not needs_encoder:
+            return []
+        from jit_core.model import get_model_config
+
+        from .features import weights_problem
+        try:
+            grid = get_model_config(config.model, **config.model_overrides).grid
+        except (TypeError, ValueError):
+            grid = None   # the core names a bad model config itself
+        problem = weights_problem(opts.encoder, opts.encoder_weights, grid)
+        return [problem] if problem else []
 
     @hookimpl
     def jit_streams(self, model_config):

@@ -32,7 +32,8 @@ from jit_core.logsinks import LogSinks
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
 #: Hooks of the plugin module (called when a plugin is installed or a run starts), never of a run object.
-INSTALL_TIME_HOOKS = ("jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_run_plugin")
+INSTALL_TIME_HOOKS = ("jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_official_layouts",
+                      "jit_run_plugin")
 DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -220,6 +221,27 @@ class Plugins:
                               f"or with an unknown hook name{_suggest(stray[0], self.hook_names())}")
         self.pm.check_pending()
         self.runs[name] = obj
+
+    def has_eval_metrics(self) -> bool:
+        return bool(self.pm.hook.jit_eval_metrics.get_hookimpls())
+
+    def eval_metrics(self, config, images, labels, taken=()) -> dict[str, float]:
+        """Every plugin's ``jit_eval_metrics`` of one set of samples, merged; a name in ``taken`` (the core's
+        metrics) or given by two plugins is an error naming both."""
+        out, owner = {}, {name: "jit_core" for name in taken}
+        for plugin, values in call_each(self.pm.hook.jit_eval_metrics, images=images, labels=labels, config=config):
+            for name, value in values.items():
+                if name in owner:
+                    raise PluginError(f"metric {name!r} of plugin {plugin!r} is also given by {owner[name]!r}; "
+                                      "rename it (e.g. <plugin>/<metric>)")
+                out[name], owner[name] = float(value), plugin
+        return out
+
+    def preflight(self, config) -> list[str]:
+        """Every plugin's ``jit_preflight`` problems, as ``"plugin: problem"`` lines (empty: none found)."""
+        self.ensure_run(config)
+        return [f"{plugin}: {line}" for plugin, lines in call_each(self.pm.hook.jit_preflight, config=config)
+                for line in lines]
 
     def setup(self, run: hookspecs.RunContext) -> None:
         """Every plugin's ``jit_setup(run)``, with the global RNGs forked and seeded by ``train.seed``."""

@@ -76,12 +76,20 @@ class RecordingPlugin:
 
     # -- every hook of jit_core.hookspecs, with its full signature
     @hookimpl(tryfirst=True)
+    def jit_official_layouts(self):
+        return self._call("jit_official_layouts")
+
+    @hookimpl(tryfirst=True)
     def jit_run_plugin(self, config):
         return self._call("jit_run_plugin", config=config)
 
     @hookimpl(tryfirst=True)
     def jit_setup(self, run):
         return self._call("jit_setup", run=run)
+
+    @hookimpl(tryfirst=True)
+    def jit_preflight(self, config):
+        return self._call("jit_preflight", config=config)
 
     @hookimpl(tryfirst=True)
     def jit_options(self):
@@ -128,3 +136,7 @@ class RecordingPlugin:
     @hookimpl(tryfirst=True)
     def jit_log_sinks(self, config, run_dir):
         return self._call("jit_log_sinks", config=config, run_dir=run_dir)
+
+    @hookimpl(tryfirst=True)
+    def jit_eval_metrics(self, images, labels, config):
+        return self._call("jit_eval_metrics", images=images, labels=labels, config=config)

@@ -63,7 +63,12 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
 
 def setup_plugins(startup: Startup, config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *,
                   dry_run: bool = False) -> None:
-    """Every plugin's ``jit_setup`` for this training run (under a forked RNG: see :meth:`Plugins.setup`)."""
+    """Every plugin's ``jit_setup`` for this training run (under a forked RNG: see :meth:`Plugins.setup`); a dry
+    run first runs the plugins' pre-flight checks (``jit_preflight``) and fails on any problem."""
+    if dry_run:
+        problems = startup.plugins.preflight(config)
+        if problems:
+            raise ConfigError(f"this run would fail once started: {'; '.join(problems)}")
     startup.plugins.setup(RunContext(config=config, model_config=startup.model_config, device=dist.device,
                                      dataset=startup.dataset, run_dir=Path(run_dir) if run_dir else None,
                                      rank=dist.rank, world_size=dist.world_size, training=True, dry_run=dry_run))

@@ -5,6 +5,7 @@ module path: ``--plugin tests.core.lowpass_plugin`` (options under ``tests.core.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ LOWPASS = "lowpass"
 class LowpassOptions:
     drop: float = option(0.3, ge=0, le=1)    # the stream's own drop probability
     jitter: float = option(0.01, ge=0)       # coefficient of a term that draws from the plugin's generator
+    weights: str = ""                        # a file the run needs: pre-flight reports it missing
 
 
 @dataclass
@@ -50,6 +52,16 @@ class LowpassRun:
     def jit_setup(self, run):
         self.set_up = True
         torch.randn(100)                    # set-up may use the global RNG: the core forks it
+
+    @hookimpl
+    def jit_preflight(self):
+        if self.opts.weights and not Path(self.opts.weights).is_file():
+            return [f"lowpass weights {self.opts.weights} not found"]
+        return []
+
+    @hookimpl
+    def jit_eval_metrics(self, images):
+        return {"lowpass/mean_intensity": images.float().mean().item() / 255}
 
     @hookimpl
     def jit_streams(self, model_config):
