@@ -249,15 +249,8 @@ def _add_optional_commands() -> None:
             cli.add_command(ep.load(), ep.name)
         except Exception as exc:  # noqa: BLE001 -- a broken package must not break the CLI
             click.echo(f"warning: command {ep.name!r} ({ep.value}) failed to import: {exc}", err=True)
-    from jit_core.plugins import installed_plugins
-    for name, ep in installed_plugins().items():
-        try:
-            module = ep.load()
-        except Exception as exc:  # a broken plugin must not break the CLI
-            click.echo(f"warning: plugin {name!r} failed to import: {exc}", err=True)
-            continue
-        if hasattr(module, "jit_add_commands"):
-            module.jit_add_commands(cli=cli)
+    from jit_core.plugins.presets import from_installed
+    from_installed("jit_add_commands", cli=cli)       # a broken plugin warns and is skipped
 
 
 def main() -> None:
