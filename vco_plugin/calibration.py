@@ -1,4 +1,5 @@
-"""RMS calibration of the feature stream (spec vco.md §3.4-3.7, ingredient 4).
+"""RMS calibration of the feature stream (V-Co, arXiv 2603.16792, ingredient 4; the official
+statistics and factor: docs/official-code.md#feature-target).
 
 The co-denoised target is ``f = alpha * z / sqrt(var + 1e-5)``:
 
@@ -8,6 +9,16 @@ The co-denoised target is ``f = alpha * z / sqrt(var + 1e-5)``:
   same signal RMS, hence the same SNR at the same t.
 
 The equivalent alternative (alpha = 1 with a shifted feature-stream time) is :func:`time_shift`.
+``vco.calibration`` picks one of four forms (paper Table 4, as the released scripts run them):
+
+- ``rms``: ``f = alpha * z / sqrt(var + 1e-5)`` (the recipe);
+- ``none``: ``f = z / sqrt(var + 1e-5)``, i.e. ``rms`` with alpha = 1: the released ``table4_run_a``
+  still standardises, it only drops alpha;
+- ``time_shift``: the released ``table4_run_b``: the target keeps the alpha scaling *and* the stream is
+  noised at ``t_d = time_shift(t, alpha)``; its target velocity divides by ``1 - t_d`` but its predicted
+  velocity by ``1 - t`` (in training and sampling), so the feature head learns a rescaled quantity;
+- ``time_shift_corrected``: the ablation run_b meant, without that defect: alpha = 1 on the target and
+  ``t_d`` everywhere (noising, both velocities, sampler steps).
 Statistics are computed with :func:`compute_stats` and stored by :func:`save_stats` as a
 safetensors file (``var`` plus metadata) with a human-readable JSON summary beside it;
 :func:`calibrate_command` wraps it all as ``jit vco calibrate``.
@@ -25,6 +36,8 @@ from pathlib import Path
 import click
 import torch
 from torch import Tensor
+
+from jit_core import durable
 
 EPS = 1e-5
 
@@ -135,12 +148,10 @@ def _json_path(path: str | os.PathLike) -> Path:
 def save_stats(stats: FeatureStats, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``path`` (safetensors: ``var`` + metadata) and its JSON summary ``path.with_suffix('.json')``.
     Returns both paths."""
-    from safetensors.torch import save_file
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"var": stats.var.detach().float().cpu().contiguous()}, str(path),
-              metadata={"rms_factor": repr(float(stats.rms_factor)), "meta": json.dumps(stats.meta)})
+    durable.ensure_dir(path.parent)
+    durable.save_safetensors(path, {"var": stats.var.detach().float().cpu().contiguous()},
+                             metadata={"rms_factor": repr(float(stats.rms_factor)), "meta": json.dumps(stats.meta)})
     v = stats.var.float()
     summary = {
         "rms_factor": float(stats.rms_factor),
@@ -150,7 +161,7 @@ def save_stats(stats: FeatureStats, path: str | os.PathLike) -> tuple[Path, Path
         "meta": stats.meta,
     }
     jpath = _json_path(path)
-    jpath.write_text(json.dumps(summary, indent=2) + "\n")
+    durable.write_json(jpath, summary, indent=2)
     return path, jpath
 
 

@@ -1,6 +1,6 @@
 """Precomputed feature-stream targets (the ``vco.feature_cache`` speed lever; off by default).
 
-The paper computes the target tokens on the fly every step (spec vco.md §3.6). The encoder is
+The paper computes the target tokens on the fly every step (docs/official-code.md#feature-target). The encoder is
 frozen and a training input is one of a finite set of images, so the targets can be computed
 once: ``jit vco cache-features`` runs the encoder over every training image **and its horizontal
 flip** (the only random transform of the training pipeline: ImageFolder data is ADM
@@ -14,7 +14,7 @@ Layout of a cache directory:
   stored dtype (``float16`` by default: half the disk of float32, a relative rounding error of at
   most 2^-11 = 4.9e-4; ``--dtype float32`` stores the encoder's output exactly). The raw tokens are
   stored (before the per-(position, channel) standardisation and alpha, which stay in
-  ``jit_normalize``). Sizes: T x C x 2 bytes per image in fp16, e.g. 256 x 768 x 2 = 393 KB for
+  ``FeatureStream.normalize``). Sizes: T x C x 2 bytes per image in fp16, e.g. 256 x 768 x 2 = 393 KB for
   DINOv2 (1 TB for ImageNet-1k with flips), 64 x 40 x 2 = 5 KB for EfficientNet-Lite0 at grid 8.
 - ``index.json``: format, encoder, encoder weights, grid, image size, channels, token shape,
   dtype, key function, number of images and the shard list. Written last and atomically (a
@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from jit_core.config import ConfigError
-from jit_core.durable import replace_durably
+from jit_core.durable import ensure_dir, replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def build_cache(encoder, images_iter: Iterable, grid: int, out: str | os.PathLik
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if shard_rows < 1:
         raise ValueError("shard_rows must be >= 1")
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out).expanduser())
     (out / INDEX).unlink(missing_ok=True)   # until the new index is written, the folder is not a cache
     torch_dtype = DTYPES[dtype][0]
     device = getattr(encoder, "device", torch.device("cpu"))

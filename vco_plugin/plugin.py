@@ -1,4 +1,5 @@
-"""V-Co as a jit_core plugin: every ingredient enters through a hook (arXiv 2603.16792).
+"""V-Co as a jit_core plugin: every ingredient enters through a hook (V-Co, arXiv 2603.16792;
+official details in docs/official-code.md#v-co).
 
 The module holds the install-time hooks (options, presets, studies, commands) and ``jit_run_plugin``,
 which makes one :class:`VCoRun` per run: it owns the run's options, frozen encoder, feature
@@ -23,15 +24,13 @@ Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live u
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from jit_core import durable
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
 from jit_core.hookspecs import RunContext, hookimpl
 from jit_core.model.streams import Stream
@@ -46,7 +45,11 @@ log = logging.getLogger(__name__)
 NAME = "vco"
 STATS_FILE = "vco_stats.safetensors"
 ENCODERS = ("dinov2", "efficientnet_lite0")
-CALIBRATIONS = ("rms", "time_shift", "none")
+# rms: the recipe; none and time_shift: Table 4's ablations as released (table4_run_a, table4_run_b);
+# time_shift_corrected: run_b without its defect (calibration.py; docs/embedded-comparison.md)
+CALIBRATIONS = ("rms", "time_shift", "time_shift_corrected", "none")
+SCALED = ("rms", "time_shift")                       # the target is multiplied by alpha
+SHIFTED = ("time_shift", "time_shift_corrected")     # the feature stream's time is shifted by alpha
 
 
 @dataclass
@@ -56,14 +59,15 @@ class VCoOptions:
     encoder: str = option("dinov2", choices=ENCODERS)   # dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
     encoder_weights: Optional[str] = None   # weights file/dir for the encoder; None = its default; "random" (tests)
     feature_loss_weight: float = option(0.1, ge=0)      # weight of the feature-stream v-loss (L_dino)
-    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | time_shift | none
+    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | none | time_shift[_corrected]
     stats: Optional[str] = None             # stats file from `jit vco calibrate`; None = auto (computed at start)
     calib_images: int = option(2048, ge=1)  # training images used by the automatic statistics
     rms_factor: Optional[float] = option(None, gt=0)    # alpha; None = the statistics' RMS(x)/RMS(f) factor
     drift_coef: float = option(10.0, ge=0)  # coefficient of the hybrid loss (0 disables it)
     gate_tau: float = option(10.0, gt=0)    # hybrid loss: gate temperature tau_g
     repulsion_tau: float = option(0.2, gt=0)   # hybrid loss: repulsion kernel temperature tau_r
-    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = one per rank (batches.py)
+    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = classes_per_rank per rank
+    classes_per_rank: int = option(1, ge=1)   # classes of one rank of the recipe, drawn without replacement (batches.py)
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
     cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
     null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
@@ -73,6 +77,9 @@ class VCoOptions:
 
     def check(self, config) -> None:
         """Checks across options and the rest of the config, at start-up (and in ``jit train --dry-run``)."""
+        if self.rms_factor is not None and self.calibration == "none":
+            raise ConfigError(f"vco.rms_factor={self.rms_factor} has no effect with vco.calibration={self.calibration} "
+                              "(alpha = 1): unset vco.rms_factor or use vco.calibration=rms")
         if self.symmetric_mask and self.null_branch != "structured":
             raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
                               "the other null branches have no attention mask")
@@ -173,15 +180,8 @@ def _rank_and_world() -> tuple[int, int]:
 def _save_atomic(stats, run_dir: Path) -> None:
     """Write the statistics (and their sidecar files) into ``run_dir`` by rename, so no reader sees half a file."""
     from .calibration import save_stats
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".vco_stats-", dir=run_dir))
-    try:
-        save_stats(stats, str(tmp / STATS_FILE))
-        files = sorted(tmp.iterdir(), key=lambda p: p.name == STATS_FILE)   # the main file last
-        for f in files:
-            os.replace(f, run_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with durable.staged(run_dir, last=(STATS_FILE,)) as stage:   # the main file last; links refused
+        save_stats(stats, stage / STATS_FILE)
     log.info("vco: feature statistics saved to %s", run_dir / STATS_FILE)
 
 
@@ -211,12 +211,12 @@ def jit_options():
 
 
 def _preset_vco(model: str, cfg_scale: float) -> Config:
-    """The paper's final recipe at 256 px (spec §7).
+    """The paper's final recipe at 256 px (docs/official-code.md#recipe).
 
     The README command's batches: 8 class groups of 128 per step (8 GPUs x 1 class x 128 images; on
     fewer GPUs the 8 groups are placed on the ranks there are), global batch 1024 on 8 GPUs and the
     core's lr = blr * global / 256 = 2e-4. The released B/L/H scripts ran 16 x 32, 32 x 16 and 64 x 16
-    (spec §6, §10.3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
+    (docs/official-code.md#batches, #defects 3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
     and 16 on 16 ranks) and the lr follows the real batch. Dropout 0 for all sizes.
     """
     cfg = Config(model=model, model_overrides={"proj_drop": 0.0, "attn_drop": 0.0})
@@ -269,7 +269,7 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
     world = _rank_and_world()[1]
-    ids = local_group_ids(batch, opts.groups_per_step or world, world)
+    ids = local_group_ids(batch, opts.groups_per_step or world * opts.classes_per_rank, world)
     return ids.to(step.labels.device)
 
 
@@ -307,13 +307,13 @@ class FeatureStream(Stream):
         return enc.target_tokens(images, grid)
 
     def normalize(self, clean: torch.Tensor) -> torch.Tensor:
-        """Per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+        """Per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift`` (the released
+        run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and ``time_shift_corrected``
+        (alpha is in the stream's time only)."""
         run, opts = self.run, self.run.opts
-        if opts.calibration == "none":
-            return clean
         from .calibration import standardize
         grid = round(clean.shape[1] ** 0.5)
-        alpha = run.calibration.alpha(clean.device, grid) if opts.calibration == "rms" else 1.0   # time_shift: in t
+        alpha = run.calibration.alpha(clean.device, grid) if opts.calibration in SCALED else 1.0
         stats = run.calibration.scaled(clean.device, grid, alpha)
         if tuple(stats.var.shape) != tuple(clean.shape[1:]):
             raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
@@ -377,15 +377,15 @@ class VCoRun:
             return
         if not self.opts.feature_cache or self.opts.drift_coef != 0:
             self.encoder(run.device)
-        if self.opts.calibration != "none":
-            self.calibration.get(run.device, run.model_config.grid)
+        self.calibration.get(run.device, run.model_config.grid)   # every calibration standardises
 
     @hookimpl
     def jit_preflight(self, config):
         """Whether the frozen encoder can be built from here (weights findable offline, the token grid it fits):
         files are looked for, nothing is built. Missing stats / cache / weights files fail the options' check."""
         opts = self.opts
-        needs_encoder = not opts.feature_cache or opts.drift_coef != 0 or (opts.calibration != "none" and not opts.stats)
+        # the encoder is needed for the targets (unless cached), the hybrid loss and the automatic statistics
+        needs_encoder = not opts.feature_cache or opts.drift_coef != 0 or not opts.stats
         if not needs_encoder:
             return []
         from jit_core.model import get_model_config
@@ -403,10 +403,11 @@ class VCoRun:
         """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
         self.model_config = model_config
         opts = self.opts
-        alpha = self.calibration.alpha(self.device, model_config.grid) if opts.calibration == "time_shift" else 1.0
+        alpha = self.calibration.alpha(self.device, model_config.grid) if opts.calibration in SHIFTED else 1.0
         return [FeatureStream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
                               loss_weight=opts.feature_loss_weight, noise_scale=1.0, guidance=True,
-                              default_init=True, time_shift=alpha, run=self)]
+                              default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift",
+                              run=self)]
 
     @hookimpl
     def jit_loss_terms(self, step):
@@ -430,9 +431,10 @@ class VCoRun:
         if not opts.class_balanced:
             return None
         try:
-            sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
+            sampler = GroupedClassBatchSampler(dataset.targets,
+                                               opts.groups_per_step or world_size * opts.classes_per_rank,
                                                self.config.optim.batch_size, rank=rank, world_size=world_size,
-                                               seed=seed)
+                                               seed=seed, classes_per_rank=opts.classes_per_rank)
         except ValueError as exc:
             raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
         if rank == 0:

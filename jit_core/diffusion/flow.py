@@ -15,6 +15,7 @@ import torch
 from jit_core.config import SAMPLE_METHODS
 from jit_core.diffusion.unconditional import Unconditional, own_drops, unconditional_form
 from jit_core.hookcalls import call_each, guarded
+from jit_core.model.attention import StreamGroups
 from jit_core.model.streams import PIXEL, Stream
 from jit_core.rng import plugin_generator
 
@@ -47,9 +48,14 @@ def noise_scale_for(image_size: int, configured: Optional[float] = None) -> floa
     return configured if configured is not None else image_size / 256
 
 
+def logit_normal_t(normals: torch.Tensor, P_mean: float, P_std: float) -> torch.Tensor:
+    """The flow time of standard normals ``normals``: sigmoid(normals * P_std + P_mean)."""
+    return torch.sigmoid(normals * P_std + P_mean)
+
+
 def sample_t(n: int, P_mean: float, P_std: float, device=None, generator=None) -> torch.Tensor:
     """Logit-normal flow time: sigmoid of N(P_mean, P_std^2)."""
-    return torch.sigmoid(torch.randn(n, device=device, generator=generator) * P_std + P_mean)
+    return logit_normal_t(torch.randn(n, device=device, generator=generator), P_mean, P_std)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -66,9 +72,10 @@ def velocity(x_pred: torch.Tensor, z: torch.Tensor, t: torch.Tensor, t_eps: floa
     return (x_pred - z) / _bcast((1 - t).clamp_min(t_eps), z)
 
 
-def per_sample_v_loss(x_pred, x, z, t, t_eps) -> torch.Tensor:
-    """(B,) mean over all non-batch dims of (v - v_hat)^2."""
-    diff = velocity(x_pred.float(), z.float(), t, t_eps) - velocity(x.float(), z.float(), t, t_eps)
+def per_sample_v_loss(x_pred, x, z, t, t_eps, t_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) mean over all non-batch dims of (v - v_hat)^2; ``t_pred``: the prediction's time if not ``t``."""
+    t_pred = t if t_pred is None else t_pred
+    diff = velocity(x_pred.float(), z.float(), t_pred, t_eps) - velocity(x.float(), z.float(), t, t_eps)
     return diff.pow(2).flatten(1).mean(1)
 
 
@@ -96,10 +103,13 @@ def step_generators(seed: int, global_step: int, rank: int, device) -> Callable[
 
 def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
                     hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None,
-                    global_step: int = 0, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    global_step: int = 0, rank: int = 0, t: Optional[torch.Tensor] = None,
+                    noise: Optional[dict[str, torch.Tensor]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms).
 
-    ``drop``: the (B,) bool samples made unconditional; default Bernoulli(``diffusion.label_drop_prob``).
+    The step's random draws, each drawn here unless given (the official-parity tests give the official run's):
+    ``t`` the (B,) flow times (:func:`sample_t`), ``noise`` standard normals per stream name (scaled here by the
+    stream's ``noise_scale``), ``drop`` the (B,) bool samples made unconditional (Bernoulli(``label_drop_prob``)).
     ``global_step`` and ``rank`` seed the plugins' generators and the streams' own drops.
     """
     d = config.diffusion
@@ -108,9 +118,12 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
     with torch.no_grad():   # pixel: the images as they are; a plugin's stream: its own clean() and normalize()
         targets = {s.name: guarded(s.plugin or "jit_core", f"stream {s.name!r}", lambda s=s: s.normalize(s.clean(images, values)))
                    for s in streams}
-    t = sample_t(B, d.P_mean, d.P_std, device)
+    if t is None:
+        t = sample_t(B, d.P_mean, d.P_std, device)
     ts = {s.name: s.shift(t) for s in streams}
-    noisy = {s.name: add_noise(targets[s.name], ts[s.name], torch.randn_like(targets[s.name]) * s.noise_scale)
+    noise = noise or {}
+    noisy = {s.name: add_noise(targets[s.name], ts[s.name],
+                               (noise[s.name] if s.name in noise else torch.randn_like(targets[s.name])) * s.noise_scale)
              for s in streams}
     if drop is None:
         drop = torch.rand(B, device=device) < d.label_drop_prob
@@ -118,12 +131,13 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
     generator_for = step_generators(config.train.seed, global_step, rank, device)
     uncond = unconditional_form(hook, labels, drop, streams, config, model.cfg.num_classes, training=True,
                                 drops=own_drops(streams, B, generator_for, device), generator_for=generator_for)
-    preds = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
-    preds, hidden = preds if capture else (preds, {})
+    out = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
+    preds, hidden = out.x_hat, out.hidden
     losses = {}
     total = torch.zeros((), device=device)
     for s in streams:
-        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps)
+        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps,
+                                s.prediction_time(t))
         losses[s.name] = masked_mean(per, uncond.loss_masks.get(s.name))
         total = total + s.loss_weight * losses[s.name]
     step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
@@ -178,11 +192,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     B, device = labels.shape[0], labels.device
     mc = model.cfg
     if noise is None:
-        noise = {}
-        for s in streams:
-            shape = (B, s.channels, mc.image_size, mc.image_size) if s.kind == "patch" else \
-                (B, s.num_tokens(mc.grid), s.channels)
-            noise[s.name] = torch.randn(shape, generator=generator) * s.noise_scale
+        noise = {s.name: torch.randn((B, *model.input_shape(s)), generator=generator) * s.noise_scale for s in streams}
     z = {k: v.to(device=device, dtype=torch.float32) for k, v in noise.items()}
     scales = guidance_scales(streams, cfg)
     guided = any(w != 1.0 for w in scales.values())
@@ -191,39 +201,47 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
                                 mc.num_classes, training=False,
                                 generator_for=step_generators(config.train.seed, -1, 0, "cpu"))
     t_eps = config.diffusion.t_eps
+    # Decided once per call, not per step: the blocked matrix of the guided forward, grouped for the fast
+    # attention path (grouping reads it on the host: the call's only sync), the time grid and its steps, and
+    # where CFG applies. The steps then queue device work only.
+    uncond_blocked = batched_blocked = None
+    if guided and uncond.blocked is not None:
+        if batched_cfg:      # [conditional | unconditional]: nothing blocked in the first half
+            batched_blocked = grouped_for(model, torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked]))
+        else:
+            uncond_blocked = grouped_for(model, uncond.blocked)
+    batched_labels = torch.cat([labels, uncond.labels])
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)       # on the host: t_i = i / steps
+    times = grid.tolist()
+    deltas = [{s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams} for i in range(steps)]
+    guide_at = {t: guided and guidance_active(t, interval) for t in times}   # t from the float32 grid
 
     def x_pred(zz, tt, yy, blocked):
-        return model(zz, tt, yy, blocked=blocked)
+        return model(zz, tt, yy, blocked=blocked).x_hat
 
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
-        guide = guided and guidance_active(t, interval)   # t from the float32 grid, compared in float32
-        if not guide:
+        if not guide_at[t]:
             out = x_pred(zz, tt, labels, None)
-            return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
+            return {s.name: velocity(out[s.name].float(), zz[s.name], s.prediction_time(tt), t_eps) for s in streams}
         zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
         if batched_cfg:
-            blocked = None
-            if uncond.blocked is not None:
-                blocked = torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked])
-            out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]),
-                         torch.cat([labels, uncond.labels]), blocked)
+            out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]), batched_labels,
+                         batched_blocked)
             cond = {k: v[:B] for k, v in out.items()}
             unc = {k: v[B:] for k, v in out.items()}
         else:
             cond = x_pred(zz, tt, labels, None)
-            unc = x_pred(zu, tt, uncond.labels, uncond.blocked)
+            unc = x_pred(zu, tt, uncond.labels, uncond_blocked)
         res = {}
         for s in streams:
-            k, ts = s.name, s.shift(tt)
+            k, ts = s.name, s.prediction_time(tt)
             vc, vu = velocity(cond[k].float(), zz[k], ts, t_eps), velocity(unc[k].float(), zz[k], ts, t_eps)
             res[k] = vu + scales[k] * (vc - vu)
         return res
 
-    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)
     for i in range(steps):
-        t0, t1 = grid[i].item(), grid[i + 1].item()
-        dt = {s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams}  # per-stream step
+        t0, t1, dt = times[i], times[i + 1], deltas[i]                # dt: per-stream step (time shifts)
         v1 = vel(z, t0)
         if method == "euler" or i == steps - 1:
             z = {k: z[k] + dt[k] * v1[k] for k in z}
@@ -232,6 +250,14 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         v2 = vel(z_tilde, t1)
         z = {k: z[k] + dt[k] * 0.5 * (v1[k] + v2[k]) for k in z}
     return z if return_all_streams else z[PIXEL]
+
+
+def grouped_for(model, blocked: Optional[torch.Tensor]):
+    """``blocked`` as the model attends with it fastest: the samples grouped by block pattern (one host sync)
+    for the fast path, else the matrix itself (the exact path builds a token mask from it without a sync)."""
+    if blocked is None or getattr(model, "attention_path", "exact") != "fast":
+        return blocked
+    return StreamGroups(blocked)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import string
 from pathlib import Path
 
 from jit_core.config import ConfigError
+from jit_core.durable import write_json
 from jit_core.hookspecs import hookimpl
 from jit_core.logsinks import LogSink, result_scalars
 
@@ -36,9 +37,7 @@ def run_id(run_dir: Path) -> str:
                               "new W&B run, or set log.wandb=false")
         return saved
     new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))   # W&B's id form
-    tmp = path.with_name(ID_FILE + ".tmp")
-    tmp.write_text(json.dumps({"id": new}) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"id": new}, indent=None)
     return new
 
 

@@ -24,12 +24,13 @@ from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
+from jit_core.model.compile import compile_model
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
 from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
-from jit_core.training.optim import lr_at
+from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import load_plugins, setup_plugins, start_checks
@@ -88,8 +89,8 @@ class Trainer:
         self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
-        o, t = config.optim, config.train
-        self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
+        t = config.train
+        self.base_lr = peak_lr(config, self.global_batch)
         self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
@@ -99,10 +100,7 @@ class Trainer:
         self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
         self.autocast = (self.device.type == "cuda" and t.precision == "bf16")
         if t.compile:
-            for block in self.model.blocks:
-                block.compile()
-            for head in self.model.heads.values():
-                head.compile()
+            compile_model(self.model)    # in place: training, sample grids and EMA sampling run compiled
         self.last_checkpoint: Optional[Path] = None
         self.sinks = LogSinks()   # opened by fit() on rank 0
         # the sinks were sent every step logged so far; resume() rolls metrics.jsonl back to its checkpoint
@@ -168,11 +166,17 @@ class Trainer:
             log.warning("non-finite values at step %d (%s): step skipped (%d/%d)", self.step, problem,
                         self.skipped, self.config.train.max_skipped_steps)
             return
-        raise NonFiniteLossError(
-            f"non-finite values at step {self.step + 1}: {problem}. The run stopped without writing them; "
-            f"last good checkpoint: {last}. Resume with a lower lr or a gradient clip, e.g. `jit train --resume "
-            f"{self.run_dir} optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; "
-            f"optim.grad_clip=1.0 --allow-change optim.grad_clip), or with train.nan_policy=skip")
+        if self.last_checkpoint is None and not self.has_checkpoint:   # nothing to resume: start again
+            fix = (f"No checkpoint was written yet, so there is nothing to resume: start again in a new folder with "
+                   f"a lower lr or a gradient clip, e.g. `jit train --config {self.run_dir / 'config.json'} --run-dir "
+                   f"<new folder> optim.lr=<lower>` (optim.blr when optim.lr is unset; or optim.grad_clip=1.0, or "
+                   "train.nan_policy=skip)")
+        else:
+            fix = (f"Resume with a lower lr or a gradient clip, e.g. `jit train --resume {self.run_dir} "
+                   "optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; optim.grad_clip=1.0 "
+                   "--allow-change optim.grad_clip), or with train.nan_policy=skip")
+        raise NonFiniteLossError(f"non-finite values at step {self.step + 1}: {problem}. The run stopped without "
+                                 f"writing them; last good checkpoint: {last}. {fix}")
 
     def sample_grid(self, tag: str) -> Optional[Path]:
         """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""
