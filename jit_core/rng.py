@@ -71,5 +71,8 @@ def plugin_seed(seed: int, step: int, plugin: str, rank: int = 0, purpose: str =
 
 def plugin_generator(seed: int, step: int, plugin: str, rank: int = 0, purpose: str = "step",
                      device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh generator on ``device`` seeded by :func:`plugin_seed`."""
+    """A fresh generator on ``device`` seeded by :func:`plugin_seed`. The meta device has no generator (its
+    tensors have no values): a CPU one stands in, so a step traced on meta draws as it would elsewhere."""
+    if torch.device(device).type == "meta":
+        device = "cpu"
     return torch.Generator(device=device).manual_seed(plugin_seed(seed, step, plugin, rank, purpose))
