@@ -99,10 +99,11 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     if dry_run:
         from jit_core.distributed import DistInfo, resolve_device
         from jit_core.training.run_dir import allowed_keys
-        from jit_core.training.startup import load_plugins, start_checks
+        from jit_core.training.startup import load_plugins, setup_plugins, start_checks
         plugins = load_plugins(cfg)
-        startup = start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
-                               allow_changes=allowed_keys(cfg, allow_changes))
+        dist = DistInfo(device=resolve_device(cfg.train.device))
+        startup = start_checks(cfg, run_dir, dist, plugins=plugins, allow_changes=allowed_keys(cfg, allow_changes))
+        setup_plugins(startup, cfg, run_dir, dist, dry_run=True)
         if startup.memory:
             click.echo(startup.memory.describe(cfg), err=True)
         click.echo(cfg.to_json())
@@ -255,15 +256,8 @@ def _add_optional_commands() -> None:
             cli.add_command(ep.load(), ep.name)
         except Exception as exc:  # noqa: BLE001 -- a broken package must not break the CLI
             click.echo(f"warning: command {ep.name!r} ({ep.value}) failed to import: {exc}", err=True)
-    from jit_core.plugins import installed_plugins
-    for name, ep in installed_plugins().items():
-        try:
-            module = ep.load()
-        except Exception as exc:  # a broken plugin must not break the CLI
-            click.echo(f"warning: plugin {name!r} failed to import: {exc}", err=True)
-            continue
-        if hasattr(module, "jit_add_commands"):
-            module.jit_add_commands(cli=cli)
+    from jit_core.plugins.presets import from_installed
+    from_installed("jit_add_commands", cli=cli)       # a broken plugin warns and is skipped
 
 
 def main() -> None:

@@ -22,6 +22,11 @@ Plain functions (no pytest needed)::
 - :class:`RecordingPlugin` (from :mod:`jit_core.plugins.recording`): implements every hook, records each call
   (name and keyword arguments) and returns nothing unless told to (``returns=`` values, ``handlers=``
   functions).
+- :func:`check_resumes_bit_identically` / :func:`check_off_equals_baseline`: the two guarantees every plugin
+  must keep, each one line in a test (they raise ``AssertionError`` naming the first difference)::
+
+      check_resumes_bit_identically(tmp_path, plugins=["myplug"])                 # kill at step 2, resume to 4
+      check_off_equals_baseline(tmp_path, plugins=["myplug"], off={"myplug.coef": 0})
 - :func:`make_plugin_distribution`: a throwaway installed plugin (module + ``*.dist-info`` with the
   ``jit_core.plugins`` entry point) in a folder; put the folder on ``sys.path`` to "install" it.
 - :func:`run_cli`: ``jit ARGS`` in-process, plugin commands included.
@@ -63,6 +68,8 @@ __all__ = [
     "HookCall",
     "RecordingPlugin",
     "TinySetup",
+    "check_off_equals_baseline",
+    "check_resumes_bit_identically",
     "hook_reference_markdown",
     "make_plugin_distribution",
     "nontrivial",
@@ -194,6 +201,70 @@ def one_step(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), **k
     """``(total, losses)``: the training objective once on a tiny model and batch (see :func:`tiny_setup`)."""
     return tiny_setup(plugins, extra_plugins, **kwargs).step()
 
+
+
+def _final_weights(result) -> dict:
+    from safetensors.torch import load_file
+    return {f"{name}.{key}": value for name in ("model", "ema1", "ema2", "aux")
+            if (result.checkpoint / f"{name}.safetensors").is_file()
+            for key, value in load_file(str(result.checkpoint / f"{name}.safetensors")).items()}
+
+
+def _compare_runs(what: str, a, metrics_a: list, b, metrics_b: list, keys=None) -> None:
+    """AssertionError naming the first logged value or weight that differs (bit for bit) between two runs."""
+    import torch
+    if len(metrics_a) != len(metrics_b):
+        raise AssertionError(f"{what}: {len(metrics_a)} logged steps vs {len(metrics_b)}")
+    for ma, mb in zip(metrics_a, metrics_b):
+        for key in keys or sorted(k for k in ma if k.startswith("loss") or k == "grad_norm"):
+            if ma.get(key) != mb.get(key):
+                raise AssertionError(f"{what}: {key} at step {ma['step']} is {ma.get(key)!r} vs {mb.get(key)!r}")
+    wa, wb = _final_weights(a), _final_weights(b)
+    shared = [k for k in wa if k.startswith(("model.", "ema1.", "ema2.")) or k in wb]
+    for key in shared:
+        if key not in wb or not torch.equal(wa[key], wb[key]):
+            raise AssertionError(f"{what}: final weight {key} differs")
+
+
+def check_resumes_bit_identically(tmp_path: str | os.PathLike, plugins: Iterable[str] = (),
+                                  extra_plugins: Sequence[Any] = (), steps: int = 4, stop_at: int | None = None,
+                                  **overrides: Any) -> None:
+    """Raise AssertionError unless a run stopped after ``stop_at`` steps (default ``steps // 2``, checkpointed) and
+    resumed by a new :class:`~jit_core.training.Trainer` logs the same losses and ends with the same weights
+    (model, EMAs, trainable modules), bit for bit, as an uninterrupted run of ``steps``.
+
+    Catches a plugin that draws from the global RNG in a step, builds something lazily after the resumed RNG
+    state was restored, or keeps state across runs in module globals. ``extra_plugins`` objects are shared by
+    the three trainers (a plugin factory makes a fresh run object for each, as in separate processes).
+    """
+    from jit_core.training import train
+    stop_at = steps // 2 if stop_at is None else stop_at
+    full_dir, cut_dir = _fresh_dir(Path(tmp_path), "uninterrupted"), _fresh_dir(Path(tmp_path), "resumed")
+    full = train(tiny_config(plugins, steps, **overrides), full_dir, extra_plugins=list(extra_plugins),
+                 progress=False, handle_signals=())
+    first = tiny_config(plugins, steps, **overrides)
+    first.train.max_steps = stop_at
+    train(first, cut_dir, extra_plugins=list(extra_plugins), progress=False, handle_signals=())
+    resumed = train(tiny_config(plugins, steps, **overrides), cut_dir, extra_plugins=list(extra_plugins),
+                    progress=False, handle_signals=())
+    if resumed.step != full.step:
+        raise AssertionError(f"resume: the resumed run ended at step {resumed.step}, the uninterrupted at {full.step}")
+    _compare_runs(f"resume after step {stop_at}", full, read_metrics(full_dir), resumed, read_metrics(cut_dir))
+
+
+def check_off_equals_baseline(tmp_path: str | os.PathLike, plugins: Iterable[str] = (),
+                              off: Mapping[str, Any] | None = None, extra_plugins: Sequence[Any] = (), steps: int = 3,
+                              **overrides: Any) -> None:
+    """Raise AssertionError unless a run with ``plugins`` enabled and switched off by ``off`` (option overrides,
+    e.g. ``{"myplug.coef": 0}``; None: enabled as is) trains the baseline, bit for bit: the same pixel and total
+    losses, gradient norms and final network weights as the same run without any plugin."""
+    from jit_core.training import train
+    base_dir, on_dir = _fresh_dir(Path(tmp_path), "baseline"), _fresh_dir(Path(tmp_path), "plugin-off")
+    base = train(tiny_config((), steps, **overrides), base_dir, progress=False, handle_signals=())
+    with_plugin = train(tiny_config(plugins, steps, **{**overrides, **dict(off or {})}), on_dir,
+                        extra_plugins=list(extra_plugins), progress=False, handle_signals=())
+    _compare_runs("plugin switched off vs baseline", base, read_metrics(base_dir), with_plugin, read_metrics(on_dir),
+                  keys=("loss", "loss/pixel", "grad_norm"))
 
 
 def nontrivial(model, scale: float = 0.05, seed: int = 0):

@@ -1,5 +1,6 @@
 """What would make a run fail as soon as its job starts, checked before it is queued (cheaply: files are looked
-for, nothing is built or loaded): the data set's folder, and a V-Co run's encoder weights and token grid.
+for, nothing is built or loaded): the data set's folder, and every enabled plugin's pre-flight checks (the
+``jit_preflight`` hook: V-Co's encoder weights and token grid, any other plugin's own).
 
 A problem found here is a job that would wait in the queue and then fail in its first minute; submitting
 refuses it, ``--dry-run`` lists it. The checks run on the submitting machine, which sees the run's files as
@@ -10,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .runs import RunSpec
-
-VCO_NAMES = ("vco", "vco_plugin.plugin")   # V-Co enabled by entry-point name or by module path
 
 
 def _data_problems(config: dict) -> list[str]:
@@ -32,31 +31,16 @@ def run_warnings(run: RunSpec) -> list[str]:
     return []
 
 
-def _vco_problems(config: dict) -> list[str]:
-    # vco.stats / feature_cache / encoder_weights naming missing files were refused already, by V-Co's option
-    # checks when the run was planned (runs._validated); what is left is whether the encoder can be built here
-    opts = config.get("plugin_options", {}).get("vco", {})
-    problems = []
-    # the encoder is needed for the targets (unless cached), the hybrid loss and the automatic statistics
-    needs_encoder = not opts.get("feature_cache") or opts.get("drift_coef", 1.0) != 0 or \
-        not opts.get("stats")
-    if needs_encoder:
-        from jit_core.model import get_model_config
-        from vco_plugin.features import weights_problem
-        overrides = {k: v for k, v in (config.get("model_overrides") or {}).items()}
-        try:
-            grid = get_model_config(config["model"], **overrides).grid
-        except (KeyError, TypeError, ValueError):
-            grid = None   # the trainer names a bad model config itself
-        problem = weights_problem(opts.get("encoder", "dinov2"), opts.get("encoder_weights"), grid)
-        if problem:
-            problems.append(problem)
-    return problems
+def _plugin_problems(config: dict) -> list[str]:
+    """The enabled plugins' ``jit_preflight`` answers for the run's config (already checked when it was planned)."""
+    if not config.get("plugins"):
+        return []
+    from jit_core.config import Config
+    from jit_core.training.startup import load_plugins
+    cfg = Config.from_dict(config)
+    return load_plugins(cfg).preflight(cfg)
 
 
 def run_problems(run: RunSpec) -> list[str]:
     """Why ``run`` would fail once started, one line each (empty: none found)."""
-    problems = _data_problems(run.config)
-    if any(name in run.config.get("plugins", []) for name in VCO_NAMES):
-        problems += _vco_problems(run.config)
-    return problems
+    return _data_problems(run.config) + _plugin_problems(run.config)

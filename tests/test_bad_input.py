@@ -255,7 +255,7 @@ def foreign_files(tmp_path):
 
 @pytest.mark.parametrize("kind,expected", [
     ("truncated-zip", "not a checkpoint: {path} (torch.load failed: RuntimeError"),
-    ("foreign-dict", "{path} is not an official JiT/V-Co checkpoint: it has no 'model' entry (found ['epoch', 'state_dict'])"),
+    ("foreign-dict", "{path} is not an official checkpoint: it has no 'model' entry (found ['epoch', 'state_dict'])"),
     ("text", "not a checkpoint: {path} (torch.load failed:"),
     pytest.param("png-image", "not a checkpoint: {path}"),
     ("missing", "official checkpoint not found: {path}"),

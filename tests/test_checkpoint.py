@@ -369,7 +369,7 @@ def test_leftovers_of_crashed_writers_are_cleaned(tmp_path):
 # ------------------------------------------------------------------------------------------ foreign files
 def test_foreign_files_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "dict.pth")
-    with pytest.raises(CheckpointError, match=r"dict\.pth is not an official JiT/V-Co checkpoint.*no 'model'"):
+    with pytest.raises(CheckpointError, match=r"dict\.pth is not an official checkpoint.*no 'model'"):
         import_official(tmp_path / "dict.pth")
     (tmp_path / "notes.pth").write_text("hello, not a checkpoint")
     with pytest.raises(CheckpointError, match=r"not a checkpoint: .*notes\.pth \(torch\.load failed"):
@@ -377,7 +377,7 @@ def test_foreign_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_weights(tmp_path / "notes.pth")
     torch.save({"model": {"encoder.layer.0.weight": torch.zeros(2)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="not a JiT/V-Co state dict"):
+    with pytest.raises(CheckpointError, match="not an official state dict: not a JiT state dict nor one of an installed"):
         import_official(tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="official checkpoint not found"):
         import_official(tmp_path / "missing.pth")

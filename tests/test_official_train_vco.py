@@ -6,7 +6,7 @@ tiny dual-stream net of ``vco_tiny`` with a 1-layer DINOv2 as its frozen encoder
 "Parity fixtures"). Its random draws are fed to our code in the same roles: the joint-drop uniforms ->
 ``drop``, the logit-normal normals -> ``t``, the pixel and feature noise -> ``noise``. Everything else is ours:
 the encoder (:class:`vco_plugin.features.DINOv2Encoder` reading the fixture's weights), the calibration
-(``jit_normalize`` with the official variances and alpha = 0.485), the structured null branch, the
+(``FeatureStream.normalize`` with the official variances and alpha = 0.485), the structured null branch, the
 feature loss with dropped rows zeroed, the hybrid loss x 10 on the true labels, and
 :func:`jit_core.diffusion.training_losses` that the trainer's objective calls.
 """
@@ -17,7 +17,6 @@ import torch
 
 from jit_core.config import get_preset, validate_plugin_options
 from jit_core.diffusion.flow import logit_normal_t, training_losses
-from jit_core.hookcalls import call_for_stream
 from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
 from jit_core.training.build import build_for_config
@@ -66,8 +65,7 @@ def test_encoder_targets_and_hybrid_positives(setup):
     fx = compact("vco_train")
     feature = model.streams[1]
     with torch.no_grad():
-        raw = feature.target(fx["x"])
-        target = call_for_stream(plugins.hook.jit_normalize, stream=feature, target=raw, config=cfg)
+        target = feature.normalize(feature.clean(fx["x"], {}))
         positives = build_encoder("dinov2", str(dinov2_tiny_path())).embedding(fx["x"])
     fx.check(target, "feat_target", rtol=1e-5, atol=1e-5)
     fx.check(positives, "hybrid_cls_x", rtol=1e-5, atol=1e-6)

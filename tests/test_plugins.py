@@ -17,7 +17,6 @@ from torch import nn
 from jit_core import hookspecs
 from jit_core.config import ConfigError, get_preset
 from jit_core.diffusion import NullBranch, StepState, guidance_scales
-from jit_core.hookcalls import call_for_stream
 from jit_core.model import JiT, get_model_config
 from jit_core.model.streams import Stream
 from jit_core.plugins import DISABLE_ENV, PluginError, Plugins, describe_all, installed_plugins
@@ -116,7 +115,7 @@ def myplug(jit_plugin_dist):
 # ----------------------------------------------------------------------------------- helpers themselves
 def test_recording_plugin_implements_every_hook_with_its_signature():
     names = hook_names()
-    assert set(names) == {n for n in dir(hookspecs) if n.startswith("jit_")} and len(names) == 13
+    assert set(names) == {n for n in dir(hookspecs) if n.startswith("jit_")} and len(names) == 16
     rec = RecordingPlugin()
     for name in names:
         spec = list(inspect.signature(getattr(hookspecs, name)).parameters)
@@ -153,8 +152,8 @@ def test_hook_reference_in_docs_is_generated_from_the_docstrings(monkeypatch):
     `python -m jit_core.plugins.hookref --update-docs docs/plugins.md` after editing hookspecs.py."""
     generated = hook_reference_markdown()
     assert [line[4:] for line in generated.splitlines() if line.startswith("### ")] == hook_names()
-    assert "`jit_normalize(stream, target, config)` — *per stream*" in generated
-    assert "`jit_batch_sampler(dataset, config, rank, world_size, seed)` — *one plugin*" in generated
+    assert "`jit_null_branch(drop, streams, config, training, generator)` — *per step, every plugin*" in generated
+    assert "`jit_batch_sampler(dataset, config, rank, world_size, seed)` — *run set-up, one plugin*" in generated
     monkeypatch.setattr(hookspecs.jit_loss_terms, "__doc__", "Changed ``here``.")
     assert "Changed `here`." in hook_reference_markdown()
     monkeypatch.undo()
@@ -167,7 +166,7 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     rec = RecordingPlugin(
         returns={"jit_streams": [edges_stream()], "jit_capture_blocks": [1]},
         handlers={"jit_trainable_modules": lambda config, model: {"probe": nn.Linear(model.cfg.hidden_size, 1)},
-                  "jit_loss_terms": lambda step: {
+                  "jit_loss_terms": lambda step, generator: {
                       "probe": 1e-3 * step.aux["probe"](step.hidden[1]["pixel"]).pow(2).mean()}})
     result, metrics = train_tiny(tmp_path, extra_plugins=[rec], steps=2, **{"diffusion.label_drop_prob": 0.5})
     assert result.status == "finished" and result.step == 2
@@ -188,41 +187,36 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     assert sampler.keys == ("config", "dataset", "rank", "seed", "world_size")
     assert (sampler.kwargs["rank"], sampler.kwargs["world_size"], len(sampler.kwargs["dataset"])) == (0, 1, 1797)
 
-    # every step: normalize for the recorder's own stream (the pixel stream is the core's), then the
-    # unconditional branch, then the loss terms
-    step_hooks = ("jit_normalize", "jit_null_branch", "jit_loss_terms")
-    train_calls = [c for c in rec.calls if c.name in step_hooks][:6]
-    assert [c.name for c in train_calls] == ["jit_normalize", "jit_null_branch", "jit_loss_terms"] * 2
-    norm = rec.calls_of("jit_normalize")
-    assert [c.kwargs["stream"].name for c in norm] == ["edges", "edges"] and norm[0].keys == ("config", "stream", "target")
-    assert norm[0].kwargs["target"].shape == (B, GRID ** 2, 2) and norm[0].kwargs["stream"].plugin == "recorder"
+    # every step: the unconditional branch, then the loss terms; each with the plugin's generator of the step
+    step_hooks = ("jit_null_branch", "jit_loss_terms")
+    train_calls = [c for c in rec.calls if c.name in step_hooks][:4]
+    assert [c.name for c in train_calls] == ["jit_null_branch", "jit_loss_terms"] * 2
 
     null = rec.calls_of("jit_null_branch")
     train_null, sample_null = null[:2], null[2:]
     for c in train_null:       # training: drop ~ Bernoulli(label_drop_prob)
-        assert c.keys == ("config", "drop", "streams")
+        assert c.keys == ("config", "drop", "generator", "streams", "training") and c.kwargs["training"] is True
         assert c.kwargs["drop"].dtype == torch.bool and c.kwargs["drop"].shape == (B,)
+        assert isinstance(c.kwargs["generator"], torch.Generator)
         assert [(s.name, s.plugin) for s in c.kwargs["streams"]] == [("pixel", ""), ("edges", "recorder")]
-    assert sample_null and all(c.kwargs["drop"].all() for c in sample_null)   # CFG: every sample dropped
+    assert sample_null and all(c.kwargs["drop"].all() and not c.kwargs["training"] for c in sample_null)  # CFG
     assert sample_null[0].kwargs["drop"].shape == (40,)
 
     # loss terms see the whole step
     terms = rec.calls_of("jit_loss_terms")
-    assert len(terms) == 2 and terms[0].keys == ("step",)
+    assert len(terms) == 2 and terms[0].keys == ("generator", "step")
     step = terms[0].kwargs["step"]
-    assert isinstance(step, StepState)
+    assert isinstance(step, StepState) and (step.global_step, step.rank, step.training) == (0, 0, True)
+    assert terms[1].kwargs["step"].global_step == 1
+    assert terms[0].kwargs["generator"] is train_null[0].kwargs["generator"]    # one generator per plugin per step
     assert set(step.targets) == set(step.noisy) == set(step.preds) == {"pixel", "edges"}
     assert set(step.losses) == {"pixel", "edges"} and step.preds["pixel"].requires_grad
     assert set(step.hidden) == {1} and step.hidden[1]["pixel"].shape == (B, GRID ** 2, 64)
     assert step.hidden[1]["edges"].shape == (B, GRID ** 2, 64) and "probe" in step.aux
 
-    # sampling (the end-of-training grid, one sampler call): the guidance scale of the recorder's stream,
-    # then the unconditional form of the batch
+    # sampling (the end-of-training grid, one sampler call): the unconditional form of the batch
     after_training = rec.names()[len(rec.names()) - rec.names()[::-1].index("jit_loss_terms"):]
-    assert after_training == ["jit_guidance_scale", "jit_null_branch"]
-    (guide,) = rec.calls_of("jit_guidance_scale")
-    assert guide.kwargs["stream"].name == "edges"
-    assert guide.keys == ("config", "scale", "stream") and guide.kwargs["scale"] == 1.5
+    assert after_training == ["jit_null_branch"]
 
     # every term is logged as loss/<name>; the trainable module is checkpointed
     assert len(metrics) == 2
@@ -248,28 +242,43 @@ def test_presets_and_commands_come_from_installed_plugins_through_the_cli(myplug
 
 
 # ----------------------------------------------------------------------------------- per stream, one plugin
-def test_per_stream_hooks_are_answered_by_the_streams_plugin_and_none_falls_through():
-    """jit_normalize / jit_guidance_scale: only the plugin that added a stream answers for it; the pixel
-    stream and a None answer get the core's default. jit_batch_sampler: one plugin, else the core's."""
+class Doubled(Stream):
+    """A stream with behaviour of its own: doubled targets, a CFG scale of 7, its loss off when dropped."""
+
+    def normalize(self, clean):
+        return clean * 2
+
+    def guidance_scale(self, scale):
+        return 1.0 if scale == 1.0 else 7.0
+
+    def null_branch(self, drop, streams, training):
+        return NullBranch(loss_masks={self.name: (~drop).float()})
+
+
+def test_streams_carry_their_behaviour_with_jits_defaults_in_the_base_class_and_one_batch_sampler():
+    """Stream.clean / normalize / guidance_scale / null_branch: the base class is JiT (the images, as they are,
+    the pixel scale, no null branch); a subclass overrides. jit_batch_sampler: one plugin, else the core's."""
     cfg, mc = tiny_config(), get_model_config("JiT-T/4", in_channels=1)
-    x, tokens = torch.randn(4, 1, 32, 32), torch.randn(4, GRID ** 2, 2)
+    x = torch.randn(4, 1, 32, 32)
     sampler = object()
-    owner = RecordingPlugin("owner", returns={"jit_streams": [edges_stream()], "jit_normalize": tokens * 2,
-                                              "jit_guidance_scale": 7.0, "jit_batch_sampler": sampler})
-    other = RecordingPlugin("other", returns={"jit_normalize": tokens * 3, "jit_guidance_scale": 9.0})
-    for plugs in ([owner, other], [other, owner]):
-        pl = Plugins(extra=plugs)
-        pixel, edges = pl.streams(cfg, mc)
-        assert (pixel.plugin, edges.plugin) == ("", "owner")
-        assert call_for_stream(pl.hook.jit_normalize, stream=pixel, target=x, config=cfg) is x       # the core's
-        assert torch.equal(call_for_stream(pl.hook.jit_normalize, stream=edges, target=tokens, config=cfg), tokens * 2)
-        assert guidance_scales(pl.hook, [pixel, edges], 3.0, cfg) == {"pixel": 3.0, "edges": 7.0}
-        assert pl.batch_sampler(None, cfg, 0, 1, 0) is sampler
-    assert {c.kwargs["stream"].name for c in other.calls_of("jit_normalize")} == set()    # never asked
+    owner = RecordingPlugin("owner", returns={"jit_streams": [Doubled("edges", channels=2, target=edges)],
+                                              "jit_batch_sampler": sampler})
+    pl = Plugins(extra=[owner])
+    pixel, doubled = pl.streams(cfg, mc)
+    assert (pixel.plugin, doubled.plugin) == ("", "owner") and isinstance(doubled, Doubled)
+    values = {}
+    assert pixel.normalize(pixel.clean(x, values)) is x and values == {}               # JiT: the images
+    assert torch.equal(doubled.normalize(doubled.clean(x, values)), edges(x) * 2)
+    assert guidance_scales([pixel, doubled], 3.0) == {"pixel": 3.0, "edges": 7.0}
+    assert guidance_scales([pixel, doubled], 1.0) == {"pixel": 1.0, "edges": 1.0}
+    assert pixel.null_branch(torch.ones(4, dtype=torch.bool), [pixel, doubled], True) is None
+    assert pl.batch_sampler(None, cfg, 0, 1, 0) is sampler
+    plain = Stream("plain", guidance=False)
+    assert plain.guidance_scale(3.0) == 1.0 and plain.num_tokens(8) == 64
+    assert Stream("coarse", grid=4).num_tokens(8) == 16 and Stream("glob", tokens=2).num_tokens(8) == 2
+    with pytest.raises(ValueError, match="not both"):
+        Stream("x", grid=4, tokens=2)
     silent = Plugins(extra=[RecordingPlugin("silent", returns={"jit_streams": [edges_stream()]})])
-    pixel, edges = silent.streams(cfg, mc)
-    assert call_for_stream(silent.hook.jit_normalize, stream=edges, target=tokens, config=cfg) is tokens
-    assert guidance_scales(silent.hook, [pixel, edges], 3.0, cfg) == {"pixel": 3.0, "edges": 3.0}
     assert silent.batch_sampler(None, cfg, 0, 1, 0) is None                              # -> DefaultBatchSampler
 
 
@@ -283,7 +292,7 @@ def test_two_batch_samplers_fail_at_start_up_naming_both_plugins(tmp_path):
 
 def test_null_branch_and_sampler_results_are_what_training_uses(tmp_path):
     masked = RecordingPlugin("masker", returns={"jit_streams": [edges_stream()]},
-                             handlers={"jit_null_branch": lambda drop, streams, config:
+                             handlers={"jit_null_branch": lambda drop, **kw:
                                        NullBranch(loss_masks={"edges": torch.zeros(len(drop))})})
     _, losses = one_step(extra_plugins=[masked], run_dir=tmp_path)
     assert losses["edges"].item() == 0.0 and losses["pixel"].item() > 0      # every sample's edges loss off
@@ -378,16 +387,16 @@ def test_bad_option_of_an_installed_plugin_fails_at_start_up_on_the_command_line
 
 # ----------------------------------------------------------------------------------- errors name the plugin
 def test_an_exception_inside_a_hook_names_the_plugin_and_the_hook(jit_one_step):
-    boom = RecordingPlugin("exploder", handlers={"jit_loss_terms": lambda step: {"x": 1 / 0}})
+    boom = RecordingPlugin("exploder", handlers={"jit_loss_terms": lambda step, **kw: {"x": 1 / 0}})
     with pytest.raises(PluginError, match=r"plugin 'exploder' failed in hook jit_loss_terms: ZeroDivisionError") as e:
         jit_one_step(extra_plugins=[boom])
     assert isinstance(e.value.__cause__, ZeroDivisionError)
 
-    def bad_normalize(stream, target, config):
-        raise RuntimeError("calibration missing")
-    boom = RecordingPlugin("calibrator", returns={"jit_streams": [edges_stream()]},
-                           handlers={"jit_normalize": bad_normalize})
-    with pytest.raises(PluginError, match=r"'calibrator' failed in hook jit_normalize: RuntimeError: calibration"):
+    class BadNormalize(Stream):
+        def normalize(self, clean):
+            raise RuntimeError("calibration missing")
+    boom = RecordingPlugin("calibrator", returns={"jit_streams": [BadNormalize("edges", channels=2, target=edges)]})
+    with pytest.raises(PluginError, match=r"'calibrator' failed in stream 'edges': RuntimeError: calibration"):
         jit_one_step(extra_plugins=[RecordingPlugin("bystander"), boom])
 
 
@@ -439,7 +448,7 @@ def test_unknown_or_ill_typed_plugin_option_fails_before_any_compute(tmp_path):
 
 
 def test_loss_term_named_like_a_stream_is_rejected(jit_one_step):
-    rec = RecordingPlugin("clash", handlers={"jit_loss_terms": lambda step: {"pixel": step.losses["pixel"] * 0}})
+    rec = RecordingPlugin("clash", handlers={"jit_loss_terms": lambda step, **kw: {"pixel": step.losses["pixel"] * 0}})
     with pytest.raises(ValueError, match="loss term 'pixel' of plugin 'clash' clashes with stream 'pixel'"):
         jit_one_step(extra_plugins=[rec])
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_options
 from jit_core.diffusion import StepState, guidance_scales, per_sample_v_loss, sample, training_losses, unconditional_form
-from jit_core.hookcalls import call_for_stream
+from jit_core.hookcalls import call_each
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.plugins.recording import RecordingPlugin
@@ -25,8 +25,10 @@ from vco_plugin.calibration import compute_stats, load_stats, save_stats
 from vco_plugin.drift_loss import hybrid_loss
 from vco_plugin.features import build_encoder
 
-HOOKS = {"jit_options", "jit_presets", "jit_streams", "jit_normalize", "jit_null_branch", "jit_loss_terms",
-         "jit_batch_sampler", "jit_guidance_scale", "jit_add_commands"}
+HOOKS = {"jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_run_plugin",   # install time
+         "jit_official_layouts"}
+RUN_HOOKS = {"jit_setup", "jit_preflight", "jit_streams", "jit_loss_terms", "jit_batch_sampler"}   # the run object's (the feature
+# stream carries its normalisation, guidance scale and null branch itself: plugin.FeatureStream)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,7 @@ def small_config(pl, **options):
     cfg.model, cfg.model_overrides = "JiT-T/4", {"in_channels": 1}
     cfg.plugin_options["vco"].update(options)
     validate_plugin_options(cfg, pl.option_schemas())
+    pl.start_run(cfg)                   # the run objects of this config answer from here on
     return cfg
 
 
@@ -72,7 +75,9 @@ def images(n=4, seed=0):
 def test_loads_through_entry_point(vco):
     info = vco.infos["vco"]
     assert info.source.startswith("entry point")
-    assert HOOKS <= set(info.hooks)
+    assert HOOKS == set(info.hooks)
+    run = vco.start_run(small_config(vco))["vco"]
+    assert isinstance(run, plugin.VCoRun) and RUN_HOOKS == {c.name for c in vco.pm.get_hookcallers(run)}
     assert info.options == dataclasses.asdict(plugin.VCoOptions())
     assert len(dataclasses.fields(plugin.VCoOptions)) <= 19         # compact: one option per idea
 
@@ -122,7 +127,7 @@ def test_disabled_plugin_leaves_the_baseline(vco):
         assert [s.name for s in streams] == ["pixel"]
         u = unconditional_form(pl.hook, labels, drop, streams, cfg, 10)
         assert u.labels.tolist() == [10, 2, 10] and u.blocked is None and u.loss_masks == {} and not u.null_inputs
-        assert guidance_scales(pl.hook, streams, 2.0, cfg) == {"pixel": 2.0}
+        assert guidance_scales(streams, 2.0) == {"pixel": 2.0}
         assert pl.batch_sampler(SimpleNamespace(targets=[0, 1] * 50), cfg, 0, 1, 0) is None
     assert "vco" not in Plugins().infos
 
@@ -136,7 +141,7 @@ def test_feature_stream(vco, stats_file):
     f = streams[1]
     assert (f.kind, f.channels, f.loss_weight, f.noise_scale, f.default_init, f.time_shift, f.guidance) == \
         ("tokens", 40, 0.1, 1.0, True, 1.0, True)
-    assert f.target(images()).shape == (4, 64, 40)
+    assert f.clean(images(), {}).shape == (4, 64, 40)
 
 
 def test_normalize_modes(vco, stats_file):
@@ -151,14 +156,14 @@ def test_normalize_modes(vco, stats_file):
                             ({"calibration": "none"}, scaled)):                           # run_a: alpha = 1
         cfg = small_config(vco, **base, **extra)
         stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
-        out = call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg)
+        out = stream.normalize(z)
         assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6), extra
         shifted = extra.get("calibration", "").startswith("time_shift")
         assert stream.time_shift == (stats.rms_factor if shifted else 1.0)
         assert stream.shift_prediction == (extra.get("calibration") != "time_shift")
     pixel = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[0]
     x = images()
-    assert call_for_stream(vco.hook.jit_normalize, stream=pixel, target=x, config=cfg) is x
+    assert pixel.normalize(x) is x
 
 
 def _recorded_step(cfg, seed=0):
@@ -193,10 +198,10 @@ def test_time_shift_arms_follow_their_formulas(vco, stats_file, calibration):
     a, t_eps = stats.rms_factor, 0.05
     cfg = small_config(vco, stats=stats_file, calibration=calibration)
     losses, s = _recorded_step(cfg, seed=3)
+    z = build_encoder("efficientnet_lite0").target_tokens(images(), 8)   # a new encoder: before the draws below
     torch.manual_seed(3)                                   # the objective's draws, in its order
     t = torch.sigmoid(torch.randn(4) * cfg.diffusion.P_std + cfg.diffusion.P_mean)
     torch.randn_like(s.images)                             # the pixel noise
-    z = build_encoder("efficientnet_lite0").target_tokens(images(), 8)
     f = z / torch.sqrt(stats.var + 1e-5) * (a if calibration == "time_shift" else 1.0)
     e = torch.randn_like(f)
     t_d = (a * t / (1 + (a - 1) * t)).view(-1, 1, 1)
@@ -213,17 +218,18 @@ def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
     cfg = small_config(vco, calib_images=6)
     cfg.run_dir = str(tmp_path / "run")
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
-    z = stream.target(images())
-    out = call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg)
+    z = stream.clean(images(), {})
+    out = stream.normalize(z)
     saved = load_stats(tmp_path / "run" / plugin.STATS_FILE)
     assert (tmp_path / "run" / "vco_stats.json").is_file()
     assert saved.meta["num_images"] == 6 and saved.var.shape == (64, 40)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]   # no temp leftovers
     # per step: no recomputation; a resumed process (fresh cache) loads the file instead of computing
     monkeypatch.setattr(plugin._Calibration, "_compute", lambda *a: pytest.fail("statistics recomputed"))
-    assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
-    plugin._CALIBRATIONS.clear()
-    assert torch.equal(call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg), out)
+    assert torch.equal(stream.normalize(z), out)
+    vco.start_run(cfg)                  # a new run (a resumed process) loads the file instead of computing
+    stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
+    assert torch.equal(stream.normalize(z), out)
 
 
 def test_missing_stats_file_is_a_config_error(vco, tmp_path):
@@ -284,7 +290,7 @@ def test_hybrid_term_grads_reach_prediction_not_encoder(vco, stats_file):
     labels = torch.tensor([1, 1, 1, 5])
     step = StepState(config=cfg, model=None, images=x, labels=labels, t=torch.rand(4), drop=torch.zeros(4, dtype=bool),
                      uncond=None, targets={}, noisy={}, preds={"pixel": x_hat}, hidden={}, aux=None, losses={})
-    (terms,) = [t for t in vco.hook.jit_loss_terms(step=step) if t]
+    ((_, terms),) = call_each(vco.hook.jit_loss_terms, step=step, generator=None)
     enc = build_encoder("efficientnet_lite0")
     expected = 10.0 * hybrid_loss(enc.embedding(x_hat), enc.embedding(x), labels)
     assert torch.allclose(terms["hybrid"], expected, rtol=1e-5)
@@ -292,7 +298,8 @@ def test_hybrid_term_grads_reach_prediction_not_encoder(vco, stats_file):
     terms["hybrid"].backward()
     assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
-    assert vco.hook.jit_loss_terms(step=dataclasses.replace(step, config=small_config(vco, drift_coef=0.0))) == [{}]
+    small_config(vco, drift_coef=0.0)                      # a run without the hybrid loss answers nothing
+    assert call_each(vco.hook.jit_loss_terms, step=step, generator=None) == [("vco", {})]
 
 
 # ----------------------------------------------------------------------------------- batches and guidance
@@ -317,14 +324,15 @@ def test_guidance_scales(vco, stats_file):
     cfg = small_config(vco, stats=stats_file)
     pixel, feature = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))
 
-    def scale(stream, w, c=cfg):
-        return guidance_scales(vco.hook, [stream], w, c)[stream.name]
+    def scale(stream, w):
+        return guidance_scales([stream], w)[stream.name]
 
     assert scale(pixel, 1.0) == 1.0 and scale(feature, 1.0) == 1.0
     assert scale(pixel, 2.0) == 2.0 and scale(feature, 2.0) == 2.0
     with_wd = small_config(vco, stats=stats_file, cfg_feature=3.0)
-    assert scale(feature, 2.0, with_wd) == 3.0 and scale(pixel, 2.0, with_wd) == 2.0
-    assert scale(feature, 1.0, with_wd) == 1.0                  # unguided means unguided (docs/official-code.md#defects, 2)
+    pixel, feature = vco.streams(with_wd, get_model_config(with_wd.model, **with_wd.model_overrides))
+    assert scale(feature, 2.0) == 3.0 and scale(pixel, 2.0) == 2.0
+    assert scale(feature, 1.0) == 1.0                           # unguided means unguided (docs/official-code.md#defects, 2)
 
 
 # ----------------------------------------------------------------------------------- sampling and CLI
@@ -342,7 +350,10 @@ def test_sampler_with_structured_cfg(vco, stats_file):
         assert batched[k].shape == separate[k].shape
         assert (batched[k] - separate[k]).abs().max() < 1e-5, k
     # the unconditional pass really uses the mask: the core's plain label drop gives other samples
-    plain = run(True, hook=Plugins().hook)
+    feature = model.streams[1]
+    feature.null_branch = lambda *args: None          # the base class's answer: JiT's label drop only
+    plain = run(True)
+    del feature.null_branch
     assert (plain["pixel"] - batched["pixel"]).abs().max() > 1e-4
     unguided = run(True, w=1.0)
     assert torch.isfinite(unguided["pixel"]).all()
@@ -357,3 +368,13 @@ def test_cli_group(vco):
     assert "calibrate" in root.commands["vco"].commands
     result = CliRunner().invoke(root, ["vco", "calibrate", "--help"])
     assert result.exit_code == 0 and "--encoder" in result.output
+
+
+# ----------------------------------------------------------------------------------- the v2 guarantees
+@pytest.mark.slow
+def test_vco_resumes_bit_identically(tmp_path):
+    """Stopped after step 2 and resumed in a new trainer: the losses of steps 3-4 and the final weights are
+    those of an uninterrupted run (the encoder is built by set-up under a forked RNG, never lazily)."""
+    from jit_core.testing import check_resumes_bit_identically
+    check_resumes_bit_identically(tmp_path, plugins=["vco"], steps=4,
+                                  **{"vco.encoder": "efficientnet_lite0", "vco.calib_images": 32})

@@ -22,6 +22,7 @@ from PIL import Image
 from jit_core.config import ConfigError
 from jit_core.data import to_model_range
 from jit_core.diffusion import StepState, training_losses
+from jit_core.hookcalls import call_each
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.plugins.recording import RecordingPlugin
@@ -147,13 +148,13 @@ def _objective(pl, cfg, x, labels, seed=0):
 
 def test_shared_pass_loss_terms_and_one_clean_encoder_pass(vco, stats_file, effnet, monkeypatch):
     calls = []
-    real = effnet.net.forward_intermediates
+    real = type(effnet.net).forward_intermediates
 
-    def counting(x, **kw):
+    def counting(net, x, **kw):                 # every EfficientNet's passes (the run builds its own encoder)
         calls.append(tuple(kw["indices"]))
-        return real(x, **kw)
+        return real(net, x, **kw)
 
-    monkeypatch.setattr(effnet.net, "forward_intermediates", counting)
+    monkeypatch.setattr(type(effnet.net), "forward_intermediates", counting)
     x, labels = images(8), torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])
     off_losses, off = _objective(vco, small_config(vco, stats=stats_file), x, labels)
     assert sorted(calls) == [(2,), (3,), (3,)]          # target, f+ (clean), f (x-hat): two clean passes
@@ -175,48 +176,37 @@ def test_shared_pass_loss_terms_and_one_clean_encoder_pass(vco, stats_file, effn
     assert torch.allclose(off_losses["hybrid"], today, rtol=1e-5)
 
 
-def test_remembered_positive_is_never_stale(vco, stats_file, effnet):
+def test_f_pos_travels_on_the_step_only(vco, stats_file, effnet):
+    """shared_encoder_pass: the feature stream's clean() leaves f+ in the step's values; the hybrid term uses
+    it from there, and computes it from the images when the step carries none (no state between steps)."""
     cfg = small_config(vco, stats=stats_file, shared_encoder_pass=True)
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
-    x, y, labels = images(4, seed=0), images(4, seed=1), torch.tensor([1, 1, 1, 1])
+    x, labels = images(4, seed=0), torch.tensor([1, 1, 1, 1])
     x_hat = x + 0.1
 
-    def hybrid(imgs, tokens):
-        step = StepState(config=cfg, model=None, images=imgs, labels=labels, t=torch.rand(4),
-                         drop=torch.zeros(4, dtype=torch.bool), uncond=None, targets={"feature": tokens}, noisy={},
-                         preds={"pixel": x_hat}, hidden={}, aux=None, losses={})
-        (terms,) = [t for t in vco.hook.jit_loss_terms(step=step) if t]
+    def hybrid(values):
+        step = StepState(config=cfg, model=None, images=x, labels=labels, t=torch.rand(4),
+                         drop=torch.zeros(4, dtype=torch.bool), uncond=None, targets={}, noisy={},
+                         preds={"pixel": x_hat}, hidden={}, aux=None, losses={}, values=values)
+        ((_, terms),) = call_each(vco.hook.jit_loss_terms, step=step, generator=None)
         return terms["hybrid"]
 
-    f = effnet.embedding(x_hat)
+    values = {}
+    tokens = stream.clean(x, values)
     _, shared_x = effnet.target_and_embedding(x, 8)
-    official = {n: 10.0 * hybrid_loss(f, effnet.embedding(v), labels) for n, v in (("x", x), ("y", y))}
-
-    tokens = stream.target(x)
-    assert torch.allclose(hybrid(x, tokens), 10.0 * hybrid_loss(f, shared_x, labels))   # remembered f+ used
-    assert torch.allclose(hybrid(x, tokens), official["x"])                             # ... once: then recomputed
-    stream.target(x)
-    assert torch.allclose(hybrid(y, tokens), official["y"])                             # other images
-    stream.target(x)
-    assert torch.allclose(hybrid(x.clone(), tokens), official["x"])                      # same values, other tensor
-    stream.target(x)
-    x.add_(0.0)                                                                          # in-place change
-    assert torch.allclose(hybrid(x, tokens), official["x"])
-    stream.target(x)
-    assert torch.allclose(hybrid(x, tokens[:, :16]), official["x"])                     # other grid
-    # the memo itself
-    memo = plugin._Positives()
-    memo.put(x, ("k",), torch.ones(1))
-    assert memo.take(x, ("other",)) is None and memo.take(x, ("k",)) is None             # wrong key forgets it
-    memo.put(x, ("k",), torch.ones(1))
-    assert memo.take(x, ("k",)) is not None and memo.take(x, ("k",)) is None
+    assert set(values) == {plugin.F_POS} and torch.allclose(values[plugin.F_POS], shared_x)
+    assert torch.allclose(tokens, effnet.target_tokens(x, 8), rtol=1e-5, atol=1e-5)
+    f = effnet.embedding(x_hat)
+    assert torch.allclose(hybrid(values), 10.0 * hybrid_loss(f, shared_x, labels))      # f+ from the step
+    assert torch.allclose(hybrid({}), 10.0 * hybrid_loss(f, effnet.embedding(x), labels))   # none: recomputed
 
 
 def test_shared_pass_off_without_hybrid_loss(vco, stats_file, effnet, monkeypatch):
     cfg = small_config(vco, stats=stats_file, shared_encoder_pass=True, drift_coef=0.0)
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
     monkeypatch.setattr(type(effnet), "target_and_embedding", lambda *a: pytest.fail("f+ computed for nothing"))
-    assert stream.target(images()).shape == (4, 64, 40)
+    values = {}
+    assert stream.clean(images(), values).shape == (4, 64, 40) and values == {}
 
 
 # ----------------------------------------------------------------------------------- 2. feature cache: keys

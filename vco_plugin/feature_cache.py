@@ -18,7 +18,7 @@ Layout of a cache directory:
   stored dtype (``float16`` by default: half the disk of float32, a relative rounding error of at
   most 2^-11 = 4.9e-4; ``--dtype float32`` stores the encoder's output exactly). The raw tokens are
   stored (before the per-(position, channel) standardisation and alpha, which stay in
-  ``jit_normalize``). Sizes: T x C x 2 bytes per image in fp16, e.g. 256 x 768 x 2 = 393 KB for
+  ``FeatureStream.normalize``). Sizes: T x C x 2 bytes per image in fp16, e.g. 256 x 768 x 2 = 393 KB for
   DINOv2 (1 TB for ImageNet-1k with flips), 64 x 40 x 2 = 5 KB for EfficientNet-Lite0 at grid 8.
 - ``index.json``: format, encoder, encoder weights, grid, image size, channels, token shape,
   dtype, key function, number of images and the shard list. Written last and atomically (a

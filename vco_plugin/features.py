@@ -455,13 +455,12 @@ def weights_problem(name: str, weights: str | os.PathLike | None = None, grid: i
 
 
 _ENCODERS = {"dinov2": DINOv2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}
-_CACHE: dict[tuple, FeatureEncoder] = {}
 
 
 def build_encoder(name: str, weights: str | os.PathLike | None = None, device=None,
                   precision: str = "bf16") -> FeatureEncoder:
-    """The frozen encoder ``name`` (``dinov2`` | ``efficientnet_lite0``), cached per
-    ``(name, weights, device, precision)`` in this process.
+    """A new frozen encoder ``name`` (``dinov2`` | ``efficientnet_lite0``) on ``device``. Nothing is cached
+    here: a run keeps its encoder on its run object (``VCoRun.encoder``).
 
     ``precision``: ``bf16`` (the trunk follows the caller's autocast, as the official training step
     runs it) or ``fp32`` (autocast off inside the encoder); see :attr:`FeatureEncoder.precision`.
@@ -476,11 +475,6 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None, device=No
         raise ValueError(f"unknown encoder precision {precision!r}: choose one of {', '.join(ENCODER_PRECISIONS)}")
     weights = os.fspath(weights) if weights is not None else None
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = (name, weights, str(device), precision)
-    if key not in _CACHE:
-        enc = _ENCODERS[name](weights).to(device)
-        enc.precision = precision
-        _CACHE[key] = enc
-    return _CACHE[key]
+    enc = _ENCODERS[name](weights).to(device)
+    enc.precision = precision
+    return enc

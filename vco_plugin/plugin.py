@@ -1,15 +1,21 @@
 """V-Co as a jit_core plugin: every ingredient enters through a hook (V-Co, arXiv 2603.16792;
 official details in docs/official-code.md#v-co).
 
-1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
-2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
-                               ``jit_guidance_scale``;
+The module holds the install-time hooks (options, presets, studies, commands) and ``jit_run_plugin``,
+which makes one :class:`VCoRun` per run: it owns the run's options, frozen encoder, feature
+statistics and feature cache, and answers the per-run hooks.
+
+1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (:class:`FeatureStream`:
+                               frozen encoder tokens);
+2. structured null branch   -> ``FeatureStream.null_branch`` (null_branch.py: structured | label_drop |
+                               input_dropout), ``FeatureStream.guidance_scale`` (w_d);
 3. drifting hybrid loss     -> ``jit_loss_terms`` (drift_loss.py), ``jit_batch_sampler`` (batches.py);
-4. RMS calibration          -> ``jit_normalize`` (calibration.py statistics), or a time shift.
+4. RMS calibration          -> ``FeatureStream.normalize`` (calibration.py statistics), or a time shift.
 
 Two speed levers, off by default (the paper's computation): ``shared_encoder_pass`` (one encoder pass
-on the clean images serves the target tokens and the hybrid loss's f+) and ``feature_cache`` (target
-tokens precomputed by ``jit vco cache-features``, looked up by image content; feature_cache.py).
+on the clean images serves the target tokens and the hybrid loss's f+, handed over in ``step.values``)
+and ``feature_cache`` (target tokens precomputed by ``jit vco cache-features``, looked up by image content;
+feature_cache.py).
 
 Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live under ``vco.*``.
 """
@@ -17,10 +23,8 @@ Enable with ``jit train --preset vco-b16`` (or ``--plugin vco``); options live u
 # ruff: noqa: UP045
 from __future__ import annotations
 
-import json
 import logging
-import weakref
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -28,9 +32,9 @@ import torch
 
 from jit_core import durable
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
-from jit_core.hookspecs import hookimpl
+from jit_core.hookspecs import RunContext, hookimpl
 from jit_core.model.streams import Stream
-from jit_core.rng import forked_rng
+from jit_core.rng import isolated_rng
 
 from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
@@ -88,12 +92,6 @@ class VCoOptions:
                 raise ConfigError(f"vco.{key}={path!r} does not exist: {what}")
 
 
-def enabled(config) -> bool:
-    """Whether ``config`` enables V-Co (by entry-point name or module path)."""
-    plugins = getattr(config, "plugins", None) or []
-    return NAME in plugins or __name__ in plugins
-
-
 def options(config) -> VCoOptions:
     """The typed, checked V-Co options of ``config`` (whichever name V-Co was enabled by)."""
     return plugin_options(config, VCoOptions)
@@ -105,12 +103,6 @@ def encoder_channels(name: str) -> int:
     return {"dinov2": features.DINOv2Encoder, "efficientnet_lite0": features.EfficientNetLite0Encoder}[name].channels
 
 
-def encoder(opts: VCoOptions, device):
-    """The frozen feature encoder on ``device`` (cached by features.build_encoder)."""
-    from .features import build_encoder
-    return build_encoder(opts.encoder, opts.encoder_weights, device=device, precision=opts.encoder_precision)
-
-
 # ----------------------------------------------------------------------------------- calibration state
 class _Calibration:
     """Feature statistics of one run: loaded or computed once, then reused every step.
@@ -120,24 +112,25 @@ class _Calibration:
     subset) and saved there by the main process.
     """
 
-    def __init__(self, config, opts: VCoOptions):
-        self.config, self.opts = config, opts
+    def __init__(self, config, opts: VCoOptions, encoder):
+        self.config, self.opts, self.encoder = config, opts, encoder   # encoder(device): the run's frozen encoder
         self.stats = None
         self._scaled: dict = {}
 
     def get(self, device, grid: int):
         """The statistics as loaded or computed (``var`` on the CPU)."""
         if self.stats is None:
-            self.stats = self._load_or_compute(torch.device(device), grid)
+            with isolated_rng(self.config.train.seed, device):   # a DataLoader draws its seed: not from training's
+                self.stats = self._load_or_compute(torch.device(device), grid)
             meta = self.stats.meta
             log.info("vco: feature statistics var %s, rms_factor %.4f (%s images of %s)", tuple(self.stats.var.shape),
                      self.stats.rms_factor, meta.get("num_images", "?"), meta.get("dataset", self.config.data.name))
         return self.stats
 
-    def alpha(self, opts: VCoOptions, device, grid: int) -> float:
+    def alpha(self, device, grid: int) -> float:
         """alpha: the ``rms_factor`` option, else the statistics' RMS(x)/RMS(f) factor."""
-        if opts.rms_factor is not None:
-            return float(opts.rms_factor)
+        if self.opts.rms_factor is not None:
+            return float(self.opts.rms_factor)
         return float(self.get(device, grid).rms_factor)
 
     def scaled(self, device, grid: int, alpha: float):
@@ -174,22 +167,10 @@ class _Calibration:
         subset = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed))[:n].tolist()
         log.info("vco: computing feature statistics from %d training images (%s, grid %d)", n, opts.encoder, grid)
         loader = DataLoader(Subset(dataset, subset), batch_size=64, num_workers=cfg.data.num_workers)
-        stats = compute_stats(encoder(opts, device), (to_model_range(u8) for u8, _ in loader), grid,
+        stats = compute_stats(self.encoder(device), (to_model_range(u8) for u8, _ in loader), grid,
                               max_images=n, progress=False)
         stats.meta.update(dataset=cfg.data.name if not cfg.data.path else cfg.data.path, seed=cfg.train.seed)
         return stats
-
-
-_CALIBRATIONS: dict[str, _Calibration] = {}
-
-
-def calibration_state(config, opts: VCoOptions) -> _Calibration:
-    """The run's calibration state, keyed by everything the statistics depend on."""
-    key = json.dumps([config.run_dir, asdict(config.data), config.model, config.model_overrides, config.train.seed,
-                      opts.encoder, opts.encoder_weights, opts.stats, opts.calib_images], sort_keys=True, default=str)
-    if key not in _CALIBRATIONS:
-        _CALIBRATIONS[key] = _Calibration(config, opts)
-    return _CALIBRATIONS[key]
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -214,50 +195,6 @@ def _default_device(config) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------- speed levers
-class _Positives:
-    """The hybrid loss's f+ computed by the stream target in the same encoder pass as the target tokens
-    (``shared_encoder_pass``), remembered for exactly those images.
-
-    One entry: a weak reference to the images tensor plus its storage pointer, shape, strides, dtype,
-    device and version counter (bumped by any in-place change), and the encoder and grid it was
-    computed with. :meth:`take` returns f+ only if all of these still match, and forgets the entry in
-    any case, so a stale f+ can never be used: other images, changed images, another encoder or grid
-    all get ``None`` (and the caller computes f+ as usual).
-    """
-
-    def __init__(self):
-        self._entry = None
-
-    @staticmethod
-    def _fingerprint(images: torch.Tensor):
-        try:
-            version = images._version
-        except RuntimeError:   # inference-mode tensors have no version counter: never remembered
-            return None
-        return (images.data_ptr(), tuple(images.shape), tuple(images.stride()), images.dtype, str(images.device),
-                version)
-
-    def put(self, images: torch.Tensor, key: tuple, f_pos: torch.Tensor) -> None:
-        fp = self._fingerprint(images)
-        self._entry = None if fp is None else (weakref.ref(images), key, fp, f_pos)
-
-    def take(self, images: torch.Tensor, key: tuple) -> Optional[torch.Tensor]:
-        entry, self._entry = self._entry, None
-        if entry is None:
-            return None
-        ref, k, fp, f_pos = entry
-        if ref() is not images or k != key or fp != self._fingerprint(images):
-            return None
-        return f_pos
-
-
-_POSITIVES = _Positives()
-
-
-def _positive_key(enc, grid: int) -> tuple:
-    return (enc, grid)          # the encoder object itself (modules compare by identity) and the grid
-
-
 def open_feature_cache(opts: VCoOptions, model_config):
     """The opened ``vco.feature_cache``, checked against this run's encoder, weights, grid, image size and
     channels (FeatureCacheError naming the mismatch and the rebuild command otherwise)."""
@@ -332,66 +269,6 @@ def jit_studies():
     return {**tiny_studies(), **imagenet_studies()}
 
 
-@hookimpl
-def jit_streams(config, model_config):
-    """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
-    if not enabled(config):
-        return []
-    opts = options(config)
-    grid = model_config.grid
-    alpha = 1.0
-    if opts.calibration in SHIFTED:
-        with forked_rng():   # the statistics may be computed here, before the model's weights are drawn
-            alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
-
-    cache = []   # the opened, checked feature cache, after the first step
-
-    def target(images: torch.Tensor) -> torch.Tensor:
-        if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
-            if not cache:
-                cache.append(open_feature_cache(opts, model_config))
-            return cache[0].lookup(images)
-        enc = encoder(opts, images.device)
-        if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass
-            tokens, f_pos = enc.target_and_embedding(images, grid)
-            _POSITIVES.put(images, _positive_key(enc, grid), f_pos)
-            return tokens
-        return enc.target_tokens(images, grid)
-
-    return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
-                   loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
-                   default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift")]
-
-
-@hookimpl
-def jit_normalize(stream, target, config):
-    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift``
-    (the released run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and
-    ``time_shift_corrected`` (alpha is in the stream's time only)."""
-    if stream.name != FEATURE or not enabled(config):
-        return None
-    opts = options(config)
-    from .calibration import standardize
-    grid = round(target.shape[1] ** 0.5)
-    state = calibration_state(config, opts)
-    alpha = state.alpha(opts, target.device, grid) if opts.calibration in SCALED else 1.0
-    stats = state.scaled(target.device, grid, alpha)
-    if tuple(stats.var.shape) != tuple(target.shape[1:]):
-        raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
-                          f"targets are {tuple(target.shape[1:])}: recompute them (`jit vco calibrate`) for "
-                          "this encoder and grid")
-    return standardize(target, stats)
-
-
-@hookimpl
-def jit_null_branch(drop, streams, config):
-    """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
-    if not enabled(config) or FEATURE not in [s.name for s in streams]:
-        return None
-    opts = options(config)
-    return null_branch(opts.null_branch, drop, opts.symmetric_mask)
-
-
 def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     """The hybrid loss's groups: the sampler's class groups of the local batch; the labels for iid batches or a
     batch that did not come from the sampler (another size than ``optim.batch_size``, e.g. called directly)."""
@@ -404,80 +281,173 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
 
 
 @hookimpl
-def jit_loss_terms(step):
-    """``hybrid``: drift_coef x the perceptual-drifting loss of x-hat against the clean images."""
-    if not enabled(step.config):
-        return {}
-    opts = options(step.config)
-    if opts.drift_coef == 0:
-        return {}
-    enc = encoder(opts, step.images.device)
-    f = enc.embedding(step.preds["pixel"])
-    f_pos = None
-    if opts.shared_encoder_pass and FEATURE in step.targets:   # f+ remembered by the stream target, if it is
-        grid = round(step.targets[FEATURE].shape[1] ** 0.5)    # for exactly these images
-        f_pos = _POSITIVES.take(step.images, _positive_key(enc, grid))
-    if f_pos is None:
-        with torch.no_grad():
-            f_pos = enc.embedding(step.images)
-    groups = hybrid_groups(step, opts)
-    return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
+def jit_official_layouts():
+    """The official V-Co checkpoint layout (official_layout.py), for ``jit convert`` and exports."""
+    from .official_layout import VCO_LAYOUT
+    return [VCO_LAYOUT]
 
 
-def set_up(config, opts: VCoOptions, model) -> None:
-    """Build now what the training steps would otherwise build on first use: the opened, checked
-    ``vco.feature_cache``, the frozen encoder and the feature statistics (loaded, or computed and saved).
+@hookimpl
+def jit_run_plugin(config):
+    """One :class:`VCoRun` per run."""
+    return VCoRun(config)
 
-    Run under :func:`jit_core.rng.forked_rng`: building the encoder and computing the statistics draw from
-    the global RNGs, and a resumed run must draw in its steps exactly what the uninterrupted run drew.
+
+F_POS = "vco.f_pos"      # step.values key: the hybrid loss's f+ from the target's encoder pass (shared_encoder_pass)
+
+
+@dataclass
+class FeatureStream(Stream):
+    """V-Co's ``feature`` stream with its behaviour: encoder tokens as the clean target (ingredient 1), their
+    calibration (ingredient 4), the feature CFG scale ``w_d`` and the structured null branch (ingredient 2)."""
+
+    run: Optional[VCoRun] = field(default=None, repr=False, compare=False)
+
+    def clean(self, images: torch.Tensor, values: dict) -> torch.Tensor:
+        run, opts = self.run, self.run.opts
+        if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
+            return run.feature_cache(run.model_config).lookup(images)
+        enc, grid = run.encoder(images.device), run.model_config.grid
+        if opts.shared_encoder_pass and opts.drift_coef != 0:   # speed lever: f+ from the same pass, on the step
+            tokens, values[F_POS] = enc.target_and_embedding(images, grid)
+            return tokens
+        return enc.target_tokens(images, grid)
+
+    def normalize(self, clean: torch.Tensor) -> torch.Tensor:
+        """Per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift`` (the released
+        run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and ``time_shift_corrected``
+        (alpha is in the stream's time only)."""
+        run, opts = self.run, self.run.opts
+        from .calibration import standardize
+        grid = round(clean.shape[1] ** 0.5)
+        alpha = run.calibration.alpha(clean.device, grid) if opts.calibration in SCALED else 1.0
+        stats = run.calibration.scaled(clean.device, grid, alpha)
+        if tuple(stats.var.shape) != tuple(clean.shape[1:]):
+            raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
+                              f"targets are {tuple(clean.shape[1:])}: recompute them (`jit vco calibrate`) for "
+                              "this encoder and grid")
+        return standardize(clean, stats)
+
+    def guidance_scale(self, scale: float) -> float:
+        """1 when unguided (scale 1), else ``cfg_feature`` (w_d) or the pixel scale."""
+        if scale == 1.0:
+            return 1.0
+        w_d = self.run.opts.cfg_feature
+        return scale if w_d is None else w_d
+
+    def null_branch(self, drop: torch.Tensor, streams, training: bool):
+        """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
+        opts = self.run.opts
+        return null_branch(opts.null_branch, drop, opts.symmetric_mask, self.name)
+
+
+class VCoRun:
+    """V-Co for one run: its options, frozen encoder, feature statistics and feature cache, and the per-run hooks.
+
+    Set-up (``jit_setup``, at start-up under the core's forked RNG) builds the encoder, loads or computes
+    the statistics and opens the feature cache, so nothing is built lazily inside a training step.
     """
-    device = next(model.parameters()).device
-    if opts.feature_cache:
-        open_feature_cache(opts, model.cfg)
-    if not opts.feature_cache or opts.drift_coef != 0:
-        encoder(opts, device)
-    calibration_state(config, opts).get(device, model.cfg.grid)
 
+    def __init__(self, config):
+        self.config = config
+        self.opts = options(config)
+        self.calibration = _Calibration(config, self.opts, self.encoder)
+        self.device = _default_device(config)
+        self.model_config = None                   # set by jit_setup / jit_streams
+        self._encoders: dict[str, object] = {}     # device -> the frozen encoder
+        self._cache = None                         # the opened, checked feature cache
 
-@hookimpl
-def jit_trainable_modules(config, model):
-    """No trainable modules; called once when training starts, before a resume restores the RNG states: V-Co's
-    set-up runs here (:func:`set_up`), so a missing cache or weights file is refused before the first step and
-    nothing random happens lazily in a step."""
-    if enabled(config):
-        with forked_rng(next(model.parameters()).device):
-            set_up(config, options(config), model)
-    return None
+    # ----------------------------------------------------------------- what the run owns
+    def encoder(self, device):
+        """The frozen feature encoder on ``device``, built once per run (under a forked RNG, whenever it is)."""
+        key = str(torch.device(device))
+        if key not in self._encoders:
+            from .features import build_encoder
+            with isolated_rng(self.config.train.seed, device):   # its random init must not shift training's
+                self._encoders[key] = build_encoder(self.opts.encoder, self.opts.encoder_weights, device=device,
+                                                            precision=self.opts.encoder_precision)
+        return self._encoders[key]
 
+    def feature_cache(self, model_config):
+        """``vco.feature_cache``, opened and checked against this run once."""
+        if self._cache is None:
+            self._cache = open_feature_cache(self.opts, model_config)
+        return self._cache
 
-@hookimpl
-def jit_batch_sampler(dataset, config, rank, world_size, seed):
-    """Class-balanced batches: ``groups_per_step`` class groups per global step, placed on the ranks."""
-    if not enabled(config):
-        return None
-    opts = options(config)
-    if not opts.class_balanced:
-        return None
-    try:
-        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size * opts.classes_per_rank,
-                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed,
-                                           classes_per_rank=opts.classes_per_rank)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
-    if rank == 0:
-        sampler.warn_if_few_classes()
-    return sampler
+    # ----------------------------------------------------------------- hooks
+    @hookimpl
+    def jit_setup(self, run: RunContext):
+        """Open and check the feature cache; when training, build the encoder and get the statistics."""
+        self.device, self.model_config = torch.device(run.device), run.model_config
+        if self.opts.feature_cache:           # a missing cache, or one built for another setting, fails here
+            self.feature_cache(run.model_config)
+        if not run.training or run.dry_run:
+            return
+        if not self.opts.feature_cache or self.opts.drift_coef != 0:
+            self.encoder(run.device)
+        self.calibration.get(run.device, run.model_config.grid)   # every calibration standardises
 
+    @hookimpl
+    def jit_preflight(self, config):
+        """Whether the frozen encoder can be built from here (weights findable offline, the token grid it fits):
+        files are looked for, nothing is built. Missing stats / cache / weights files fail the options' check."""
+        opts = self.opts
+        # the encoder is needed for the targets (unless cached), the hybrid loss and the automatic statistics
+        needs_encoder = not opts.feature_cache or opts.drift_coef != 0 or not opts.stats
+        if not needs_encoder:
+            return []
+        from jit_core.model import get_model_config
 
-@hookimpl
-def jit_guidance_scale(stream, scale, config):
-    """Feature stream: 1 when unguided (scale 1), else ``cfg_feature`` or the pixel scale."""
-    if stream.name != FEATURE or not enabled(config):
-        return None
-    if scale == 1.0:
-        return 1.0
-    w_d = options(config).cfg_feature
-    return scale if w_d is None else w_d
+        from .features import weights_problem
+        try:
+            grid = get_model_config(config.model, **config.model_overrides).grid
+        except (TypeError, ValueError):
+            grid = None   # the core names a bad model config itself
+        problem = weights_problem(opts.encoder, opts.encoder_weights, grid)
+        return [problem] if problem else []
+
+    @hookimpl
+    def jit_streams(self, model_config):
+        """The ``feature`` stream: frozen encoder tokens on the pixel grid, co-denoised with the pixels."""
+        self.model_config = model_config
+        opts = self.opts
+        alpha = self.calibration.alpha(self.device, model_config.grid) if opts.calibration in SHIFTED else 1.0
+        return [FeatureStream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
+                              loss_weight=opts.feature_loss_weight, noise_scale=1.0, guidance=True,
+                              default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift",
+                              run=self)]
+
+    @hookimpl
+    def jit_loss_terms(self, step):
+        """``hybrid``: drift_coef x the perceptual-drifting loss of x-hat against the clean images."""
+        opts = self.opts
+        if opts.drift_coef == 0:
+            return {}
+        enc = self.encoder(step.images.device)
+        f = enc.embedding(step.preds["pixel"])
+        f_pos = step.values.get(F_POS)          # from the feature target's encoder pass of this very step
+        if f_pos is None:
+            with torch.no_grad():
+                f_pos = enc.embedding(step.images)
+        groups = hybrid_groups(step, opts)
+        return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
+
+    @hookimpl
+    def jit_batch_sampler(self, dataset, rank, world_size, seed):
+        """Class-balanced batches: ``groups_per_step`` class groups per global step, placed on the ranks."""
+        opts = self.opts
+        if not opts.class_balanced:
+            return None
+        try:
+            sampler = GroupedClassBatchSampler(dataset.targets,
+                                               opts.groups_per_step or world_size * opts.classes_per_rank,
+                                               self.config.optim.batch_size, rank=rank, world_size=world_size,
+                                               seed=seed, classes_per_rank=opts.classes_per_rank)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
+        if rank == 0:
+            sampler.warn_if_few_classes()
+        return sampler
 
 
 @hookimpl

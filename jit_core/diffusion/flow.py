@@ -6,17 +6,18 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from jit_core.config import SAMPLE_METHODS
-from jit_core.diffusion.unconditional import Unconditional, unconditional_form
-from jit_core.hookcalls import call_each, call_for_stream
+from jit_core.diffusion.unconditional import Unconditional, own_drops, unconditional_form
+from jit_core.hookcalls import call_each, guarded
 from jit_core.model.attention import StreamGroups
 from jit_core.model.streams import PIXEL, Stream
+from jit_core.rng import plugin_generator
 
 
 @dataclass
@@ -36,6 +37,10 @@ class StepState:
     hidden: dict
     aux: Any
     losses: dict[str, torch.Tensor]
+    values: dict[str, Any] = field(default_factory=dict)   # what streams' clean() left for loss terms (e.g. f+)
+    global_step: int = 0            # optimizer steps done before this one
+    rank: int = 0
+    training: bool = True
 
 
 def noise_scale_for(image_size: int, configured: Optional[float] = None) -> float:
@@ -83,25 +88,36 @@ def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch
 
 
 # ----------------------------------------------------------------------------------- training step
+def step_generators(seed: int, global_step: int, rank: int, device) -> Callable[..., torch.Generator]:
+    """``generator_for(plugin, purpose="step")``: the seeded generator a plugin gets in this step (see
+    :mod:`jit_core.rng`), one per (plugin, purpose) for the whole step: the plugin's hooks in this step draw
+    from one stream of numbers, in the order they run."""
+    made: dict[tuple[str, str], torch.Generator] = {}
+
+    def generator_for(plugin: str, purpose: str = "step") -> torch.Generator:
+        if (plugin, purpose) not in made:
+            made[(plugin, purpose)] = plugin_generator(seed, global_step, plugin, rank, purpose, device)
+        return made[(plugin, purpose)]
+    return generator_for
+
+
 def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
                     hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None,
-                    t: Optional[torch.Tensor] = None, noise: Optional[dict[str, torch.Tensor]] = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    global_step: int = 0, rank: int = 0, t: Optional[torch.Tensor] = None,
+                    noise: Optional[dict[str, torch.Tensor]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms).
 
     The step's random draws, each drawn here unless given (the official-parity tests give the official run's):
     ``t`` the (B,) flow times (:func:`sample_t`), ``noise`` standard normals per stream name (scaled here by the
     stream's ``noise_scale``), ``drop`` the (B,) bool samples made unconditional (Bernoulli(``label_drop_prob``)).
+    ``global_step`` and ``rank`` seed the plugins' generators and the streams' own drops.
     """
     d = config.diffusion
     B, device = images.shape[0], images.device
-    with torch.no_grad():
-        targets = {PIXEL: images}
-        for s in streams[1:]:
-            targets[s.name] = s.target(images)
-        for s in streams[1:]:        # the pixel stream is the core's: never normalized
-            normalized = call_for_stream(hook.jit_normalize, stream=s, target=targets[s.name], config=config)
-            targets[s.name] = targets[s.name] if normalized is None else normalized
+    values: dict[str, Any] = {}
+    with torch.no_grad():   # pixel: the images as they are; a plugin's stream: its own clean() and normalize()
+        targets = {s.name: guarded(s.plugin or "jit_core", f"stream {s.name!r}", lambda s=s: s.normalize(s.clean(images, values)))
+                   for s in streams}
     if t is None:
         t = sample_t(B, d.P_mean, d.P_std, device)
     ts = {s.name: s.shift(t) for s in streams}
@@ -112,7 +128,9 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
     if drop is None:
         drop = torch.rand(B, device=device) < d.label_drop_prob
     drop = drop.to(device=device, dtype=torch.bool)
-    uncond = unconditional_form(hook, labels, drop, streams, config, model.cfg.num_classes)
+    generator_for = step_generators(config.train.seed, global_step, rank, device)
+    uncond = unconditional_form(hook, labels, drop, streams, config, model.cfg.num_classes, training=True,
+                                drops=own_drops(streams, B, generator_for, device), generator_for=generator_for)
     out = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
     preds, hidden = out.x_hat, out.hidden
     losses = {}
@@ -123,9 +141,11 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
         losses[s.name] = masked_mean(per, uncond.loss_masks.get(s.name))
         total = total + s.loss_weight * losses[s.name]
     step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
-                     targets=targets, noisy=noisy, preds=preds, hidden=hidden, aux=aux, losses=dict(losses))
+                     targets=targets, noisy=noisy, preds=preds, hidden=hidden, aux=aux, losses=dict(losses),
+                     values=values, global_step=global_step, rank=rank)
     owner = {s.name: f"stream {s.name!r}" for s in streams}
-    for plugin, terms in call_each(hook.jit_loss_terms, step=step):
+    for plugin, terms in call_each(hook.jit_loss_terms, per_plugin=lambda name: {"generator": generator_for(name)},
+                                   step=step):
         for name, value in terms.items():
             if name in losses:
                 raise ValueError(f"loss term {name!r} of plugin {plugin!r} clashes with {owner[name]}; rename it")
@@ -135,10 +155,9 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
 
 
 # ----------------------------------------------------------------------------------- sampling
-def guidance_scales(hook, streams: Sequence[Stream], scale: float, config) -> dict[str, float]:
-    """The CFG scale of every stream for the pixel scale ``scale`` (``jit_guidance_scale``, per stream)."""
-    return {s.name: float(call_for_stream(hook.jit_guidance_scale, stream=s, scale=scale, config=config))
-            for s in streams}
+def guidance_scales(streams: Sequence[Stream], scale: float) -> dict[str, float]:
+    """The CFG scale of every stream for the pixel scale ``scale`` (each stream's ``guidance_scale``)."""
+    return {s.name: float(s.guidance_scale(scale)) for s in streams}
 
 
 def guidance_active(t: float | torch.Tensor, interval: tuple[float, float]) -> torch.Tensor | bool:
@@ -162,8 +181,8 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     """Generate images for ``labels`` by integrating from t=0 (noise) to t=1.
 
     Heun: ``steps - 1`` Heun steps on the grid ``t_i = i / steps`` and one final Euler step
-    (JiT: 50 -> 99 velocity evaluations). Every evaluation is guided (``cfg`` per stream via the
-    ``jit_guidance_scale`` hook) inside ``interval``; the conditional and unconditional passes run
+    (JiT: 50 -> 99 velocity evaluations). Every evaluation is guided (``cfg`` per stream via each
+    stream's ``guidance_scale``) inside ``interval``; the conditional and unconditional passes run
     as one batched forward (``batched_cfg=False`` runs them separately, for checking).
     Initial noise is drawn on the CPU from ``generator`` so results do not depend on the device.
     """
@@ -175,10 +194,12 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     if noise is None:
         noise = {s.name: torch.randn((B, *model.input_shape(s)), generator=generator) * s.noise_scale for s in streams}
     z = {k: v.to(device=device, dtype=torch.float32) for k, v in noise.items()}
-    scales = guidance_scales(hook, streams, cfg, config)
+    scales = guidance_scales(streams, cfg)
     guided = any(w != 1.0 for w in scales.values())
+    # the unconditional half of CFG: every sample dropped (own drops too); plugins get fixed-seed generators
     uncond = unconditional_form(hook, labels, torch.ones_like(labels, dtype=torch.bool), streams, config,
-                                mc.num_classes)
+                                mc.num_classes, training=False,
+                                generator_for=step_generators(config.train.seed, -1, 0, "cpu"))
     t_eps = config.diffusion.t_eps
     # Decided once per call, not per step: the blocked matrix of the guided forward, grouped for the fast
     # attention path (grouping reads it on the host: the call's only sync), the time grid and its steps, and

@@ -220,7 +220,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                 records.append(done)
                 continue
             folder = out / name if save == "png" else None
-            keep = save == "npz" or kind == "classifier" or (kind == "inception" and save == "none")
+            keep = save == "npz" or kind == "classifier" or (kind == "inception" and save == "none") or \
+                run.plugins.has_eval_metrics()           # plugins' metrics (jit_eval_metrics) read the images
             t0 = time.perf_counter()
             kept = _generate(run, labels, blocks, cfg=w, steps=steps, method=method, interval=interval, seed=seed,
                              batch_size=batch_size, folder=folder, keep=keep, progress=progress and rank == 0)
@@ -298,6 +299,8 @@ def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, s
     values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
                              inception_weights=inception_weights, prc=prc, device=settings["device"],
                              progress=progress, bootstrap=bootstrap)
+    if images is not None:       # the plugins' metrics (jit_eval_metrics) beside the core's
+        values.update(run.plugins.eval_metrics(run.config, images, labels, taken=values))
     t_metrics = time.perf_counter() - t1
     metric_prov = values.pop("provenance", None)
     intervals, method = values.pop("intervals", None) or {}, values.pop("interval_method", None)

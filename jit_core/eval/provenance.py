@@ -64,8 +64,10 @@ def _unconditional_form(run) -> dict:
     from jit_core.diffusion import unconditional_form
     from jit_core.hookcalls import call_each
     drop = torch.ones(1, dtype=torch.bool)
-    impls = [name for name, _ in call_each(run.plugins.hook.jit_null_branch, drop=drop, streams=run.model.streams,
-                                           config=run.config)]
+    streams = run.model.streams
+    impls = [s.plugin for s in streams if s.null_branch(drop, streams, False) is not None]   # streams' own, then hooks
+    impls += [name for name, _ in call_each(run.plugins.hook.jit_null_branch, drop=drop, streams=streams,
+                                            config=run.config, training=False, generator=None)]
     u = unconditional_form(run.plugins.hook, torch.zeros(1, dtype=torch.int64), drop, run.model.streams, run.config,
                            run.model.cfg.num_classes)
     names = [s.name for s in run.model.streams]
@@ -100,7 +102,7 @@ def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images
     ema_decay = {"ema1": c.optim.ema_decays[0], "ema2": c.optim.ema_decays[1]}.get(run.ema)
     weights_file, weights_sha = _weights_hash(run.checkpoint, run.ema)
     evals, guided = _velocity_evaluations(method, steps, interval)
-    scales = guidance_scales(run.plugins.hook, run.model.streams, cfg, c)
+    scales = guidance_scales(run.model.streams, cfg)
     device = torch.device(device)
     autocast = device.type == "cuda" and c.train.precision == "bf16"
     last = _last_logged(run.run_dir)

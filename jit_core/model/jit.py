@@ -348,10 +348,7 @@ class JiT(nn.Module):
 
     def token_count(self, stream: Stream) -> int:
         """T_s: the grid tokens of a stream (its in-context tokens not counted)."""
-        if stream.tokens is not None:
-            return stream.tokens
-        n = self.cfg.grid if stream.grid is None else stream.grid
-        return n * n
+        return stream.num_tokens(self.cfg.grid)
 
     def input_shape(self, stream: Stream) -> tuple[int, ...]:
         """One sample's input (and x_hat) shape: (C, H, W) for a patch stream, (T_s, C_s) for a token stream."""

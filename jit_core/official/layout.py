@@ -1,10 +1,10 @@
-"""The official JiT / V-Co checkpoint format: key mapping to and from ours, and ``.pth`` import/export.
+"""Official checkpoint formats: key mapping to and from ours, and ``.pth`` import/export.
 
-Official JiT (LTH14/JiT): ``net.blocks.N.attn.qkv.weight`` ...; official V-Co (HL-hanlin/V-Co):
-per-stream suffixes ``_pixel`` / ``_dino`` and heads ``pixels_*`` / ``dinov2_*``. Ours: one
-``streams.<name>`` level per block, ``embedders.<name>`` and ``heads.<name>``. The V-Co DINO stream
-maps to our stream ``feature``; the frozen DINOv2 encoders and the Denoiser's image buffers
-(``img_mean``, ``img_std``) are dropped: they are not part of the network.
+Official JiT (LTH14/JiT): ``net.blocks.N.attn.qkv.weight`` ...; ours: one ``streams.<name>`` level per
+block, ``embedders.<name>`` and ``heads.<name>``. JiT's layout is the core's (:data:`JIT_LAYOUT`); a plugin
+whose official code has checkpoints of its own contributes an :class:`OfficialLayout` through the
+``jit_official_layouts`` hook (V-Co's lives in ``vco_plugin``). :func:`official_layouts` lists them, the
+installed plugins' first, JiT's last (it exports only pixel-only networks).
 
 :func:`from_official` / :func:`to_official` map state dicts; :func:`import_official` reads an official
 ``checkpoint-*.pth`` (``torch.load(weights_only=True)``, memory-mapped when the file allows it) into our
@@ -16,45 +16,66 @@ import argparse
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from jit_core.durable import ensure_dir, save_torch
 from jit_core.errors import CheckpointError, first_line, weights_only_refusal
 
-FEATURE = "feature"
-_SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")
-_VCO_BLOCK = {"norm1": "norm1", "norm2": "norm2", "qkv": "attn.qkv", "q_norm": "attn.q_norm",
-              "k_norm": "attn.k_norm", "proj": "attn.proj", "mlp": "mlp", "adaLN_modulation": "adaLN_modulation"}
-_VCO_STREAM = {"pixel": "pixel", "dino": FEATURE}
-_VCO_HEAD = {"pixels": "pixel", "dinov2": FEATURE}
-_OUR_BLOCK_KEY = (r"blocks\.(\d+)\.streams\.(\w+)\."
-                  r"(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp|adaLN_modulation)\.(.*)")
-_DROPPED = ("img_mean", "img_std", "drifting_dinov2.", "x_embedder.dinov2.")
+SHARED = ("pos_embed", "in_context_posemb", "t_embedder.", "y_embedder.")   # the same key in every layout
+OUR_BLOCK_KEY = (r"blocks\.(\d+)\.streams\.(\w+)\."
+                 r"(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp|adaLN_modulation)\.(.*)")
+
+
+@dataclass(frozen=True)
+class OfficialLayout:
+    """The key layout of one official code base's checkpoints (keys without the ``net.`` prefix)."""
+
+    name: str                                      # recorded as the converted run's source layout
+    detect: Callable[[Sequence[str]], bool]        # official keys -> whether they are this layout
+    to_ours: Callable[[str], Optional[str]]        # an official key -> ours (None: not part of the network)
+    writes: Callable[[Sequence[str]], bool]        # our keys -> whether this layout exports that network
+    to_official: Callable[[str], str]              # a key of ours -> the official key
+    plugins: tuple[str, ...] = ()                  # the plugins a converted run of this layout enables
 
 
 class ForeignCheckpointError(ValueError):
     """A state dict that is neither official JiT/V-Co nor ours."""
 
 
-def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
-    """``"jit"`` (official JiT), ``"vco"`` (official V-Co) or ``"ours"``."""
+def official_layouts() -> list[OfficialLayout]:
+    """The installed plugins' layouts (``jit_official_layouts``), then JiT's."""
+    from jit_core.plugins.presets import from_installed
+    return [layout for answer in from_installed("jit_official_layouts") for layout in answer] + [JIT_LAYOUT]
+
+
+def find_layout(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayout] | None = None
+                ) -> Optional[OfficialLayout]:
+    """The official layout of ``sd`` (None: ours); ForeignCheckpointError when it is neither."""
     keys = [k[4:] if k.startswith("net.") else k for k in sd]
     if any(k.startswith("embedders.") for k in keys):
-        return "ours"
-    if any(k.startswith("x_embedder.pix_proj1") for k in keys):
-        return "vco"
-    if any(k.startswith("x_embedder.proj1") for k in keys):
-        return "jit"
+        return None
+    for layout in official_layouts() if layouts is None else layouts:
+        if layout.detect(keys):
+            return layout
     sample = ", ".join(list(sd)[:5])
-    raise ForeignCheckpointError(f"not a JiT or V-Co state dict (first keys: {sample}); "
-                                 "expected official keys like 'net.x_embedder.proj1.weight' or a jit-vco checkpoint")
+    raise ForeignCheckpointError(f"not a JiT state dict nor one of an installed plugin's official layouts (first "
+                                 f"keys: {sample}); expected official keys like 'net.x_embedder.proj1.weight' or a "
+                                 "jit-vco checkpoint")
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayout] | None = None) -> str:
+    """``"ours"``, ``"jit"`` (official JiT) or the name of a plugin's official layout (``"vco"``)."""
+    layout = find_layout(sd, layouts)
+    return "ours" if layout is None else layout.name
 
 
 def _map_jit(key: str) -> str:
-    if key.startswith(_SHARED):
+    if key.startswith(SHARED):
         return key
     if key.startswith("x_embedder."):
         return "embedders.pixel." + key[len("x_embedder."):]
@@ -66,57 +87,46 @@ def _map_jit(key: str) -> str:
     raise ForeignCheckpointError(f"unexpected official JiT key {key!r}")
 
 
-def _map_vco(key: str) -> str | None:
-    if key.startswith(_DROPPED):
-        return None
-    if key.startswith(_SHARED):
-        return key
-    m = re.match(r"x_embedder\.(pix|dino)_(proj[12]\..*)", key)
-    if m:
-        return f"embedders.{'pixel' if m[1] == 'pix' else FEATURE}.{m[2]}"
-    m = re.match(r"blocks\.(\d+)\.(norm1|norm2|qkv|q_norm|k_norm|proj|mlp|adaLN_modulation)_(pixel|dino)\.(.*)", key)
-    if m:
-        return f"blocks.{m[1]}.streams.{_VCO_STREAM[m[3]]}.{_VCO_BLOCK[m[2]]}.{m[4]}"
-    m = re.match(r"final_layer\.(pixels|dinov2)_(.*)", key)
-    if m:
-        return f"heads.{_VCO_HEAD[m[1]]}.{m[2]}"
-    raise ForeignCheckpointError(f"unexpected official V-Co key {key!r}")
+def _jit_to_official(key: str) -> str:
+    if m := re.match(r"embedders\.pixel\.(.*)", key):
+        return f"x_embedder.{m[1]}"
+    if m := re.match(OUR_BLOCK_KEY, key):
+        return f"blocks.{m[1]}.{m[3]}.{m[4]}"
+    if m := re.match(r"heads\.pixel\.(.*)", key):
+        return f"final_layer.{m[1]}"
+    return key
 
 
-def from_official(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """Official (``net.``-prefixed) state dict -> ours. Returns (state dict, layout)."""
-    layout = detect_layout(sd)
-    if layout == "ours":
-        return dict(sd), layout
-    mapper = _map_jit if layout == "jit" else _map_vco
+JIT_LAYOUT = OfficialLayout(
+    name="jit", detect=lambda keys: any(k.startswith("x_embedder.proj1") for k in keys), to_ours=_map_jit,
+    writes=lambda keys: all(".pixel." in k for k in keys if k.startswith(("embedders.", "heads."))),
+    to_official=_jit_to_official)
+
+
+def from_official(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayout] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], str]:
+    """Official (``net.``-prefixed) state dict -> ours. Returns (state dict, layout name)."""
+    layout = find_layout(sd, layouts)
+    if layout is None:
+        return dict(sd), "ours"
     out = {}
     for key, value in sd.items():
-        if key.startswith(_DROPPED):
-            continue
-        new = mapper(key[4:] if key.startswith("net.") else key)
+        new = layout.to_ours(key[4:] if key.startswith("net.") else key)
         if new is not None:
             out[new] = value
-    return out, layout
+    return out, layout.name
 
 
-def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Ours -> official layout (JiT when pixel-only, V-Co when a ``feature`` stream exists), ``net.`` keys."""
-    vco = any(k.startswith(f"embedders.{FEATURE}.") for k in sd)
-    inv_stream = {v: k for k, v in _VCO_STREAM.items()}
-    inv_head = {v: k for k, v in _VCO_HEAD.items()}
-    inv_block = {v: k for k, v in _VCO_BLOCK.items()}
-    out = {}
-    for key, value in sd.items():
-        new = key
-        if m := re.match(r"embedders\.(\w+)\.(.*)", key):
-            new = f"x_embedder.{('pix' if m[1] == 'pixel' else 'dino') + '_' if vco else ''}{m[2]}"
-        elif m := re.match(_OUR_BLOCK_KEY, key):
-            new = (f"blocks.{m[1]}.{inv_block[m[3]]}_{inv_stream[m[2]]}.{m[4]}" if vco
-                   else f"blocks.{m[1]}.{m[3]}.{m[4]}")
-        elif m := re.match(r"heads\.(\w+)\.(.*)", key):
-            new = f"final_layer.{inv_head[m[1]] + '_' if vco else ''}{m[2]}"
-        out["net." + new] = value
-    return out
+def to_official(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayout] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Ours -> the first official layout that writes this network (a plugin's, else JiT's), ``net.`` keys."""
+    keys = list(sd)
+    layout = next((lay for lay in (official_layouts() if layouts is None else layouts) if lay.writes(keys)), None)
+    if layout is None:
+        raise ForeignCheckpointError(f"no official layout writes a network with these streams (keys like "
+                                     f"{[k for k in keys if k.startswith('embedders.')]}): install the plugin "
+                                     "whose official code trains it")
+    return {"net." + layout.to_official(key): value for key, value in sd.items()}
 
 
 # ------------------------------------------------------------------------------------------ official checkpoint files
@@ -136,8 +146,9 @@ def _load_official(path: Path):
 def import_official(pth_path) -> dict:
     """An official JiT / V-Co ``checkpoint-*.pth`` in our key layout.
 
-    Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": "jit" | "vco", "epoch": int}``. The frozen
-    DINOv2 encoders and image buffers of V-Co checkpoints are dropped (see :mod:`jit_core.official.layout`).
+    Returns ``{"model": sd, "ema1": sd, "ema2": sd, "layout": name, "plugins": [...], "epoch": int}`` (the
+    plugins a run of that layout enables). What a layout says is not part of the network (a plugin's frozen
+    encoders, image buffers) is dropped.
     """
     path = Path(pth_path)
     if not path.is_file():
@@ -146,8 +157,9 @@ def import_official(pth_path) -> dict:
     ck = _load_official(path)
     if not isinstance(ck, Mapping) or "model" not in ck:
         found = sorted(map(str, ck))[:8] if isinstance(ck, Mapping) else type(ck).__name__
-        raise CheckpointError(f"{path} is not an official JiT/V-Co checkpoint: it has no 'model' entry (found "
+        raise CheckpointError(f"{path} is not an official checkpoint: it has no 'model' entry (found "
                               f"{found}); expected a dict with model, model_ema1, model_ema2, optimizer, epoch, args")
+    layouts = official_layouts()
     out, layout = {}, None
     for ours, theirs in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2")):
         sd = ck.get(theirs)
@@ -157,18 +169,19 @@ def import_official(pth_path) -> dict:
         if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise CheckpointError(f"{path}: {theirs!r} is not a state dict of tensors")
         try:
-            out[ours], layout = from_official(sd)
+            out[ours], layout = from_official(sd, layouts)
         except ForeignCheckpointError as e:
-            raise CheckpointError(f"{path}: {theirs!r} is not a JiT/V-Co state dict: {e}") from e
+            raise CheckpointError(f"{path}: {theirs!r} is not an official state dict: {e}") from e
     epoch = ck.get("epoch", 0)
-    out.update(layout=layout, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
+    plugins = next((list(lay.plugins) for lay in layouts if lay.name == layout), [])
+    out.update(layout=layout, plugins=plugins, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
     return out
 
 
 def export_official(weights: dict, path, epoch: int = 0) -> None:
     """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
-    model = weights["model"]
-    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model)).items()}
+    model, layouts = weights["model"], official_layouts()
+    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model), layouts).items()}
           for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
     ck.update(optimizer={}, epoch=int(epoch), args=None)
     path = Path(path)

@@ -60,16 +60,11 @@ def _rst_to_markdown(text: str) -> str:
     return "\n".join(out).strip()
 
 
-def _how_called(name: str, opts: dict) -> tuple[str, str]:
-    """(short kind, one-line note) of how the core calls a hook (:data:`jit_core.hookspecs.PER_STREAM`, ...)."""
-    if name in hookspecs.PER_STREAM:
-        return "per stream", ("called only on the plugin that added the stream; the pixel stream, and a None "
-                              "answer, get the core's default")
-    if name in hookspecs.ONE_PLUGIN:
+def _how_called(name: str) -> tuple[str, str]:
+    """(short kind, one-line note) of how the core calls a hook: the rule declared on its spec."""
+    if hookspecs.rule_of(name) == hookspecs.ONE:
         return "one plugin", ("at most one enabled plugin may answer (two fail at start-up naming both); "
                               "None everywhere = the core's default")
-    if opts.get("firstresult"):
-        return "firstresult", "the first non-None result wins; if every plugin returns None the core's default applies"
     return "every plugin", "each plugin's implementation is called (in `--plugin` order) and the results are combined"
 
 
@@ -78,17 +73,19 @@ def hook_reference_markdown() -> str:
     rows, sections = [], []
     for name in hook_names():
         fn = getattr(hookspecs, name)
-        opts = getattr(fn, f"{hookspecs.PROJECT}_spec")
         sig = f"{name}({', '.join(inspect.signature(fn).parameters)})"
+        typed = f"{name}{inspect.signature(fn)}".replace("'", "")
         doc = inspect.cleandoc(fn.__doc__ or "")
         first = re.sub(r"\*\*[^*]+\*\*\s*", "", doc.split("\n\n")[0].replace("\n", " "))
         first = re.sub(r"``([^`]+)``", r"`\1`", first)
-        kind, note = _how_called(name, opts)
-        rows.append(f"| [`{name}`](#{name}) | {kind} | {first} |")
-        sections.append(f"### {name}\n\n`{sig}` — *{kind}*: {note}.\n\n{_rst_to_markdown(doc)}\n")
+        kind, note = _how_called(name)
+        phase = hookspecs.phase_of(name)
+        rows.append(f"| [`{name}`](#{name}) | {phase} | {kind} | {first} |")
+        sections.append(f"### {name}\n\n`{sig}` — *{phase}, {kind}*: {note}.\n\n```python\n{typed}\n```\n\n"
+                        f"{_rst_to_markdown(doc)}\n")
     header = ("<!-- generated from jit_core/hookspecs.py by jit_core.plugins.hookref.hook_reference_markdown(); "
               "regenerate with: python -m jit_core.plugins.hookref --update-docs docs/plugins.md -->\n\n"
-              "| hook | called | what it does |\n| --- | --- | --- |\n")
+              "| hook | phase | called | what it does |\n| --- | --- | --- | --- |\n")
     return header + "\n".join(rows) + "\n\n" + "\n".join(sections).rstrip() + "\n"
 
 

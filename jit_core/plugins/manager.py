@@ -9,6 +9,7 @@ work), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata as md
@@ -26,11 +27,13 @@ import pluggy
 from jit_core import hookspecs, trackers
 from jit_core.config import ConfigError, _suggest
 from jit_core.errors import PluginError
-from jit_core.hookcalls import CORE_NAME, call_each, call_one
+from jit_core.hookcalls import RUN_SUFFIX, call_each, call_one
 from jit_core.logsinks import LogSinks
-from jit_core.plugins import defaults
 
 ENTRY_POINT_GROUP = "jit_core.plugins"
+#: Hooks of the plugin module (called when a plugin is installed or a run starts), never of a run object.
+INSTALL_TIME_HOOKS = ("jit_options", "jit_presets", "jit_studies", "jit_add_commands", "jit_official_layouts",
+                      "jit_run_plugin")
 DISABLE_ENV = "JIT_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -101,51 +104,25 @@ def _hook_names(module) -> list[str]:
     return sorted(n for n in dir(module) if n.startswith("jit_") and callable(getattr(module, n, None)))
 
 
-def _culprit(exc: BaseException, pm: pluggy.PluginManager, hook_impls) -> str:
-    """The plugin whose hook implementation is on the exception's traceback."""
-    codes = {impl.function.__code__: pm.get_name(impl.plugin) for impl in hook_impls}
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in codes:
-            return codes[tb.tb_frame.f_code]
-        tb = tb.tb_next
-    return ", ".join(pm.get_name(i.plugin) for i in hook_impls)
-
-
-def _wrap_errors(pm: pluggy.PluginManager) -> None:
-    """Re-raise any exception inside a hook as PluginError naming the plugin and the hook."""
-    def before(hook_name, hook_impls, kwargs):
-        pass
-
-    def after(outcome, hook_name, hook_impls, kwargs):
-        exc = outcome.exception
-        if exc is None or isinstance(exc, (PluginError, ConfigError)):
-            return
-        err = PluginError(f"plugin {_culprit(exc, pm, hook_impls)!r} failed in hook {hook_name}: "
-                          f"{type(exc).__name__}: {exc}")
-        err.__cause__ = exc
-        outcome.force_exception(err)
-    pm.add_hookcall_monitoring(before, after)
-
-
 class Plugins:
-    """A pluggy manager with the core defaults and the enabled plugins registered."""
+    """A pluggy manager with the built-in trackers and the enabled plugins registered (and, once a run
+    has started, their per-run objects)."""
 
     def __init__(self, enabled: Iterable[str] = (), extra: Iterable[Any] = ()):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.pm.register(defaults, name=CORE_NAME)
         for name, module in trackers.BUILTIN.items():   # TensorBoard, W&B: off until log.* switches them on
             self.pm.register(module, name=name)
         self.infos: dict[str, PluginInfo] = {}
         self._installed = installed_plugins()
+        self.runs: dict[str, Any] = {}          # plugin name -> its per-run object (jit_run_plugin)
+        self.run_config = None                  # the config the per-run objects were made for
         for name in enabled:
             self.enable(name)
         for obj in extra:  # objects registered directly (tests, notebooks)
             name = getattr(obj, "__name__", None) or type(obj).__name__
             self._register(name, obj, "object", "")
         self.pm.check_pending()
-        _wrap_errors(self.pm)
         self.hook = self.pm.hook
 
     def enable(self, name: str) -> None:
@@ -194,31 +171,103 @@ class Plugins:
             raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}. "
                               f"Known hooks: {', '.join(sorted(self.hook_names()))}") from exc
         options = {}
-        opt_fn = getattr(module, "jit_options", None)
-        if opt_fn is not None:
-            schema = opt_fn()
-            if schema is not None:
-                options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
+        schema = self._options_schema(name)
+        if schema is not None:
+            options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
         hooks = sorted(c.name for c in (self.pm.get_hookcallers(module) or []))
         self.infos[name] = PluginInfo(name, source, version, True, hooks, options, module)
 
     def hook_names(self) -> list[str]:
         return [n for n in dir(hookspecs) if n.startswith("jit_")]
 
-    def option_schemas(self) -> dict[str, type]:
-        out = {}
-        for name, info in self.infos.items():
-            fn = getattr(info.module, "jit_options", None)
-            schema = fn() if fn else None
-            if schema is not None:
-                out[name] = schema
+    # ----------------------------------------------------------------- one run
+    def start_run(self, config) -> dict[str, Any]:
+        """Make every plugin's per-run object (``jit_run_plugin(config)``) and register it for this run.
+
+        ``config`` is the resolved, checked config. Objects of an earlier run are unregistered first.
+        Only the plugins ``config.plugins`` enables (and objects passed directly) are asked. The plugins are
+        registered again in ``--plugin`` order, each run object right after its module,
+        so answers keep the ``--plugin`` order. Returns ``{plugin: run object}``.
+        """
+        for name in list(self.runs):
+            self.pm.unregister(name=name + RUN_SUFFIX)
+        self.runs, self.run_config = {}, config
+        wanted = set(config.plugins)     # a plugin loaded here but not enabled by this config makes no run object
+        made = dict(call_each(self.pm.hook.jit_run_plugin, config=config,
+                              only=lambda name: name in wanted or getattr(self.infos.get(name), "source", "") == "object"))
+        for name, info in self.infos.items():     # registration order = --plugin order
+            self.pm.unregister(name=name)
+            self.pm.register(info.module, name=name)
+            if name in made:
+                self._register_run_object(name, made[name])
+        return dict(self.runs)
+
+    def ensure_run(self, config) -> None:
+        """Start the run for ``config`` unless its objects are already made (for this very config object)."""
+        if self.run_config is not config:
+            self.start_run(config)
+
+    def _register_run_object(self, name: str, obj: Any) -> None:
+        install_time = [h for h in INSTALL_TIME_HOOKS if callable(getattr(obj, h, None))]
+        if install_time:
+            raise PluginError(f"plugin {name!r}: its run object implements {', '.join(install_time)}, which are "
+                              "install-time hooks: define them at module level")
+        self.pm.register(obj, name=name + RUN_SUFFIX)
+        implemented = {c.name for c in (self.pm.get_hookcallers(obj) or [])}
+        stray = [n for n in _hook_names(obj) if n not in implemented]
+        if stray:
+            self.pm.unregister(obj)
+            raise PluginError(f"plugin {name!r}: its run object defines {', '.join(stray)} without @jit_core.hookimpl "
+                              f"or with an unknown hook name{_suggest(stray[0], self.hook_names())}")
+        self.pm.check_pending()
+        self.runs[name] = obj
+
+    def has_eval_metrics(self) -> bool:
+        return bool(self.pm.hook.jit_eval_metrics.get_hookimpls())
+
+    def eval_metrics(self, config, images, labels, taken=()) -> dict[str, float]:
+        """Every plugin's ``jit_eval_metrics`` of one set of samples, merged; a name in ``taken`` (the core's
+        metrics) or given by two plugins is an error naming both."""
+        out, owner = {}, {name: "jit_core" for name in taken}
+        for plugin, values in call_each(self.pm.hook.jit_eval_metrics, images=images, labels=labels, config=config):
+            for name, value in values.items():
+                if name in owner:
+                    raise PluginError(f"metric {name!r} of plugin {plugin!r} is also given by {owner[name]!r}; "
+                                      "rename it (e.g. <plugin>/<metric>)")
+                out[name], owner[name] = float(value), plugin
         return out
+
+    def preflight(self, config) -> list[str]:
+        """Every plugin's ``jit_preflight`` problems, as ``"plugin: problem"`` lines (empty: none found)."""
+        self.ensure_run(config)
+        return [f"{plugin}: {line}" for plugin, lines in call_each(self.pm.hook.jit_preflight, config=config)
+                for line in lines]
+
+    def setup(self, run: hookspecs.RunContext) -> None:
+        """Every plugin's ``jit_setup(run)``, with the global RNGs forked and seeded by ``train.seed``."""
+        from jit_core.rng import isolated_rng
+        self.ensure_run(run.config)
+        with isolated_rng(run.config.train.seed, run.device):
+            call_each(self.pm.hook.jit_setup, run=run)
+
+    def _options_schema(self, name: str) -> Optional[type]:
+        answers = call_each(self.pm.hook.jit_options, only=lambda plugin: plugin == name)
+        return answers[0][1] if answers else None
+
+    def option_schemas(self) -> dict[str, type]:
+        """``{plugin: options dataclass}`` of the enabled plugins that declare options."""
+        return dict(call_each(self.pm.hook.jit_options, only=lambda plugin: plugin in self.infos))
+
+    def install_answers(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
+        """``(plugin, answer)`` of an install-time hook (``jit_presets``, ``jit_studies``, ``jit_add_commands``)."""
+        return call_each(getattr(self.pm.hook, hook_name), **kwargs)
 
     def streams(self, config, model_config):
         """The pixel stream, then every plugin's streams in ``--plugin`` order, each with ``Stream.plugin`` set to
         its plugin; a duplicate name is an error naming both plugins."""
         from jit_core.diffusion import noise_scale_for
         from jit_core.model.streams import pixel_stream
+        self.ensure_run(config)
         streams = [pixel_stream(model_config.in_channels,
                                 noise_scale_for(model_config.image_size, config.diffusion.noise_scale))]
         owner = {streams[0].name: "jit_core"}
@@ -228,13 +277,21 @@ class Plugins:
                     raise PluginError(f"stream {s.name!r} is added by both {owner[s.name]!r} and {plugin!r}; "
                                       "rename one of them")
                 owner[s.name] = plugin
-                streams.append(dataclasses.replace(s, plugin=plugin))
+                owned = copy.copy(s)          # a plugin's Stream subclass keeps its methods
+                owned.plugin = plugin
+                streams.append(owned)
         return streams
 
     def trainable_modules(self, config, model) -> dict[str, Any]:
-        """Every plugin's ``jit_trainable_modules``, merged; a name given by two plugins is an error naming both."""
+        """Every plugin's ``jit_trainable_modules``, merged; a name given by two plugins is an error naming both.
+
+        Built under a forked RNG seeded by ``train.seed`` (like ``jit_setup``): their random init neither depends
+        on nor shifts the training randomness, so a plugin whose terms are off trains the baseline bit for bit."""
+        from jit_core.rng import isolated_rng
         out, owner = {}, {}
-        for plugin, modules in call_each(self.pm.hook.jit_trainable_modules, config=config, model=model):
+        with isolated_rng(config.train.seed, next(model.parameters()).device):
+            answers = call_each(self.pm.hook.jit_trainable_modules, config=config, model=model)
+        for plugin, modules in answers:
             for key, module in modules.items():
                 if key in owner:
                     raise PluginError(f"trainable module {key!r} is added by both {owner[key]!r} and {plugin!r}; "

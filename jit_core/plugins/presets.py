@@ -6,9 +6,10 @@ import sys
 from jit_core.config import load_config, register_preset
 
 
-def from_installed(hook_name: str) -> list:
-    """Every installed plugin's answer to a no-argument hook (``jit_presets``, ``jit_studies``), each plugin
-    loaded on its own: a broken plugin warns and is skipped, so it cannot break runs that do not use it."""
+def from_installed(hook_name: str, **kwargs) -> list:
+    """Every installed plugin's answer to an install-time hook (``jit_presets``, ``jit_studies``,
+    ``jit_official_layouts``, ``jit_add_commands(cli=...)``), each plugin loaded on its own: a broken plugin
+    warns and is skipped, so it cannot break runs that do not use it."""
     from .manager import PluginError, Plugins, installed_plugins
     answers = []
     for name in installed_plugins():
@@ -17,7 +18,7 @@ def from_installed(hook_name: str) -> list:
         except PluginError as exc:
             print(f"warning: {exc}", file=sys.stderr)
             continue
-        answers += getattr(plugins.hook, hook_name)()
+        answers += [answer for _, answer in plugins.install_answers(hook_name, **kwargs)]
     return answers
 
 

@@ -31,13 +31,10 @@ class RecordingPlugin:
 
     By default each hook returns None (nothing added, the core's default applies), so registering it
     changes nothing. ``returns={"jit_capture_blocks": [1]}`` makes a hook return a value;
-    ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its result. Like any
-    plugin, it is asked the *per stream* hooks (``jit_normalize``, ``jit_guidance_scale``) only for
-    the streams it adds itself (``returns={"jit_streams": [...]}``). ``name`` is the name it is
-    registered under (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
-
-    ``jit_options`` is called directly by the plugin manager when it registers a plugin (and when
-    it collects option schemas), so it is recorded without keyword arguments.
+    ``handlers={"jit_loss_terms": fn}`` calls ``fn(**kwargs)`` and returns its result. It implements the
+    install-time hooks and the run hooks on one object (a stand-in needs no per-run object; a real plugin
+    makes one with ``jit_run_plugin``). ``name`` is the name it is registered under
+    (``Plugins(extra=[...])`` uses ``__name__``), which is also its options namespace.
     """
 
     def __init__(self, name: str = "recorder", returns: Mapping[str, Any] | None = None,
@@ -79,6 +76,22 @@ class RecordingPlugin:
 
     # -- every hook of jit_core.hookspecs, with its full signature
     @hookimpl(tryfirst=True)
+    def jit_official_layouts(self):
+        return self._call("jit_official_layouts")
+
+    @hookimpl(tryfirst=True)
+    def jit_run_plugin(self, config):
+        return self._call("jit_run_plugin", config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_setup(self, run):
+        return self._call("jit_setup", run=run)
+
+    @hookimpl(tryfirst=True)
+    def jit_preflight(self, config):
+        return self._call("jit_preflight", config=config)
+
+    @hookimpl(tryfirst=True)
     def jit_options(self):
         return self._call("jit_options")
 
@@ -95,12 +108,9 @@ class RecordingPlugin:
         return self._call("jit_streams", config=config, model_config=model_config)
 
     @hookimpl(tryfirst=True)
-    def jit_normalize(self, stream, target, config):
-        return self._call("jit_normalize", stream=stream, target=target, config=config)
-
-    @hookimpl(tryfirst=True)
-    def jit_null_branch(self, drop, streams, config):
-        return self._call("jit_null_branch", drop=drop, streams=streams, config=config)
+    def jit_null_branch(self, drop, streams, config, training, generator):
+        return self._call("jit_null_branch", drop=drop, streams=streams, config=config, training=training,
+                          generator=generator)
 
     @hookimpl(tryfirst=True)
     def jit_capture_blocks(self, config):
@@ -111,17 +121,13 @@ class RecordingPlugin:
         return self._call("jit_trainable_modules", config=config, model=model)
 
     @hookimpl(tryfirst=True)
-    def jit_loss_terms(self, step):
-        return self._call("jit_loss_terms", step=step)
+    def jit_loss_terms(self, step, generator):
+        return self._call("jit_loss_terms", step=step, generator=generator)
 
     @hookimpl(tryfirst=True)
     def jit_batch_sampler(self, dataset, config, rank, world_size, seed):
         return self._call("jit_batch_sampler", dataset=dataset, config=config, rank=rank, world_size=world_size,
                           seed=seed)
-
-    @hookimpl(tryfirst=True)
-    def jit_guidance_scale(self, stream, scale, config):
-        return self._call("jit_guidance_scale", stream=stream, scale=scale, config=config)
 
     @hookimpl(tryfirst=True)
     def jit_add_commands(self, cli):
@@ -130,3 +136,7 @@ class RecordingPlugin:
     @hookimpl(tryfirst=True)
     def jit_log_sinks(self, config, run_dir):
         return self._call("jit_log_sinks", config=config, run_dir=run_dir)
+
+    @hookimpl(tryfirst=True)
+    def jit_eval_metrics(self, images, labels, config):
+        return self._call("jit_eval_metrics", images=images, labels=labels, config=config)

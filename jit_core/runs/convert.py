@@ -13,7 +13,6 @@ from pathlib import Path
 
 from jit_core.durable import sha256_file, write_text
 from jit_core.model import MODEL_CONFIGS, build_model
-from jit_core.model.streams import Stream
 from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
 from jit_core.official.layout import import_official
 from jit_core.runs import hub
@@ -76,7 +75,7 @@ def convert_command():
             state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
             ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
             if cfg is not None:
-                _write_config_hint(out_dir, cfg, streams)
+                _write_config_hint(out_dir, cfg, imported["plugins"])
         except CheckpointError as e:
             raise click.ClickException(str(e)) from e
         total = sum(t.numel() for t in sd.values())
@@ -92,14 +91,14 @@ def convert_command():
     return convert
 
 
-def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
-    """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network."""
+def _write_config_hint(out_dir: Path, cfg: dict, plugins: list[str]) -> None:
+    """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network, with the
+    plugins its official layout names (they add the streams beside the pixels)."""
     from jit_core.config import Config
 
     base = next((n for n, c in MODEL_CONFIGS.items() if (c.depth, c.hidden_size) == (cfg["depth"], cfg["hidden_size"])),
                 "JiT-B/16")
     run = Config(model=base, model_overrides={k: v for k, v in cfg.items() if getattr(MODEL_CONFIGS[base], k) != v})
     run.data.image_size = cfg["image_size"]
-    if len(streams) > 1:
-        run.plugins = ["vco"]
+    run.plugins = list(plugins)
     write_text(out_dir / "config.json", run.to_json())

@@ -15,6 +15,7 @@ import torch
 
 from jit_core.config import Config, ConfigError, check_values, read_config_file, validate_plugin_options
 from jit_core.diffusion.generate import generate_images
+from jit_core.hookspecs import RunContext
 from jit_core.model import JiT, get_model_config
 from jit_core.official.layout import import_official
 from jit_core.plugins import Plugins, check_run_plugins
@@ -55,6 +56,9 @@ def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="c
     plugins = plugins or Plugins(config.plugins)
     validate_plugin_options(config, plugins.option_schemas())
     mc = get_model_config(config.model, **config.model_overrides)
+    plugins.start_run(config)
+    plugins.setup(RunContext(config=config, model_config=mc, device=torch.device(device),
+                             run_dir=Path(config.run_dir) if config.run_dir else None))   # to sample: training False
     return JiT(mc, plugins.streams(config, mc), config.train.attention).to(device), plugins
 
 

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from jit_core.config import Config, ConfigError
 from jit_core.diffusion import training_losses
+from jit_core.distributed import data_rank_and_world
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.training.accumulate import VirtualRankSampler
@@ -41,18 +42,21 @@ def build_for_config(config: Config, plugins: Plugins, model_config, device=None
 class Objective(nn.Module):
     """The training objective of one batch: ``(total loss, named terms)`` (:func:`jit_core.diffusion.training_losses`)."""
 
-    def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture):
+    def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture, rank: int = 0):
         super().__init__()
         self.model, self.aux = model, aux
-        self._config, self._hook, self._capture = config, hook, capture
+        self._config, self._hook, self._capture, self._rank = config, hook, capture, rank
 
-    def forward(self, images, labels):
+    def forward(self, images, labels, global_step: int = 0):
+        """``global_step`` (optimizer steps done) and the batch's data-parallel rank seed the plugins' generators
+        of this step: under ``train.grad_accum`` each micro-batch draws as the virtual rank it plays."""
+        rank, _ = data_rank_and_world()
         return training_losses(self.model, self.model.streams, images, labels, self._config, self._hook,
-                               aux=self.aux, capture=self._capture)
+                               aux=self.aux, capture=self._capture, global_step=global_step, rank=rank)
 
 
 def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Module:
-    obj = Objective(model, aux, config, plugins.hook, capture)
+    obj = Objective(model, aux, config, plugins.hook, capture, dist.rank)
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         # gradients live in the all-reduce buckets (no second 4 B/parameter copy)

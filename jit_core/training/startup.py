@@ -9,6 +9,9 @@
 6. the device: no silent CPU fallback (:mod:`.devices`);
 7. the memory per GPU: the estimate fits the GPU (:mod:`.memory_plan`; the fix in one line if not);
 8. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
+
+Then :func:`setup_plugins` runs every plugin's ``jit_setup``: the trainer after it has locked the run
+folder, ``--dry-run`` with ``dry_run=True`` (plugins check what they can, build no weights, write nothing).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from jit_core import trackers
 from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
+from jit_core.hookspecs import RunContext
 from jit_core.model import budget
 from jit_core.plugins import Plugins
 from jit_core.runs import checkpoint as ckpt
@@ -59,7 +63,21 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
     validate_plugin_options(config, plugins.option_schemas())
     check_config(config)
     trackers.check(config)
+    plugins.start_run(config)       # each plugin's per-run object (jit_run_plugin), made once for this config
     return plugins
+
+
+def setup_plugins(startup: Startup, config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *,
+                  dry_run: bool = False) -> None:
+    """Every plugin's ``jit_setup`` for this training run (under a forked RNG: see :meth:`Plugins.setup`); a dry
+    run first runs the plugins' pre-flight checks (``jit_preflight``) and fails on any problem."""
+    if dry_run:
+        problems = startup.plugins.preflight(config)
+        if problems:
+            raise ConfigError(f"this run would fail once started: {'; '.join(problems)}")
+    startup.plugins.setup(RunContext(config=config, model_config=startup.model_config, device=dist.device,
+                                     dataset=startup.dataset, run_dir=Path(run_dir) if run_dir else None,
+                                     rank=dist.rank, world_size=dist.world_size, training=True, dry_run=dry_run))
 
 
 def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *, extra_plugins=(),

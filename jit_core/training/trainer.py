@@ -36,7 +36,7 @@ from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
-from jit_core.training.startup import load_plugins, start_checks
+from jit_core.training.startup import load_plugins, setup_plugins, start_checks
 from jit_core.training.state import EMA
 
 log = logging.getLogger("jit")
@@ -89,6 +89,7 @@ class Trainer:
         if startup.memory and self.dist.is_main:
             log.info("%s", startup.memory.describe(config))
         cuda_switches(config.train, self.device)
+        setup_plugins(startup, config, self.run_dir, self.dist)   # under a forked RNG: never shifts training's
         # seeded as (virtual) rank, then built: what draws from the RNG before the first step (accumulate.py)
         self.ranks = VirtualRanks(self.dist, config.train.grad_accum)
         self.model, self.aux = self.ranks.start(config.train.seed, lambda: self._build_modules(self.device),
@@ -173,7 +174,7 @@ class Trainer:
         # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.model.grad_checkpointing):
-            return objective(images, labels)
+            return objective(images, labels, self.step)
 
     def _handle_nonfinite(self, problem: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)

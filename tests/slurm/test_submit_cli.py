@@ -239,7 +239,7 @@ def test_vco_element_without_its_weights_refused(tmp_path):
             "plugins=none,vco", f"data.path={data}"]
     res = jit(*args, "--dry-run")
     assert res.exit_code == 0, res.output
-    assert (f"warning: submitting would fail: {run_dir / 'plugins=vco'} would fail as soon as it starts: DINOv2 "
+    assert (f"warning: submitting would fail: {run_dir / 'plugins=vco'} would fail as soon as it starts: vco: DINOv2 "
             "weights not available offline: pass vco.encoder_weights=") in res.stderr
     assert "plugins=none would fail" not in res.stderr
     res = jit(*args)

@@ -100,14 +100,8 @@ class EfficientNetLite0(nn.Module):
         return fmap.float().flatten(2).transpose(1, 2)
 
 
-_CACHE: dict[tuple, nn.Module] = {}
-
-
 def build_encoder(name: str = "efficientnet_lite0", weights: str | None = None, device="cpu") -> EfficientNetLite0:
-    """The frozen encoder, cached per ``(name, weights, device)`` in this process."""
+    """A new frozen encoder on ``device`` (a run keeps its own: ``RepaRun.encoder``)."""
     if name not in ENCODER_CHANNELS:
         raise ValueError(f"repa: unknown encoder {name!r}; choose one of {', '.join(ENCODER_CHANNELS)}")
-    key = (name, weights, str(torch.device(device)))
-    if key not in _CACHE:
-        _CACHE[key] = EfficientNetLite0(weights, name).to(device)
-    return _CACHE[key]
+    return EfficientNetLite0(weights, name).to(device)

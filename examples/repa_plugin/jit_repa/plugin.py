@@ -5,14 +5,18 @@ projector and are pulled towards the patch features of a frozen image encoder on
 
     L_repa = coef * mean_{b, n} (1 - cos(projector(h_b,n), f_b,n))
 
-Only jit_core's public hooks are used:
+Only jit_core's public hooks are used. At module level (install time):
 
 - ``jit_options``            -> :class:`RepaOptions` (``repa.coef``, ``repa.block``, ...);
-- ``jit_capture_blocks``     -> the block whose hidden states are aligned;
-- ``jit_trainable_modules``  -> ``repa_projector`` (trained with the model, saved as ``aux.repa_projector``,
-                                not part of the sampling network); loads the encoder, so missing
-                                weights fail at start-up;
-- ``jit_loss_terms``         -> ``repa`` (logged as ``loss/repa``).
+- ``jit_run_plugin``         -> one :class:`RepaRun` per run, which owns the options and the frozen encoder
+                                and answers the per-run hooks:
+
+  - ``jit_setup``             -> builds the encoder at start-up (missing weights fail there; the core
+                                 forks the RNG around it, so a resumed run stays bit-identical);
+  - ``jit_capture_blocks``    -> the block whose hidden states are aligned;
+  - ``jit_trainable_modules`` -> ``repa_projector`` (trained with the model, saved as ``aux.repa_projector``,
+                                 not part of the sampling network);
+  - ``jit_loss_terms``        -> ``repa`` (logged as ``loss/repa``).
 
 Enable with ``jit train --preset test --plugin repa repa.coef=0.5``.
 """
@@ -35,7 +39,6 @@ log = logging.getLogger(__name__)
 
 NAME = "repa"            # the entry-point name: the loss term's name; options live under the name it is enabled by
 PROJECTOR = "repa_projector"
-_warned: set = set()
 
 
 @dataclass
@@ -54,30 +57,18 @@ def options(config) -> RepaOptions:
     return plugin_options(config, RepaOptions)
 
 
-def aligned_block(config, depth: int | None = None) -> int:
+def aligned_block(block: int, depth: int, model: str = "the model") -> int:
     """``repa.block``, clamped to the model's last block (with a warning)."""
-    opts = options(config)
-    if depth is None:
-        depth = get_model_config(config.model, **config.model_overrides).depth
-    if opts.block >= depth:
-        if (opts.block, depth) not in _warned:
-            _warned.add((opts.block, depth))
-            log.warning("repa.block=%d but %s has %d blocks: aligning block %d (the last)", opts.block, config.model,
-                        depth, depth - 1)
+    if block >= depth:
+        log.warning("repa.block=%d but %s has %d blocks: aligning block %d (the last)", block, model, depth, depth - 1)
         return depth - 1
-    return opts.block
+    return block
 
 
 def projector(hidden: int, projector_dim: int, out_dim: int) -> nn.Module:
     """REPA's projector: Linear -> SiLU -> Linear -> SiLU -> Linear."""
     return nn.Sequential(nn.Linear(hidden, projector_dim), nn.SiLU(), nn.Linear(projector_dim, projector_dim),
                          nn.SiLU(), nn.Linear(projector_dim, out_dim))
-
-
-def encoder(config, device):
-    """The frozen encoder of ``config`` on ``device`` (cached)."""
-    opts = options(config)
-    return build_encoder(opts.encoder, opts.encoder_weights, device)
 
 
 def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,26 +84,47 @@ def jit_options():
 
 
 @hookimpl
-def jit_capture_blocks(config):
-    """The aligned block's hidden states are needed in ``jit_loss_terms``."""
-    return [aligned_block(config)]
+def jit_run_plugin(config):
+    """One :class:`RepaRun` per run."""
+    return RepaRun(config)
 
 
-@hookimpl
-def jit_trainable_modules(config, model):
-    """``repa_projector``: hidden size -> projector_dim -> projector_dim -> encoder channels."""
-    opts = options(config)
-    device = next(model.parameters()).device
-    encoder(config, device)                 # load the frozen encoder now: missing weights fail at start-up
-    return {PROJECTOR: projector(model.cfg.hidden_size, opts.projector_dim, ENCODER_CHANNELS[opts.encoder])}
+class RepaRun:
+    """REPA for one run: its options, its frozen encoder, the aligned block."""
 
+    def __init__(self, config):
+        self.opts = options(config)
+        depth = get_model_config(config.model, **config.model_overrides).depth
+        self.block = aligned_block(self.opts.block, depth, config.model)
+        self._encoders: dict[str, nn.Module] = {}
 
-@hookimpl
-def jit_loss_terms(step):
-    """``repa``: coef x (1 - cos) between the projected pixel tokens and the encoder's patch features."""
-    opts = options(step.config)
-    block = aligned_block(step.config, step.model.cfg.depth)
-    hidden = step.hidden[block][PIXEL]                                   # (B, T, h), grid tokens only
-    with torch.no_grad():
-        target = encoder(step.config, step.images.device).tokens(step.images, step.model.cfg.grid)
-    return {NAME: opts.coef * alignment_loss(step.aux[PROJECTOR](hidden), target)}
+    def encoder(self, device) -> nn.Module:
+        """The run's frozen encoder on ``device`` (built by ``jit_setup`` for the training device)."""
+        key = str(torch.device(device))
+        if key not in self._encoders:
+            self._encoders[key] = build_encoder(self.opts.encoder, self.opts.encoder_weights, device)
+        return self._encoders[key]
+
+    @hookimpl
+    def jit_setup(self, run):
+        """Build the frozen encoder now (the core forks the RNG around set-up): missing weights fail at start-up."""
+        if run.training and not run.dry_run:
+            self.encoder(run.device)
+
+    @hookimpl
+    def jit_capture_blocks(self):
+        """The aligned block's hidden states are needed in ``jit_loss_terms``."""
+        return [self.block]
+
+    @hookimpl
+    def jit_trainable_modules(self, model):
+        """``repa_projector``: hidden size -> projector_dim -> projector_dim -> encoder channels."""
+        return {PROJECTOR: projector(model.cfg.hidden_size, self.opts.projector_dim, ENCODER_CHANNELS[self.opts.encoder])}
+
+    @hookimpl
+    def jit_loss_terms(self, step):
+        """``repa``: coef x (1 - cos) between the projected pixel tokens and the encoder's patch features."""
+        hidden = step.hidden[self.block][PIXEL]                                   # (B, T, h), grid tokens only
+        with torch.no_grad():
+            target = self.encoder(step.images.device).tokens(step.images, step.model.cfg.grid)
+        return {NAME: self.opts.coef * alignment_loss(step.aux[PROJECTOR](hidden), target)}

@@ -21,7 +21,7 @@ def test_installed_through_the_entry_point_and_off_until_enabled():
     assert "repa" not in Plugins().infos
     (info,) = [i for i in describe_all() if i.name == "repa"]
     assert not info.enabled and info.source == "entry point jit-repa-plugin" and info.version == "0.1.0"
-    assert info.hooks == ["jit_capture_blocks", "jit_loss_terms", "jit_options", "jit_trainable_modules"]
+    assert info.hooks == ["jit_options", "jit_run_plugin"]      # the rest are its run object's
     assert info.options == {"coef": 0.5, "block": 4, "encoder": "efficientnet_lite0", "encoder_weights": None,
                             "projector_dim": 256}
 
@@ -43,7 +43,7 @@ def test_projector_gets_gradients_and_the_encoder_none(tmp_path):
     losses["repa"].backward()                              # the alignment term alone
     projector = setup.aux["repa_projector"]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
-    enc = plugin.encoder(setup.config, "cpu")
+    enc = setup.plugins.runs["repa"].encoder("cpu")
     assert all(not p.requires_grad and p.grad is None for p in enc.parameters()) and not enc.training
     model = setup.model
     assert model.embedders["pixel"].proj1.weight.grad.abs().sum() > 0      # the alignment shapes the trunk ...
@@ -92,3 +92,9 @@ def test_alignment_loss_is_one_minus_cosine():
     assert torch.allclose(plugin.alignment_loss(x, -x), torch.tensor(2.0))
     y = torch.randn(2, 5, 7)
     assert torch.allclose(plugin.alignment_loss(x, y), (1 - torch.cosine_similarity(x, y, dim=-1)).mean())
+
+
+def test_resumes_bit_identically_and_off_is_the_baseline(tmp_path):
+    from jit_core.testing import check_off_equals_baseline, check_resumes_bit_identically
+    check_resumes_bit_identically(tmp_path, plugins=["repa"], steps=4, **{"repa.projector_dim": 32})
+    check_off_equals_baseline(tmp_path, plugins=["repa"], off={"repa.coef": 0.0, "repa.projector_dim": 32}, steps=2)
