@@ -12,6 +12,8 @@ fi
 status=0
 .venv/bin/lint-imports || status=$?      # the architecture's contracts (pyproject.toml [tool.importlinter])
 .venv/bin/python -m pytest "$@" || status=$?
+# the core without V-Co: vco_plugin not importable, no plugin entry points (tests/core/without_vco.py)
+.venv/bin/python -m tests.core.without_vco -q -p no:cacheprovider tests/core || status=$?
 [ -f examples/repa_plugin/tests/test_repa.py ] && { .venv/bin/python -m pytest -q examples/repa_plugin/tests || status=$?; }
 [ "$started_slurm" = 1 ] && bash scripts/slurm-cluster.sh down || true
 exit $status

@@ -24,7 +24,7 @@ from jit_core.training.optim import param_groups, peak_lr
 from vco_plugin.calibration import FeatureStats, save_stats
 from vco_plugin.features import build_encoder
 
-from .official_fixtures import compact, dinov2_tiny_path
+from tests.official_fixtures import compact, dinov2_tiny_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

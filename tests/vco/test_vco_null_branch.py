@@ -10,7 +10,7 @@ from jit_core.model.streams import Stream, pixel_stream
 from jit_core.official.layout import from_official
 from vco_plugin.null_branch import structured_unconditional
 
-from .official_fixtures import compact
+from tests.official_fixtures import compact
 
 
 def _streams(channels=8, extra=False):

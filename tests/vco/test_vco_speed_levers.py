@@ -27,7 +27,7 @@ from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
 from jit_core.plugins.recording import RecordingPlugin
 from jit_core.testing import run_cli, train_tiny
-from tests.test_vco_plugin import small_config  # the same small V-Co run
+from tests.vco.test_vco_plugin import small_config  # the same small V-Co run
 from vco_plugin import features, plugin
 from vco_plugin.calibration import compute_stats, load_stats, save_stats, standardize
 from vco_plugin.drift_loss import hybrid_loss
