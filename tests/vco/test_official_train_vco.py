@@ -21,10 +21,9 @@ from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
 from jit_core.training.build import build_for_config
 from jit_core.training.optim import param_groups, peak_lr
+from tests.official_fixtures import compact, dinov2_tiny_path
 from vco_plugin.calibration import FeatureStats, save_stats
 from vco_plugin.features import build_encoder
-
-from tests.official_fixtures import compact, dinov2_tiny_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

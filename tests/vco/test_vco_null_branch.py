@@ -8,9 +8,8 @@ import torch
 from jit_core.model import JiT, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 from jit_core.official.layout import from_official
-from vco_plugin.null_branch import structured_unconditional
-
 from tests.official_fixtures import compact
+from vco_plugin.null_branch import structured_unconditional
 
 
 def _streams(channels=8, extra=False):
