@@ -299,7 +299,7 @@ def evaluate_command():
     """The ``jit evaluate`` click command."""
     import click
 
-    from jit_core.runs.loading import trust_options
+    from jit_core.clioptions import trust_options
 
     @click.command("evaluate")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))

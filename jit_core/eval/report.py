@@ -340,7 +340,7 @@ def compare_command():
     """The ``jit compare`` click command."""
     import click
 
-    from jit_core.runs.loading import trust_options
+    from jit_core.clioptions import trust_options
 
     @click.command("compare")
     @click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
