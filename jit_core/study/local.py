@@ -18,10 +18,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from jit_core.durable import replace_durably
+from jit_core.progress import heartbeat
 
+from .lanes import LaneStatus
 from .spec import Element, Study, StudyError
 
 DONE = "study-element.json"
+HEARTBEAT_S = float(os.environ.get("JIT_HEARTBEAT_S", 30))
 
 
 class StudyJobError(StudyError):
@@ -72,13 +75,18 @@ def _run(cmd: list[str], log: Path, env: dict, what: str, element: Element) -> s
     return proc.stdout
 
 
-def run_element(element: Element, study: Study, num_images: int, threads: int) -> dict:
-    """Train (or resume) and evaluate one element; record and return its timings and result file."""
+def run_element(element: Element, study: Study, num_images: int, threads: int, status: LaneStatus | None = None) -> dict:
+    """Train (or resume) and evaluate one element; record and return its timings and result file.
+    ``status``: told each phase, for the study's heartbeat."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
+    if status:
+        status.phase(element, "training")
     _run(train_command(element), log_path(element, "train"), env, "training", element)
     t1 = time.perf_counter()
+    if status:
+        status.phase(element, "evaluating")
     out = _run(evaluate_command(element, study, num_images), log_path(element, "eval"), env,
                "evaluation", element)
     t2 = time.perf_counter()
@@ -123,19 +131,26 @@ def run_local(elements: Sequence[Element], study: Study, *, num_images: int, lan
     lock = threading.Lock()
     counter = {"n": skipped}
     t0 = time.perf_counter()
+    status = LaneStatus(study.name, len(elements), skipped)
 
     def job(e: Element):
         if failed:
             return None
-        record = run_element(e, study, num_images, threads)
+        echo(f"started {e.label} (log {log_path(e, 'train')})")
+        try:
+            record = run_element(e, study, num_images, threads, status)
+        finally:
+            status.dropped(e)
         with lock:
+            status.finished(e)
             counter["n"] += 1
             echo(f"[{counter['n']}/{len(elements)}] {e.label}: trained {record['train_s']:.0f} s, evaluated "
                  f"{record['eval_s']:.0f} s ({time.perf_counter() - t0:.0f} s elapsed)")
         return record
 
     records = []
-    with ThreadPoolExecutor(lanes) as pool:
+    # every HEARTBEAT_S a line with each running run's step and ETA: a study is never silent for long
+    with heartbeat(status.line, every_s=HEARTBEAT_S, emit=echo), ThreadPoolExecutor(lanes) as pool:
         for fut in as_completed([pool.submit(job, e) for e in todo]):
             try:
                 rec = fut.result()

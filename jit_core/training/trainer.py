@@ -24,6 +24,7 @@ from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
+from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
@@ -201,10 +202,10 @@ class Trainer:
             self.sinks.log_config(self.config.to_dict())
         metrics = MetricsLog(log_file, self.dist, self.sinks)
         status, last = "finished", {}
-        bar = None
-        if self.progress and self.dist.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True)
+        # a bar on a terminal; in a log file one plain line per logged step (and after 2 quiet minutes)
+        bar = Progress(self.total_steps, self.run_dir.name, "step", initial=self.step,
+                       enabled=self.progress and self.dist.is_main, every_s=120.0, rate_unit="img",
+                       rate_scale=self.global_batch)
         try:
             with self.signals:
                 self.model.train()
@@ -212,15 +213,13 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                     out = self.train_step(images, labels)
-                    if bar:
-                        bar.update(1)
+                    bar.update(1)
                     if out:
                         metrics.add(out)
                     if metrics.count and (self.step % t.log_every == 0 or self.step == self.total_steps):
                         last = metrics.write(self.step, self.step / self.steps_per_epoch,
                                              self.elapsed + time.time() - started, self.global_batch)
-                        if bar:
-                            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                        bar.report(loss=last["loss"], lr=last["lr"])
                     stop = any_rank(self.stop_requested, self.dist)
                     if stop or self.step % t.ckpt_every == 0 or self.step >= self.total_steps:
                         self.elapsed, started = self.elapsed + time.time() - started, time.time()
@@ -236,8 +235,7 @@ class Trainer:
                         self.save()
                     self.sample_grid(f"step-{self.step:08d}")
         finally:
-            if bar:
-                bar.close()
+            bar.close()
             self.sinks.close()
             self.close()
         return TrainResult(self.run_dir, self.step, status, {k: v for k, v in last.items() if k.startswith("loss")},
