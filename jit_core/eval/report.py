@@ -340,7 +340,7 @@ def compare_command():
     """The ``jit compare`` click command."""
     import click
 
-    from jit_core.clioptions import trust_options
+    from jit_core.clioptions import deprecated_alias, trust_options
 
     @click.command("compare")
     @click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
@@ -358,13 +358,16 @@ def compare_command():
     @click.option("--eval-ema", type=click.Choice(["ema1", "ema2", "model"]),
                   help="Weights of the evaluation compared (selects / evaluates).")
     @click.option("--eval-seed", type=int, help="Sampling seed of the evaluation compared (selects / evaluates).")
-    @click.option("--num-samples", default=20, show_default=True, help="Samples per arm in samples.png.")
+    @click.option("--sheet-images", "num_samples", default=20, show_default=True,
+                  help="Images per arm in samples.png (--num-images is the evaluations' count).")
+    @deprecated_alias("--num-samples", "--sheet-images", "old_num_samples", type=int)
     @click.option("--seed", default=0, show_default=True, help="Seed of samples.png.")
     @click.option("--cfg", type=float, help="CFG scale for samples.png (default: each run's own).")
     @trust_options
     def cmd(run_dirs, arm_specs, baseline, title, out, evaluate, num_images, eval_cfg, eval_ema, eval_seed,
-            num_samples, seed, cfg, trust_plugins):
+            num_samples, old_num_samples, seed, cfg, trust_plugins):
         """Compare runs or arms: metrics with 95 % intervals and a verdict, loss curves, samples, config diff."""
+        num_samples = num_samples if old_num_samples is None else old_num_samples
         arms: dict[str, list[str]] = {}
         try:
             for spec in arm_specs:
