@@ -33,7 +33,7 @@ from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
-from jit_core.training.startup import load_plugins, start_checks
+from jit_core.training.startup import discard_unused_run_dir, load_plugins, start_checks
 from jit_core.training.state import EMA, seed_everything
 
 log = logging.getLogger("jit")
@@ -71,11 +71,14 @@ class Trainer:
         # every start-up check (what --dry-run runs); every rank reads the folder before any rank writes it
         startup = start_checks(config, self.run_dir, self.dist, plugins=self.plugins, allow_changes=self.allow_changes)
         barrier(self.dist)
+        new_folder = not self.run_dir.exists()
         self.lock = lock_run_dir(config, self.run_dir, self.dist, self.allow_changes)  # before anything is written
         try:
             self._build(startup, handle_signals)
         except BaseException:
             self.lock.release()
+            if new_folder and self.dist.is_main:
+                discard_unused_run_dir(self.run_dir)   # a failed start leaves no files behind
             raise
 
     def _build(self, startup, handle_signals) -> None:
@@ -83,7 +86,7 @@ class Trainer:
         self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
         self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
         seed_everything(config.train.seed + self.dist.rank)
-        self.model = build_for_config(config, self.plugins, self.model_config, self.device)
+        self.model = build_for_config(config, self.plugins, self.model_config, self.device, startup.streams or None)
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
         self.capture = self.plugins.capture_blocks(config)
