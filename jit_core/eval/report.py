@@ -206,15 +206,17 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
             raise ValueError(f"{d} is not a run folder (no config.json)")
     if kw.get("evaluate"):
         from jit_core.eval.evaluate import evaluate_run
-        for label, d in runs.items():
-            if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]:
-                evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
-                             method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
-                             seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
-                             ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
-                             inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
-                             metrics=kw.get("metrics") or "auto", device=device, progress=False,
-                             trust_plugins=trust, bootstrap=kw.get("bootstrap"))
+        todo = [(label, d) for label, d in runs.items()
+                if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]]
+        for i, (label, d) in enumerate(todo, 1):
+            log.info("evaluating %s (%d of %d runs without a matching evaluation): %s", label, i, len(todo), d)
+            evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
+                         method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
+                         seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
+                         ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
+                         inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
+                         metrics=kw.get("metrics") or "auto", device=device, progress=True,
+                         trust_plugins=trust, bootstrap=kw.get("bootstrap"))
     records, settings = A.select_evaluations(runs, want)
     table = A.arm_table(labels, records, baseline, paper)
     sentence = A.top_sentence(table)
