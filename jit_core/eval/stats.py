@@ -12,7 +12,9 @@ Pure numpy/scipy (no torch). Three levels:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -143,6 +145,15 @@ class ArmSummary:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def _near_identical_ok():
+    """scipy warns of "precision loss" when seeds give nearly identical values; the interval it returns is
+    then as narrow as the spread, which is the answer (tests/test_stats.py checks these numbers)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        yield
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: Student-t interval of the mean of >= 2 values (``scipy.stats.ttest_1samp``)."""
     from scipy import stats as st
@@ -152,7 +163,8 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     m = float(v.mean())
     if np.all(v == v[0]):   # no spread: scipy's interval would be nan
         return m, m, m
-    ci = st.ttest_1samp(v, 0.0).confidence_interval(confidence_level=level)
+    with _near_identical_ok():
+        ci = st.ttest_1samp(v, 0.0).confidence_interval(confidence_level=level)
     return m, float(ci.low), float(ci.high)
 
 
@@ -206,8 +218,9 @@ def welch_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL)
     d = float(x.mean() - y.mean())
     if x.var(ddof=1) + y.var(ddof=1) == 0:   # no spread in either arm: scipy's interval would be nan
         return d, d, d, float("inf")
-    result = st.ttest_ind(x, y, equal_var=False)
-    ci = result.confidence_interval(confidence_level=level)
+    with _near_identical_ok():
+        result = st.ttest_ind(x, y, equal_var=False)
+        ci = result.confidence_interval(confidence_level=level)
     return d, float(ci.low), float(ci.high), float(result.df)
 
 
