@@ -150,9 +150,18 @@ class JitGroup(click.Group):
 
 
 def _short(text: str, limit: int) -> str:
-    """A command's help as click shortens it in `jit --help` (first sentence, within ``limit``)."""
-    from click.utils import make_default_short_help
-    return make_default_short_help(text.replace("``", "`"), max(limit, 30))
+    """A command's help as `jit --help` lists it: its first sentence, cut at a word to fit ``limit``."""
+    words = text.replace("``", "`").split("\n\n")[0].split()
+    sentence = []
+    for word in words:
+        sentence.append(word)
+        if word.endswith("."):
+            break
+    line, limit = " ".join(sentence), max(limit, 30)
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 3].rsplit(" ", 1)[0]
+    return cut + "..."
 
 
 @click.group(cls=JitGroup, context_settings={"help_option_names": ["-h", "--help"]})
