@@ -110,3 +110,18 @@ def test_study_heartbeat_names_each_running_run_with_its_step_and_eta(tmp_path):
     status.finished(a)
     status.dropped(a)
     assert "JiT/seed-0" not in status.line() and "3 of 6 done" in status.line()
+
+
+def test_slurm_submit_wait_beats_with_the_job_state_and_the_run_step(tmp_path, monkeypatch, capsys):
+    import slurm.outcome as outcome
+    from slurm.options import LaunchError
+    (tmp_path / "metrics.jsonl").write_text('{"step": 7, "loss": 0.5}\n')
+    monkeypatch.setattr(outcome, "HEARTBEAT_S", 0.2)
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])   # a "local" job: its pid
+    try:
+        with pytest.raises(LaunchError, match="ended without a result"):   # it writes no end event
+            outcome.wait_for_end(str(job.pid), "local", tmp_path, poll_s=0.1)
+    finally:
+        job.wait()
+    beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"job {job.pid}: ")]
+    assert beats and all("RUNNING" in b and "waited" in b and "run at step 7" in b for b in beats), beats
