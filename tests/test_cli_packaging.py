@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import jit_core
@@ -76,3 +77,17 @@ def test_wheel_ships_package_data(tmp_path):
     assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names), names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert f"Version: {jit_core.__version__}" in meta and "tomli" in meta
+
+
+def test_config_and_profiles_read_toml_without_tomllib(tmp_path):
+    """Python 3.10 has no tomllib: config files and cluster profiles then go through tomli (same parser)."""
+    pytest.importorskip("tomli")
+    (tmp_path / "run.toml").write_text('[optim]\nblr = 1e-4\n[train]\nmax_steps = 7\n')
+    (tmp_path / "mine.toml").write_text('partition = "gpu"\ngpus_per_node = 4\n')
+    out = _python("import sys\nsys.modules['tomllib'] = None   # as on Python 3.10\n"
+                  "from jit_core.config import load_config\nfrom slurm.profiles import load_profile\n"
+                  f"cfg = load_config('test', {str(tmp_path / 'run.toml')!r})\n"
+                  f"prof = load_profile({str(tmp_path / 'mine.toml')!r})\n"
+                  "import tomli\nprint(cfg.optim.blr, cfg.train.max_steps, prof['gpus_per_node'], "
+                  "'tomli' in sys.modules)")
+    assert out.split() == ["0.0001", "7", "4", "True"], out
