@@ -1,4 +1,4 @@
-"""Every command of README.md runs as written, at a tiny budget, offline.
+"""Every command of README.md runs as written, at a tiny budget, offline; every `jit` command of the docs parses.
 
 The README's code blocks are parsed; each command line runs through the real `jit` CLI (in-process) in a
 scratch folder, with the tiny budget appended as overrides (`train.max_steps=2 ...`) or options
@@ -152,3 +152,58 @@ def test_readme_commands_run_as_written_at_a_tiny_budget(tmp_path, monkeypatch, 
                              y=torch.tensor([0, 1]))
         exec(line, namespace)   # noqa: S102 -- the README's own example
     assert namespace["images"].dtype == torch.uint8 and namespace["images"].shape[0] == 10
+
+
+def _doc_commands() -> list[tuple[str, str]]:
+    """(file, command) for every `jit ...` line in a code block of README.md, docs/*.md and the example's README
+    (a leading `$ ` prompt dropped, comments dropped, continuation lines joined)."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples/repa_plugin/README.md"]
+    found = []
+    for path in files:
+        for _, body in re.findall(r"```(\w*)\n(.*?)```", path.read_text(), re.S):
+            for line in body.replace("\\\n", " ").splitlines():
+                line = re.sub(r"\s+#.*$", "", line.strip()).removeprefix("$ ").strip()
+                if line.startswith("jit "):
+                    found.append((path.relative_to(ROOT).as_posix(), " ".join(line.split())))
+    return found
+
+
+def test_every_documented_jit_command_parses():
+    """Every documented `jit` command names a real command and real options with the right arguments (parsed by
+    click without running: a renamed option or command in the docs fails here). Paths need not exist."""
+    import click
+
+    import jit_core.cli as jit_cli
+    jit_cli.add_all_commands()
+    commands = _doc_commands()
+    assert len(commands) > 30
+    for where, command in commands:
+        words = shlex.split(re.sub(r"\[(-[^\]]*)\]", r"\1", command))[1:]    # synopsis `[--opt X]`: parse it too
+        group, ctx_args = jit_cli.cli, []
+        try:
+            while isinstance(group, click.Group) and words and not words[0].startswith("-"):
+                sub = group.get_command(click.Context(group), words[0])
+                if sub is None:
+                    raise click.UsageError(f"no command {words[0]!r}")
+                ctx_args.append(words.pop(0))
+                group = sub
+            _parse_only(group, words)
+        except click.ClickException as exc:
+            raise AssertionError(f"{where}: `{command}` does not parse: {exc.format_message()}") from None
+
+
+def _parse_only(command, words: list[str]) -> None:
+    """Options and positional arguments as click's parser reads them (unknown options, missing option values,
+    missing or extra arguments fail), without converting values (a documented path need not exist)."""
+    import click
+    ctx = click.Context(command, info_name="jit")
+    values, extra, _ = command.make_parser(ctx).parse_args(args=list(words))
+    if isinstance(command, click.Group):
+        return
+    if extra:
+        raise click.UsageError(f"unexpected extra argument(s) {extra}")
+    for param in command.params:
+        value = values.get(param.name)    # click marks a missing one with a sentinel (None or UNSET by version)
+        if isinstance(param, click.Argument) and param.required and (value in (None, ()) or
+                                                                     type(value).__name__ == "Sentinel"):
+            raise click.UsageError(f"missing argument {param.human_readable_name}")
