@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jit_core.model import MODEL_CONFIGS, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 
-# Paper Tab. (jit.md §1): "GFLOPs" per forward of one 256/512 px image.
+# The JiT paper's (arXiv 2511.13720) configuration table: "GFLOPs" per forward of one 256/512 px image.
 PAPER_GFLOPS = {"JiT-B/16": 25, "JiT-B/32": 26, "JiT-L/16": 88, "JiT-L/32": 89, "JiT-H/16": 182, "JiT-H/32": 183,
                 "JiT-G/16": 383}
 FREQ_DIM = 256  # TimestepEmbedder frequency embedding size

@@ -144,7 +144,7 @@ class JitGroup(click.Group):
             raise click.ClickException(str(exc).strip("'\"")) from exc
         except Exception as exc:  # known error types of the other modules, by name to keep imports lazy
             if type(exc).__name__ in ("DataError", "CheckpointError", "CorruptCheckpointError", "NonFiniteLossError",
-                                      "EncoderWeightsError", "ForeignCheckpointError", "HubError"):
+                                      "EncoderWeightsError", "ForeignCheckpointError", "WriteError", "HubError"):
                 raise click.ClickException(str(exc)) from exc
             raise
 
@@ -263,8 +263,8 @@ def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, d
     from jit_core.distributed import resolve_device
     from jit_core.images import save_grid, save_pngs
     wanted = parse_labels(labels)
-    if cfg is not None and cfg < 0:
-        raise ConfigError(f"--cfg {cfg}: the CFG scale must be >= 0 (1 = unguided)")
+    if cfg is not None and not 0 <= cfg < float("inf"):   # nan fails both comparisons
+        raise ConfigError(f"--cfg {cfg}: the CFG scale must be >= 0 and finite (1 = unguided)")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps {steps}: the sampler needs at least 1 step")
     check_device(device)
@@ -285,8 +285,8 @@ def sample(run_dir, out, labels, num_per_class, cfg, steps, method, seed, ema, d
     save_pngs(images, out)
     grid = save_grid(images, out / "grid.png", nrow=num_per_class if not labels else None, scale=2)
     for name, tensor in streams.items():
-        from safetensors.torch import save_file
-        save_file({name: tensor.contiguous(), "labels": lab.clone()}, str(out / f"stream-{name}.safetensors"))
+        from jit_core.durable import save_safetensors
+        save_safetensors(out / f"stream-{name}.safetensors", {name: tensor.contiguous(), "labels": lab.clone()})
     saved = "".join(f"; stream {n}: {out / f'stream-{n}.safetensors'}" for n in streams)
     click.echo(f"{len(images)} images (step {run.step}, {ema}) in {out}; grid: {grid}{saved}")
 

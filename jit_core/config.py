@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,6 +272,14 @@ def _all_keys(cfg: Config) -> list[str]:
     return keys
 
 
+def _finite(value: Any) -> bool:
+    """False only for a value that reads as an infinite or NaN float (other bad values fail their own way)."""
+    try:
+        return math.isfinite(float(value))
+    except (ValueError, TypeError, OverflowError):
+        return True
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Turn a CLI string (or JSON value) into the annotated type, or fail naming the key."""
     origin = typing.get_origin(annotation)
@@ -279,6 +288,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if annotation is float and not _finite(value):   # inf / nan: no setting means that (cfg=inf: blank images)
+        raise ConfigError(f"bad value {value!r} for {key}: expected a finite number")
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -303,6 +314,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return tuple(out) if origin is tuple else out
         if origin is dict or annotation is dict:
             return value if isinstance(value, dict) else json.loads(value)
+    except ConfigError:     # an element of a list or tuple, already named
+        raise
     except (ValueError, TypeError, json.JSONDecodeError):
         pass
     else:
@@ -322,6 +335,8 @@ def set_key(cfg: Config, key: str, value: Any, plugin_schemas: Optional[dict] = 
             raise ConfigError(f"unknown config key {key!r}{_suggest(key, _all_keys(cfg))}")
         setattr(section, rest, _coerce(key, value, shints[rest]))
     elif head in hints and not rest:
+        if dataclasses.is_dataclass(getattr(cfg, head)):
+            raise ConfigError(f"{key} is a section, not a value: give its keys ({key}.KEY=VALUE, or a table in a file)")
         if head == "plugins":
             value = [] if value in ("none", "", None, []) else value
         setattr(cfg, head, _coerce(key, value, hints[head]))
@@ -358,18 +373,30 @@ def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            kind = "TOML" if path.suffix == ".toml" else "JSON"
-            raise ConfigError(f"config file {path} is not valid {kind}: {exc}; fix that line") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a table of keys, not {type(data).__name__}")
+        data = read_config_file(path)
         for key, value in _flatten(data).items():
             set_key(cfg, key, value)
     for text in overrides:
         set_key(cfg, *parse_override(text))
     return cfg
+
+
+def read_config_file(path: Path) -> dict:
+    """The table of keys in a TOML or JSON config file (a run's ``config.json`` included); ConfigError naming the
+    file and the problem (not valid, nested too deeply, not a table, a section that is not a table)."""
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    try:
+        data = tomllib.loads(path.read_text()) if kind == "TOML" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}; fix that line") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config: fix or replace it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of keys, not {type(data).__name__}")
+    options = data.get("plugin_options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError(f"config file {path}: plugin_options must be a table of tables (plugin -> options)")
+    return data
 
 
 def option_namespace(key: str, plugins: typing.Iterable[str]) -> Optional[str]:
@@ -451,13 +478,9 @@ def plugin_options(cfg: Config, schema: type):
     return schema(**cfg.plugin_options.get(namespace, {}))
 
 
-def check_config(cfg: Config) -> None:
-    """The core's start-up checks of ``cfg`` that need no data or plugin: every :func:`option` field
-    (choices and ranges), then checks across fields (the CFG interval's order, the device).
-
-    The rest of a start runs in :func:`jit_core.training.startup.start_checks`: plugins and their
-    options, the dataset (name, path), the model (name, image size), the batch sampler, the run folder.
-    """
+def check_values(cfg: Config) -> None:
+    """Every :func:`option` field (choices and ranges) and the checks across fields (the CFG interval's order):
+    what a saved config must pass before it is sampled or evaluated (the device it trained on need not exist)."""
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if dataclasses.is_dataclass(section):
@@ -465,6 +488,15 @@ def check_config(cfg: Config) -> None:
     lo, hi = cfg.sample.interval
     if not lo < hi:
         raise ConfigError(f"sample.interval={lo},{hi}: the CFG interval needs lo < hi (e.g. sample.interval=0.1,1.0)")
+
+
+def check_config(cfg: Config) -> None:
+    """The core's start-up checks of ``cfg`` that need no data or plugin: :func:`check_values`, then the device.
+
+    The rest of a start runs in :func:`jit_core.training.startup.start_checks`: plugins and their
+    options, the dataset (name, path), the model (name, image size), the batch sampler, the run folder.
+    """
+    check_values(cfg)
     check_device(cfg.train.device)
 
 

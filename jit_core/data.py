@@ -258,14 +258,24 @@ class ImageFolderDataset(_FlipMixin, Dataset):
         self.classes = find_classes(self.root)
         self.samples: list[str] = []
         self.targets: list[int] = []
+        empty = []
         for label, name in enumerate(self.classes):
             files = sorted(e.name for e in os.scandir(self.root / name)
                            if e.name.lower().endswith(IMG_EXTENSIONS) and not e.name.startswith(".")
                            and e.is_file())
             self.samples += [str(self.root / name / f) for f in files]
             self.targets += [label] * len(files)
+            if files:
+                check_image_mode(self.root / name / files[0])
+            else:
+                empty.append(name)
         if not self.samples:
             raise DataError(f"data path {self.root} contains no images (expected <root>/<class>/<image>.JPEG)")
+        if empty:    # a class with no image would be trained as a label that never occurs
+            more = f" (and {len(empty) - 3} more)" if len(empty) > 3 else ""
+            raise DataError(f"class folder {self.root / empty[0]} holds no images{more}: every class folder under "
+                            f"{self.root} needs at least one image ({', '.join(IMG_EXTENSIONS)}); add images or "
+                            "remove the folder")
         self.num_classes, self.channels = len(self.classes), 3
         # 1 byte per sample, 1 = unreadable; shared with DataLoader workers (fork or spawn).
         self._bad = multiprocessing.RawArray("B", len(self.samples))
@@ -292,7 +302,7 @@ class ImageFolderDataset(_FlipMixin, Dataset):
             return None
         try:
             with Image.open(self.samples[i]) as im:
-                return im.convert("RGB")
+                return to_rgb(im, self.samples[i])
         except Exception as e:  # noqa: BLE001 -- anything PIL raises on a broken file: truncated, bad header, bomb...
             self._bad[i] = 1
             log.warning("skipping unreadable image %s (%s: %s)", self.samples[i], type(e).__name__, e)
@@ -307,6 +317,34 @@ class ImageFolderDataset(_FlipMixin, Dataset):
                 arr = np.asarray(adm_center_crop(img, self.size))
                 return self._maybe_flip(_to_chw(arr), index), self.targets[i]
         raise DataError(f"no readable images in {self.root}: all {n} files failed to decode")
+
+
+# image modes read as RGB: 8-bit ones by PIL's convert; 16-bit grayscale (a 16-bit PNG) scaled to 8 bits first
+# (PIL's convert would clip it to white). 32-bit integer or float modes ("I", "F") have no defined range: refused.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def check_image_mode(path: Path) -> None:
+    """The mode of the image at ``path`` (its header only) is one :func:`to_rgb` reads; DataError naming its folder."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except Exception:  # noqa: BLE001 -- an unreadable file is skipped and counted when loaded, like any other
+        return
+    if mode not in EIGHT_BIT_MODES + SIXTEEN_BIT_MODES:
+        raise DataError(f"{path.parent}: {path.name} has image mode {mode!r}, which has no defined 8-bit range; "
+                        "convert the folder's images to 8 or 16 bits per channel (e.g. RGB PNG or JPEG)")
+
+
+def to_rgb(im: Image.Image, path: str = "") -> Image.Image:
+    """``im`` as 8-bit RGB: 16-bit grayscale scaled by 255/65535 (rounded), other supported modes by PIL."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.rint(arr * (255 / 65535)).astype(np.uint8), "L").convert("RGB")
+    if im.mode not in EIGHT_BIT_MODES:
+        raise DataError(f"{path}: image mode {im.mode!r} is not supported (no defined 8-bit range)")
+    return im.convert("RGB")
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:

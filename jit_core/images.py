@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from jit_core import durable
+
 
 def to_pil(img_u8: torch.Tensor) -> Image.Image:
     """(C, H, W) uint8 -> PIL (grayscale for C=1)."""
@@ -32,15 +34,14 @@ def make_grid(images_u8: torch.Tensor, nrow: int | None = None, pad: int = 2, sc
 
 
 def save_grid(images_u8: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """The images as one grid PNG at ``path`` (written atomically, never through a link)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images_u8, nrow, scale=scale).save(path)
-    return path
+    durable.ensure_dir(path.parent)
+    return durable.save_image(path, make_grid(images_u8, nrow, scale=scale))
 
 
 def save_pngs(images_u8: torch.Tensor, folder: str | Path, start_index: int = 0) -> None:
     """Write ``{index:05d}.png`` files (the evaluation protocol's naming)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = durable.ensure_dir(Path(folder))
     for i, img in enumerate(images_u8):
-        to_pil(img).save(folder / f"{start_index + i:05d}.png")
+        durable.save_image(folder / f"{start_index + i:05d}.png", to_pil(img), fsync=False)   # many small files

@@ -12,7 +12,7 @@
 #
 # State (configs, logs, PIDs, slurm state): ${JIT_SLURM_DIR:-/tmp/jit-slurm}.
 # slurm.conf and slurmdbd.conf are also installed into /etc/slurm so every process finds them
-# without SLURM_CONF. Facts behind every setting: /work/shared/spec/slurm.md.
+# without SLURM_CONF. Why each setting: the comment beside it.
 # Daemons are only ever stopped by the PIDs recorded here (never by process name).
 set -euo pipefail
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
+
+from jit_core import durable
 
 
 def log_folder(root: str | Path) -> Path:
@@ -40,11 +41,8 @@ def now() -> str:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    durable.ensure_dir(path.parent)
+    durable.append_text(path, json.dumps(record, sort_keys=True) + "\n", fsync=True)   # never through a link
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -1,7 +1,10 @@
 """Shared test fixtures (keep small).
 
-- ``fixtures_dir``: the shared parity fixtures produced by the official code (``../shared/fixtures``
-  next to the repository, overridable with ``JIT_FIXTURES``); tests that need it skip when absent.
+- ``official_checkpoint``: an official-layout ``checkpoint-last.pth`` rebuilt from the in-repository copy of
+  the official parity fixtures (``tests/fixtures/official``, read through ``tests/official_fixtures.py``).
+- ``full_fixtures_dir``: the full official fixture folders the compact copy was cut from, or None. They are
+  optional (nothing needs them): looked for in a ``shared/fixtures`` folder beside the repository checkout,
+  or where ``JIT_FIXTURES`` says; when present, the compaction script is checked against them.
 - ``one_thread``: tiny models on one intra-op thread.
 - ``vco``: the V-Co plugin enabled, with its presets registered.
 """
@@ -19,16 +22,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # entry point, so pytest runs elsewhere in the environment do not import torch.
 pytest_plugins = ["jit_core.testing"]
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+# the full fixtures, when a checkout has them: "shared/fixtures" in the folder that holds the repository
+FULL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    """Folder of the official parity fixtures (``JIT_FIXTURES`` overrides the default location)."""
-    path = Path(os.environ.get("JIT_FIXTURES") or DEFAULT_FIXTURES)
-    if not path.is_dir():
-        pytest.skip(f"shared parity fixtures not found at {path} (set JIT_FIXTURES to their folder)")
-    return path
+def full_fixtures_dir() -> Path | None:
+    """The full official fixture folders (``JIT_FIXTURES`` overrides where they are looked for), or None."""
+    from .official_fixtures import FULL_FIXTURE_NAMES
+    path = Path(os.environ.get("JIT_FIXTURES") or FULL_FIXTURES)
+    return path if all((path / name).is_dir() for name in FULL_FIXTURE_NAMES) else None
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(tmp_path_factory):
+    """``official_checkpoint("jit_tiny" | "vco_tiny")``: the official checkpoint file of that fixture (rebuilt once)."""
+    from .official_fixtures import compact
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = compact(name).write_checkpoint(tmp_path_factory.mktemp(name) / "checkpoint-last.pth")
+        return made[name]
+    return get
 
 
 @pytest.fixture(scope="module")

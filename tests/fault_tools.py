@@ -361,10 +361,59 @@ def ddp_main(argv: list[str]) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- shipped plugins
+# Every plugin the project ships, as the exact-resume tests (local kill, SLURM requeue) enable it:
+# name -> (plugins to enable, extra KEY=VALUE overrides). A new shipped plugin is one more entry.
+SHIPPED_PLUGINS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "jit": ((), ()),
+    "vco": (("vco",), ("vco.encoder=efficientnet_lite0", "vco.groups_per_step=2", "vco.calib_images=16")),
+    "repa": (("repa",), ("repa.block=2",)),
+}
+
+
+def plugin_env(**extra) -> dict[str, str]:
+    """:func:`subprocess_env` with the installed plugins visible (entry points), for runs that enable one."""
+    return subprocess_env(JIT_DISABLE_PLUGIN_AUTOLOAD="", **extra)
+
+
+class KillPlugin:
+    """``jit_loss_terms`` SIGKILLs this very process during training step ``at`` (its own call count; adds no
+    loss term): the process dies at once, as under ``kill -9``, with the checkpoints before ``at`` on disk."""
+
+    def __init__(self, at: int):
+        self.__name__ = "killer"
+        self.at, self.calls = at, 0
+
+    @hookimpl
+    def jit_loss_terms(self, step):
+        import signal
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+
+def die_at_main(argv: list[str]) -> int:
+    """``python -m tests.fault_tools die-at STEP RUN_DIR PRESET PLUGINS KEY=VALUE...`` (PLUGINS comma-separated,
+    ``-`` for none): train that run and be killed (SIGKILL) during step STEP. The killer is an extra plugin,
+    not part of the run's config, so ``jit train --resume RUN_DIR`` resumes the very run."""
+    from jit_core.plugins.presets import build_config
+    from jit_core.training import Trainer
+    at, run_dir, preset, plugins, overrides = int(argv[0]), argv[1], argv[2], argv[3], argv[4:]
+    plugins = () if plugins == "-" else tuple(plugins.split(","))
+    torch.set_num_threads(1)
+    config = build_config(preset, None, plugins, overrides, run_dir)
+    Trainer(config, run_dir, extra_plugins=[KillPlugin(at)], progress=False).fit()
+    return 1   # not reached: killed during step `at`
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "ddp":
         sys.exit(ddp_main(sys.argv[2:]))
-    sys.exit("usage: python -m tests.fault_tools ddp RUN_DIR OUT_PREFIX KEY=VALUE...")
+    if len(sys.argv) > 1 and sys.argv[1] == "die-at":
+        sys.exit(die_at_main(sys.argv[2:]))
+    sys.exit("usage: python -m tests.fault_tools ddp RUN_DIR OUT_PREFIX KEY=VALUE... | "
+             "die-at STEP RUN_DIR PRESET PLUGINS KEY=VALUE...")
 
 
 def stop_after_step_3_then_resume(proc, log, run: Path, stop, resume_args=()) -> dict:

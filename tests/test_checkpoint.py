@@ -34,18 +34,12 @@ from jit_core.runs.compat import check_compatible
 from jit_core.runs.convert import convert_command
 from jit_core.runs.loading import load_weights
 
-FIXTURES = Path(os.environ.get("JIT_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
+from .official_fixtures import compact
+
 TINY = ModelConfig(image_size=32, patch_size=4, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                    in_context_len=4, in_context_start=1, num_classes=10)
 VCO = dataclasses.replace(TINY, image_size=256, patch_size=16)
 DROPPED = ("img_mean", "img_std", "drifting_dinov2.", "net.x_embedder.dinov2.")
-
-
-def fixture(name: str) -> Path:
-    folder = FIXTURES / name
-    if not (folder / "checkpoint-last.pth").is_file():
-        pytest.skip(f"official fixtures not found at {folder} (set JIT_FIXTURES to the shared fixtures folder)")
-    return folder
 
 
 def vco_model() -> JiT:
@@ -127,43 +121,43 @@ def test_state_that_weights_only_cannot_load_is_refused_before_writing(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ official fixtures
-def test_official_jit_fixture_parity():
-    folder = fixture("official_jit_tiny")
-    imported = import_official(folder / "checkpoint-last.pth")
+# official checkpoint files rebuilt from the in-repository compact copy (tests/fixtures/official)
+def test_official_jit_fixture_parity(official_checkpoint):
+    imported = import_official(official_checkpoint("jit_tiny"))
     assert imported["layout"] == "jit" and imported["epoch"] == 3
-    io = torch.load(folder / "io.pt", weights_only=True)
+    fx = compact("jit_tiny")
     model = JiT(TINY).eval()
-    for which, key in (("model", "x_pred"), ("ema1", "x_pred_ema1")):
+    for which, key in (("model", "io/x_pred"), ("ema1", "io/x_pred_ema1")):
         check_compatible(imported[which], model, which)
         model.load_state_dict(imported[which], strict=True)
         with torch.no_grad():
-            out = model(io["z"], io["t"], io["y"])
-        torch.testing.assert_close(out, io[key], atol=1e-5, rtol=0)
+            out = model(fx["io/z"], fx["io/t"], fx["io/y"])
+        fx.check(out, key, rtol=0, atol=1e-5)
     delta = imported["ema2"]["in_context_posemb"] - imported["model"]["in_context_posemb"]
     torch.testing.assert_close(delta, torch.full_like(delta, -0.001))
 
 
-def test_official_vco_fixture_parity():
-    folder = fixture("official_vco_tiny")
-    imported = import_official(folder / "checkpoint-last.pth")
+def test_official_vco_fixture_parity(official_checkpoint):
+    imported = import_official(official_checkpoint("vco_tiny"))
     assert imported["layout"] == "vco" and imported["epoch"] == 7
-    io = torch.load(folder / "io.pt", weights_only=True)
+    fx = compact("vco_tiny")
     model = vco_model().eval()
     model.load_state_dict(imported["model"], strict=True)
-    inputs = {"pixel": io["z"], "feature": io["zs"]}
-    blocked = torch.zeros(len(io["t"]), 2, 2, dtype=torch.bool)
-    blocked[:, 0, 1] = io["drop"]
+    inputs = {"pixel": fx["io/z"], "feature": fx["io/zs"]}
+    blocked = torch.zeros(len(fx["io/t"]), 2, 2, dtype=torch.bool)
+    blocked[:, 0, 1] = fx["io/drop"]
     with torch.no_grad():
-        plain = model(inputs, io["t"], io["y"])
-        dropped = model(inputs, io["t"], io["y_drop"], blocked)
-    for out, suffix in ((plain, ""), (dropped, "_drop")):
-        torch.testing.assert_close(out["pixel"], io["x_pred" + suffix], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out["feature"], io["f_pred" + suffix], atol=1e-5, rtol=0)
+        plain = model(inputs, fx["io/t"], fx["io/y"])
+        dropped = model(inputs, fx["io/t"], fx["io/y_drop"], blocked)
+    for out, suffix, rows in ((plain, "", (0, 1)), (dropped, "_drop", (0,))):   # dropped row 1 = plain row 1
+        for row in rows:
+            fx.check(out["pixel"][row], f"io/x_pred{suffix}/{row}", rtol=0, atol=1e-5)
+            fx.check(out["feature"][row], f"io/f_pred{suffix}/{row}", rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["official_jit_tiny", "official_vco_tiny"])
-def test_official_layout_round_trip(tmp_path, name):
-    source = fixture(name) / "checkpoint-last.pth"
+@pytest.mark.parametrize("name", ["jit_tiny", "vco_tiny"])
+def test_official_layout_round_trip(tmp_path, name, official_checkpoint):
+    source = official_checkpoint(name)
     imported = import_official(source)
     export_official(imported, tmp_path / "out.pth", epoch=imported["epoch"])
     original = torch.load(source, weights_only=True)
@@ -192,8 +186,8 @@ def test_official_args_namespace_is_allowed(tmp_path):
     assert all(torch.equal(imported["ema1"][k], v) for k, v in weights["model"].items())
 
 
-def test_convert_command_jit(tmp_path):
-    source = fixture("official_jit_tiny") / "checkpoint-last.pth"
+def test_convert_command_jit(tmp_path, official_checkpoint):
+    source = official_checkpoint("jit_tiny")
     out = tmp_path / "run"
     result = CliRunner().invoke(convert_command(), [str(source), str(out), "--check-config", "JiT-T/4"])
     assert result.exit_code == 0, result.output
@@ -206,11 +200,11 @@ def test_convert_command_jit(tmp_path):
     assert state["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert ModelConfig(**infer_model_config(weights["model"])) == TINY
 
-    io = torch.load(source.parent / "io.pt", weights_only=True)
+    fx = compact("jit_tiny")
     model = build_model(config["model"], **config["model_overrides"]).eval()
     model.load_state_dict(load_weights(out, "ema1"), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(io["z"], io["t"], io["y"]), io["x_pred_ema1"], atol=1e-5, rtol=0)
+        fx.check(model(fx["io/z"], fx["io/t"], fx["io/y"]), "io/x_pred_ema1", rtol=0, atol=1e-5)
 
     again = CliRunner().invoke(convert_command(), [str(source), str(out)])
     assert again.exit_code != 0 and "already holds a run" in again.output
@@ -219,8 +213,8 @@ def test_convert_command_jit(tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
-def test_convert_command_vco(tmp_path):
-    source = fixture("official_vco_tiny") / "checkpoint-last.pth"
+def test_convert_command_vco(tmp_path, official_checkpoint):
+    source = official_checkpoint("vco_tiny")
     result = CliRunner().invoke(convert_command(), [str(source), str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "vco layout, epoch 7" in result.output and "feature (768 ch)" in result.output

@@ -226,6 +226,33 @@ def test_guided_evaluation_count(hook, config, interval, expected):
         assert max(c[0] for c in plain) == pytest.approx(0.1, abs=1e-7)
 
 
+def official_guided_times(steps: int, interval: tuple[float, float]) -> list[tuple[float, bool]]:
+    """(t, guided) of every velocity evaluation of the official Heun sampler (JiT, arXiv 2511.13720 §3 and its
+    released denoiser): the grid is ``torch.linspace(0, 1, steps + 1)`` in float32; Heun steps evaluate at
+    t_i and t_{i+1}, the last step (Euler) at t_{steps-1} only; the CFG scale applies where the float32 time
+    tensor satisfies ``(t < high) & ((low == 0) | (t > low))`` (tensor-scalar comparisons stay in float32)."""
+    grid = torch.linspace(0.0, 1.0, steps + 1)
+    times = [grid[i // 2 + i % 2] for i in range(2 * (steps - 1))] + [grid[steps - 1]]
+    low, high = interval
+    return [(t.item(), bool((t < high) & ((low == 0) | (t > low)))) for t in times]
+
+
+@pytest.mark.parametrize("interval", [(0.1, 1.0), (0.0, 0.7)])
+@pytest.mark.parametrize("steps", [10, 20, 40, 50])
+def test_guided_evaluations_follow_the_official_float32_rule(hook, config, steps, interval):
+    """Which evaluations are guided, at step counts whose float32 grid holds a point equal to an end of the
+    interval (10, 20, 40: t = float32(0.1) and float32(0.7)), and at the recipe's 50 (0.1 is 0.09999999 there)."""
+    model = ConstantModel(torch.zeros(1, 3, 32, 32))
+    sample(model, torch.tensor([3, 7]), hook=hook, config=config, steps=steps, cfg=2.0, interval=interval,
+           generator=torch.Generator().manual_seed(0))
+    ours = [(t, batch == 4) for t, batch, _ in model.calls]
+    assert ours == official_guided_times(steps, interval)
+    if steps in (10, 20, 40):   # the grid point equal to float32(an end) is not guided by the official code
+        end = 0.1 if interval[0] else 0.7
+        at_end = [g for t, g in ours if t == torch.tensor(end).item()]
+        assert at_end and not any(at_end)
+
+
 # =========================================================================== CFG on a real network
 @pytest.fixture(scope="module")
 def tiny_model():

@@ -18,8 +18,6 @@ import pytest
 from jit_core.runs import hub
 from jit_core.runs.checkpoint import load_checkpoint
 
-from .test_checkpoint import fixture
-
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -46,8 +44,8 @@ def jit(*args, home: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_convert_by_hub_name_from_the_cache_offline_and_the_offline_refusal(tmp_path):
-    source = fixture("official_jit_tiny") / "checkpoint-last.pth"
+def test_convert_by_hub_name_from_the_cache_offline_and_the_offline_refusal(tmp_path, official_checkpoint):
+    source = official_checkpoint("jit_tiny")
     home = hub_cache(tmp_path / "hf", "jit-test/JiT-T4", "official/checkpoint-last.pth", source)
     out = tmp_path / "run"
     done = jit("convert", "hf://jit-test/JiT-T4/official/checkpoint-last.pth", str(out), home=home)

@@ -17,11 +17,13 @@ from jit_core.model.layers import apply_rope, rope_tables, sincos_2d
 from jit_core.model.streams import Stream, pixel_stream
 from jit_core.official.layout import from_official, to_official
 
+from .official_fixtures import compact
+
 TINY = ModelConfig(image_size=32, patch_size=4, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                    in_context_len=4, in_context_start=1, num_classes=10)
 VCO_TINY = ModelConfig(image_size=256, patch_size=16, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                        in_context_len=4, in_context_start=1, num_classes=10)
-PARITY_TOL = 1e-5  # fixtures README: max |diff| ~1e-6 in fp32 on CPU, 1e-5 is a fair tolerance
+PARITY_TOL = 1e-5  # official fixtures: max |diff| ~1e-6 in fp32 on CPU (thread count alone moves it), 1e-5 is fair
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,10 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def vco_streams(feature_channels: int = 768):
     return [pixel_stream(), Stream("feature", "tokens", feature_channels, default_init=True)]
-
-
-def _load(path):
-    return torch.load(path, weights_only=True)
 
 
 @cache
@@ -56,71 +54,70 @@ def perturbed(model: nn.Module, std: float = 0.02, seed: int = 0) -> nn.Module:
 
 
 # =========================================================================== parity with official code
+# the official outputs on the in-repository compact copy (tests/fixtures/official, README there)
 @pytest.mark.parametrize("path", ["exact", "fast"])
-def test_parity_official_jit_tiny(fixtures_dir, path):
-    folder = fixtures_dir / "official_jit_tiny"
-    ckpt, io = _load(folder / "checkpoint-last.pth"), _load(folder / "io.pt")
+def test_parity_official_jit_tiny(path):
+    fx = compact("jit_tiny")
+    ckpt = fx.checkpoint()
     model = JiT(TINY).eval().set_attention(path)
-    for weights, expected in (("model", "x_pred"), ("model_ema1", "x_pred_ema1")):
+    for weights, expected in (("model", "io/x_pred"), ("model_ema1", "io/x_pred_ema1")):
         sd, layout = from_official(ckpt[weights])
         assert layout == "jit"
         model.load_state_dict(sd, strict=True)
         with torch.no_grad():
-            out = model(io["z"], io["t"], io["y"])
-        assert out.shape == io[expected].shape
-        torch.testing.assert_close(out, io[expected], atol=PARITY_TOL, rtol=0)
+            out = model(fx["io/z"], fx["io/t"], fx["io/y"])
+        fx.check(out, expected, rtol=0, atol=PARITY_TOL)
     # the two weight sets give different outputs, so the comparison above can tell them apart
-    assert (io["x_pred"] - io["x_pred_ema1"]).abs().max() > 1e-3
+    assert (fx["io/x_pred"] - fx["io/x_pred_ema1"]).abs().max() > 1e-3
 
 
 @pytest.fixture(scope="module")
-def vco_parity(fixtures_dir):
-    folder = fixtures_dir / "official_vco_tiny"
-    ckpt, io = _load(folder / "checkpoint-last.pth"), _load(folder / "io.pt")
+def vco_parity():
+    fx = compact("vco_tiny")
     model = JiT(VCO_TINY, vco_streams()).eval()
-    sd, layout = from_official(ckpt["model"])
+    sd, layout = from_official(fx.weights())
     assert layout == "vco"
     model.load_state_dict(sd, strict=True)
-    return model, ckpt, io
+    return model, fx
 
 
 def test_parity_official_vco_tiny(vco_parity):
-    model, _, io = vco_parity
-    inputs = {"pixel": io["z"], "feature": io["zs"]}
+    model, fx = vco_parity
+    inputs = {"pixel": fx["io/z"], "feature": fx["io/zs"]}
+    t, y, y_drop, drop = fx["io/t"], fx["io/y"], fx["io/y_drop"], fx["io/drop"]
     blocked = torch.zeros(2, 2, 2, dtype=torch.bool)
-    blocked[:, 0, 1] = io["drop"]  # pixel queries of dropped rows may not see feature keys
+    blocked[:, 0, 1] = drop  # pixel queries of dropped rows may not see feature keys
     with torch.no_grad():
-        out = model(inputs, io["t"], io["y"])
-        dropped = model(inputs, io["t"], io["y_drop"], blocked=blocked)
-        label_only = model(inputs, io["t"], io["y_drop"])  # null label but no mask
-    torch.testing.assert_close(out["pixel"], io["x_pred"], atol=PARITY_TOL, rtol=0)
-    torch.testing.assert_close(out["feature"], io["f_pred"], atol=PARITY_TOL, rtol=0)
-    torch.testing.assert_close(dropped["pixel"], io["x_pred_drop"], atol=PARITY_TOL, rtol=0)
-    torch.testing.assert_close(dropped["feature"], io["f_pred_drop"], atol=PARITY_TOL, rtol=0)
-    assert io["drop"].tolist() == [True, False]
-    for key in ("pixel", "feature"):
-        # the dropped row really changes; the undropped row is the conditional call
+        out = model(inputs, t, y)
+        dropped = model(inputs, t, y_drop, blocked=blocked)
+        label_only = model(inputs, t, y_drop)  # null label but no mask
+    assert drop.tolist() == [True, False]
+    for key, name in (("pixel", "x_pred"), ("feature", "f_pred")):
+        for row in (0, 1):
+            fx.check(out[key][row], f"io/{name}/{row}", rtol=0, atol=PARITY_TOL)
+        fx.check(dropped[key][0], f"io/{name}_drop/0", rtol=0, atol=PARITY_TOL)
+        # the dropped row really changes; the undropped row is the conditional call (the fixture's row 1)
         assert (dropped[key][0] - out[key][0]).abs().max() > 1e-3
         torch.testing.assert_close(dropped[key][1], out[key][1], atol=PARITY_TOL, rtol=0)
     # the mask itself matters (not only the null label): without it the pixel row misses the fixture
-    assert (label_only["pixel"][0] - io["x_pred_drop"][0]).abs().max() > 1e-3
+    with pytest.raises(AssertionError):
+        fx.check(label_only["pixel"][0], "io/x_pred_drop/0", rtol=0, atol=1e-3)
 
 
 def test_vco_to_official_keys_match_fixture(vco_parity):
-    model, ckpt, _ = vco_parity
-    official = {k: v for k, v in ckpt["model"].items() if k not in ("img_mean", "img_std")}
+    model, fx = vco_parity
+    official = {k: v for k, v in fx.weights().items() if k not in ("img_mean", "img_std")}
     ours = to_official(model.state_dict())
     assert sorted(ours) == sorted(official)
     for k, v in ours.items():
         assert tuple(v.shape) == tuple(official[k].shape), k
-    assert model.num_params() == 613_752  # fixtures README / config.json trainable_params
+    assert model.num_params() == 613_752  # the fixture's trainable parameter count (official config.json)
 
 
-def test_jit_to_official_keys_match_fixture(fixtures_dir):
-    ckpt = _load(fixtures_dir / "official_jit_tiny" / "checkpoint-last.pth")
+def test_jit_to_official_keys_match_fixture():
     model = JiT(TINY)
     ours = to_official(model.state_dict())
-    assert sorted(ours) == sorted(ckpt["model"])
+    assert sorted(ours) == sorted(compact("jit_tiny").weights())
     assert model.num_params() == 259_340 and model.num_params(trainable_only=False) == 263_436
 
 
@@ -144,7 +141,7 @@ def test_vco_param_counts(name, count):
 
 # =========================================================================== state-dict layout
 def official_b16_layout() -> dict[str, tuple[int, ...]]:
-    """JiT-B/16 keys and shapes, transcribed from spec section 9 (in the spec's order)."""
+    """JiT-B/16 keys and shapes, transcribed from docs/official-code.md#jit-checkpoint (in its order)."""
     h, d, f, p = 768, 64, 2048, 16
     keys = {"net.pos_embed": (1, 256, h), "net.in_context_posemb": (1, 32, h),
             "net.t_embedder.mlp.0.weight": (h, 256), "net.t_embedder.mlp.0.bias": (h,),
@@ -199,7 +196,7 @@ def test_official_round_trip(vco):
 
 # =========================================================================== RoPE
 def hand_rope(head_dim: int, grid: int, prefix: int):
-    """(cos, sin) computed entry by entry from spec section 3.8."""
+    """(cos, sin) computed entry by entry from docs/official-code.md#rope."""
     half = head_dim // 2
     L = prefix + grid * grid
     cos, sin = np.ones((L, head_dim)), np.zeros((L, head_dim))

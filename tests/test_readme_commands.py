@@ -106,7 +106,7 @@ def _with_budget(args: list[str], action: str) -> list[str]:
 
 
 @pytest.mark.slow     # ~3-5 min on the loaded 2-core machine: 10 tiny trainings, a 2-arm study, evaluations
-def test_readme_commands_run_as_written_at_a_tiny_budget(tmp_path, monkeypatch, fixtures_dir):
+def test_readme_commands_run_as_written_at_a_tiny_budget(tmp_path, monkeypatch, official_checkpoint):
     import jit_core.cli as jit_cli
     import jit_core.eval.classifier as classifier
     jit_cli.add_all_commands()
@@ -114,7 +114,7 @@ def test_readme_commands_run_as_written_at_a_tiny_budget(tmp_path, monkeypatch, 
     monkeypatch.setenv("JIT_CACHE_DIR", str(tmp_path / "cache"))          # a private metric classifier ...
     monkeypatch.setitem(classifier.DEFAULT_EPOCHS, "fashion_mnist", 1)     # ... trained for 1 epoch
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    (tmp_path / "checkpoint-last.pth").symlink_to(fixtures_dir / "official_jit_tiny" / "checkpoint-last.pth")
+    (tmp_path / "checkpoint-last.pth").symlink_to(official_checkpoint("jit_tiny"))
     runner, skipped, ran = CliRunner(), [], []
     for command in readme_commands():
         action = rule_for(command)

@@ -1,4 +1,4 @@
-"""Class-balanced batches (spec §6): the recipe's groups per global step, placed on any number of ranks."""
+"""Class-balanced batches (docs/official-code.md#batches): the recipe's groups per global step, placed on any number of ranks."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""The perceptual-drifting hybrid loss against hand-computed values (spec §6)."""
+"""The perceptual-drifting hybrid loss against hand-computed values (docs/official-code.md#hybrid-loss)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from vco_plugin.drift_loss import drift_field, group_loss, hybrid_loss
 
 
 def _hand_drift(f, fp, gate_tau=10.0, repulsion_tau=0.2):
-    """Scalar re-statement of the spec's formula, in plain Python floats."""
+    """Scalar re-statement of the released formula (docs/official-code.md), in plain Python floats."""
     n, d = len(f), len(f[0])
 
     def sq(a, b):

@@ -135,7 +135,7 @@ def test_dinov2_hugging_face_layout(dinov2, dinov2_source):
 
     src, _ = dinov2_source
     sd = _to_hf_layout(src.state_dict(), prefix="drifting_dinov2.")
-    assert len(sd) == 224  # the spec's HF subtree: 12 * 18 + 6 embeddings + 2 layernorm
+    assert len(sd) == 224  # the official HF subtree: 12 * 18 + 6 embeddings + 2 layernorm
     converted = checkpoint_filter_fn(features._hf_dinov2_to_meta(sd), dinov2.vit)
     ref = {**dinov2.vit.state_dict(), **{f"norm.{k}": v for k, v in dinov2.final_norm.state_dict().items()}}
     assert set(converted) == set(ref)

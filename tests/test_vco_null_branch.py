@@ -1,4 +1,4 @@
-"""The structured unconditional branch (spec §5): labels, the stream block matrix, loss masks, and
+"""The structured unconditional branch (docs/official-code.md#null-branch): labels, the stream block matrix, loss masks, and
 its effect on a real multi-stream JiT."""
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from jit_core.model import JiT, ModelConfig, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 from jit_core.official.layout import from_official
 from vco_plugin.null_branch import structured_unconditional
+
+from .official_fixtures import compact
 
 
 def _streams(channels=8, extra=False):
@@ -76,20 +78,21 @@ def test_mask_semantics_by_perturbation(symmetric):
         assert (pix["feature"][0] - base["feature"][0]).abs().max() > 1e-3
 
 
-def test_matches_official_vco_masked_forward(fixtures_dir):
+def test_matches_official_vco_masked_forward():
     """Our null branch on our model reproduces the official masked forward of the dropped row."""
-    io = torch.load(fixtures_dir / "official_vco_tiny" / "io.pt", weights_only=True)
-    ckpt = torch.load(fixtures_dir / "official_vco_tiny" / "checkpoint-last.pth", weights_only=True)
+    fx = compact("vco_tiny")
     cfg = ModelConfig(image_size=256, patch_size=16, hidden_size=64, depth=3, num_heads=4, bottleneck_dim=16,
                       in_context_len=4, in_context_start=1, num_classes=10)
     streams = [pixel_stream(3), Stream("feature", kind="tokens", channels=768, default_init=True)]
     model = JiT(cfg, streams, attention_path="exact").eval()
-    sd, layout = from_official(ckpt["model"])
+    sd, layout = from_official(fx.weights())
     assert layout == "vco"
     model.load_state_dict(sd)
-    u = structured_unconditional(io["y"], io["drop"], streams, num_classes=10)
-    assert u.labels.tolist() == io["y_drop"].tolist()
+    u = structured_unconditional(fx["io/y"], fx["io/drop"], streams, num_classes=10)
+    assert u.labels.tolist() == fx["io/y_drop"].tolist()
     with torch.no_grad():
-        out = model({"pixel": io["z"], "feature": io["zs"]}, io["t"], u.labels, blocked=u.blocked)
-    assert (out["pixel"] - io["x_pred_drop"]).abs().max() < 1e-5
-    assert (out["feature"] - io["f_pred_drop"]).abs().max() < 1e-5
+        out = model({"pixel": fx["io/z"], "feature": fx["io/zs"]}, fx["io/t"], u.labels, blocked=u.blocked)
+    fx.check(out["pixel"][0], "io/x_pred_drop/0", rtol=0, atol=1e-5)
+    fx.check(out["feature"][0], "io/f_pred_drop/0", rtol=0, atol=1e-5)
+    fx.check(out["pixel"][1], "io/x_pred/1", rtol=0, atol=1e-5)      # the undropped row: the conditional call's
+    fx.check(out["feature"][1], "io/f_pred/1", rtol=0, atol=1e-5)

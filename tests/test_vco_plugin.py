@@ -273,7 +273,7 @@ def test_guidance_scales(vco, stats_file):
     assert scale(pixel, 2.0) == 2.0 and scale(feature, 2.0) == 2.0
     with_wd = small_config(vco, stats=stats_file, cfg_feature=3.0)
     assert scale(feature, 2.0, with_wd) == 3.0 and scale(pixel, 2.0, with_wd) == 2.0
-    assert scale(feature, 1.0, with_wd) == 1.0                  # unguided means unguided (spec §10.2)
+    assert scale(feature, 1.0, with_wd) == 1.0                  # unguided means unguided (docs/official-code.md#defects, 2)
 
 
 # ----------------------------------------------------------------------------------- sampling and CLI

@@ -1,4 +1,5 @@
-"""Class-balanced batches for the hybrid loss (spec §6), placed so that any world size keeps the recipe.
+"""Class-balanced batches for the hybrid loss (V-Co, arXiv 2603.16792; docs/official-code.md#batches),
+placed so that any world size keeps the recipe.
 
 The paper's recipe, stated per *global* step: ``G`` class groups of ``S`` images, each group's class
 drawn uniformly at random and independently of the others (the paper's ranks draw on their own),

@@ -1,4 +1,5 @@
-"""RMS calibration of the feature stream (spec vco.md §3.4-3.7, ingredient 4).
+"""RMS calibration of the feature stream (V-Co, arXiv 2603.16792, ingredient 4; the official
+statistics and factor: docs/official-code.md#feature-target).
 
 The co-denoised target is ``f = alpha * z / sqrt(var + 1e-5)``:
 
@@ -25,6 +26,8 @@ from pathlib import Path
 import click
 import torch
 from torch import Tensor
+
+from jit_core import durable
 
 EPS = 1e-5
 
@@ -135,12 +138,10 @@ def _json_path(path: str | os.PathLike) -> Path:
 def save_stats(stats: FeatureStats, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``path`` (safetensors: ``var`` + metadata) and its JSON summary ``path.with_suffix('.json')``.
     Returns both paths."""
-    from safetensors.torch import save_file
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"var": stats.var.detach().float().cpu().contiguous()}, str(path),
-              metadata={"rms_factor": repr(float(stats.rms_factor)), "meta": json.dumps(stats.meta)})
+    durable.ensure_dir(path.parent)
+    durable.save_safetensors(path, {"var": stats.var.detach().float().cpu().contiguous()},
+                             metadata={"rms_factor": repr(float(stats.rms_factor)), "meta": json.dumps(stats.meta)})
     v = stats.var.float()
     summary = {
         "rms_factor": float(stats.rms_factor),
@@ -150,7 +151,7 @@ def save_stats(stats: FeatureStats, path: str | os.PathLike) -> tuple[Path, Path
         "meta": stats.meta,
     }
     jpath = _json_path(path)
-    jpath.write_text(json.dumps(summary, indent=2) + "\n")
+    durable.write_json(jpath, summary, indent=2)
     return path, jpath
 
 

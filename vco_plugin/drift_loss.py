@@ -1,4 +1,5 @@
-"""Ingredient 3: the perceptual-drifting hybrid loss (spec §6).
+"""Ingredient 3: the perceptual-drifting hybrid loss (V-Co, arXiv 2603.16792; the released formula:
+docs/official-code.md#hybrid-loss).
 
 For a group of N samples of one class with embeddings ``f`` (of the predicted clean images x̂) and
 ``f_pos`` (of the paired real images), each of shape (N, D):

@@ -1,6 +1,6 @@
 """Precomputed feature-stream targets (the ``vco.feature_cache`` speed lever; off by default).
 
-The paper computes the target tokens on the fly every step (spec vco.md §3.6). The encoder is
+The paper computes the target tokens on the fly every step (docs/official-code.md#feature-target). The encoder is
 frozen and a training input is one of a finite set of images, so the targets can be computed
 once: ``jit vco cache-features`` runs the encoder over every training image **and its horizontal
 flip** (the only random transform of the training pipeline: ImageFolder data is ADM

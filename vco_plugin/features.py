@@ -1,4 +1,5 @@
-"""Frozen feature encoders for V-Co (spec vco.md §3 and §6).
+"""Frozen feature encoders for V-Co (V-Co, arXiv 2603.16792; the official preprocessing: docs/official-code.md,
+#feature-target and #hybrid-loss).
 
 One encoder serves V-Co twice:
 
@@ -195,13 +196,27 @@ def _hf_dinov2_to_meta(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _dinov2_depth_and_mlp(sd: dict[str, Tensor]) -> dict:
+    """``depth`` and ``mlp_ratio`` of a DINOv2-B/14-reg4 state dict (any layout): 12 and 4 for the real one;
+    the official V-Co parity fixtures use a 1-layer encoder of MLP ratio 0.25 (docs/official-code.md)."""
+    sd = _hf_dinov2_to_meta(sd)
+    blocks = {int(m[1]) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    if not blocks or fc1 is None or fc1.ndim != 2:
+        return {}      # not this layout: the load below reports what is wrong
+    return {"depth": max(blocks) + 1, "mlp_ratio": fc1.shape[0] / fc1.shape[1]}
+
+
 def _load_dinov2(vit: nn.Module, sd: dict[str, Tensor], path: str | os.PathLike) -> None:
     """Load a DINOv2-B/14-reg4 state dict (timm, Meta or HF layout) into ``vit``, resampling its
     position table (e.g. 37x37 at 518 px) to the model's 16x16 grid (bicubic, antialiased)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     try:
-        sd = {k: v for k, v in _hf_dinov2_to_meta(sd).items() if not k.startswith("head.")}
+        # fp32 before any arithmetic on the tensors (timm adds pos_embed[0] into the CLS token, resamples the
+        # position table): done in fp16 it would round where the official code, casting first, does not
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in _hf_dinov2_to_meta(sd).items()
+              if not k.startswith("head.")}
         missing, unexpected = vit.load_state_dict(checkpoint_filter_fn(sd, vit), strict=False)
         if missing or unexpected:
             raise ValueError(f"{len(missing)} missing keys (e.g. {missing[:3]}), "
@@ -294,7 +309,8 @@ class DINOv2Encoder(FeatureEncoder):
         path = None if weights == RANDOM else (weights if weights is not None else _dinov2_hub_file())
         sd = _read_state_dict(path) if path is not None else None   # fail fast, before building the model
         import timm  # imported on first use: it pulls in torchvision (seconds), which `jit --help` does not need
-        vit = timm.create_model(DINOV2_ARCH, pretrained=False, img_size=DINOV2_SIZE, num_classes=0)
+        vit = timm.create_model(DINOV2_ARCH, pretrained=False, img_size=DINOV2_SIZE, num_classes=0,
+                                **(_dinov2_depth_and_mlp(sd) if sd is not None else {}))
         if sd is None:
             _warn_random(self.name)
         else:

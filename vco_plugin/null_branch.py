@@ -1,4 +1,5 @@
-"""Ingredient 2: the unconditional branch of the feature stream (spec §5), three variants (``vco.null_branch``).
+"""Ingredient 2: the unconditional branch of the feature stream (V-Co, arXiv 2603.16792;
+docs/official-code.md#null-branch), three variants (``vco.null_branch``).
 
 The core draws one joint Bernoulli drop per sample (``diffusion.label_drop_prob``) and gives a
 dropped sample the null label (adaLN conditioning and in-context tokens of every stream). What the

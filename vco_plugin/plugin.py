@@ -1,4 +1,5 @@
-"""V-Co as a jit_core plugin: every ingredient enters through a hook (spec vco.md).
+"""V-Co as a jit_core plugin: every ingredient enters through a hook (V-Co, arXiv 2603.16792;
+official details in docs/official-code.md#v-co).
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (frozen encoder tokens);
 2. structured null branch   -> ``jit_null_branch`` (null_branch.py: structured | label_drop | input_dropout),
@@ -18,9 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,9 +26,11 @@ from typing import Optional
 
 import torch
 
+from jit_core import durable
 from jit_core.config import Config, ConfigError, get_preset, option, plugin_options
 from jit_core.hookspecs import hookimpl
 from jit_core.model.streams import Stream
+from jit_core.rng import forked_rng
 
 from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
@@ -191,15 +191,8 @@ def _rank_and_world() -> tuple[int, int]:
 def _save_atomic(stats, run_dir: Path) -> None:
     """Write the statistics (and their sidecar files) into ``run_dir`` by rename, so no reader sees half a file."""
     from .calibration import save_stats
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".vco_stats-", dir=run_dir))
-    try:
-        save_stats(stats, str(tmp / STATS_FILE))
-        files = sorted(tmp.iterdir(), key=lambda p: p.name == STATS_FILE)   # the main file last
-        for f in files:
-            os.replace(f, run_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with durable.staged(run_dir, last=(STATS_FILE,)) as stage:   # the main file last; links refused
+        save_stats(stats, stage / STATS_FILE)
     log.info("vco: feature statistics saved to %s", run_dir / STATS_FILE)
 
 
@@ -273,12 +266,12 @@ def jit_options():
 
 
 def _preset_vco(model: str, cfg_scale: float) -> Config:
-    """The paper's final recipe at 256 px (spec §7).
+    """The paper's final recipe at 256 px (docs/official-code.md#recipe).
 
     The README command's batches: 8 class groups of 128 per step (8 GPUs x 1 class x 128 images; on
     fewer GPUs the 8 groups are placed on the ranks there are), global batch 1024 on 8 GPUs and the
     core's lr = blr * global / 256 = 2e-4. The released B/L/H scripts ran 16 x 32, 32 x 16 and 64 x 16
-    (spec §6, §10.3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
+    (docs/official-code.md#batches, #defects 3); to reproduce one set ``optim.batch_size`` and ``vco.groups_per_step`` (e.g. 32
     and 16 on 16 ranks) and the lr follows the real batch. Dropout 0 for all sizes.
     """
     cfg = Config(model=model, model_overrides={"proj_drop": 0.0, "attn_drop": 0.0})
@@ -333,7 +326,8 @@ def jit_streams(config, model_config):
     grid = model_config.grid
     alpha = 1.0
     if opts.calibration == "time_shift":
-        alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
+        with forked_rng():   # the statistics may be computed here, before the model's weights are drawn
+            alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
 
     cache = []   # the opened, checked feature cache, after the first step
 
@@ -415,12 +409,29 @@ def jit_loss_terms(step):
     return {"hybrid": opts.drift_coef * hybrid_loss(f, f_pos, groups, opts.gate_tau, opts.repulsion_tau)}
 
 
+def set_up(config, opts: VCoOptions, model) -> None:
+    """Build now what the training steps would otherwise build on first use: the opened, checked
+    ``vco.feature_cache``, the frozen encoder and the feature statistics (loaded, or computed and saved).
+
+    Run under :func:`jit_core.rng.forked_rng`: building the encoder and computing the statistics draw from
+    the global RNGs, and a resumed run must draw in its steps exactly what the uninterrupted run drew.
+    """
+    device = next(model.parameters()).device
+    if opts.feature_cache:
+        open_feature_cache(opts, model.cfg)
+    if not opts.feature_cache or opts.drift_coef != 0:
+        encoder(opts, device)
+    calibration_state(config, opts).get(device, model.cfg.grid)
+
+
 @hookimpl
 def jit_trainable_modules(config, model):
-    """No trainable modules; called once when training starts, it opens and checks ``vco.feature_cache``
-    so that a missing cache or one built for another setting is refused before the first step."""
-    if enabled(config) and options(config).feature_cache:
-        open_feature_cache(options(config), model.cfg)
+    """No trainable modules; called once when training starts, before a resume restores the RNG states: V-Co's
+    set-up runs here (:func:`set_up`), so a missing cache or weights file is refused before the first step and
+    nothing random happens lazily in a step."""
+    if enabled(config):
+        with forked_rng(next(model.parameters()).device):
+            set_up(config, options(config), model)
     return None
 
 

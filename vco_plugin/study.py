@@ -1,8 +1,8 @@
 """V-Co's study (paper §4 and Tables 2-4): JiT, V-Co, and V-Co without each of its ingredients.
 
 Every ablation arm is V-Co with exactly one ingredient replaced (``jit study`` checks the resolved
-configs); ``paper`` is the direction the paper reports for the arm against V-Co (spec vco.md §8, B/16,
-guided FID: recipe 2.52) and ``paper_note`` the figures. Registered through ``jit_studies``:
+configs); ``paper`` is the direction the paper reports for the arm against V-Co (V-Co, arXiv 2603.16792,
+B/16 guided FID: recipe 2.52) and ``paper_note`` the figures. Registered through ``jit_studies``:
 
 - ``vco-tiny``       8 arms x 3 seeds on the embedded Fashion-MNIST (2 CPU cores, about an hour);
 - ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``);

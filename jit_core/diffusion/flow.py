@@ -42,9 +42,14 @@ def noise_scale_for(image_size: int, configured: Optional[float] = None) -> floa
     return configured if configured is not None else image_size / 256
 
 
+def logit_normal_t(normals: torch.Tensor, P_mean: float, P_std: float) -> torch.Tensor:
+    """The flow time of standard normals ``normals``: sigmoid(normals * P_std + P_mean)."""
+    return torch.sigmoid(normals * P_std + P_mean)
+
+
 def sample_t(n: int, P_mean: float, P_std: float, device=None, generator=None) -> torch.Tensor:
     """Logit-normal flow time: sigmoid of N(P_mean, P_std^2)."""
-    return torch.sigmoid(torch.randn(n, device=device, generator=generator) * P_std + P_mean)
+    return logit_normal_t(torch.randn(n, device=device, generator=generator), P_mean, P_std)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -77,11 +82,14 @@ def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch
 
 # ----------------------------------------------------------------------------------- training step
 def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labels: torch.Tensor, config,
-                    hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None
+                    hook, aux=None, capture: Sequence[int] = (), drop: Optional[torch.Tensor] = None,
+                    t: Optional[torch.Tensor] = None, noise: Optional[dict[str, torch.Tensor]] = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One JiT (or co-denoising) objective evaluation. Returns (total loss, named terms).
 
-    ``drop``: the (B,) bool samples made unconditional; default Bernoulli(``diffusion.label_drop_prob``).
+    The step's random draws, each drawn here unless given (the official-parity tests give the official run's):
+    ``t`` the (B,) flow times (:func:`sample_t`), ``noise`` standard normals per stream name (scaled here by the
+    stream's ``noise_scale``), ``drop`` the (B,) bool samples made unconditional (Bernoulli(``label_drop_prob``)).
     """
     d = config.diffusion
     B, device = images.shape[0], images.device
@@ -92,9 +100,12 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
         for s in streams[1:]:        # the pixel stream is the core's: never normalized
             normalized = call_for_stream(hook.jit_normalize, stream=s, target=targets[s.name], config=config)
             targets[s.name] = targets[s.name] if normalized is None else normalized
-    t = sample_t(B, d.P_mean, d.P_std, device)
+    if t is None:
+        t = sample_t(B, d.P_mean, d.P_std, device)
     ts = {s.name: s.shift(t) for s in streams}
-    noisy = {s.name: add_noise(targets[s.name], ts[s.name], torch.randn_like(targets[s.name]) * s.noise_scale)
+    noise = noise or {}
+    noisy = {s.name: add_noise(targets[s.name], ts[s.name],
+                               (noise[s.name] if s.name in noise else torch.randn_like(targets[s.name])) * s.noise_scale)
              for s in streams}
     if drop is None:
         drop = torch.rand(B, device=device) < d.label_drop_prob
@@ -128,9 +139,16 @@ def guidance_scales(hook, streams: Sequence[Stream], scale: float, config) -> di
 
 
 def guidance_active(t: float | torch.Tensor, interval: tuple[float, float]) -> torch.Tensor | bool:
-    """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo)."""
+    """JiT's CFG interval rule: guide iff t < t_hi and (t_lo == 0 or t > t_lo).
+
+    Compared as the official sampler compares its float32 time grid with the interval: in float32 (a Python
+    float ``t`` is rounded to float32 first). It decides grid points that equal an end of the interval: at
+    10 steps the grid point float32(0.1) is not > 0.1 in float32, though it is in float64, so it is not guided.
+    """
     lo, hi = interval
-    return (t < hi) & ((t > lo) | (lo == 0)) if isinstance(t, torch.Tensor) else (t < hi and (lo == 0 or t > lo))
+    tt = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float32)
+    mask = (tt < hi) & ((tt > lo) | (lo == 0))
+    return mask if isinstance(t, torch.Tensor) else bool(mask)
 
 
 @torch.no_grad()
@@ -168,7 +186,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
 
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
-        guide = guided and guidance_active(torch.tensor(t, dtype=torch.float32).item(), interval)
+        guide = guided and guidance_active(t, interval)   # t from the float32 grid, compared in float32
         if not guide:
             out = x_pred(zz, tt, labels, None)
             return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}

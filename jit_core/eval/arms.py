@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from jit_core.eval import stats
+from jit_core.eval.record_checks import check_record, read_record
 
 ARM_METRICS = ("fid", "inception_score", "precision", "recall", "fd_classifier", "classifier_accuracy")
 LOWER_IS_BETTER = {"fid": True, "inception_score": False, "precision": False, "recall": False,
@@ -64,16 +65,53 @@ def _matches(settings: dict, want: dict) -> bool:
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
-    """Single-point result records of ``<run>/eval/*.json`` (grid and sweep summaries skipped)."""
+    """Single-point result records of ``<run>/eval/*.json`` (grid and sweep summaries skipped). A record with
+    wrong types is refused (:class:`jit_core.eval.record_checks.ResultFileError`), never silently skipped."""
     out = []
     for p in sorted((Path(run_dir) / "eval").glob("*.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except (ValueError, OSError):
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("metrics"), dict) and "results" not in rec:
-            out.append(rec)
+        rec = read_record(p)
+        if isinstance(rec, dict) and "metrics" in rec and "results" not in rec:
+            out.append(check_record(rec, p))
     return out
+
+
+def check_distinct_runs(arms: dict[str, list[Path]]) -> None:
+    """Each run folder once: a run listed twice (in one arm or two) would count as two training seeds."""
+    seen: dict[Path, str] = {}
+    for arm, dirs in arms.items():
+        for d in dirs:
+            key = Path(d).resolve()
+            if key in seen:
+                where = f"twice in arm {arm!r}" if seen[key] == arm else f"in arms {seen[key]!r} and {arm!r}"
+                raise ValueError(f"run {d} is listed {where}: one run is one training seed; list each run once")
+            seen[key] = arm
+
+
+def _training(rec: dict) -> tuple:
+    """``(steps, images seen)`` a result record says its checkpoint was trained for (None when not recorded)."""
+    step = _newest(rec)[0] or None
+    batch = (rec.get("training") or {}).get("global_batch")
+    return step, step * batch if step is not None and _number(batch) else None
+
+
+def comparability_flags(evaluated: dict[str, list[dict]], summaries: dict[str, dict]) -> list[str]:
+    """What makes the arms' numbers incomparable or degenerate, one sentence each (empty: nothing found)."""
+    flags = []
+    runs = [(arm, _training(r)) for arm, rs in evaluated.items() for r in rs]
+    for i, what in ((0, "steps"), (1, "images")):
+        values = {t[i] for _, t in runs if t[i] is not None}
+        if len(values) > 1:
+            per_arm = "; ".join(f"{arm} " + ", ".join(str(t[i]) for a, t in runs if a == arm and t[i] is not None)
+                                for arm in evaluated)
+            flags.append(f"not comparable: the runs were trained for different numbers of {what} ({per_arm})")
+            break
+    for arm, rs in evaluated.items():
+        acc = summaries.get(arm, {}).get("classifier_accuracy")
+        classes = {(r.get("model") or {}).get("num_classes") for r in rs}
+        if acc is not None and len(classes) == 1 and _number(c := classes.pop()) and c > 1 and acc.mean <= 1.5 / c:
+            flags.append(f"{arm}'s samples are classified at chance level (accuracy {acc.mean:.1%}, chance "
+                         f"{1 / c:.1%}): its distances compare unrecognisable images")
+    return flags
 
 
 def select_evaluations(runs: dict[str, Path], want: dict | None = None) -> tuple[dict[str, dict | None], dict | None]:
@@ -156,13 +194,16 @@ def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], basel
             row["paper"] = paper.get(arm, "")
             row["ours"] = agreement(row["verdicts"].get(primary), arm, row["paper"])
         rows.append(row)
-    return {"primary_metric": primary, "metrics": metrics, "rows": rows}
+    return {"primary_metric": primary, "metrics": metrics, "rows": rows,
+            "flags": comparability_flags(evaluated, summaries)}
 
 
 def agreement(verdict: dict | None, arm: str, paper_direction: str) -> str:
     """``agrees`` | ``disagrees`` | ``within noise`` (| ``not evaluated``) for the paper's direction of ``arm``."""
     if verdict is None:
         return "not evaluated"
+    if verdict.get("degenerate"):
+        return "no verdict (degenerate)"
     if not verdict["outside_noise"]:
         return "within noise"
     ours = "better" if verdict["better"] == arm else "worse"
@@ -174,10 +215,20 @@ def agreement(verdict: dict | None, arm: str, paper_direction: str) -> str:
 def top_sentence(table: dict) -> str:
     m = table["primary_metric"]
     parts = [r["verdicts"][m]["sentence"] for r in table["rows"] if m and m in r["verdicts"]]
+    flags = "".join(f"Caution, {f}. " for f in table.get("flags", ()))
     if not parts:
-        return "No verdict: " + ("not every arm has an evaluation with the same settings." if m else
-                                 "no arm has an evaluation with a primary metric.")
-    return " ".join(parts)
+        return flags + "No verdict: " + ("not every arm has an evaluation with the same settings." if m else
+                                         "no arm has an evaluation with a primary metric.")
+    return flags + " ".join(parts)
+
+
+def verdict_cell(v: dict | None) -> str:
+    """A verdict in a table cell: ``X better`` / ``within noise`` / ``no verdict (degenerate)`` / ``-``."""
+    if v is None:
+        return "-"
+    if v.get("degenerate"):
+        return "no verdict (degenerate)"
+    return f"{v['better']} better" if v["outside_noise"] else "within noise"
 
 
 def what_this_shows(table: dict, settings: dict | None, records: dict[str, dict | None]) -> str:
@@ -235,8 +286,8 @@ def arms_markdown(table: dict, sentence: str, paragraph: str, settings: dict | N
             s = r["metrics"].get(k)
             cells.append(f"{s['mean']:.4g} {_iv(s)}" if s else "-")
         v = r["verdicts"].get(m)
-        cells.append("-" if v is None else (f"{v['better']} better" if v["outside_noise"] else "within noise")
-                     + (f" ({v['diff']:+.3g}, [{v['lo']:.3g}, {v['hi']:.3g}])" if v and v["lo"] is not None else ""))
+        cells.append(verdict_cell(v) + (f" ({v['diff']:+.3g}, [{v['lo']:.3g}, {v['hi']:.3g}])"
+                                         if v and v["lo"] is not None else ""))
         if paper:
             cells += [r.get("paper") or "(no claim)", r.get("ours", "-")] if not r["baseline"] else ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")

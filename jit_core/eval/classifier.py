@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jit_core import durable
 from jit_core.eval.fid import feature_stats, file_sha256, frechet_distance_to_features
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def classifier_path(dataset_name: str, image_size: int) -> Path:
 
 def get_classifier(dataset_name: str, image_size: int, device="cpu", retrain: bool = False) -> tuple[SmallCNN, dict]:
     """The cached classifier for (dataset, image size), trained and cached on first use."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     path = classifier_path(dataset_name, image_size)
     meta = path.with_suffix(".json")
     if not retrain and path.is_file() and meta.is_file():
@@ -172,13 +173,9 @@ def get_classifier(dataset_name: str, image_size: int, device="cpu", retrain: bo
             return model.to(device).eval(), {**info, "file": str(path), "sha256": file_sha256(path)}
     log.info("training the %s classifier for the embedded metric (cached in %s)", dataset_name, path)
     model, info = train_classifier(dataset_name, image_size, device=device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    tmp_meta = meta.with_name(f"{meta.name}.tmp-{os.getpid()}")
-    tmp_meta.write_text(json.dumps(info, indent=1))
-    os.replace(tmp_meta, meta)
+    durable.ensure_dir(path.parent)
+    durable.save_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    durable.write_json(meta, info)
     return model, {**info, "file": str(path), "sha256": file_sha256(path)}
 
 

@@ -1,13 +1,13 @@
 """``jit evaluate``: generate per the evaluation protocol, compute metrics, record full provenance.
 
-Generation follows shared/spec/evaluation.md §1: N images, class-major labels (image n has class
+Generation follows docs/official-code.md#evaluation (item 1): N images, class-major labels (image n has class
 floor(n C / N), i.e. N / C per class), rank r at step i covers ids ``i b world + r b ... + b - 1``; the
 initial noise of image n depends only on (seed, n), so results do not depend on batch size or world
 size. Samples are lossless PNGs ``00000.png ...`` or one ``.npz`` (uint8 NHWC, key ``arr_0``, the ADM
 evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifier Fréchet distance
 (:mod:`jit_core.eval.classifier`, not FID); other runs with reference statistics or images -> FID/IS
 (:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
-``<run>/eval/<name>.json`` with the provenance list of the protocol's §6, and 95 % bootstrap intervals over
+``<run>/eval/<name>.json`` with the provenance list of that protocol (item 5), and 95 % bootstrap intervals over
 the samples (``intervals``, :mod:`jit_core.eval.stats`). ``--ema a,b --cfg x,y`` evaluates the grid of
 weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table (docs/evaluation.md).
 """
@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from jit_core import durable
+
 from .provenance import point_settings, provenance
-from .results import finished, format_table, primary_metric, sweep_markdown, sweep_summary, write_json
+from .results import finished, format_table, primary_metric, save_record, sweep_markdown, sweep_summary
 
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
@@ -123,7 +124,7 @@ def _gather(kept: dict[int, torch.Tensor], out: Path, name: str, rank: int, worl
     """All ranks' kept blocks, in id order, on rank 0 (through shard files on the shared output folder)."""
     if world > 1:
         shard = out / f".{name}.rank{rank}.pt"
-        torch.save(kept, shard)
+        durable.save_torch(shard, kept)
         dist.barrier()
         if rank != 0:
             return None
@@ -171,7 +172,10 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     t_start = time.perf_counter()
     cfgs = None if cfg is None else _as_list(cfg, float)
     grid = len(emas) > 1 or (cfgs is not None and len(cfgs) > 1)
-    out = Path(out) if out else Path(run_dir) / "eval"
+    run_dir = Path(run_dir)
+    # every file goes under the folder being evaluated (or --out), by a name built here: never a path read from
+    # a saved result (a copied run must not rewrite the original's results)
+    out = Path(out) if out else run_dir / "eval"
     records, kind = [], None
     for e in emas:
         run = loading.load_run(run_dir, ema=e, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
@@ -195,7 +199,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                 # at 4k samples (measured), far more at 50k; a GPU does it in a fraction of a second
                 log.warning("no FID/IS interval by default on CPU with %d samples (pass --bootstrap B to force)", n)
                 n_boot = 0
-            out.mkdir(parents=True, exist_ok=True)  # every rank: shards and PNGs go there (a shared file system)
+            durable.ensure_dir(out)  # every rank: shards and PNGs go there (a shared file system)
             labels = class_major_labels(n, run.model.cfg.num_classes)
             blocks = rank_blocks(n, batch_size, rank, world)
         for w in cfgs:
@@ -208,7 +212,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                     done["selection"] = {"cfg_chosen_on_these_samples": len(cfgs) > 1,
                                          "ema_chosen_on_these_samples": len(emas) > 1}
                     done["resumed"] = True
-                    write_json(done["json"], done)
+                    done["json"] = str(out / f"{name}.json")   # where it is, whatever the file says
+                    save_record(out, name, done, run_dir)
                 records.append(done)
                 continue
             folder = out / name if save == "png" else None
@@ -226,6 +231,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                     log.info("%s: %d images generated in %.0f s; computing the %s metrics", name, n, t_gen, kind)
                 try:
                     record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
+                                               run_dir=run_dir,
                                                cfg=w, steps=steps, method=method, interval=interval, num_images=n,
                                                seed=seed, batch_size=batch_size, device=device,
                                                swept=len(cfgs) > 1, ema_swept=len(emas) > 1, ref_stats=ref_stats,
@@ -237,14 +243,15 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
             records.append(record)
     result = records[0]
     if rank == 0:
+        name = result["name"]
         if grid:
             first = records[0]
             name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", seed, interval)
             result = sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
-        write_json(result["json"], result)
+        save_record(out, name, result, run_dir)
         if grid:
-            Path(result["json"]).with_suffix(".md").write_text(sweep_markdown(result))
+            durable.write_text(out / f"{name}.md", sweep_markdown(result))
         run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
     if world > 1:
         box = [result]
@@ -265,13 +272,12 @@ def _raise_everywhere(error: Exception | None, world: int) -> None:
 
 
 def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, save: str, t_gen: float, *,
-                      world: int, ref_stats, ref_dir, inception_weights, prc, progress, bootstrap: int,
+                      world: int, run_dir: Path, ref_stats, ref_dir, inception_weights, prc, progress, bootstrap: int,
                       settings_key: dict, **settings) -> dict:
     """Rank 0: save the npz, compute the metrics, assemble and write the result record."""
     sample_path = str(folder) if folder else None
     if save == "npz":
-        sample_path = str(out / f"{name}.npz")
-        np.savez(sample_path, arr_0=images.permute(0, 2, 3, 1).contiguous().numpy())
+        sample_path = str(durable.save_npz(out / f"{name}.npz", arr_0=images.permute(0, 2, 3, 1).contiguous().numpy()))
     t1 = time.perf_counter()
     values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
                              inception_weights=inception_weights, prc=prc, device=settings["device"],
@@ -287,7 +293,7 @@ def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, s
               "metric_provenance": metric_prov, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)},
               "json": str(out / f"{name}.json")}
-    write_json(record["json"], record)
+    save_record(out, name, record, run_dir)
     return record
 
 
@@ -337,6 +343,8 @@ def evaluate_command():
         info = init_distributed(device)
         try:
             cfgs = _floats(cfg)
+            if any(not 0 <= c < float("inf") for c in cfgs or ()):     # nan fails both comparisons
+                raise ValueError(f"{cfg}: each CFG scale must be >= 0 and finite (1 = unguided)")
             emas = _as_list(ema, str.strip)
             bad = [e for e in emas if e not in WEIGHTS]
             if bad or not emas:

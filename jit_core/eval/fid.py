@@ -1,6 +1,6 @@
 """Sample-quality metrics: Fréchet distance, improved precision/recall, and FID/IS through torch-fidelity.
 
-FID and IS follow the evaluation protocol (shared/spec/evaluation.md §2): torch-fidelity's
+FID and IS follow the evaluation protocol (docs/official-code.md#evaluation, 2): torch-fidelity's
 ``inception-v3-compat`` extractor (the TF 2015-12-05 FID Inception, TF1-style bilinear resize to 299),
 FID on the 2048-d pool features against a reference ``.npz`` (keys ``mu``, ``sigma``), IS on
 ``logits_unbiased`` with 10 splits shuffled with seed 2020. PyPI's torch-fidelity has no
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from jit_core import durable
 
 log = logging.getLogger(__name__)
 
@@ -414,8 +416,8 @@ def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
             return None
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({}, path)
+    durable.ensure_dir(path.parent)
+    durable.save_torch(path, {})
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = _Unloaded(INCEPTION, ["2048"], feature_extractor_weights_path=str(path))
@@ -424,7 +426,7 @@ def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
                 torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             elif isinstance(m, torch.nn.Linear):
                 torch.nn.init.normal_(m.weight, std=m.in_features ** -0.5)
-    torch.save(model.state_dict(), path)
+    durable.save_torch(path, model.state_dict())
     return path
 
 
@@ -446,9 +448,8 @@ def compute_ref_stats(folder: str | os.PathLike, out: str | os.PathLike, image_s
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as f:  # np.savez would append .npz to a name without it
-        np.savez(f, mu=mu, sigma=sigma, n=np.int64(len(feats)), provenance=np.array(json.dumps(prov)))
+    durable.ensure_dir(out.parent)
+    durable.save_npz(out, mu=mu, sigma=sigma, n=np.int64(len(feats)), provenance=np.array(json.dumps(prov)))
     return {"out": str(out), "num_images": len(feats), "sha256": file_sha256(out)}
 
 

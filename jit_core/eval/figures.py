@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from jit_core import durable
+
 
 def smooth(ys: list[float], frac: float = 0.05) -> list[float]:
     """Exponential moving average with a window of about ``frac`` of the curve (bias-corrected)."""
@@ -25,7 +27,8 @@ def plot_losses(logs: dict[str, list[dict]], path: str | Path, x: str = "step") 
     cols = min(3, len(terms))
     rows = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    tmax = max((r.get("time", 0) or 0 for rows_ in logs.values() for r in rows_), default=0)
+    tmax = max((r["time"] for rows_ in logs.values() for r in rows_ if isinstance(r.get("time"), (int, float))
+                and math.isfinite(r["time"])), default=0)
     unit, div = ("h", 3600.0) if tmax > 7200 else (("min", 60.0) if tmax > 120 else ("s", 1.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, term in zip(axes.flat, terms):
@@ -52,10 +55,10 @@ def plot_losses(logs: dict[str, list[dict]], path: str | Path, x: str = "step") 
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return durable.save_figure(Path(path), fig, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def titled_panel(img, title: str):
@@ -76,8 +79,7 @@ def side_by_side(panels: list, path: str | Path, gap: int = 12) -> Path:
     for p in panels:
         canvas.paste(p, (x, 0))
         x += p.width + gap
-    canvas.save(path)
-    return Path(path)
+    return durable.save_image(Path(path), canvas)
 
 
 def placeholder(text: str, size: int = 160):

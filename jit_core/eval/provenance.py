@@ -1,4 +1,4 @@
-"""What an evaluation records next to its numbers (protocol §6): checkpoint and weights hash, model,
+"""What an evaluation records next to its numbers (docs/official-code.md#evaluation, 5): checkpoint and weights hash, model,
 training, sampler, guidance incl. the unconditional form, samples, selection and library versions; and
 the settings a saved grid point must match to be reused."""
 from __future__ import annotations
@@ -33,9 +33,10 @@ def _last_logged(run_dir: Path) -> dict:
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                last = json.loads(line) or last
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            last = row if isinstance(row, dict) and row else last   # untrusted lines: only objects count
     return last
 
 
@@ -93,7 +94,8 @@ def _versions() -> dict:
 def provenance(run, *, cfg: float, steps: int, method: str, interval, num_images: int, seed: int, batch_size: int,
                world_size: int, device, save: str, sample_path: str | None, swept: bool,
                ema_swept: bool = False) -> dict:
-    """Everything §6 of the protocol asks to record next to a number (metric-side items are added later)."""
+    """Everything the protocol (docs/official-code.md#evaluation, 5) asks to record next to a number
+    (metric-side items are added later)."""
     c = run.config
     ema_decay = {"ema1": c.optim.ema_decays[0], "ema2": c.optim.ema_decays[1]}.get(run.ema)
     weights_file, weights_sha = _weights_hash(run.checkpoint, run.ema)

@@ -15,6 +15,7 @@ flattened config keys, plugin options included, that differ); and ``index.html``
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from jit_core import durable
 
 from .configdiff import config_diff, diff_cell, diff_markdown
 from .figures import placeholder, plot_losses, side_by_side, titled_panel
@@ -47,15 +50,17 @@ def run_names(run_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    """The run's ``metrics.jsonl`` records (unreadable lines skipped)."""
+    """The run's ``metrics.jsonl`` records (unreadable lines and lines that are not objects skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(row, dict):     # untrusted lines: only objects are log records
+                rows.append(row)
     return rows
 
 
@@ -117,7 +122,12 @@ EVAL_KWARGS = ("evaluate", "ema", "num_images", "cfg", "steps", "method", "inter
 
 
 def _file_safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "arm"
+    """A file name part for an arm: the name itself when it is safe, else a safe form plus a hash of the name (so
+    ``a b`` and ``a_b`` get different files)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    if safe == name:
+        return name
+    return f"{safe or 'arm'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, cfg, device, trust_plugins):
@@ -136,7 +146,7 @@ def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, c
     except Exception as e:  # noqa: BLE001 -- a run without a checkpoint still gets its curves and config
         log.warning("no samples for %s: %s", d, e)
         grid = placeholder(f"no samples: {type(e).__name__}")
-    grid.save(out / f"samples_{_file_safe(label)}.png")
+    durable.save_image(out / f"samples_{_file_safe(label)}.png", grid)
     return titled_panel(grid, label), step, params
 
 
@@ -186,6 +196,12 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     arms = {str(a): [Path(d) for d in ds] for a, ds in arms.items()}
     if not arms or any(not ds for ds in arms.values()):
         raise ValueError("compare_arms needs at least one arm, each with at least one run folder")
+    A.check_distinct_runs(arms)
+    files = {_file_safe(a).lower(): a for a in arms}     # lower: case-insensitive file systems
+    if len(files) < len(arms):
+        clash = sorted(set(arms) - set(files.values()))[0]
+        raise ValueError(f"arm names {clash!r} and {files[_file_safe(clash).lower()]!r} differ only in case, so their "
+                         "sample files would be one on some file systems: rename one arm")
     baseline = baseline or next(iter(arms))
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not an arm: use one of {', '.join(arms)}")
@@ -196,8 +212,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     kw = dict(eval_kwargs)
     trust = kw.get("trust_plugins") or ()
     device = kw.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = durable.ensure_dir(Path(out_dir))
     labels = _run_labels(arms)
     runs = {label: d for arm in arms for label, d in zip(labels[arm], arms[arm])}
     want = {k: kw.get(k) for k in A.SELECT_KEYS}
@@ -223,53 +238,56 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     paragraph = A.what_this_shows(table, settings, records)
     title = title or "Comparison: " + " vs ".join(arms)
 
-    # curves, samples and config differences of each arm's first run
-    firsts = {arm: arms[arm][0] for arm in arms}
-    logs = {arm: read_log(d) for arm, d in firsts.items()}
-    plot_losses(logs, out / "loss_curves.png", "step")
-    plot_losses(logs, out / "loss_curves_time.png", "time")
-    panels, per_run = [], {}
-    if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
-        sample_cfg = kw["cfg"]
-    for arm, d in firsts.items():
-        panel, step, params = _sample_panel(d, arm, out, num_samples, seed, sample_cfg, device, trust)
-        panels.append(panel)
-        per_run[arm] = (step, params)
-    side_by_side(panels, out / "samples.png")
-    configs = {arm: json.loads((d / "config.json").read_text()) for arm, d in firsts.items()}
-    diff = config_diff(configs)
-    (out / "config_diff.md").write_text(diff_markdown(diff, list(arms)))
+    # every file goes to a staging folder first, then replaces the previous report's (index.html last): a full
+    # disk or an error on the way leaves the previous report whole
+    with durable.staged(out, last=("index.html",)) as stage:
+        # curves, samples and config differences of each arm's first run
+        firsts = {arm: arms[arm][0] for arm in arms}
+        logs = {arm: read_log(d) for arm, d in firsts.items()}
+        plot_losses(logs, stage / "loss_curves.png", "step")
+        plot_losses(logs, stage / "loss_curves_time.png", "time")
+        panels, per_run = [], {}
+        if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
+            sample_cfg = kw["cfg"]
+        for arm, d in firsts.items():
+            panel, step, params = _sample_panel(d, arm, stage, num_samples, seed, sample_cfg, device, trust)
+            panels.append(panel)
+            per_run[arm] = (step, params)
+        side_by_side(panels, stage / "samples.png")
+        configs = {arm: json.loads((d / "config.json").read_text()) for arm, d in firsts.items()}
+        diff = config_diff(configs)
+        durable.write_text(stage / "config_diff.md", diff_markdown(diff, list(arms)))
 
-    runs_table = {"runs": {}}
-    for label, d in runs.items():
-        r = records.get(label)
-        last = (read_log(d) or [{}])[-1]
-        evals = [] if r is None else [{"name": r.get("name"), "cfg": (r.get("guidance") or {}).get("cfg"),
-                                       "num_images": (r.get("samples") or {}).get("num_images"),
-                                       "metrics": r["metrics"], "intervals": r.get("intervals") or {},
-                                       "metric_kind": r.get("metric_kind"), "json": r.get("json")}]
-        first = per_run.get(label) if len(arms.get(label, ())) == 1 else None   # a one-run arm's sampled run
-        recorded = ((r or {}).get("model") or {}).get("trainable_params")      # the evaluation's record of the model
-        params = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else (first or (0, None))[1]
-        runs_table["runs"][label] = {"run_dir": str(d.resolve()),
-                                     "step": (r or {}).get("checkpoint", {}).get("step") or last.get("step"),
-                                     "params": params, "wall_time_s": last.get("time"),
-                                     "evals": evals}
-    runs_table["samples"] = {"num_samples": num_samples, "seed": seed, "runs": "each arm's first run",
-                             "cfg": sample_cfg if sample_cfg is not None else "each run's own"}
-    (out / "metrics.json").write_text(json.dumps(runs_table, indent=1, default=str))
-    paths = {"index_html": str(out / "index.html"), "metrics_md": str(out / "metrics.md"),
-             "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
-             "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
-             "loss_curves_png": str(out / "loss_curves.png")}
-    result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
-              "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
-              "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
-              "paths": paths}
-    md = A.arms_markdown(table, sentence, paragraph, settings, title)
-    (out / "metrics.md").write_text(md + "\n## Runs\n\n" + metrics_markdown(runs_table))
-    (out / "arms.json").write_text(json.dumps(result, indent=1, default=str))
-    (out / "index.html").write_text(_arms_html(result, table, runs_table, diff, list(arms), num_samples, seed))
+        runs_table = {"runs": {}}
+        for label, d in runs.items():
+            r = records.get(label)
+            last = (read_log(d) or [{}])[-1]
+            evals = [] if r is None else [{"name": r.get("name"), "cfg": (r.get("guidance") or {}).get("cfg"),
+                                           "num_images": (r.get("samples") or {}).get("num_images"),
+                                           "metrics": r["metrics"], "intervals": r.get("intervals") or {},
+                                           "metric_kind": r.get("metric_kind"), "json": r.get("json")}]
+            first = per_run.get(label) if len(arms.get(label, ())) == 1 else None   # a one-run arm's sampled run
+            recorded = ((r or {}).get("model") or {}).get("trainable_params")      # the evaluation's record of the model
+            params = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else (first or (0, None))[1]
+            runs_table["runs"][label] = {"run_dir": str(d.resolve()),
+                                         "step": (r or {}).get("checkpoint", {}).get("step") or last.get("step"),
+                                         "params": params, "wall_time_s": last.get("time"),
+                                         "evals": evals}
+        runs_table["samples"] = {"num_samples": num_samples, "seed": seed, "runs": "each arm's first run",
+                                 "cfg": sample_cfg if sample_cfg is not None else "each run's own"}
+        durable.write_json(stage / "metrics.json", runs_table, default=str)
+        paths = {"index_html": str(out / "index.html"), "metrics_md": str(out / "metrics.md"),
+                 "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
+                 "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
+                 "loss_curves_png": str(out / "loss_curves.png")}
+        result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
+                  "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
+                  "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
+                  "paths": paths}
+        md = A.arms_markdown(table, sentence, paragraph, settings, title)
+        durable.write_text(stage / "metrics.md", md + "\n## Runs\n\n" + metrics_markdown(runs_table))
+        durable.write_json(stage / "arms.json", result, default=str)
+        durable.write_text(stage / "index.html", _arms_html(result, table, runs_table, diff, list(arms), num_samples, seed))
     return result
 
 
@@ -298,7 +316,7 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
         cells += [f"{r['metrics'][k]['mean']:.4g} {A._iv(r['metrics'][k])}" if k in r["metrics"] else "-"
                   for k in table["metrics"]]
         v = r["verdicts"].get(m)
-        cells.append("-" if v is None else (f"{v['better']} better" if v["outside_noise"] else "within noise"))
+        cells.append(A.verdict_cell(v))
         if paper:
             cells += ["-", "-"] if r["baseline"] else [r.get("paper") or "(no claim)", r.get("ours", "-")]
         rows.append(cells)

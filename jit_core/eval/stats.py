@@ -195,7 +195,8 @@ def summarize_arm(name: str, per_seed_values: Sequence[float], per_seed_interval
 @dataclass
 class Verdict:
     """``a`` vs ``b``: ``diff = a.mean - b.mean`` with its interval; ``better`` is the name of the better arm
-    only when the interval excludes 0 (``outside_noise``), else None."""
+    only when the interval excludes 0 (``outside_noise``), else None. ``degenerate``: why no verdict can be given
+    although numbers exist (identical values across seeds, a zero-width interval), else None."""
     better: str | None
     diff: float
     lo: float | None
@@ -203,6 +204,7 @@ class Verdict:
     outside_noise: bool
     sentence: str
     method: str
+    degenerate: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -275,7 +277,8 @@ def compare_arms_stats(a: ArmSummary, b: ArmSummary, lower_is_better: bool | Non
     lower = a.lower_is_better if lower_is_better is None else lower_is_better
     d = a.mean - b.mean
     lo, hi, method = _diff_interval(a, b, level)
-    outside = lo is not None and (lo > 0 or hi < 0)
+    degenerate = degenerate_reason(a, b) if lo is not None else None
+    outside = lo is not None and (lo > 0 or hi < 0) and degenerate is None
     better = None
     if outside:
         better = a.name if (d < 0) == lower else b.name
@@ -284,10 +287,29 @@ def compare_arms_stats(a: ArmSummary, b: ArmSummary, lower_is_better: bool | Non
             f"{_g(b.mean)} [{_g(b.lo)}, {_g(b.hi)}] ({_seeds(a, b)})")
     if lo is None:
         sentence = f"{head}: no interval for the difference ({method}); difference {_fixed(d)}, not a verdict."
+    elif degenerate:
+        sentence = (f"{head}: no verdict, the numbers are degenerate: {degenerate} (difference {_fixed(d)}, "
+                    f"{pct} interval [{_fixed(lo)}, {_fixed(hi)}]).")
     elif outside:
         sentence = (f"{head}: {better} is better, outside the noise (difference {_fixed(d)}, {pct} interval "
                     f"[{_fixed(lo)}, {_fixed(hi)}], {method}).")
     else:
         sentence = (f"{head}: within noise (difference {_fixed(d)}, {pct} interval [{_fixed(lo)}, {_fixed(hi)}], "
                     f"{method}).")
-    return Verdict(better, float(d), lo, hi, outside, sentence, method)
+    return Verdict(better, float(d), lo, hi, outside, sentence, method, degenerate)
+
+
+def degenerate_reason(a: ArmSummary, b: ArmSummary) -> str | None:
+    """Why the comparison of ``a`` and ``b`` cannot be trusted although it has numbers, or None.
+
+    Different training seeds never give identical values, so identical values mean one run counted several times
+    or a metric that does not measure anything here; an interval of zero width (of an arm or of the difference)
+    claims a certainty no finite sample gives.
+    """
+    for arm in (a, b):
+        if arm.n >= 2 and len(set(arm.values)) == 1:
+            return (f"{arm.name}'s {arm.n} seeds have identical values ({_g(arm.values[0])}): the same run counted "
+                    "twice, or a metric that does not vary")
+        if arm.lo is not None and arm.lo == arm.hi:
+            return f"{arm.name}'s interval has zero width ([{_g(arm.lo)}, {_g(arm.hi)}])"
+    return None

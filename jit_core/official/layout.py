@@ -13,7 +13,6 @@ layout and :func:`export_official` writes ours as one, atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import warnings
 import zipfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from jit_core.durable import fsync_dir, write_file
+from jit_core.durable import ensure_dir, save_torch
 from jit_core.errors import CheckpointError, first_line, weights_only_refusal
 
 FEATURE = "feature"
@@ -173,11 +172,5 @@ def export_official(weights: dict, path, epoch: int = 0) -> None:
           for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
     ck.update(optimizer={}, epoch=int(epoch), args=None)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write_file(tmp, lambda s: torch.save(ck, s))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    ensure_dir(path.parent)
+    save_torch(path, ck)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jit_core import hookspecs
+from jit_core import durable, hookspecs
 
 HOOKS_START = "<!-- hooks:start -->"
 HOOKS_END = "<!-- hooks:end -->"
@@ -102,7 +102,7 @@ def update_hook_reference(path: str | os.PathLike) -> bool:
     _, tail = rest.split(HOOKS_END, 1)
     new = f"{head}{HOOKS_START}\n{hook_reference_markdown()}{HOOKS_END}{tail}"
     if new != text:
-        path.write_text(new)
+        durable.write_text(path, new)
     return new != text
 
 

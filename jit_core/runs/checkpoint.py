@@ -39,7 +39,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from jit_core.durable import SAFETENSORS_DTYPES, fsync_dir, sha256_file, stream_safetensors, write_file
+from jit_core.durable import (
+    SAFETENSORS_DTYPES,
+    WriteError,
+    ensure_dir,
+    fsync_dir,
+    sha256_file,
+    stream_safetensors,
+    write_file,
+    write_text,
+)
 from jit_core.errors import CheckpointError, CorruptCheckpointError, first_line, weights_only_refusal
 
 log = logging.getLogger(__name__)
@@ -106,13 +115,7 @@ def _read_latest(root: Path) -> Path | None:
 
 
 def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f"latest.tmp-{os.getpid()}"
-    try:
-        write_file(tmp, lambda s: s.write(f"{name}\n".encode()))
-        os.replace(tmp, root / "latest")
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(root)
+    write_text(root / "latest", f"{name}\n")   # atomic; a link in its place is refused
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,8 +198,7 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
         raise CheckpointError(f"state must be a dict, got {type(state).__name__}")
     _check_state(state)
 
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_dir(Path(run_dir) / "checkpoints")   # a link in its place would put the checkpoints elsewhere
     _clean_leftovers(root)
     name = f"step-{step:08d}"
     final, tmp = root / name, root / f"{name}.tmp-{os.getpid()}"
@@ -225,6 +227,8 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
         if aside is not None and aside.exists() and not final.exists():
             with contextlib.suppress(OSError):  # else the next save's cleanup restores it
                 os.rename(aside, final)
+        if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError):
+            exc = exc.__cause__                      # said below with the checkpoint's own context
         if not isinstance(exc, OSError):
             raise
         intact = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
@@ -398,11 +402,49 @@ def check_state_file(path) -> Path:
     return fp
 
 
+def check_weight_values(name: str, sd: dict[str, torch.Tensor], fp: Path) -> None:
+    """The network weights ``sd`` (model / ema1 / ema2, read from ``fp``) are usable: every tensor floating point
+    and finite. The rule for dtypes: float16 / bfloat16 / float64 tensors are accepted and cast to the model's
+    dtype when loaded into it (``load_state_dict`` copies); integer, bool and complex tensors are refused, as no
+    weight of the network is one. A NaN or inf is refused: sampling would give black images, a resume NaN losses."""
+    for key, t in sd.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{fp}: {key} is a {t.dtype} tensor, but {name} weights are floating point: the file "
+                                  f"was not written by jit-vco; {_FIX}")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{fp}: {key} holds {bad} NaN/inf value(s): the weights are unusable; {_FIX}")
+
+
+# trainer.pt: the keys a reader uses and their types (the file is untrusted input); "step" is required
+STATE_TYPES = {"step": (int,), "optimizer": (dict,), "elapsed": (int, float), "skipped": (int,), "rng": (dict,),
+               "rng_per_rank": (list,), "world_size": (int,)}
+
+
+def check_state_schema(state, fp: Path) -> dict:
+    """``state`` (``trainer.pt`` read from ``fp``) if it is a dict whose keys have the types jit-vco writes."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{fp} holds a {type(state).__name__}, not the dict jit-vco writes: it was damaged or "
+                              f"replaced; {_FIX}")
+    if "step" not in state:
+        raise CheckpointError(f"{fp} has no 'step': it was not written by jit-vco; {_FIX}")
+    for key, types in STATE_TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, types) or isinstance(value, bool)):
+            want = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{fp}: {key!r} is a {type(value).__name__}, expected {want}: it was not written "
+                                  f"by jit-vco; {_FIX}")
+    if state["step"] < 0 or state.get("world_size", 1) < 1:
+        raise CheckpointError(f"{fp}: step {state['step']} / world_size {state.get('world_size')} out of range; {_FIX}")
+    return state
+
+
 def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """``(weights, state)`` of a checkpoint dir (or a run dir -> its latest checkpoint).
 
     ``weights`` maps model/ema1/ema2[/aux] to state dicts; ``state`` is ``trainer.pt``, read with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)``. Both are checked before use: the network weights by
+    :func:`check_weight_values` (floating point, finite), ``trainer.pt`` by :func:`check_state_schema`.
     """
     path = _resolve(path)
     if verify:
@@ -420,4 +462,7 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
         if re.search(r"Unsupported global|unsupported GLOBAL", str(e)):      # real pickled objects: refused
             raise weights_only_refusal(fp, e) from e
         raise CorruptCheckpointError(f"cannot read {fp} ({first_line(e)}): the file is damaged; {_FIX}") from e
-    return weights, state
+    for name in WEIGHT_NAMES:
+        if name in weights:
+            check_weight_values(name, weights[name], path / f"{name}.safetensors")
+    return weights, check_state_schema(state, fp)

@@ -9,10 +9,9 @@ network. Registered by ``jit_core.cli._add_optional_commands``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from jit_core.durable import sha256_file, write_file
+from jit_core.durable import sha256_file, write_text
 from jit_core.model import MODEL_CONFIGS, build_model
 from jit_core.model.streams import Stream
 from jit_core.official.infer import _default_in_context_start, infer_model_config, streams_for
@@ -103,10 +102,4 @@ def _write_config_hint(out_dir: Path, cfg: dict, streams: list[Stream]) -> None:
     run.data.image_size = cfg["image_size"]
     if len(streams) > 1:
         run.plugins = ["vco"]
-    data = run.to_json().encode()
-    tmp = out_dir / f"config.json.tmp-{os.getpid()}"
-    try:
-        write_file(tmp, lambda s: s.write(data))
-        os.replace(tmp, out_dir / "config.json")
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(out_dir / "config.json", run.to_json())

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jit_core.config import Config
+from jit_core.config import Config, ConfigError, check_values, read_config_file
 from jit_core.official.layout import import_official
 from jit_core.plugins import check_run_plugins
 from jit_core.runs import hub
-from jit_core.runs.checkpoint import CheckpointError
 from jit_core.runs.compat import check_compatible
 from jit_core.runs.loading import LoadedRun, build_model_for
 from jit_core.runs.push import CHECKPOINT, CONFIG, RUN_INFO
@@ -26,11 +25,11 @@ def load_hub_run(name: str, ema: str = "ema1", device="cpu", trust_plugins=()) -
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     repo = hub.parse_repo(name)
     config_path = hub.fetch(str(repo.file(CONFIG)))
-    try:
-        config = Config.from_dict(json.loads(config_path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{repo.file(CONFIG)} is not a jit-vco config ({e}); was the repository written "
-                              "by jit push?") from e
+    try:     # a downloaded file is untrusted input: the checks a run folder's config.json passes
+        config = Config.from_dict(read_config_file(config_path))
+        check_values(config)
+    except ConfigError as e:
+        raise ConfigError(f"{repo.file(CONFIG)}: {e}; was the repository written by jit push?") from None
     check_run_plugins(config.plugins, trust_plugins, repo.file(CONFIG))
     model, plugins = build_model_for(config, device=device)
     weights_path = hub.fetch(str(repo.file(CHECKPOINT)))

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ from typing import Optional
 import torch
 
 from jit_core.clioptions import trust_options  # noqa: F401 -- re-exported: the commands' --trust-plugin
-from jit_core.config import Config, validate_plugin_options
+from jit_core.config import Config, ConfigError, check_values, read_config_file, validate_plugin_options
 from jit_core.diffusion.generate import generate_images
 from jit_core.model import JiT, get_model_config
 from jit_core.official.layout import import_official
@@ -40,7 +39,12 @@ def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass the folder given to jit train")
-    cfg = Config.from_dict(json.loads(path.read_text()))
+    data = read_config_file(path)
+    try:     # the checks a new run's config passes (keys, types, choices, ranges), the device aside
+        cfg = Config.from_dict(data)
+        check_values(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}; restore the run's config.json (or fix that key)") from None
     check_run_plugins(cfg.plugins, trust_plugins, path)
     return cfg
 
@@ -95,7 +99,10 @@ def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
         have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
         raise ckpt.CheckpointError(f"checkpoint {found} has no {which!r} weights (it has {have})")
     ckpt._check_files(found, manifest, [fname], verify_hash=True)
-    return ckpt._load_safetensors(found / fname)
+    sd = ckpt._load_safetensors(found / fname)
+    if which in ckpt.WEIGHT_NAMES:
+        ckpt.check_weight_values(which, sd, found / fname)
+    return sd
 
 
 def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from jit_core.config import ConfigError
+from jit_core.durable import ensure_dir, open_lock_file, writing
 
 log = logging.getLogger("jit")
 
@@ -44,8 +45,11 @@ def _holder_info() -> dict:
 
 def read_holder(run_dir) -> dict:
     """What the lock file says about its (last) holder; {} if nothing readable. Untrusted text: parsed as JSON only."""
+    path = Path(run_dir) / LOCK_NAME
+    if path.is_symlink():
+        return {}
     try:
-        with open(Path(run_dir) / LOCK_NAME, "rb") as f:
+        with open(path, "rb") as f:
             data = json.loads(f.read(4096).decode(errors="replace") or "{}")
     except (OSError, ValueError):
         return {}
@@ -78,8 +82,10 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self._file is not None:
             return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")  # noqa: SIM115 -- kept open while the lock is held; "a+": keep the holder's text
+        ensure_dir(self.run_dir)
+        # kept open while the lock is held; opened without emptying (the holder's text stays for a refused trainer)
+        # and never through a link (a planted .lock link must not empty its target or create a file elsewhere)
+        f = open_lock_file(self.path)
         deadline = None
         while True:
             try:
@@ -106,10 +112,15 @@ class RunLock:
                 log.warning("the file system of %s does not support file locks (%s): training without the run folder "
                             "lock; make sure no other trainer uses this folder", self.run_dir, os.strerror(e.errno))
                 return self
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(_holder_info()) + "\n")
-        f.flush()
+        try:
+            with writing(self.path):
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(_holder_info()) + "\n")
+                f.flush()
+        except BaseException:
+            f.close()
+            raise
         self._file = f
         return self
 

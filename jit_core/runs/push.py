@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from jit_core.durable import replace_durably
+from jit_core.durable import ensure_dir, write_text
 from jit_core.runs import hub
 from jit_core.runs.checkpoint import CheckpointError, latest_checkpoint
 from jit_core.runs.export import export_run
@@ -20,11 +20,6 @@ from jit_core.runs.modelcard import eval_rows, model_card
 
 CHECKPOINT, CONFIG, RUN_INFO, CARD = "checkpoint-last.pth", "config.json", "jit-run.json", "README.md"
 FORMAT = "jit-vco hub run v1"
-
-
-def _write_text(path: Path, text: str) -> None:
-    data = text.encode()
-    replace_durably(path, lambda sink: sink.write(data))
 
 
 def stage(run_dir: str | Path, folder: str | Path, repo: hub.HubRepo, trust_plugins=()) -> int:
@@ -39,14 +34,14 @@ def stage(run_dir: str | Path, folder: str | Path, repo: hub.HubRepo, trust_plug
     if latest_checkpoint(run_dir) is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to push")
     config = load_config(run_dir, trust_plugins)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     done = export_run(run_dir, folder / CHECKPOINT)
     config.run_dir = None                               # a local path means nothing on the Hub
-    _write_text(folder / CONFIG, config.to_json())
-    _write_text(folder / RUN_INFO, json.dumps({"format": FORMAT, "step": done.step, "epoch": done.epoch}))
+    write_text(folder / CONFIG, config.to_json())
+    write_text(folder / RUN_INFO, json.dumps({"format": FORMAT, "step": done.step, "epoch": done.epoch}))
     model, _ = build_model_for(config, device="meta")
     card = model_card(config, repo.repo_id, done.step, model.num_params(), eval_rows(run_dir))
-    _write_text(folder / CARD, card)
+    write_text(folder / CARD, card)
     return done.step
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from jit_core import durable
+
 from .spec import Element, Study, StudyError, config_changes, expand
 
 
@@ -71,7 +73,7 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     if wall_s is None and previous.is_file():      # --report-only: keep the wall time the runs were measured with
         try:
             wall_s = json.loads(previous.read_text()).get("wall_s")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):    # only a timing: a damaged file loses just that
             wall_s = None
         wall_s = wall_s if isinstance(wall_s, (int, float)) else None
     arms: dict[str, list[Path]] = {}
@@ -80,11 +82,11 @@ def study_report(study: Study, elements: list[Element], out: Path, wall_s: float
     baseline = study.baseline if study.baseline in arms else next(iter(arms))
     report = compare_arms(arms, out / "report", baseline=baseline, paper={a: study.arm(a).paper for a in arms},
                           title=f"jit study {study.name}")
-    (out / "study.md").write_text(study_markdown(study, elements, records, wall_s, report))
+    durable.write_text(out / "study.md", study_markdown(study, elements, records, wall_s, report))
     summary = {"study": study.name, "baseline": baseline, "wall_s": wall_s,
-               "runs": [{**records[e.run_dir], "run_dir": str(e.run_dir)} for e in elements],
+               "runs": [{**records[e.run_dir], "run_dir": durable.stored_path(e.run_dir, out)} for e in elements],
                "report": {k: v for k, v in report.items() if isinstance(v, (str, int, float, list, dict))}}
-    (out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
+    durable.write_json(out / "study.json", summary, default=str)
     return report
 
 
@@ -112,7 +114,7 @@ def study_command():
         jit study vco-tiny-pair                       # JiT vs V-Co on the embedded data (the demo)
         jit study vco-tiny --seeds 0,1,2              # V-Co's ablations, 3 seeds
         """
-        from .local import run_local
+        from .local import StudyInterrupted, run_local
         from .registry import available_studies, get_study
         if list_ or not name:
             for key, st in sorted(available_studies().items()):
@@ -130,7 +132,11 @@ def study_command():
         wall = None
         if not report_only:
             t0 = time.perf_counter()
-            run_local(elements, study, num_images=num_images or study.num_images, lanes=lanes, echo=click.echo)
+            try:
+                run_local(elements, study, num_images=num_images or study.num_images, lanes=lanes, echo=click.echo)
+            except StudyInterrupted as e:      # the runs checkpointed and exited: a shell sees the signal
+                click.echo(f"Error: {e}", err=True)
+                click.get_current_context().exit(128 + e.signum)
             wall = round(time.perf_counter() - t0, 1)
         report = study_report(study, elements, out_dir.expanduser().absolute(), wall)
         if report.get("sentence"):

@@ -4,11 +4,19 @@ Each lane gets ``cores / lanes`` threads (two 1-thread lanes on 2 cores trained 
 2-thread run: measured, docs/embedded-comparison.md). Costlier elements start first. An element that
 finished (``<run>/study-element.json``) is skipped, and an interrupted one resumes from its checkpoint
 (``jit train`` resumes a folder holding its run), so re-running the command continues the study.
+
+The study owns its children: each ``jit train`` / ``jit evaluate`` runs in its own process group (a Ctrl-C in the
+terminal reaches the study only); SIGTERM or SIGINT to the study is passed on to every child (the trainer
+finishes its step, writes a checkpoint and exits), no new child starts, and the study exits once they have
+(:class:`StudyInterrupted`); a second signal kills the children's process groups at once. If the study itself
+is killed (kill -9), each child sees its parent gone and stops the same way
+(:func:`jit_core.training.signals.stop_with_parent`). Either way, re-running the command resumes.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,13 +25,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from jit_core.durable import replace_durably
+from jit_core.durable import ensure_dir, open_append, replace_durably, stored_path
 from jit_core.progress import heartbeat
 
 from .lanes import LaneStatus
 from .spec import Element, Study, StudyError
 
 DONE = "study-element.json"
+PARENT_ENV = "JIT_STUDY_PARENT_PID"   # tells a child whose death to watch for (jit_core.training.signals)
 HEARTBEAT_S = float(os.environ.get("JIT_HEARTBEAT_S", 30))
 
 
@@ -31,14 +40,84 @@ class StudyJobError(StudyError):
     """An element's training or evaluation failed; the message ends with the log's tail."""
 
 
+class StudyInterrupted(StudyError):
+    """The study was asked to stop (SIGTERM / SIGINT): its children checkpointed and exited; ``signum`` says why."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Stopped(Exception):
+    """A lane's element was cut short because the study is stopping (not a failure of the element)."""
+
+
+class Children:
+    """The lanes' running children, each in its own process group; :meth:`stop` passes a signal on to all of them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping: int | None = None     # the signal that stops the study
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        with self._lock:     # no child starts once the study is stopping (checked under the lock stop() takes)
+            if self.stopping is not None:
+                raise _Stopped
+            env = {**kwargs.pop("env"), PARENT_ENV: str(os.getpid())}
+            proc = subprocess.Popen(cmd, start_new_session=True, env=env, **kwargs)
+            self._running.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def stop(self, signum: int) -> None:
+        """First call: pass ``signum`` on to every running child (the trainer finishes its step, checkpoints and
+        exits, shutting down its own data-loader workers: they are not signalled, or their death would fail the
+        step). Any later call: SIGKILL to every child's process group (abort at once; the last complete
+        checkpoint is kept, as after a second Ctrl-C to ``jit train``)."""
+        with self._lock:
+            first, self.stopping = self.stopping is None, self.stopping or signum
+            for proc in self._running:
+                try:
+                    if first:
+                        proc.send_signal(signum)
+                    else:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:   # it has just exited
+                    pass
+
+
 def element_cost(element: Element) -> int:
     """Relative cost used for ordering: every co-denoising plugin roughly doubles a step."""
     return 1 + 2 * len(element.config.get("plugins") or [])
 
 
+# what a finished element's record holds, with the types a reader relies on (the file is untrusted input)
+DONE_FIELDS = {"arm": (str,), "seed": (int,), "train_s": (int, float), "eval_s": (int, float),
+               "result": (str, type(None))}
+
+
 def done_record(element: Element) -> dict | None:
+    """The element's ``study-element.json`` (None: not finished); :class:`StudyError` naming the file if it is not
+    the record this module writes."""
     path = element.run_dir / DONE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    fix = f"delete {path} to evaluate that run again (its training is kept)"
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise StudyError(f"{path} is not valid JSON: {fix}") from None
+    if not isinstance(record, dict):
+        raise StudyError(f"{path} holds a {type(record).__name__}, not an object: {fix}")
+    for key, types in DONE_FIELDS.items():
+        value = record.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise StudyError(f"{path}: {key!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}: {fix}")
+    return record
 
 
 def log_path(element: Element, what: str) -> Path:
@@ -50,9 +129,9 @@ def train_command(element: Element) -> list[str]:
     """``jit train`` of the element's resolved config (written beside the run folder, ``seed-<n>.config.json``):
     exactly the config the study checked, whatever the preset and overrides would give on their own."""
     config_file = element.run_dir.with_name(f"{element.run_dir.name}.config.json")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(config_file.parent)
     text = json.dumps(element.config, indent=1, sort_keys=True)
-    if not config_file.is_file() or config_file.read_text() != text:
+    if config_file.is_symlink() or not config_file.is_file() or config_file.read_text() != text:
         replace_durably(config_file, lambda f: f.write(text.encode()))
     return [sys.executable, "-m", "jit_core", "train", "--config", str(config_file), "--run-dir", str(element.run_dir)]
 
@@ -62,35 +141,44 @@ def evaluate_command(element: Element, study: Study, num_images: int) -> list[st
             "--save", "none", *study.eval_args]
 
 
-def _run(cmd: list[str], log: Path, env: dict, what: str, element: Element) -> str:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
+def _run(cmd: list[str], log: Path, env: dict, what: str, element: Element, children: Children) -> str:
+    ensure_dir(log.parent)
+    with open_append(log) as f:   # never through a link planted in its place
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
-        f.write(proc.stdout)
+        proc = children.start(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            children.done(proc)
+        f.write(stdout)
+    if children.stopping is not None:     # a stopped trainer exits 0 after its checkpoint: not finished
+        raise _Stopped
     if proc.returncode:
         tail = "\n".join(log.read_text().splitlines()[-12:])
         raise StudyJobError(f"{element.label}: {what} failed (exit {proc.returncode}); log {log}:\n{tail}")
-    return proc.stdout
+    return stdout
 
 
-def run_element(element: Element, study: Study, num_images: int, threads: int, status: LaneStatus | None = None) -> dict:
+def run_element(element: Element, study: Study, num_images: int, threads: int,
+                children: Children | None = None, status: LaneStatus | None = None) -> dict:
     """Train (or resume) and evaluate one element; record and return its timings and result file.
     ``status``: told each phase, for the study's heartbeat."""
+    children = children or Children()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     if status:
         status.phase(element, "training")
-    _run(train_command(element), log_path(element, "train"), env, "training", element)
+    _run(train_command(element), log_path(element, "train"), env, "training", element, children)
     t1 = time.perf_counter()
     if status:
         status.phase(element, "evaluating")
     out = _run(evaluate_command(element, study, num_images), log_path(element, "eval"), env,
-               "evaluation", element)
+               "evaluation", element, children)
     t2 = time.perf_counter()
     result = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("results:")), None)
+    result = stored_path(result, element.run_dir) if result else None   # relative: the folder may move
     record = {"arm": element.arm.name, "seed": element.seed, "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "threads": threads, "num_images": num_images, "result": result}
     write_done(element.run_dir, record)
@@ -130,15 +218,16 @@ def run_local(elements: Sequence[Element], study: Study, *, num_images: int, lan
     failed: list[StudyJobError] = []
     lock = threading.Lock()
     counter = {"n": skipped}
+    children = Children()
     t0 = time.perf_counter()
     status = LaneStatus(study.name, len(elements), skipped)
 
     def job(e: Element):
-        if failed:
+        if failed or children.stopping is not None:
             return None
         echo(f"started {e.label} (log {log_path(e, 'train')})")
         try:
-            record = run_element(e, study, num_images, threads, status)
+            record = run_element(e, study, num_images, threads, children, status)
         finally:
             status.dropped(e)
         with lock:
@@ -150,15 +239,51 @@ def run_local(elements: Sequence[Element], study: Study, *, num_images: int, lan
 
     records = []
     # every HEARTBEAT_S a line with each running run's step and ETA: a study is never silent for long
-    with heartbeat(status.line, every_s=HEARTBEAT_S, emit=echo), ThreadPoolExecutor(lanes) as pool:
+    with ForwardStopSignals(children, echo), heartbeat(status.line, every_s=HEARTBEAT_S, emit=echo), \
+            ThreadPoolExecutor(lanes) as pool:
         for fut in as_completed([pool.submit(job, e) for e in todo]):
             try:
                 rec = fut.result()
+            except _Stopped:
+                continue
             except StudyJobError as exc:
                 failed.append(exc)
                 continue
             if rec:
                 records.append(rec)
+    if children.stopping is not None:
+        name = signal.Signals(children.stopping).name
+        raise StudyInterrupted(f"study {study.name} stopped by {name}: {len(records)} more run(s) finished, the "
+                               "running ones checkpointed and exited; run the same command again to resume",
+                               children.stopping)
     if failed:
         raise failed[0]
     return {"wall_s": round(time.perf_counter() - t0, 1), "records": records}
+
+
+class ForwardStopSignals:
+    """While active (``with``), SIGTERM / SIGINT to the study stop its children (:meth:`Children.stop`) instead of
+    killing the study under them; the study goes on until they have exited. Outside the main thread: no-op."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, children: Children, echo: Callable[[str], None]):
+        self.children, self.echo, self.previous = children, echo, {}
+
+    def _on_signal(self, signum, frame) -> None:
+        first = self.children.stopping is None
+        self.children.stop(signum)
+        if first:
+            self.echo(f"received {signal.Signals(signum).name}: stopping the runs (each writes a checkpoint); "
+                      "waiting for them to exit (signal again to abort them at once)")
+        else:
+            self.echo("aborting the runs at once: the last complete checkpoint of each is kept")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

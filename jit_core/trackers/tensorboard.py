@@ -28,7 +28,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class TensorBoardSink(LogSink):
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / FOLDER))
+
+        from jit_core.durable import ensure_dir  # here: durable imports torch, the CLI's --help must not
+        # TensorBoard names its event files itself (host, pid, time); the folder at least is never a link
+        self.writer = SummaryWriter(log_dir=str(ensure_dir(Path(run_dir) / FOLDER)))
 
     def log_config(self, config: dict) -> None:
         from torch.utils.tensorboard.summary import hparams

@@ -35,10 +35,9 @@ def run_id(run_dir: Path) -> str:
             raise ConfigError(f"{path} does not hold a W&B run id ({{\"id\": \"[a-z0-9]+\"}}): delete it to start a "
                               "new W&B run, or set log.wandb=false")
         return saved
+    from jit_core.durable import write_json  # here: durable imports torch, the CLI's --help must not
     new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))   # W&B's id form
-    tmp = path.with_name(ID_FILE + ".tmp")
-    tmp.write_text(json.dumps({"id": new}) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"id": new}, indent=None)
     return new
 
 

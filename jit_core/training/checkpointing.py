@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from jit_core.config import ConfigError
 from jit_core.distributed import barrier
 from jit_core.runs import checkpoint as ckpt
@@ -42,11 +44,25 @@ def save(trainer) -> Path:
     return trainer.last_checkpoint
 
 
+def check_optimizer_state(optimizer) -> None:
+    """ValueError unless every per-parameter state tensor (AdamW's moments) has its parameter's shape:
+    ``load_state_dict`` does not check it, and the first step after the resume would fail."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"its {key} has shape {list(value.shape)} for a parameter of shape {list(p.shape)}")
+
+
 def resume(trainer) -> None:
     """Restore the trainer from the run folder's latest verified checkpoint."""
     path = ckpt.latest_checkpoint(trainer.run_dir)
     weights, state = ckpt.load_checkpoint(path)
-    check_compatible(weights["model"], trainer.model, str(path))
+    for name in ckpt.WEIGHT_NAMES:      # the EMAs too: a wrong-shaped EMA file is refused in one line
+        if name not in weights:
+            raise ckpt.CheckpointError(f"{path} has no {name}.safetensors, which a resume needs; resume from another "
+                                       "checkpoint")
+        check_compatible(weights[name], trainer.model, str(path / f"{name}.safetensors"))
     if state.get("world_size", 1) != trainer.dist.world_size:
         raise ConfigError(f"{path} was written by {state.get('world_size')} ranks, now {trainer.dist.world_size}: "
                           "resume with the same number of processes (data order and RNG are per rank)")
@@ -56,7 +72,12 @@ def resume(trainer) -> None:
     if len(trainer.aux):
         trainer.aux.load_state_dict(weights["aux"])
     if state.get("optimizer"):  # empty for an imported official checkpoint
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        try:
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_state(trainer.optimizer)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"{path / 'trainer.pt'} holds an optimizer state that does not fit this run "
+                                       f"({e}); resume from another checkpoint") from e
         o = trainer.config.optim   # the config's values, not the saved ones (a resume may change them: --allow-change)
         for group, decay in zip(trainer.optimizer.param_groups, (0.0, o.weight_decay)):
             group["weight_decay"], group["betas"] = decay, tuple(o.betas)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from jit_core.distributed import DistInfo, all_reduce_mean
-from jit_core.durable import replace_durably
+from jit_core.durable import append_text, refuse_link, replace_durably
 from jit_core.logsinks import LogSinks
 
 
@@ -20,7 +20,7 @@ def last_step(path: Path) -> int:
         for line in Path(path).read_text().splitlines():
             try:
                 step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):   # a damaged or crafted line: not a step
                 continue
             if isinstance(step, int):
                 best = max(best, step)
@@ -50,8 +50,7 @@ class MetricsLog:
         means.update(step=step, epoch=epoch, time=elapsed,
                      img_per_s=count * global_batch / max(now - self.last_write, 1e-9))
         if self.dist.is_main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(means) + "\n")
+            append_text(self.path, json.dumps(means) + "\n")   # never through a link planted in its place
             self.sinks.log_scalars(step, means)
         self.sums, self.count, self.last_write = {}, 0, time.time()
         return means
@@ -60,6 +59,7 @@ class MetricsLog:
 def roll_back(path: Path, step: int) -> int:
     """Drop the lines of ``metrics.jsonl`` logged after ``step`` (and any unreadable line, e.g. one cut by a kill),
     by rename: a resumed run logs the steps it trains again once. Returns the number of lines dropped."""
+    refuse_link(path)    # neither read through nor replaced: a link in its place is not this run's log
     try:
         lines = path.read_bytes().splitlines(keepends=True)
     except FileNotFoundError:
@@ -69,7 +69,7 @@ def roll_back(path: Path, step: int) -> int:
         try:
             row = json.loads(line)
             ok = isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
-        except ValueError:
+        except (ValueError, RecursionError):
             ok = False
         if ok:
             keep.append(line if line.endswith(b"\n") else line + b"\n")

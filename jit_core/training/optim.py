@@ -19,6 +19,12 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def peak_lr(config: Config, global_batch: int) -> float:
+    """``optim.lr``, else JiT's linear scaling rule ``optim.blr`` x global batch / 256 (the batch over every rank)."""
+    o = config.optim
+    return o.lr if o.lr is not None else o.blr * global_batch / 256
+
+
 def lr_at(config: Config, epoch_float: float, base_lr: float) -> float:
     """Linear warmup from 0 over ``warmup_epochs``, then constant (or half-cosine to min_lr)."""
     o = config.optim

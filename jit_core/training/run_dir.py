@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jit_core.config import Config, ConfigError
 from jit_core.distributed import DistInfo, any_rank
+from jit_core.durable import WriteError, append_text, ensure_dir, write_text
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
@@ -17,6 +18,10 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
                      "train.sample_every", "train.device", "train.compile", "data.num_workers", "data.pin_memory",
                      "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.", "log")
 HISTORY = "history.jsonl"
+# what the trainer writes in its folder (files, then folders): a link in the place of any of them is refused at
+# start-up, before anything is written (a link would send the write to wherever it points)
+TRAINER_WRITES = (LOCK_NAME, "config.json", "metrics.jsonl", HISTORY, "wandb-run.json", "checkpoints", "samples", "tb",
+                  "wandb")
 _OWN_FILES = {LOCK_NAME}          # written by the trainer before config.json: not "another program's files"
 
 
@@ -66,6 +71,12 @@ def check_run_dir(config: Config, run_dir: Path, allowed: Iterable[str] = ()) ->
     """Refuse a folder that holds another run, or files that are not a jit run. Reads only: every rank may call it.
 
     ``allowed``: keys that may differ from the saved config (``jit train --resume --allow-change KEY``)."""
+    links = [name for name in TRAINER_WRITES if (run_dir / name).is_symlink()]
+    if run_dir.is_symlink() and not run_dir.is_dir():
+        links.insert(0, ".")
+    if links:
+        raise ConfigError(f"run folder {run_dir}: {', '.join(links)} is a symbolic link, where the trainer writes; "
+                          "jit-vco never writes through a link (it could point anywhere): remove it and re-run")
     saved = run_dir / "config.json"
     started = bool(ckpt.list_checkpoints(run_dir))  # a run that never wrote a checkpoint may restart with another config
     if saved.exists() and started:
@@ -87,7 +98,7 @@ def lock_run_dir(config: Config, run_dir: Path, dist: DistInfo, allowed: Iterabl
         try:
             lock.acquire()
             check_run_dir(config, run_dir, allowed)
-        except ConfigError as e:
+        except (ConfigError, WriteError) as e:    # every rank must learn it (no rank left in a collective)
             lock.release()
             error = e
     if any_rank(error is not None, dist):
@@ -96,16 +107,15 @@ def lock_run_dir(config: Config, run_dir: Path, dist: DistInfo, allowed: Iterabl
 
 
 def write_config(config: Config, run_dir: Path) -> dict | None:
-    """Create the folder and write ``config.json`` by rename (the main process only); returns the config it replaced."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Create the folder and write ``config.json`` by an atomic rename (the main process only; a link in its place
+    is refused, never followed); returns the config it replaced."""
+    ensure_dir(run_dir)
     saved = run_dir / "config.json"
     try:
-        before = json.loads(saved.read_text()) if saved.exists() else None
-    except ValueError:
+        before = json.loads(saved.read_text()) if saved.is_file() and not saved.is_symlink() else None
+    except (ValueError, UnicodeDecodeError):
         before = None
-    tmp = saved.with_suffix(".json.tmp")
-    tmp.write_text(config.to_json())
-    tmp.replace(saved)
+    write_text(saved, config.to_json())
     return before if isinstance(before, dict) else None
 
 
@@ -117,8 +127,7 @@ def record_changes(run_dir: Path, before: dict | None, config: Config, allowed: 
     rows = [{"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "key": k, "old": va, "new": vb}
             for k, va, vb in _changes(before, json.loads(config.to_json())) if k in allowed]
     if rows:
-        with open(run_dir / HISTORY, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        append_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in rows), fsync=True)
     return rows
 
 

@@ -30,7 +30,7 @@ from jit_core.training import checkpointing
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
 from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
-from jit_core.training.optim import lr_at
+from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import discard_unused_run_dir, load_plugins, start_checks
@@ -91,8 +91,8 @@ class Trainer:
         self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
-        o, t = config.optim, config.train
-        self.base_lr = o.lr if o.lr is not None else o.blr * self.global_batch / 256
+        t = config.train
+        self.base_lr = peak_lr(config, self.global_batch)
         self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
@@ -171,11 +171,17 @@ class Trainer:
             log.warning("non-finite values at step %d (%s): step skipped (%d/%d)", self.step, problem,
                         self.skipped, self.config.train.max_skipped_steps)
             return
-        raise NonFiniteLossError(
-            f"non-finite values at step {self.step + 1}: {problem}. The run stopped without writing them; "
-            f"last good checkpoint: {last}. Resume with a lower lr or a gradient clip, e.g. `jit train --resume "
-            f"{self.run_dir} optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; "
-            f"optim.grad_clip=1.0 --allow-change optim.grad_clip), or with train.nan_policy=skip")
+        if self.last_checkpoint is None and not self.has_checkpoint:   # nothing to resume: start again
+            fix = (f"No checkpoint was written yet, so there is nothing to resume: start again in a new folder with "
+                   f"a lower lr or a gradient clip, e.g. `jit train --config {self.run_dir / 'config.json'} --run-dir "
+                   f"<new folder> optim.lr=<lower>` (optim.blr when optim.lr is unset; or optim.grad_clip=1.0, or "
+                   "train.nan_policy=skip)")
+        else:
+            fix = (f"Resume with a lower lr or a gradient clip, e.g. `jit train --resume {self.run_dir} "
+                   "optim.lr=<lower> --allow-change optim.lr` (optim.blr when optim.lr is unset; optim.grad_clip=1.0 "
+                   "--allow-change optim.grad_clip), or with train.nan_policy=skip")
+        raise NonFiniteLossError(f"non-finite values at step {self.step + 1}: {problem}. The run stopped without "
+                                 f"writing them; last good checkpoint: {last}. {fix}")
 
     def sample_grid(self, tag: str) -> Optional[Path]:
         """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""

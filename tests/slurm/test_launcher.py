@@ -19,6 +19,7 @@ from slurm.records import read_events, read_jobs
 from slurm.runs import check_run_dir, plan_runs
 from slurm.submit import check_shared_storage, submit
 from slurm.watch import checkpoint_step, format_status, run_status, slurm_job_info
+from tests.fault_tools import SHIPPED_PLUGINS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,27 +67,32 @@ def _weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     from jit_core.runs.checkpoint import latest_checkpoint
-    return {name: load_file(latest_checkpoint(run_dir) / f"{name}.safetensors") for name in ("model", "ema1")}
+    ckpt = latest_checkpoint(run_dir)
+    return {name: load_file(ckpt / f"{name}.safetensors") for name in ("model", "ema1", "aux")
+            if name != "aux" or (ckpt / "aux.safetensors").is_file()}
 
 
 PREEMPT_STEPS = 40
 PREEMPT_OVERRIDES = [f"train.max_steps={PREEMPT_STEPS}", "train.ckpt_every=8", "train.log_every=1"]
 
 
-@pytest.fixture(scope="module")
-def preempted(slurm_cluster, tmp_path_factory):
-    """A run preempted (SIGTERM then USR2, ``job._interrupt()``) after its first checkpoint, requeued and
-    finished, and the same run trained here uninterrupted: ``(run_dir, straight_dir, job)``."""
+@pytest.fixture(scope="module", params=list(SHIPPED_PLUGINS))
+def preempted(request, slurm_cluster, tmp_path_factory):
+    """A run with one shipped plugin (tests.fault_tools.SHIPPED_PLUGINS: none, V-Co, REPA) preempted (SIGTERM then
+    USR2, ``job._interrupt()``) after its first checkpoint, requeued and finished, and the same run trained here
+    uninterrupted: ``(run_dir, straight_dir, job)``."""
     import torch
 
     from jit_core.runs.checkpoint import latest_checkpoint
     from jit_core.training import train
 
     from .conftest import scancel_recorded
-    tmp = tmp_path_factory.mktemp("preempted")
+    plugins, extra = SHIPPED_PLUGINS[request.param]
+    config = build(PREEMPT_OVERRIDES + list(extra), plugins=plugins)
+    tmp = tmp_path_factory.mktemp(f"preempted-{request.param}")
     run_dir = tmp / "run"
     try:
-        job = submit(plan_runs(build(PREEMPT_OVERRIDES), run_dir), cpu_options(), run_dir, progress=False).jobs[0]
+        job = submit(plan_runs(config, run_dir), cpu_options(), run_dir, progress=False).jobs[0]
         wait_for(lambda: latest_checkpoint(run_dir, verify_hash=False) is not None, 150, "the first checkpoint")
         assert checkpoint_step(run_dir) < PREEMPT_STEPS, "the run ended before it could be preempted: lengthen it"
         job._interrupt()   # SIGTERM then USR2, as a preemption
@@ -94,7 +100,7 @@ def preempted(slurm_cluster, tmp_path_factory):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)   # as in the job (OMP_NUM_THREADS=1)
         try:   # the uninterrupted reference, in this process, while the job requeues
-            straight = train(build(PREEMPT_OVERRIDES)(tmp / "straight"), tmp / "straight", progress=False)
+            straight = train(config(tmp / "straight"), tmp / "straight", progress=False)
         finally:
             torch.set_num_threads(threads)
         assert straight.step == PREEMPT_STEPS
@@ -108,7 +114,7 @@ def preempted(slurm_cluster, tmp_path_factory):
 @pytest.mark.slurm
 def test_preempted_job_requeues_and_resumes_bit_identical(preempted):
     """_interrupt() after the first checkpoint: the job requeues, resumes and ends with the same weights
-    (model, ema1: bit-identical) as an uninterrupted run of the same config."""
+    (model, ema1, a plugin's own modules: bit-identical) and losses as an uninterrupted run of the same config."""
     import torch
     run_dir, straight, job = preempted
     starts = [e for e in read_events(run_dir) if e["event"] == "start"]
@@ -118,10 +124,19 @@ def test_preempted_job_requeues_and_resumes_bit_identical(preempted):
     assert status["requeues"] == 1 and status["step"] == PREEMPT_STEPS and status["state"] == "COMPLETED", status
     assert status["elapsed_s"] > int(slurm_job_info(job.job_id)["ElapsedRaw"]), status   # over both attempts
     ours, theirs = _weights(run_dir), _weights(straight)
+    assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name].keys() == theirs[name].keys()
         for key in ours[name]:
             assert torch.equal(ours[name][key], theirs[name][key]), f"{name}.{key} differs from the uninterrupted run"
+    assert _losses(run_dir) == _losses(straight)
+
+
+def _losses(run_dir: Path) -> list[dict]:
+    """Every loss term of every logged step (the requeued attempt's rows after its checkpoint)."""
+    import json
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k == "step" or k.startswith("loss")} for row in rows]
 
 
 @pytest.mark.slurm
