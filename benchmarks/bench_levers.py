@@ -5,9 +5,9 @@
 1. Joint attention of V-Co (forward + backward, the shape of V-Co-B/16 after block s: 2 x 288 tokens,
    12 heads of 64) with the training mask (a few samples dropped: their pixel queries may not see
    feature keys):
-   - ``exact + bias``: the official-numerics path (fp32 logits by hand), as jit_core does today;
-   - ``sdpa + fp32 bias``: jit_core's fast path today (the (B,1,L,L) fp32 bias cast to the compute
-     dtype in every block);
+   - ``exact + mask``: the official-numerics path (fp32 logits by hand), as jit_core does today;
+   - ``sdpa + bool mask``: jit_core's fast path in training today (the (B,1,L,L) bool token mask of
+     ``jit_core.model.token_mask``);
    - ``sdpa + bias pre-cast``: the bias built once in the compute dtype (proposal A);
    - ``sdpa split``: no token-level mask at all (proposal B): kept samples run one unmasked SDPA;
      dropped samples run two unmasked SDPAs (pixel queries over pixel keys; feature queries over all
@@ -32,7 +32,7 @@ import common
 import torch
 import torch.nn.functional as F
 
-from jit_core.model import attention
+from jit_core.model import joint_attention
 
 
 def token_bias(drop: torch.Tensor, Lp: int, Lf: int, dtype) -> torch.Tensor:
@@ -68,6 +68,7 @@ def bench_attention(args, dev: str, dtype) -> list[dict]:
     base = [torch.randn(B, H, L, d, generator=g).to(dev, dtype) for _ in range(3)]
     bias32 = token_bias(drop, Lp, Lp, torch.float32)
     bias_c = bias32.to(dtype)
+    allowed = bias32 == 0     # the bool token mask jit_core builds (True = may attend)
 
     def run(fn):
         q, k, v = (t.detach().clone().requires_grad_(True) for t in base)
@@ -76,8 +77,8 @@ def bench_attention(args, dev: str, dtype) -> list[dict]:
         return out.detach(), q.grad
 
     variants = {
-        "exact + bias": lambda q, k, v: attention(q, k, v, bias32, "exact", 0.0),
-        "sdpa + fp32 bias (today)": lambda q, k, v: attention(q, k, v, bias32, "fast", 0.0),
+        "exact + mask": lambda q, k, v: joint_attention(q, k, v, allowed, "exact", 0.0),
+        "sdpa + bool mask (today)": lambda q, k, v: joint_attention(q, k, v, allowed, "fast", 0.0),
         "sdpa + bias pre-cast (A)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=bias_c),
         "sdpa split (B)": lambda q, k, v: split_attention(q, k, v, drop, Lp),
         "sdpa no mask (bound)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
@@ -96,7 +97,7 @@ def bench_attention(args, dev: str, dtype) -> list[dict]:
                     run(variants[name])
                 if r >= args.warmup:
                     times[name].append(t.effective)
-    today = common.median(times["sdpa + fp32 bias (today)"])
+    today = common.median(times["sdpa + bool mask (today)"])
     rows = []
     print(f"\n## V-Co joint attention fwd+bwd: B={B}, {H} heads x {d}, L = {Lp} pixel + {Lp} feature tokens, "
           f"{int(drop.sum())} of {B} samples dropped, {dtype}; max |split - masked| = {max_diff:.2e}")

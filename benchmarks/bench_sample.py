@@ -34,6 +34,9 @@ import flops as F
 import torch
 from torch import nn
 
+from jit_core.model import JiTOutput
+from jit_core.model.compile import compile_model
+
 VARIANTS = (("official", "exact", False), ("two-pass", "fast", False), ("ours", "fast", True))
 
 
@@ -43,11 +46,12 @@ class _Counter(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.streams, self.cfg, self.rows, self.calls = model.streams, model.cfg, 0, 0
+        self.input_shape = model.input_shape
 
     def forward(self, inputs, t, y, blocked=None):
         self.rows += t.shape[0]
         self.calls += 1
-        return {k: torch.zeros_like(v) for k, v in inputs.items()}
+        return JiTOutput({k: torch.zeros_like(v) for k, v in inputs.items()})
 
 
 def image_evaluations(model, hook, config, steps: int, batched: bool, cfg: float, interval) -> tuple[int, int]:
@@ -109,9 +113,7 @@ def main(argv=None) -> int:
     for net in nets:
         models[net] = build(args, net, dev)
         if args.compile:
-            m = models[net][0]
-            for mod in list(m.blocks) + list(m.heads.values()):
-                mod.compile()
+            compile_model(models[net][0])
     autocast = dev == "cuda"
     labels = torch.arange(args.batch, device=dev) % models[nets[0]][0].cfg.num_classes
     jobs = [(net, *v) for net in nets for v in variants]

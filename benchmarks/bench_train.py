@@ -43,6 +43,8 @@ import common
 import flops as F
 import torch
 
+from jit_core.model.compile import compile_model
+
 LEVERS_CUDA = ("attention", "compile", "fused", "ckpt", "bf16")
 LEVERS_CPU = ("attention", "fused", "ckpt")
 
@@ -149,8 +151,7 @@ class Net:
         tr.optimizer = self.optimizers[v.fused]
         mods = self.modules_to_compile()
         if v.compile and self.compiled is None:   # exactly what Trainer does for train.compile=true
-            for mod in mods:
-                mod.compile()
+            compile_model(self.trainer.model)
             self.compiled = [mod._compiled_call_impl for mod in mods]
         if self.compiled is not None:
             for mod, fn in zip(mods, self.compiled):

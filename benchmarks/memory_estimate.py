@@ -25,8 +25,9 @@ Two parts, both counted rather than guessed:
    Each saved tensor is attributed to the block whose forward is running (module hooks); the rest is
    the fixed part (embedders, conditioning, heads, loss). Model inputs, targets and predictions alive
    at the end of the forward but not saved are counted as "live". Batches: JiT 1 and 2 images; V-Co
-   (1 kept + 1 dropped), (2 + 1), (1 + 2), since a dropped sample (structured null branch) takes
-   the grouped attention path with its own copies. Everything is linear in the batch, so the
+   (1 kept + 1 dropped), (2 + 1), (1 + 2): a V-Co batch attends with the (B, 1, L, L) bool token masks
+   of its blocked stream pairs (kept alive by a checkpointed forward: one storage before and one after
+   the in-context tokens, shared by all blocks, so counted once). Everything is linear in the batch, so the
    full-depth activation memory at batch B is fixed(B) + live(B) + the sum over the D blocks of
    their kind's bytes(B), kind = (in-context tokens, dropout), with ceil(label_drop_prob * B)
    dropped samples in V-Co. Configs with dropout (JiT-H/G) run both shallow blocks with dropout;
@@ -103,6 +104,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+import jit_core.model.jit as jit_module
 from jit_core.config import Config
 from jit_core.diffusion import training_losses
 from jit_core.hookspecs import hookimpl
@@ -293,8 +295,16 @@ def measure_model(model: JiT, net: str, comp: Composition, autocast: bool, ckpt:
 
     def checkpoint(fn, *args, **kwargs):   # the block inputs a non-reentrant checkpoint keeps alive
         for t in _flat_tensors(args):
-            counter.add(t, tag=("input", block_index.get(id(fn), -1)))
+            # the blocked-attention token mask (bool) is one storage shared by all blocks: counted once, fixed
+            counter.add(t, tag="fixed" if t.dtype == torch.bool else ("input", block_index.get(id(fn), -1)))
         return original(fn, *args, **kwargs)
+
+    token_masks: list[torch.Tensor] = []
+    make_mask = jit_module.token_mask
+
+    def token_mask(*args, **kwargs):   # V-Co's blocked-attention masks (kept alive by a checkpointed forward)
+        token_masks.append(make_mask(*args, **kwargs))
+        return token_masks[-1]
 
     fixed_drop = torch.tensor([False] * comp.keep + [True] * comp.drop)
 
@@ -311,18 +321,19 @@ def measure_model(model: JiT, net: str, comp: Composition, autocast: bool, ckpt:
     images = torch.rand(B, cfg.in_channels, S, S) * 2 - 1
     labels = torch.zeros(B, dtype=torch.long)   # V-Co's class-balanced batches: one class per rank batch
     live.append(images)
-    torch.utils.checkpoint.checkpoint = checkpoint
+    torch.utils.checkpoint.checkpoint, jit_module.token_mask = checkpoint, token_mask
     try:
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             total, _ = training_losses(model, streams, images, labels, config, hook, drop=fixed_drop)  # the composition's drop
     finally:
-        torch.utils.checkpoint.checkpoint = original
+        torch.utils.checkpoint.checkpoint, jit_module.token_mask = original, make_mask
         for h in handles:
             h.remove()
     for t in live:
         counter.add(t, tag="live")
     tags = counter.by_tag()
+    tags["token_masks"] = _storage_bytes(token_masks)
     del total
     return {"tags": tags, "inputs": inputs_seen}
 
@@ -400,6 +411,7 @@ def fit_model(runs: dict[tuple[int, int], dict], shallow: ModelConfig, dropout: 
         return fit({c: float(get(r)) for c, r in runs.items()})
 
     out = {"fixed": fit_of(lambda r: r["tags"].get("fixed", 0)), "live": fit_of(lambda r: r["tags"].get("live", 0)),
+           "token_masks": fit_of(lambda r: r["tags"].get("token_masks", 0)),
            "blocks": {}, "masks": {}, "inputs": {}, "ckpt_inputs": {}}
     for i in range(shallow.depth):
         ic = i >= shallow.in_context_start
@@ -500,6 +512,7 @@ class Estimator:
                 parts["block_inputs"] = full_depth(cf, cfg, "ckpt_inputs")(keep, drop)
             else:                           # from the non-checkpointed run: the inputs each block received
                 parts["block_inputs"] = full_depth(fits, cfg, "inputs")(keep, drop)
+                parts["fixed"] += fits["token_masks"](keep, drop)   # shared by the blocks: kept once
             parts["weight_cast_cache"] = 0   # Trainer: autocast(cache_enabled=False) under checkpointing
             parts["recompute_one_block"] = largest_block
         else:

@@ -94,10 +94,13 @@ def ensure_dir(path: Path) -> Path:
     files meant for it cannot land elsewhere."""
     path = Path(path)
     refuse_link(path)
-    with writing(path):
-        path.mkdir(parents=True, exist_ok=True)
+    try:
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):     # a file where the folder (or a parent) should be
+        pass
     if not path.is_dir():
-        raise WriteError(f"{path} exists and is not a folder: move it away and re-run")
+        raise WriteError(f"{path} exists and is not a folder (or a file stands in its path): move it away and re-run")
     return path
 
 
@@ -123,11 +126,12 @@ def _no_follow(path, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
-def write_file(path: Path, fill: Callable[[HashingSink], object], fsync: bool = True) -> dict:
+def write_file(path: Path, fill: Callable[[HashingSink], object], fsync: bool = True, shown: Path | None = None) -> dict:
     """Create ``path`` exclusively (never through a link), let ``fill`` write it, flush and fsync; return its
-    manifest entry. Fails if anything (a file, a link) is already there."""
+    manifest entry. Fails if anything (a file, a link) is already there. ``shown``: the file an error names
+    (the final name of a temporary file)."""
     path = Path(path)
-    with writing(path):
+    with writing(shown or path):
         try:
             f = open(path, "xb", opener=_no_follow)  # noqa: SIM115 -- closed by the `with` below
         except FileExistsError:
@@ -198,7 +202,7 @@ def replace_durably(path: Path, fill: Callable[[HashingSink], object], fsync: bo
         raise WriteError(f"{path} is a folder, where jit-vco writes a file: move it away and re-run")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        entry = write_file(tmp, fill, fsync)
+        entry = write_file(tmp, fill, fsync, shown=path)
         with writing(path):
             os.replace(tmp, path)
             if fsync:
@@ -292,7 +296,7 @@ def staged(folder: Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
         if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     stage = folder / f"{_STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    with writing(stage):
+    with writing(folder):     # the error names the folder being written, not the hidden staging folder
         stage.mkdir()
     try:
         yield stage

@@ -104,7 +104,8 @@ def jit_streams(config, model_config):
     own embed, its own weights in every block, its own head and its own in-context tokens, and
     attends jointly with the pixel stream. ``Stream.target(images)`` maps the clean images
     ``(B, C, H, W)`` in [-1, 1] to the stream's clean tensor ``(B, T, channels)`` with
-    T = ``model_config.grid ** 2`` (row-major); it runs under ``no_grad``. ``model_config`` also
+    T = ``model_config.grid ** 2`` (row-major; ``Stream.grid`` / ``Stream.tokens`` give a stream a token
+    count of its own); it runs under ``no_grad``. ``model_config`` also
     gives ``num_classes`` (the null class is ``num_classes``) and ``image_size``; the pixel
     stream's noise scale is ``jit_core.diffusion.noise_scale_for(model_config.image_size,
     config.diffusion.noise_scale)``. Streams are ordered pixel first, then by ``--plugin`` order.

@@ -176,13 +176,15 @@ class TrainJob(Checkpointable):
 
     def _evaluate(self, rank: int, train_s: float) -> str:
         """Evaluate the finished run (distributed over the job's tasks); rank 0 records the study element."""
+        from jit_core.durable import stored_path
         from jit_core.eval.evaluate import evaluate_run
         from jit_core.study.local import write_done
         t0 = time.perf_counter()
         result = evaluate_run(self.run_dir, progress=False, **self.evaluate)
         if rank == 0:
             write_done(self.run_dir, {"train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1),
-                                      "num_images": self.evaluate.get("num_images"), "result": result["json"]})
+                                      "num_images": self.evaluate.get("num_images"),
+                                      "result": stored_path(result["json"], self.run_dir)})   # relative: it may move
         return result["json"]
 
     @staticmethod

@@ -39,7 +39,7 @@ def _vco_problems(config: dict) -> list[str]:
     problems = []
     # the encoder is needed for the targets (unless cached), the hybrid loss and the automatic statistics
     needs_encoder = not opts.get("feature_cache") or opts.get("drift_coef", 1.0) != 0 or \
-        (opts.get("calibration") != "none" and not opts.get("stats"))
+        not opts.get("stats")
     if needs_encoder:
         from jit_core.model import get_model_config
         from vco_plugin.features import weights_problem

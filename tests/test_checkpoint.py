@@ -131,7 +131,7 @@ def test_official_jit_fixture_parity(official_checkpoint):
         check_compatible(imported[which], model, which)
         model.load_state_dict(imported[which], strict=True)
         with torch.no_grad():
-            out = model(fx["io/z"], fx["io/t"], fx["io/y"])
+            out = model(fx["io/z"], fx["io/t"], fx["io/y"]).pixel
         fx.check(out, key, rtol=0, atol=1e-5)
     delta = imported["ema2"]["in_context_posemb"] - imported["model"]["in_context_posemb"]
     torch.testing.assert_close(delta, torch.full_like(delta, -0.001))
@@ -147,8 +147,8 @@ def test_official_vco_fixture_parity(official_checkpoint):
     blocked = torch.zeros(len(fx["io/t"]), 2, 2, dtype=torch.bool)
     blocked[:, 0, 1] = fx["io/drop"]
     with torch.no_grad():
-        plain = model(inputs, fx["io/t"], fx["io/y"])
-        dropped = model(inputs, fx["io/t"], fx["io/y_drop"], blocked)
+        plain = model(inputs, fx["io/t"], fx["io/y"]).x_hat
+        dropped = model(inputs, fx["io/t"], fx["io/y_drop"], blocked).x_hat
     for out, suffix, rows in ((plain, "", (0, 1)), (dropped, "_drop", (0,))):   # dropped row 1 = plain row 1
         for row in rows:
             fx.check(out["pixel"][row], f"io/x_pred{suffix}/{row}", rtol=0, atol=1e-5)
@@ -204,7 +204,7 @@ def test_convert_command_jit(tmp_path, official_checkpoint):
     model = build_model(config["model"], **config["model_overrides"]).eval()
     model.load_state_dict(load_weights(out, "ema1"), strict=True)
     with torch.no_grad():
-        fx.check(model(fx["io/z"], fx["io/t"], fx["io/y"]), "io/x_pred_ema1", rtol=0, atol=1e-5)
+        fx.check(model(fx["io/z"], fx["io/t"], fx["io/y"]).pixel, "io/x_pred_ema1", rtol=0, atol=1e-5)
 
     again = CliRunner().invoke(convert_command(), [str(source), str(out)])
     assert again.exit_code != 0 and "already holds a run" in again.output

@@ -11,7 +11,7 @@ from torch import nn
 
 from jit_core.config import get_preset
 from jit_core.diffusion import guidance_active, noise_scale_for, per_sample_v_loss, sample, sample_t, training_losses
-from jit_core.model import JiT, get_model_config
+from jit_core.model import JiT, JiTOutput, get_model_config
 from jit_core.model.streams import PIXEL, pixel_stream
 from jit_core.plugins import Plugins
 
@@ -62,12 +62,14 @@ class ConstantModel(nn.Module):
         self.x_star = x_star
         self.calls: list[tuple[float, int, torch.Tensor]] = []
 
+    def input_shape(self, stream):
+        return (stream.channels, self.cfg.image_size, self.cfg.image_size)
+
     def forward(self, inputs, t, y, blocked=None, capture=()):
         z = inputs[PIXEL] if isinstance(inputs, dict) else inputs
         assert torch.all(t == t[0])
         self.calls.append((t[0].item(), z.shape[0], y.clone()))
-        out = self.x_star.expand_as(z).clone()
-        return {PIXEL: out} if isinstance(inputs, dict) else out
+        return JiTOutput({PIXEL: self.x_star.expand_as(z).clone()})
 
 
 # =========================================================================== t distribution
@@ -282,7 +284,7 @@ def test_guided_sampler_matches_reference(hook, config, tiny_model, interval):
     def net(y):
         def fn(z, t):
             with torch.no_grad():
-                return tiny_model(z, torch.full((3,), t), y)
+                return tiny_model(z, torch.full((3,), t), y).pixel
         return fn
 
     ref = reference_sampler(net(labels), noise, 6, config.diffusion.t_eps, uncond_fn=net(torch.full((3,), NULL)),
@@ -300,7 +302,7 @@ def test_cfg_one_equals_conditional_only_sampler(hook, config, tiny_model):
 
     def cond(z, t):
         with torch.no_grad():
-            return tiny_model(z, torch.full((3,), t), labels)
+            return tiny_model(z, torch.full((3,), t), labels).pixel
 
     ref = reference_sampler(cond, noise, 6, config.diffusion.t_eps)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -330,7 +332,7 @@ class RecordingModel(nn.Module):
 
     def forward(self, inputs, t, y, blocked=None, capture=()):
         self.seen = {"z": inputs[PIXEL].clone(), "t": t.clone(), "y": y.clone(), "blocked": blocked}
-        return {PIXEL: 0.5 * inputs[PIXEL]}
+        return JiTOutput({PIXEL: 0.5 * inputs[PIXEL]})
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -433,3 +435,36 @@ def test_noise_scale_in_training_and_sampling(hook, config):
     z0 = out.double() / contraction_factor(50, config.diffusion.t_eps)  # x* = 0: out = F z0 (F ~ 0.01)
     ref = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).double() * 2.0
     torch.testing.assert_close(z0, ref, atol=1e-4, rtol=0)
+
+
+class TwoStreamConstant(nn.Module):
+    """Predicts the constants x* (pixels) and f* (a ``tokens`` stream ``s``) whatever the input."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.cfg = get_model_config("JiT-T/4")
+        self.streams = [pixel_stream(), stream]
+        self.x_star, self.f_star = torch.zeros(1, 3, 32, 32), torch.full((1, 64, 2), 0.5)
+
+    def forward(self, inputs, t, y, blocked=None, capture=()):
+        return {PIXEL: self.x_star.expand_as(inputs[PIXEL]).clone(), "s": self.f_star.expand_as(inputs["s"]).clone()}
+
+
+@pytest.mark.parametrize("shift_prediction", [True, False])
+def test_sampler_steps_a_shifted_stream_with_its_prediction_time(hook, config, shift_prediction):
+    """A stream with time_shift a: Euler steps of Δt_s = t_s(t_{i+1}) - t_s(t_i), velocity (f* - z) / max(1 - τ, t_eps)
+    with τ = t_s, or τ = t (the shared time) when ``shift_prediction`` is off (V-Co's released run_b sampler)."""
+    from jit_core.model.streams import Stream
+    stream = Stream("s", channels=2, time_shift=0.5, shift_prediction=shift_prediction)
+    model = TwoStreamConstant(stream)
+    noise = {PIXEL: torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+             "s": torch.randn(2, 64, 2, generator=torch.Generator().manual_seed(1))}
+    out = sample(model, torch.tensor([1, 2]), hook=hook, config=config, steps=4, method="euler", noise=noise,
+                 return_all_streams=True)
+    grid = torch.linspace(0, 1, 5)
+    z = noise["s"].clone()
+    for i in range(4):
+        t0, t1 = grid[i], grid[i + 1]
+        tau = stream.shift(t0) if shift_prediction else t0
+        z = z + (stream.shift(t1) - stream.shift(t0)) * (model.f_star - z) / (1 - tau).clamp_min(0.05)
+    torch.testing.assert_close(out["s"], z)

@@ -41,7 +41,7 @@ def _outputs(run) -> torch.Tensor:
 
 
 def _pixel(out):
-    return out[0] if isinstance(out, tuple) else out
+    return out.pixel     # JiTOutput: the pixel stream's x-prediction
 
 
 def test_export_then_convert_gives_identical_weights_and_outputs(tiny_run, tmp_path):

@@ -71,6 +71,7 @@ def test_nan_before_the_first_checkpoint_suggests_a_fresh_start_that_works(tmp_p
     ('{"arm": "JiT", "seed": "0", "train_s": 1, "eval_s": 1, "result": null}', "'seed' is '0', expected int"),
     ('{"arm": "JiT", "seed": 0, "train_s": "fast", "eval_s": 1, "result": null}', "'train_s' is 'fast', expected"),
     ('{"arm": "JiT", "seed": 0, "train_s": 1, "eval_s": 1, "result": 5}', "'result' is 5, expected str or NoneType"),
+    ('{"seed": 0, "train_s": 1, "result": null}', "'eval_s' is None, expected int or float"),
 ])
 def test_study_element_json_is_checked_for_its_types(tmp_path, record, message):
     study = Study("s", "", (Arm("JiT", "test"),), baseline="JiT", seeds=(0,))
@@ -79,6 +80,8 @@ def test_study_element_json_is_checked_for_its_types(tmp_path, record, message):
     assert done_record(element) is None
     write_done(element.run_dir, {"arm": "JiT", "seed": 0, "train_s": 1.5, "eval_s": 2, "result": "r.json"})
     assert done_record(element)["train_s"] == 1.5
+    write_done(element.run_dir, {"train_s": 1.5, "eval_s": 2, "num_images": 4, "result": "r.json"})   # jit slurm's
+    assert done_record(element)["num_images"] == 4
     (element.run_dir / "study-element.json").write_text(record)
     with pytest.raises(StudyError, match=f"study-element.json.*{message}.*delete .* to evaluate that run again"):
         done_record(element)

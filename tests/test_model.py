@@ -65,7 +65,7 @@ def test_parity_official_jit_tiny(path):
         assert layout == "jit"
         model.load_state_dict(sd, strict=True)
         with torch.no_grad():
-            out = model(fx["io/z"], fx["io/t"], fx["io/y"])
+            out = model(fx["io/z"], fx["io/t"], fx["io/y"]).pixel
         fx.check(out, expected, rtol=0, atol=PARITY_TOL)
     # the two weight sets give different outputs, so the comparison above can tell them apart
     assert (fx["io/x_pred"] - fx["io/x_pred_ema1"]).abs().max() > 1e-3
@@ -88,9 +88,9 @@ def test_parity_official_vco_tiny(vco_parity):
     blocked = torch.zeros(2, 2, 2, dtype=torch.bool)
     blocked[:, 0, 1] = drop  # pixel queries of dropped rows may not see feature keys
     with torch.no_grad():
-        out = model(inputs, t, y)
-        dropped = model(inputs, t, y_drop, blocked=blocked)
-        label_only = model(inputs, t, y_drop)  # null label but no mask
+        out = model(inputs, t, y).x_hat
+        dropped = model(inputs, t, y_drop, blocked=blocked).x_hat
+        label_only = model(inputs, t, y_drop).x_hat  # null label but no mask
     assert drop.tolist() == [True, False]
     for key, name in (("pixel", "x_pred"), ("feature", "f_pred")):
         for row in (0, 1):
@@ -283,7 +283,7 @@ def test_zero_init_output_and_layers():
     torch.manual_seed(0)
     model = JiT(replace(TINY, num_classes=1000))
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.9]), torch.tensor([3, 1000]))
+        out = model(torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.9]), torch.tensor([3, 1000])).pixel
     assert torch.equal(out, torch.zeros_like(out))
     for block in model.blocks:
         for sb in block.streams.values():
@@ -321,7 +321,7 @@ def two_stream_model():
 def _run(model, path, inputs, t, y, blocked, autocast=False):
     model.set_attention(path)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        return model(inputs, t, y, blocked=blocked)
+        return model(inputs, t, y, blocked=blocked).x_hat
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -351,7 +351,7 @@ def test_grouped_fast_attention_gradients_equal_exact(two_stream_model):
     for path in ("exact", "fast"):
         model.zero_grad()
         x = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-        out = model.set_attention(path)(x, t, y, blocked=blocked)
+        out = model.set_attention(path)(x, t, y, blocked=blocked).x_hat
         (out["pixel"].square().mean() + out["feature"].square().mean()).backward()
         grads[path] = [x["pixel"].grad, x["feature"].grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
     assert len(grads["fast"]) == len(grads["exact"]) > 10
@@ -361,8 +361,7 @@ def test_grouped_fast_attention_gradients_equal_exact(two_stream_model):
 
 def test_stream_groups_equal_masked_sdpa():
     """Three streams, four patterns (one all-open): grouped attention == SDPA with the -inf token mask."""
-    from jit_core.model import StreamGroups
-    model = JiT(TINY, [pixel_stream(), Stream("feature", "tokens", 8), Stream("extra", "tokens", 4)])
+    from jit_core.model import StreamGroups, token_mask
     lengths = [5, 7, 3]
     blocked = torch.zeros(6, 3, 3, dtype=torch.bool)
     blocked[0, 0, 1] = blocked[3, 0, 1] = True            # pixel -> feature (V-Co's null branch)
@@ -372,8 +371,7 @@ def test_stream_groups_equal_masked_sdpa():
     q, k, v = (torch.randn(6, 2, sum(lengths), 8, generator=g) for _ in range(3))
     groups = StreamGroups(blocked)
     assert len(groups.patterns) == 4
-    bias = model._bias(blocked, lengths, torch.float32)
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=token_mask(blocked, lengths))
     torch.testing.assert_close(groups.attention(q, k, v, lengths, 0.0), ref, atol=1e-6, rtol=0)
     only_open = StreamGroups(torch.zeros(2, 3, 3, dtype=torch.bool))
     assert only_open.single
@@ -413,28 +411,31 @@ def test_set_attention_rejects_unknown():
 
 
 # =========================================================================== mask expansion
-def test_bias_expansion():
-    model = JiT(TINY, [pixel_stream(), Stream("feature", "tokens", 8), Stream("extra", "tokens", 4)])
+def test_token_mask_expansion():
+    """The (B, S, S) stream matrix becomes a (B, 1, L, L) bool mask, True where the query may attend;
+    the exact path gives a masked logit -inf, as the official additive 0 / -inf bias does."""
+    from jit_core.model import token_mask
     K, T = TINY.in_context_len, TINY.grid ** 2
     lengths = [K + T, K + T, T]  # streams with in-context tokens own their K prefix tokens
     blocked = torch.zeros(2, 3, 3, dtype=torch.bool)
     blocked[0, 0, 1] = True
     blocked[0, 2, 0] = True
     blocked[1, 1, 2] = True
-    bias = model._bias(blocked, lengths, torch.float32)
+    mask = token_mask(blocked, lengths)
     L = sum(lengths)
-    assert bias.shape == (2, 1, L, L) and bias.dtype == torch.float32
+    assert mask.shape == (2, 1, L, L) and mask.dtype == torch.bool
     owner = torch.tensor([0] * lengths[0] + [1] * lengths[1] + [2] * lengths[2])
     for b in range(2):
-        expected = blocked[b][owner[:, None], owner[None, :]]
-        assert torch.equal(torch.isneginf(bias[b, 0]), expected)
-        assert torch.equal(bias[b, 0][~expected], torch.zeros(int((~expected).sum())))
+        assert torch.equal(~mask[b, 0], blocked[b][owner[:, None], owner[None, :]])
     # spot checks: pixel in-context query 0 vs feature in-context key K + T (sample 0 blocked)
-    assert bias[0, 0, 0, K + T].item() == -math.inf
-    assert bias[0, 0, K + T, 0].item() == 0.0
-    assert bias[0, 0, 2 * (K + T), 5].item() == -math.inf
-    assert bias[1, 0, 0, K + T].item() == 0.0
-    assert model._bias(None, lengths, torch.float32) is None
+    assert not mask[0, 0, 0, K + T] and mask[0, 0, K + T, 0] and not mask[0, 0, 2 * (K + T), 5] and mask[1, 0, 0, K + T]
+    # exact path with the mask == the official additive bias, bit for bit
+    from jit_core.model.attention import exact_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, L, 8, generator=g) for _ in range(3))
+    bias = torch.zeros(2, 1, L, L).masked_fill(~mask, float("-inf"))
+    logits = (q @ k.transpose(-2, -1)) * 8 ** -0.5 + bias
+    assert torch.equal(exact_attention(q, k, v, mask, 0.0), torch.softmax(logits, dim=-1) @ v)
 
 
 # =========================================================================== bad input

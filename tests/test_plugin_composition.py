@@ -56,10 +56,10 @@ def test_both_null_branches_merge_in_training(both, one_thread):
          "edges": torch.randn(4, 64, 2, generator=g)}
     t = torch.full((4,), 0.5)
     with torch.no_grad():
-        base = model(z, t, u.labels, blocked=u.blocked)["pixel"]
+        base = model(z, t, u.labels, blocked=u.blocked).pixel
         for other in ("feature", "edges"):
             moved = model({**z, other: z[other] + torch.randn(z[other].shape, generator=g)}, t, u.labels,
-                          blocked=u.blocked)["pixel"]
+                          blocked=u.blocked).pixel
             assert torch.allclose(moved[DROP], base[DROP], atol=1e-6, rtol=0), other     # dropped: blind to it
             assert (moved[~DROP] - base[~DROP]).abs().max() > 1e-4, other                # kept: sees it
 

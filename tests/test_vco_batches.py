@@ -112,3 +112,34 @@ def test_few_classes_per_step_warns_naming_the_option(caplog):
         GroupedClassBatchSampler(TARGETS, 8, 16).warn_if_few_classes()
         GroupedClassBatchSampler(np.repeat([0, 1], 50), 2, 16).warn_if_few_classes()   # as many as the data has
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_a_ranks_classes_are_drawn_without_replacement(world):
+    """``classes_per_rank=4`` (the released sampler's N_c): a step of 16 groups is 4 of the recipe's ranks, each
+    with 4 distinct classes, drawn independently of the other ranks; 1 or 2 processes emulating the 4 ranks draw
+    exactly the steps 4 ranks draw, and on 4 ranks no rank's batch repeats a class."""
+    targets = np.repeat(np.arange(10), 400)
+    kw = {"groups_per_step": 16, "seed": 5, "classes_per_rank": 4}
+    reference = list(GroupedClassBatchSampler(targets, batch_size=64, **kw))
+    per_rank = [list(GroupedClassBatchSampler(targets, batch_size=64 // world, rank=r, world_size=world, **kw))
+                for r in range(world)]
+    assert _global_steps(per_rank) == reference
+    shared = 0
+    for step in reference:
+        classes = targets[step].reshape(4, 4, 4)[:, :, 0]     # (recipe rank, group, first image) -> its class
+        assert all(len(set(rank.tolist())) == 4 for rank in classes), classes   # no repeat within a rank
+        shared += len(set(classes[0].tolist()) & set(classes[1].tolist())) > 0
+    # ranks draw independently: two ranks share a class with probability 1 - C(6,4)/C(10,4) = 0.929
+    assert abs(shared / len(reference) - (1 - 15 / 210)) < 0.08
+    if world == 4:
+        assert all(len(set(targets[b].tolist())) == 4 for batches in per_rank for b in batches)
+    counts = np.bincount(targets[np.concatenate(reference)], minlength=10) / (len(reference) * 64)
+    assert np.abs(counts - 0.1).max() < 0.03                # every class equally likely
+
+
+def test_classes_per_rank_must_fit_the_step_and_the_data():
+    with pytest.raises(ValueError, match="groups_per_step=6 is not a multiple of vco.classes_per_rank=4"):
+        GroupedClassBatchSampler(TARGETS, 6, 12, classes_per_rank=4)
+    with pytest.raises(ValueError, match="classes_per_rank=11 distinct classes cannot be drawn from 10 classes"):
+        GroupedClassBatchSampler(TARGETS, 11, 11, classes_per_rank=11)

@@ -64,7 +64,7 @@ def test_mask_semantics_by_perturbation(symmetric):
 
     def run(zz):
         with torch.no_grad():
-            return model(zz, t, u.labels, blocked=u.blocked)
+            return model(zz, t, u.labels, blocked=u.blocked).x_hat
 
     base = run(z)
     feat = run({"pixel": z["pixel"], "feature": z["feature"] + torch.randn(2, 64, 8, generator=g)})
@@ -91,7 +91,7 @@ def test_matches_official_vco_masked_forward():
     u = structured_unconditional(fx["io/y"], fx["io/drop"], streams, num_classes=10)
     assert u.labels.tolist() == fx["io/y_drop"].tolist()
     with torch.no_grad():
-        out = model({"pixel": fx["io/z"], "feature": fx["io/zs"]}, fx["io/t"], u.labels, blocked=u.blocked)
+        out = model({"pixel": fx["io/z"], "feature": fx["io/zs"]}, fx["io/t"], u.labels, blocked=u.blocked).x_hat
     fx.check(out["pixel"][0], "io/x_pred_drop/0", rtol=0, atol=1e-5)
     fx.check(out["feature"][0], "io/f_pred_drop/0", rtol=0, atol=1e-5)
     fx.check(out["pixel"][1], "io/x_pred/1", rtol=0, atol=1e-5)      # the undropped row: the conditional call's

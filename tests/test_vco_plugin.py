@@ -74,7 +74,7 @@ def test_loads_through_entry_point(vco):
     assert info.source.startswith("entry point")
     assert HOOKS <= set(info.hooks)
     assert info.options == dataclasses.asdict(plugin.VCoOptions())
-    assert len(dataclasses.fields(plugin.VCoOptions)) <= 17         # compact: one option per idea
+    assert len(dataclasses.fields(plugin.VCoOptions)) <= 18         # compact: one option per idea
 
 
 def test_options_are_typed_and_checked(vco):
@@ -146,16 +146,67 @@ def test_normalize_modes(vco, stats_file):
     base = {"stats": stats_file}
     for extra, expected in (({}, scaled * stats.rms_factor),
                             ({"rms_factor": 0.5}, scaled * 0.5),
-                            ({"calibration": "time_shift"}, scaled),
-                            ({"calibration": "none"}, z)):
+                            ({"calibration": "time_shift"}, scaled * stats.rms_factor),   # run_b: scaled and shifted
+                            ({"calibration": "time_shift_corrected"}, scaled),
+                            ({"calibration": "none"}, scaled)):                           # run_a: alpha = 1
         cfg = small_config(vco, **base, **extra)
         stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
         out = call_for_stream(vco.hook.jit_normalize, stream=stream, target=z, config=cfg)
         assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6), extra
-        assert stream.time_shift == (stats.rms_factor if extra.get("calibration") == "time_shift" else 1.0)
+        shifted = extra.get("calibration", "").startswith("time_shift")
+        assert stream.time_shift == (stats.rms_factor if shifted else 1.0)
+        assert stream.shift_prediction == (extra.get("calibration") != "time_shift")
     pixel = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[0]
     x = images()
     assert call_for_stream(vco.hook.jit_normalize, stream=pixel, target=x, config=cfg) is x
+
+
+def _recorded_step(cfg, seed=0):
+    """One training objective of ``cfg`` with no sample dropped: (losses, the StepState plugins saw)."""
+    rec = RecordingPlugin()
+    pl = Plugins(enabled=["vco"], extra=[rec])
+    torch.manual_seed(seed)                  # the initial weights
+    model = build(pl, cfg)
+    torch.manual_seed(seed)
+    _, losses = training_losses(model, model.streams, images(), torch.tensor([0, 0, 3, 3]), cfg, pl.hook,
+                                drop=torch.zeros(4, dtype=torch.bool))
+    return losses, rec.calls_of("jit_loss_terms")[-1].kwargs["step"]
+
+
+def test_calibration_none_is_the_released_run_a_rms_with_alpha_1(vco, stats_file):
+    """``vco.calibration=none`` is table4_run_a as released: still standardised, alpha = 1; every loss term
+    bitwise equal to ``calibration=rms rms_factor=1.0``."""
+    none, _ = _recorded_step(small_config(vco, stats=stats_file, calibration="none"))
+    rms1, _ = _recorded_step(small_config(vco, stats=stats_file, rms_factor=1.0))
+    assert none.keys() == rms1.keys() and all(torch.equal(none[k], rms1[k]) for k in none)
+    with pytest.raises(ConfigError, match="vco.rms_factor=0.5 has no effect with vco.calibration=none"):
+        small_config(vco, stats=stats_file, calibration="none", rms_factor=0.5)
+
+
+@pytest.mark.parametrize("calibration", ["time_shift", "time_shift_corrected"])
+def test_time_shift_arms_follow_their_formulas(vco, stats_file, calibration):
+    """The feature loss written out (t_eps = 0.05, a = the statistics' alpha, t_d = a t / (1 + (a - 1) t)):
+    ``time_shift`` (table4_run_b as released): f = a z / sqrt(var + eps), z_d = t_d f + (1 - t_d) e,
+    v = (f - z_d) / max(1 - t_d, t_eps) but v_hat = (f_hat - z_d) / max(1 - t, t_eps);
+    ``time_shift_corrected``: f = z / sqrt(var + eps) and t_d in both velocities."""
+    stats = load_stats(stats_file)
+    a, t_eps = stats.rms_factor, 0.05
+    cfg = small_config(vco, stats=stats_file, calibration=calibration)
+    losses, s = _recorded_step(cfg, seed=3)
+    torch.manual_seed(3)                                   # the objective's draws, in its order
+    t = torch.sigmoid(torch.randn(4) * cfg.diffusion.P_std + cfg.diffusion.P_mean)
+    torch.randn_like(s.images)                             # the pixel noise
+    z = build_encoder("efficientnet_lite0").target_tokens(images(), 8)
+    f = z / torch.sqrt(stats.var + 1e-5) * (a if calibration == "time_shift" else 1.0)
+    e = torch.randn_like(f)
+    t_d = (a * t / (1 + (a - 1) * t)).view(-1, 1, 1)
+    z_d = t_d * f + (1 - t_d) * e
+    torch.testing.assert_close(s.targets["feature"], f)
+    torch.testing.assert_close(s.noisy["feature"], z_d)
+    t_pred = t.view(-1, 1, 1) if calibration == "time_shift" else t_d
+    v = (f - z_d) / (1 - t_d).clamp_min(t_eps)
+    v_hat = (s.preds["feature"] - z_d) / (1 - t_pred).clamp_min(t_eps)
+    torch.testing.assert_close(losses["feature"], (v - v_hat).pow(2).mean(), rtol=1e-5, atol=0)
 
 
 def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):

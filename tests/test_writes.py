@@ -123,8 +123,10 @@ def _study_done(d):
 
 
 def _study_log(d):
-    from jit_core.study.local import _run
-    _run([sys.executable, "-c", "print('hi')"], d / "seed-0.train.log", dict(os.environ), "training", None)
+    from jit_core.study import local
+    children = [local.Children()] if hasattr(local, "Children") else []   # the lanes' process groups, where present
+    local._run([sys.executable, "-c", "print('hi')"], d / "seed-0.train.log", dict(os.environ), "training", None,
+               *children)
 
 
 def _study_files(d):
@@ -266,6 +268,9 @@ def test_replace_and_append_do_what_they_say(tmp_path):
         durable.append_text(tmp_path / "fifo", "x")
     with pytest.raises(WriteError, match="is a folder"):
         durable.write_text(tmp_path, "x")
+    for folder in (tmp_path / "log", tmp_path / "log" / "sub"):
+        with pytest.raises(WriteError, match="exists and is not a folder"):
+            durable.ensure_dir(folder)
 
 
 def test_a_staged_set_is_published_whole_or_not_at_all(tmp_path):
@@ -328,7 +333,8 @@ def test_a_full_disk_keeps_the_previous_file_whole(tmp_path):
         fill(fs)
         with pytest.raises(WriteError) as info:
             durable.write_json(fs / "result.json", {"new": "y" * 300_000})
-        assert str(info.value).startswith("disk full: could not write") and "free space" in str(info.value)
+        assert str(info.value).startswith(f"disk full: could not write {fs / 'result.json'} (")
+        assert f"free space in {fs} and re-run" in str(info.value)
         assert (fs / "result.json").read_bytes() == before
         assert sorted(p.name for p in fs.iterdir()) == ["filler", "result.json"]    # the temporary file removed
 

@@ -9,6 +9,16 @@ The co-denoised target is ``f = alpha * z / sqrt(var + 1e-5)``:
   same signal RMS, hence the same SNR at the same t.
 
 The equivalent alternative (alpha = 1 with a shifted feature-stream time) is :func:`time_shift`.
+``vco.calibration`` picks one of four forms (paper Table 4, as the released scripts run them):
+
+- ``rms``: ``f = alpha * z / sqrt(var + 1e-5)`` (the recipe);
+- ``none``: ``f = z / sqrt(var + 1e-5)``, i.e. ``rms`` with alpha = 1: the released ``table4_run_a``
+  still standardises, it only drops alpha;
+- ``time_shift``: the released ``table4_run_b``: the target keeps the alpha scaling *and* the stream is
+  noised at ``t_d = time_shift(t, alpha)``; its target velocity divides by ``1 - t_d`` but its predicted
+  velocity by ``1 - t`` (in training and sampling), so the feature head learns a rescaled quantity;
+- ``time_shift_corrected``: the ablation run_b meant, without that defect: alpha = 1 on the target and
+  ``t_d`` everywhere (noising, both velocities, sampler steps).
 Statistics are computed with :func:`compute_stats` and stored by :func:`save_stats` as a
 safetensors file (``var`` plus metadata) with a human-readable JSON summary beside it;
 :func:`calibrate_command` wraps it all as ``jit vco calibrate``.

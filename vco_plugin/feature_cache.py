@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from jit_core.config import ConfigError
-from jit_core.durable import replace_durably
+from jit_core.durable import ensure_dir, replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def build_cache(encoder, images_iter: Iterable, grid: int, out: str | os.PathLik
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if shard_rows < 1:
         raise ValueError("shard_rows must be >= 1")
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out).expanduser())
     (out / INDEX).unlink(missing_ok=True)   # until the new index is written, the folder is not a cache
     torch_dtype = DTYPES[dtype][0]
     device = getattr(encoder, "device", torch.device("cpu"))

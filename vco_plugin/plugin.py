@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 NAME = "vco"
 STATS_FILE = "vco_stats.safetensors"
 ENCODERS = ("dinov2", "efficientnet_lite0")
-CALIBRATIONS = ("rms", "time_shift", "none")
+# rms: the recipe; none and time_shift: Table 4's ablations as released (table4_run_a, table4_run_b);
+# time_shift_corrected: run_b without its defect (calibration.py; docs/embedded-comparison.md)
+CALIBRATIONS = ("rms", "time_shift", "time_shift_corrected", "none")
+SCALED = ("rms", "time_shift")                       # the target is multiplied by alpha
+SHIFTED = ("time_shift", "time_shift_corrected")     # the feature stream's time is shifted by alpha
 
 
 @dataclass
@@ -51,14 +55,15 @@ class VCoOptions:
     encoder: str = option("dinov2", choices=ENCODERS)   # dinov2 (DINOv2-B/14 reg4) | efficientnet_lite0 (offline)
     encoder_weights: Optional[str] = None   # weights file/dir for the encoder; None = its default; "random" (tests)
     feature_loss_weight: float = option(0.1, ge=0)      # weight of the feature-stream v-loss (L_dino)
-    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | time_shift | none
+    calibration: str = option("rms", choices=CALIBRATIONS)   # rms: standardise x alpha | none | time_shift[_corrected]
     stats: Optional[str] = None             # stats file from `jit vco calibrate`; None = auto (computed at start)
     calib_images: int = option(2048, ge=1)  # training images used by the automatic statistics
     rms_factor: Optional[float] = option(None, gt=0)    # alpha; None = the statistics' RMS(x)/RMS(f) factor
     drift_coef: float = option(10.0, ge=0)  # coefficient of the hybrid loss (0 disables it)
     gate_tau: float = option(10.0, gt=0)    # hybrid loss: gate temperature tau_g
     repulsion_tau: float = option(0.2, gt=0)   # hybrid loss: repulsion kernel temperature tau_r
-    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = one per rank (batches.py)
+    groups_per_step: Optional[int] = option(None, ge=1)   # class groups per global step; None = classes_per_rank per rank
+    classes_per_rank: int = option(1, ge=1)   # classes of one rank of the recipe, drawn without replacement (batches.py)
     class_balanced: bool = True             # class-balanced batches; False = the core's shuffled sampler
     cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
     null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
@@ -68,6 +73,9 @@ class VCoOptions:
 
     def check(self, config) -> None:
         """Checks across options and the rest of the config, at start-up (and in ``jit train --dry-run``)."""
+        if self.rms_factor is not None and self.calibration == "none":
+            raise ConfigError(f"vco.rms_factor={self.rms_factor} has no effect with vco.calibration={self.calibration} "
+                              "(alpha = 1): unset vco.rms_factor or use vco.calibration=rms")
         if self.symmetric_mask and self.null_branch != "structured":
             raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
                               "the other null branches have no attention mask")
@@ -325,7 +333,7 @@ def jit_streams(config, model_config):
     opts = options(config)
     grid = model_config.grid
     alpha = 1.0
-    if opts.calibration == "time_shift":
+    if opts.calibration in SHIFTED:
         with forked_rng():   # the statistics may be computed here, before the model's weights are drawn
             alpha = calibration_state(config, opts).alpha(opts, _default_device(config), grid)
 
@@ -345,21 +353,21 @@ def jit_streams(config, model_config):
 
     return [Stream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
                    loss_weight=opts.feature_loss_weight, noise_scale=1.0, target=target, guidance=True,
-                   default_init=True, time_shift=alpha)]
+                   default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift")]
 
 
 @hookimpl
 def jit_normalize(stream, target, config):
-    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` calibration."""
+    """Feature stream: per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift``
+    (the released run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and
+    ``time_shift_corrected`` (alpha is in the stream's time only)."""
     if stream.name != FEATURE or not enabled(config):
         return None
     opts = options(config)
-    if opts.calibration == "none":
-        return target
     from .calibration import standardize
     grid = round(target.shape[1] ** 0.5)
     state = calibration_state(config, opts)
-    alpha = state.alpha(opts, target.device, grid) if opts.calibration == "rms" else 1.0   # time_shift: alpha is in t
+    alpha = state.alpha(opts, target.device, grid) if opts.calibration in SCALED else 1.0
     stats = state.scaled(target.device, grid, alpha)
     if tuple(stats.var.shape) != tuple(target.shape[1:]):
         raise ConfigError(f"vco feature statistics have shape {tuple(stats.var.shape)} but the {opts.encoder} "
@@ -384,7 +392,7 @@ def hybrid_groups(step, opts: VCoOptions) -> torch.Tensor:
     if not opts.class_balanced or batch != step.config.optim.batch_size:
         return step.labels
     world = _rank_and_world()[1]
-    ids = local_group_ids(batch, opts.groups_per_step or world, world)
+    ids = local_group_ids(batch, opts.groups_per_step or world * opts.classes_per_rank, world)
     return ids.to(step.labels.device)
 
 
@@ -444,8 +452,9 @@ def jit_batch_sampler(dataset, config, rank, world_size, seed):
     if not opts.class_balanced:
         return None
     try:
-        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size,
-                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed)
+        sampler = GroupedClassBatchSampler(dataset.targets, opts.groups_per_step or world_size * opts.classes_per_rank,
+                                           config.optim.batch_size, rank=rank, world_size=world_size, seed=seed,
+                                           classes_per_rank=opts.classes_per_rank)
     except ValueError as exc:
         raise ConfigError(f"{exc} (or vco.class_balanced=false)") from None
     if rank == 0:

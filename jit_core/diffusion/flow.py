@@ -15,6 +15,7 @@ import torch
 from jit_core.config import SAMPLE_METHODS
 from jit_core.diffusion.unconditional import Unconditional, unconditional_form
 from jit_core.hookcalls import call_each, call_for_stream
+from jit_core.model.attention import StreamGroups
 from jit_core.model.streams import PIXEL, Stream
 
 
@@ -66,9 +67,10 @@ def velocity(x_pred: torch.Tensor, z: torch.Tensor, t: torch.Tensor, t_eps: floa
     return (x_pred - z) / _bcast((1 - t).clamp_min(t_eps), z)
 
 
-def per_sample_v_loss(x_pred, x, z, t, t_eps) -> torch.Tensor:
-    """(B,) mean over all non-batch dims of (v - v_hat)^2."""
-    diff = velocity(x_pred.float(), z.float(), t, t_eps) - velocity(x.float(), z.float(), t, t_eps)
+def per_sample_v_loss(x_pred, x, z, t, t_eps, t_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) mean over all non-batch dims of (v - v_hat)^2; ``t_pred``: the prediction's time if not ``t``."""
+    t_pred = t if t_pred is None else t_pred
+    diff = velocity(x_pred.float(), z.float(), t_pred, t_eps) - velocity(x.float(), z.float(), t, t_eps)
     return diff.pow(2).flatten(1).mean(1)
 
 
@@ -111,12 +113,13 @@ def training_losses(model, streams: Sequence[Stream], images: torch.Tensor, labe
         drop = torch.rand(B, device=device) < d.label_drop_prob
     drop = drop.to(device=device, dtype=torch.bool)
     uncond = unconditional_form(hook, labels, drop, streams, config, model.cfg.num_classes)
-    preds = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
-    preds, hidden = preds if capture else (preds, {})
+    out = model(uncond.inputs(noisy), t, uncond.labels, blocked=uncond.blocked, capture=capture)
+    preds, hidden = out.x_hat, out.hidden
     losses = {}
     total = torch.zeros((), device=device)
     for s in streams:
-        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps)
+        per = per_sample_v_loss(preds[s.name], targets[s.name], noisy[s.name], ts[s.name], d.t_eps,
+                                s.prediction_time(t))
         losses[s.name] = masked_mean(per, uncond.loss_masks.get(s.name))
         total = total + s.loss_weight * losses[s.name]
     step = StepState(config=config, model=model, images=images, labels=labels, t=t, drop=drop, uncond=uncond,
@@ -170,49 +173,54 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     B, device = labels.shape[0], labels.device
     mc = model.cfg
     if noise is None:
-        noise = {}
-        for s in streams:
-            shape = (B, s.channels, mc.image_size, mc.image_size) if s.kind == "patch" else (B, mc.grid ** 2, s.channels)
-            noise[s.name] = torch.randn(shape, generator=generator) * s.noise_scale
+        noise = {s.name: torch.randn((B, *model.input_shape(s)), generator=generator) * s.noise_scale for s in streams}
     z = {k: v.to(device=device, dtype=torch.float32) for k, v in noise.items()}
     scales = guidance_scales(hook, streams, cfg, config)
     guided = any(w != 1.0 for w in scales.values())
     uncond = unconditional_form(hook, labels, torch.ones_like(labels, dtype=torch.bool), streams, config,
                                 mc.num_classes)
     t_eps = config.diffusion.t_eps
+    # Decided once per call, not per step: the blocked matrix of the guided forward, grouped for the fast
+    # attention path (grouping reads it on the host: the call's only sync), the time grid and its steps, and
+    # where CFG applies. The steps then queue device work only.
+    uncond_blocked = batched_blocked = None
+    if guided and uncond.blocked is not None:
+        if batched_cfg:      # [conditional | unconditional]: nothing blocked in the first half
+            batched_blocked = grouped_for(model, torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked]))
+        else:
+            uncond_blocked = grouped_for(model, uncond.blocked)
+    batched_labels = torch.cat([labels, uncond.labels])
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)       # on the host: t_i = i / steps
+    times = grid.tolist()
+    deltas = [{s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams} for i in range(steps)]
+    guide_at = {t: guided and guidance_active(t, interval) for t in times}   # t from the float32 grid
 
     def x_pred(zz, tt, yy, blocked):
-        return model(zz, tt, yy, blocked=blocked)
+        return model(zz, tt, yy, blocked=blocked).x_hat
 
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
-        guide = guided and guidance_active(t, interval)   # t from the float32 grid, compared in float32
-        if not guide:
+        if not guide_at[t]:
             out = x_pred(zz, tt, labels, None)
-            return {s.name: velocity(out[s.name].float(), zz[s.name], s.shift(tt), t_eps) for s in streams}
+            return {s.name: velocity(out[s.name].float(), zz[s.name], s.prediction_time(tt), t_eps) for s in streams}
         zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
         if batched_cfg:
-            blocked = None
-            if uncond.blocked is not None:
-                blocked = torch.cat([torch.zeros_like(uncond.blocked), uncond.blocked])
-            out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]),
-                         torch.cat([labels, uncond.labels]), blocked)
+            out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]), batched_labels,
+                         batched_blocked)
             cond = {k: v[:B] for k, v in out.items()}
             unc = {k: v[B:] for k, v in out.items()}
         else:
             cond = x_pred(zz, tt, labels, None)
-            unc = x_pred(zu, tt, uncond.labels, uncond.blocked)
+            unc = x_pred(zu, tt, uncond.labels, uncond_blocked)
         res = {}
         for s in streams:
-            k, ts = s.name, s.shift(tt)
+            k, ts = s.name, s.prediction_time(tt)
             vc, vu = velocity(cond[k].float(), zz[k], ts, t_eps), velocity(unc[k].float(), zz[k], ts, t_eps)
             res[k] = vu + scales[k] * (vc - vu)
         return res
 
-    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float32)
     for i in range(steps):
-        t0, t1 = grid[i].item(), grid[i + 1].item()
-        dt = {s.name: float(s.shift(grid[i + 1]) - s.shift(grid[i])) for s in streams}  # per-stream step
+        t0, t1, dt = times[i], times[i + 1], deltas[i]                # dt: per-stream step (time shifts)
         v1 = vel(z, t0)
         if method == "euler" or i == steps - 1:
             z = {k: z[k] + dt[k] * v1[k] for k in z}
@@ -221,6 +229,14 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         v2 = vel(z_tilde, t1)
         z = {k: z[k] + dt[k] * 0.5 * (v1[k] + v2[k]) for k in z}
     return z if return_all_streams else z[PIXEL]
+
+
+def grouped_for(model, blocked: Optional[torch.Tensor]):
+    """``blocked`` as the model attends with it fastest: the samples grouped by block pattern (one host sync)
+    for the fast path, else the matrix itself (the exact path builds a token mask from it without a sync)."""
+    if blocked is None or getattr(model, "attention_path", "exact") != "fast":
+        return blocked
+    return StreamGroups(blocked)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,11 @@ from jit_core.model import PIXEL, JiT
 
 def initial_noise(model: JiT, indices: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Per-sample initial noise from a generator seeded by (seed, global index): independent of batching and rank."""
-    mc, out = model.cfg, {s.name: [] for s in model.streams}
+    out = {s.name: [] for s in model.streams}
     for i in indices.tolist():
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         for s in model.streams:
-            shape = (s.channels, mc.image_size, mc.image_size) if s.kind == "patch" else (mc.grid ** 2, s.channels)
-            out[s.name].append(torch.randn(shape, generator=g) * s.noise_scale)
+            out[s.name].append(torch.randn(model.input_shape(s), generator=g) * s.noise_scale)
     return {k: torch.stack(v) for k, v in out.items()}
 
 

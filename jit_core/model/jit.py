@@ -1,21 +1,23 @@
-"""Multi-stream JiT (Li & He, arXiv 2511.13720) with joint attention across token streams.
+"""Multi-stream JiT (Li & He, arXiv 2511.13720, Sec. 4) with joint attention across token streams.
 
-With only the pixel stream this is JiT, module for module. Extra streams (added by plugins, e.g.
-V-Co's feature stream) get their own weights in every block and their own head, share the
-conditioning, the position tables and the in-context table, and attend jointly with the pixels.
+With only the pixel stream this is JiT, module for module (official key names, parameter counts and
+outputs). Extra streams (added by plugins, e.g. V-Co's feature stream, arXiv 2603.16792) get their own
+weights in every block and their own head, share the conditioning c, the in-context table and the
+attention softmax with the pixels, and have position tables for their own geometry. Reading order:
+:class:`JiT.forward`, :class:`JointBlock` (the block's two residual lines), ``attention.py``.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from jit_core.config import ATTENTION_PATHS
+from jit_core.model.attention import Mask, StreamGroups, joint_attention, token_mask
 from jit_core.model.layers import (
     FinalLayer,
     LabelEmbedder,
@@ -25,9 +27,12 @@ from jit_core.model.layers import (
     TimestepEmbedder,
     TokenEmbed,
     apply_rope,
+    cell_centres,
     modulate,
     rope_tables,
+    sincos_1d,
     sincos_2d,
+    with_identity_prefix,
 )
 from jit_core.model.streams import PIXEL, Stream, pixel_stream
 
@@ -114,125 +119,153 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
     return replace(MODEL_CONFIGS[name], **overrides).validate()
 
 
-class StreamBlock(nn.Module):
-    """One stream's weights in a block: norms, adaLN, QKV, q/k-norm, projection and SwiGLU."""
+class AdaLN(NamedTuple):
+    """The six adaLN-Zero terms of one stream in one block, each (B, h), in the official chunk order."""
 
-    def __init__(self, cfg: ModelConfig, attn_drop: float, proj_drop: float):
+    shift_msa: torch.Tensor
+    scale_msa: torch.Tensor
+    gate_msa: torch.Tensor
+    shift_mlp: torch.Tensor
+    scale_mlp: torch.Tensor
+    gate_mlp: torch.Tensor
+
+
+class StreamAttention(nn.Module):
+    """One stream's share of the joint attention: its QKV, q/k RMSNorm, output projection and dropout.
+
+    A module of its own so the weights keep the official names (``attn.qkv``, ``attn.q_norm``, ...);
+    it has no ``forward`` because the softmax runs over all streams at once (:class:`JointBlock`).
+    """
+
+    def __init__(self, cfg: ModelConfig, proj_drop: float):
+        super().__init__()
+        h = cfg.hidden_size
+        self.heads = cfg.num_heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.q_norm = RMSNorm(cfg.head_dim)    # qk-norm (JiT Tab. 4), shared by the heads, before RoPE
+        self.k_norm = RMSNorm(cfg.head_dim)
+        self.proj = nn.Linear(h, h)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def project(self, u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """u (B, L, h) -> q, k, v, each (B, heads, L, d); q and k normalised, then rotated."""
+        B, L, _ = u.shape
+        q, k, v = self.qkv(u).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)   # 3 x (B, heads, L, d)
+        return apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin), v
+
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """The attended values of this stream's queries (B, L, h) -> proj -> dropout."""
+        return self.proj_drop(self.proj(o))
+
+
+class StreamBlock(nn.Module):
+    """One stream's weights in a block (adaLN-Zero, pre-norm; JiT Sec. 4, names as in the official code)."""
+
+    def __init__(self, cfg: ModelConfig, proj_drop: float):
         super().__init__()
         h = cfg.hidden_size
         self.norm1 = RMSNorm(h)
-        self.attn = nn.Module()
-        self.attn.qkv = nn.Linear(h, 3 * h)
-        self.attn.q_norm = RMSNorm(cfg.head_dim)
-        self.attn.k_norm = RMSNorm(cfg.head_dim)
-        self.attn.proj = nn.Linear(h, h)
+        self.attn = StreamAttention(cfg, proj_drop)
         self.norm2 = RMSNorm(h)
         self.mlp = SwiGLU(h, cfg.mlp_hidden, proj_drop)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
-        self.heads = cfg.num_heads
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def qkv(self, x: torch.Tensor, mod: list[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor):
-        B, L, _ = x.shape
-        u = modulate(self.norm1(x), mod[0], mod[1])
-        q, k, v = self.attn.qkv(u).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q = apply_rope(self.attn.q_norm(q), cos, sin)
-        k = apply_rope(self.attn.k_norm(k), cos, sin)
-        return q, k, v
-
-    def finish(self, x: torch.Tensor, attn_out: torch.Tensor, mod: list[torch.Tensor]) -> torch.Tensor:
-        x = x + mod[2].unsqueeze(1) * self.proj_drop(self.attn.proj(attn_out))
-        return x + mod[5].unsqueeze(1) * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
-
-
-class StreamGroups:
-    """A ``(B, S, S)`` stream-level block matrix grouped by pattern, for mask-free fused attention.
-
-    Samples with the same pattern form a group. A group without blocked pairs is one plain
-    ``scaled_dot_product_attention``; in a group with blocked pairs each query stream attends to the
-    concatenation of the key streams it may see. The result equals softmax attention with a
-    ``-inf`` token mask, but no ``(B, 1, L, L)`` mask is built and the fused kernels without
-    masks (FlashAttention on CUDA) stay usable. Built once per forward (one device sync).
-    """
-
-    def __init__(self, blocked: torch.Tensor):
-        S = blocked.shape[1]
-        patterns, group = torch.unique(blocked.flatten(1), dim=0, return_inverse=True)
-        self.patterns = [tuple(tuple(row) for row in pat) for pat in patterns.view(-1, S, S).tolist()]
-        for pat in self.patterns:
-            if any(all(row) for row in pat):
-                raise ValueError(f"a stream may see no key stream at all (block pattern {pat}): its attention is undefined")
-        self.single = len(self.patterns) == 1
-        self.indices = [torch.nonzero(group == g).squeeze(1) for g in range(len(self.patterns))]
-        self.order = None if self.single else torch.argsort(torch.cat(self.indices))
-
-    def attention(self, q, k, v, lengths: Sequence[int], dropout: float) -> torch.Tensor:
-        starts = [0]
-        for n in lengths:
-            starts.append(starts[-1] + n)
-        outs = []
-        for idx, pat in zip(self.indices, self.patterns):
-            qg, kg, vg = (q, k, v) if self.single else (q[idx], k[idx], v[idx])
-            if not any(map(any, pat)):
-                outs.append(F.scaled_dot_product_attention(qg, kg, vg, dropout_p=dropout))
-                continue
-            parts = []
-            for i, row in enumerate(pat):
-                keep = [j for j, blocked in enumerate(row) if not blocked]
-                ks, vs = (torch.cat([x[:, :, starts[j]:starts[j + 1]] for j in keep], dim=2) if len(keep) < len(row) else x
-                          for x in (kg, vg))
-                parts.append(F.scaled_dot_product_attention(qg[:, :, starts[i]:starts[i + 1]], ks, vs, dropout_p=dropout))
-            outs.append(torch.cat(parts, dim=2))
-        return outs[0] if self.single else torch.cat(outs)[self.order]
-
-
-def attention(q, k, v, mask, path: str, dropout: float, lengths: Sequence[int] = ()) -> torch.Tensor:
-    """Softmax attention over (B, heads, L, d), streams concatenated along L in ``lengths`` order.
-
-    ``exact``: the official numerics, q.k logits and softmax in fp32 with autocast off (``mask``
-    an additive ``(B, 1, L, L)`` fp32 bias or None), then the product with v under autocast.
-    ``fast``: fused ``scaled_dot_product_attention`` (flash or memory-efficient kernels in bf16 on
-    CUDA); ``mask`` is a :class:`StreamGroups` (mask-free grouped attention), a bias, or None.
-    """
-    if path == "fast":
-        q, k = q.to(v.dtype), k.to(v.dtype)
-        if isinstance(mask, StreamGroups):
-            return mask.attention(q, k, v, lengths, dropout)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(v.dtype),
-                                              dropout_p=dropout)
-    if isinstance(mask, StreamGroups):
-        raise TypeError("the exact attention path takes an additive bias, not StreamGroups")
-    with torch.autocast(q.device.type, enabled=False):
-        logits = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-        if mask is not None:
-            logits = logits + mask
-        probs = torch.softmax(logits, dim=-1)
-    if dropout:
-        probs = F.dropout(probs, dropout)
-    return probs @ v if torch.is_autocast_enabled(q.device.type) else probs.to(v.dtype) @ v
+    def adaln(self, c: torch.Tensor) -> AdaLN:
+        """c (B, h) -> the six (B, h) modulation terms."""
+        return AdaLN(*self.adaLN_modulation(c).chunk(6, dim=-1))
 
 
 class JointBlock(nn.Module):
-    """adaLN-Zero block; each stream has its own weights, attention is one softmax over all streams."""
+    """A JiT block for every stream, with one softmax attention over all streams' tokens.
+
+    Per stream s (JiT Sec. 4; V-Co's dual-stream block, arXiv 2603.16792):
+
+        x_s = x_s + gate_msa_s * Attn(modulate(norm1_s(x_s), shift_msa_s, scale_msa_s))     (joint over s)
+        x_s = x_s + gate_mlp_s * MLP_s(modulate(norm2_s(x_s), shift_mlp_s, scale_mlp_s))
+
+    With the pixel stream alone this is the official JiT block.
+    """
 
     def __init__(self, cfg: ModelConfig, streams: Sequence[Stream], attn_drop: float, proj_drop: float):
         super().__init__()
         self.attn_drop = attn_drop
-        self.streams = nn.ModuleDict({s.name: StreamBlock(cfg, attn_drop, proj_drop) for s in streams})
+        self.streams = nn.ModuleDict({s.name: StreamBlock(cfg, proj_drop) for s in streams})
 
-    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask, path: str) -> list[torch.Tensor]:
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask: Mask, path: str) -> list[torch.Tensor]:
+        """xs: per stream (B, L_s, h); c: (B, h); ropes: per stream (cos, sin) of (L_s, d); mask: see attention.py."""
         blocks = list(self.streams.values())
-        lengths = [x.shape[1] for x in xs]
-        mods = [blk.adaLN_modulation(c).chunk(6, dim=-1) for blk in blocks]
-        qkvs = [blk.qkv(x, mod, *rope) for blk, x, mod, rope in zip(blocks, xs, mods, ropes)]
-        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkvs))
-        out = attention(q, k, v, mask, path, self.attn_drop if self.training else 0.0, lengths)
-        out = out.transpose(1, 2).flatten(2).split(lengths, dim=1)
-        return [blk.finish(x, o, mod) for blk, x, o, mod in zip(blocks, xs, out, mods)]
+        m = [blk.adaln(c) for blk in blocks]                                                 # six (B, h) per stream
+        u = [modulate(blk.norm1(x), mi.shift_msa, mi.scale_msa) for blk, x, mi in zip(blocks, xs, m)]  # (B, L_s, h)
+        a = self.attention(blocks, u, ropes, mask, path)                                     # (B, L_s, h)
+        # x_s = x_s + gate_msa_s * Attn(...), then x_s = x_s + gate_mlp_s * MLP_s(...)
+        xs = [x + mi.gate_msa.unsqueeze(1) * ai for x, mi, ai in zip(xs, m, a)]
+        return [x + mi.gate_mlp.unsqueeze(1) * blk.mlp(modulate(blk.norm2(x), mi.shift_mlp, mi.scale_mlp))
+                for blk, x, mi in zip(blocks, xs, m)]
+
+    def attention(self, blocks: list[StreamBlock], us: list[torch.Tensor], ropes, mask: Mask, path: str):
+        """Attn of the block equation: each stream projects its own q, k, v; one softmax over all tokens."""
+        lengths = [u.shape[1] for u in us]
+        qkv = [blk.attn.project(u, *rope) for blk, u, rope in zip(blocks, us, ropes)]
+        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))                 # (B, heads, L, d), L = sum L_s
+        o = joint_attention(q, k, v, mask, path, self.attn_drop if self.training else 0.0, lengths)
+        o = o.transpose(1, 2).flatten(2).split(lengths, dim=1)                    # per stream (B, L_s, h)
+        return [blk.attn.output(oi) for blk, oi in zip(blocks, o)]
+
+
+@dataclass
+class JiTOutput:
+    """What :class:`JiT` returns: x_hat = net(z, t, y) per stream, and the captured hidden states.
+
+    - ``x_hat``: ``{stream: x-prediction}``; ``(B, C, H, W)`` for a patch stream, ``(B, T_s, C_s)`` for
+      a token stream.
+    - ``hidden``: ``{block index: {stream: (B, T_s, h)}}``, the outputs of the blocks asked for with
+      ``capture`` (in-context tokens dropped); empty without ``capture``.
+    """
+
+    x_hat: dict[str, torch.Tensor]
+    hidden: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def pixel(self) -> torch.Tensor:
+        """The pixel stream's x-prediction (B, C, H, W): JiT's x_hat."""
+        return self.x_hat[PIXEL]
+
+
+class Positions(nn.Module):
+    """The position tables of one token geometry: sin-cos table added at the input and RoPE tables.
+
+    Built from the stream's geometry (docs/architecture.md, "Streams with their own token count"):
+    the pixel grid's tables for pixels and for token streams on the pixel grid; a grid of its own at
+    its cell centres; for global tokens a 1D sin-cos table over the token index and no rotation.
+    Buffers, not parameters: they are not trained and not saved.
+    """
+
+    def __init__(self, cfg: ModelConfig, stream: Stream):
+        super().__init__()
+        h, g, d, K = cfg.hidden_size, cfg.grid, cfg.head_dim, cfg.in_context_len
+        if stream.tokens is not None:
+            sincos = sincos_1d(h, stream.tokens)
+            cos, sin = torch.ones(stream.tokens, d), torch.zeros(stream.tokens, d)   # not rotated
+        else:
+            n = stream.grid
+            centres = cell_centres(n, g)
+            sincos = sincos_2d(h, n, centres)
+            cos, sin = rope_tables(d, n, positions=centres)
+        self.register_buffer("sincos", sincos[None], persistent=False)                       # (1, T_s, h)
+        self.register_buffer("rope_cos", cos, persistent=False)                               # (T_s, d)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        ic_cos, ic_sin = with_identity_prefix(cos, sin, K)
+        self.register_buffer("rope_ic_cos", ic_cos, persistent=False)                         # (K + T_s, d)
+        self.register_buffer("rope_ic_sin", ic_sin, persistent=False)
 
 
 class JiT(nn.Module):
-    """Multi-stream JiT. ``model(z, t, y)`` -> x-prediction; with a dict of streams, a dict back."""
+    """Multi-stream JiT: ``model(z, t, y)`` -> :class:`JiTOutput` (x_hat per stream, JiT Sec. 4).
+
+    With only the pixel stream this is the official JiT network; every extra stream has its own
+    embedder, its own weights in every block and its own head, and shares c, the in-context table
+    and the joint attention.
+    """
 
     def __init__(self, cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None, attention_path: str = "exact"):
         super().__init__()
@@ -243,6 +276,8 @@ class JiT(nn.Module):
             raise ValueError(f"duplicate stream names: {names}")
         if streams[0].name != PIXEL:
             raise ValueError("the first stream must be the pixel stream")
+        for s in streams:
+            check_geometry(s)
         self.cfg, self.streams = cfg, streams
         self.attention_path = attention_path
         self.grad_checkpointing = False  # recompute block activations in backward (memory lever for L/H/G)
@@ -253,9 +288,10 @@ class JiT(nn.Module):
         self.embedders = nn.ModuleDict({
             s.name: PatchEmbed(cfg.patch_size, s.channels, cfg.bottleneck_dim, h) if s.kind == "patch"
             else TokenEmbed(s.channels, cfg.bottleneck_dim, h) for s in streams})
-        self.pos_embed = nn.Parameter(torch.zeros(1, g * g, h), requires_grad=False)
-        self.in_context_posemb = nn.Parameter(torch.zeros(1, K, h))
-        q = cfg.depth // 4
+        # the pixel grid's sin-cos table: a frozen parameter because the official checkpoints store it
+        self.pos_embed = nn.Parameter(torch.zeros(1, g * g, h), requires_grad=False)         # (1, T, h)
+        self.in_context_posemb = nn.Parameter(torch.zeros(1, K, h))                           # E_ic (1, K, h)
+        q = cfg.depth // 4   # dropout only in the middle half of the blocks, as the official code
         self.blocks = nn.ModuleList([
             JointBlock(cfg, streams, cfg.attn_drop if q <= i < 3 * q else 0.0, cfg.proj_drop if q <= i < 3 * q else 0.0)
             for i in range(cfg.depth)])
@@ -264,12 +300,15 @@ class JiT(nn.Module):
             for s in streams})
         for prefix, name in ((0, "rope"), (K, "rope_ic")):
             cos, sin = rope_tables(cfg.head_dim, g, prefix)
-            self.register_buffer(f"{name}_cos", cos, persistent=False)
+            self.register_buffer(f"{name}_cos", cos, persistent=False)                        # (prefix + T, d)
             self.register_buffer(f"{name}_sin", sin, persistent=False)
+        # tables of the streams not on the pixel grid (none in JiT and V-Co)
+        self.positions = nn.ModuleDict({s.name: Positions(cfg, s) for s in streams if not on_pixel_grid(s)})
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self) -> None:
+        """JiT's init: xavier everywhere, N(0, 0.02^2) tables, adaLN and output layers zero (x_hat = 0)."""
         def xavier_linear(m):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -307,35 +346,33 @@ class JiT(nn.Module):
     def num_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def token_count(self, stream: Stream) -> int:
+        """T_s: the grid tokens of a stream (its in-context tokens not counted)."""
+        if stream.tokens is not None:
+            return stream.tokens
+        n = self.cfg.grid if stream.grid is None else stream.grid
+        return n * n
+
+    def input_shape(self, stream: Stream) -> tuple[int, ...]:
+        """One sample's input (and x_hat) shape: (C, H, W) for a patch stream, (T_s, C_s) for a token stream."""
+        if stream.kind == "patch":
+            return (stream.channels, self.cfg.image_size, self.cfg.image_size)
+        return (self.token_count(stream), stream.channels)
+
     def unpatchify(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """(B, T, p*p*C) tokens, each ordered (row in patch, column in patch, channel) -> (B, C, H, W)."""
         p, g = self.cfg.patch_size, self.cfg.grid
         x = x.reshape(x.shape[0], g, g, p, p, channels)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, g * p, g * p)
 
-    def _bias(self, blocked: Optional[torch.Tensor], lengths: list[int], dtype) -> Optional[torch.Tensor]:
-        """Expand a (B, S, S) stream-level block matrix (query stream, key stream) to a (B, 1, L, L) additive mask."""
-        if blocked is None:
-            return None
-        idx = torch.repeat_interleave(torch.arange(len(lengths), device=blocked.device),
-                                      torch.tensor(lengths, device=blocked.device))
-        tokens = blocked[:, idx][:, :, idx]
-        return torch.zeros(tokens.shape, dtype=dtype, device=blocked.device).masked_fill(tokens, float("-inf"))[:, None]
+    def tables(self, stream: Stream):
+        """(sin-cos table (1, T_s, h), RoPE (cos, sin), RoPE with the in-context identity prefix) of a stream."""
+        if on_pixel_grid(stream):
+            return self.pos_embed, (self.rope_cos, self.rope_sin), (self.rope_ic_cos, self.rope_ic_sin)
+        pos = self.positions[stream.name]
+        return pos.sincos, (pos.rope_cos, pos.rope_sin), (pos.rope_ic_cos, pos.rope_ic_sin)
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, inputs, t: torch.Tensor, y: torch.Tensor, blocked: Optional[torch.Tensor] = None,
-                capture: Sequence[int] = ()):
-        """x-prediction for every stream.
-
-        - ``inputs``: the noisy image ``(B, C, H, W)`` or a dict ``{stream: noisy tensor}``.
-        - ``t``: ``(B,)`` flow time, 1 = clean. ``y``: ``(B,)`` labels, ``num_classes`` = null.
-        - ``blocked``: optional ``(B, S, S)`` bool, True where queries of stream i may not see keys
-          of stream j (in-context tokens belong to their stream). Applied in every block.
-        - ``capture``: block indices whose output hidden states (per stream, grid tokens only) are
-          returned as a second value ``{block: {stream: (B, T, h)}}``.
-        """
-        single = isinstance(inputs, torch.Tensor)
-        if single:
-            inputs = {PIXEL: inputs}
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         missing = [s.name for s in self.streams if s.name not in inputs]
         if missing:
             raise ValueError(f"missing inputs for streams {missing}; the model has streams {[s.name for s in self.streams]}")
@@ -343,34 +380,82 @@ class JiT(nn.Module):
         if pix.shape[-1] != self.cfg.image_size or pix.shape[-2] != self.cfg.image_size:
             raise ValueError(f"input is {tuple(pix.shape[-2:])} but the model expects "
                              f"{self.cfg.image_size}x{self.cfg.image_size} images")
-        s0 = self.cfg.in_context_start
-        y_emb = self.y_embedder(y)
-        c = self.t_embedder(t) + y_emb
-        xs = [self.embedders[s.name](inputs[s.name]) + self.pos_embed for s in self.streams]
-        plain = (self.rope_cos, self.rope_sin)
-        ropes = [plain] * len(xs)
-        fast = self.attention_path == "fast"
-        groups = StreamGroups(blocked) if fast and blocked is not None else None
-        mask = groups if fast else self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
+        for s in self.streams:
+            if s.kind == "tokens" and tuple(inputs[s.name].shape[1:]) != self.input_shape(s):
+                raise ValueError(f"stream {s.name!r} input is {tuple(inputs[s.name].shape)}, expected "
+                                 f"(B, {', '.join(map(str, self.input_shape(s)))}) (tokens, channels)")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs, t: torch.Tensor, y: torch.Tensor, blocked=None, capture: Sequence[int] = ()) -> JiTOutput:
+        """x_hat = net(z, t, y) for every stream (JiT Sec. 4; joint attention across streams, V-Co).
+
+        - ``inputs``: ``{stream: noisy tensor}`` (see :meth:`input_shape`); a bare tensor is the pixel stream.
+        - ``t``: ``(B,)`` flow time, 1 = clean. ``y``: ``(B,)`` labels, ``num_classes`` = null.
+        - ``blocked``: optional ``(B, S, S)`` bool, True where queries of stream i may not see keys of
+          stream j (in-context tokens belong to their stream), applied in every block; or the
+          :class:`StreamGroups` of such a matrix (``fast`` attention without masks; the sampler builds
+          it once per call). No stream may be blocked from every key stream (``unconditional.merge``
+          refuses that; a bare matrix that does it is a device-side assertion).
+        - ``capture``: block indices whose outputs are returned in ``JiTOutput.hidden``.
+        """
+        if isinstance(inputs, torch.Tensor):
+            inputs = {PIXEL: inputs}
+        self.check_inputs(inputs)
+        tables = [self.tables(s) for s in self.streams]
+        y_emb = self.y_embedder(y)                                                  # (B, h)
+        c = self.t_embedder(t) + y_emb                                              # (B, h), the adaLN condition
+        xs = [self.embedders[s.name](inputs[s.name]) + pos for s, (pos, _, _) in zip(self.streams, tables)]  # (B, T_s, h)
+        ropes = [rope for _, rope, _ in tables]
+        mask = self.attention_mask(blocked, xs)
         hidden = {}
         for i, block in enumerate(self.blocks):
-            if i == s0:
-                ic = y_emb.unsqueeze(1) + self.in_context_posemb
+            if i == self.cfg.in_context_start:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per stream
+                ic = y_emb.unsqueeze(1) + self.in_context_posemb                    # (B, K, h)
                 xs = [torch.cat([ic.to(x.dtype), x], dim=1) if s.in_context else x for s, x in zip(self.streams, xs)]
-                ropes = [(self.rope_ic_cos, self.rope_ic_sin) if s.in_context else plain for s in self.streams]
-                mask = groups if fast else self._bias(blocked, [x.shape[1] for x in xs], torch.float32)
+                ropes = [ic_rope if s.in_context else rope for s, (_, rope, ic_rope) in zip(self.streams, tables)]
+                mask = self.attention_mask(blocked, xs)                             # the lengths changed
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, mask, self.attention_path, use_reentrant=False)
             else:
                 xs = block(xs, c, ropes, mask, self.attention_path)
             if i in capture:
-                hidden[i] = {s.name: x[:, -self.cfg.grid ** 2:] for s, x in zip(self.streams, xs)}
-        out = {}
+                hidden[i] = {s.name: x[:, -self.token_count(s):] for s, x in zip(self.streams, xs)}
+        x_hat = {}
         for s, x in zip(self.streams, xs):
-            x = self.heads[s.name](x[:, -self.cfg.grid ** 2:], c)
-            out[s.name] = self.unpatchify(x, s.channels) if s.kind == "patch" else x
-        result = out[PIXEL] if single else out
-        return (result, hidden) if capture else result
+            x = self.heads[s.name](x[:, -self.token_count(s):], c)                  # in-context tokens dropped
+            x_hat[s.name] = self.unpatchify(x, s.channels) if s.kind == "patch" else x
+        return JiTOutput(x_hat, hidden)
+
+    def attention_mask(self, blocked, xs: list[torch.Tensor]) -> Mask:
+        """The form of ``blocked`` the blocks get: None, the caller's StreamGroups (fast path), or a token mask."""
+        if blocked is None:
+            return None
+        if isinstance(blocked, StreamGroups):
+            if self.attention_path == "fast":
+                return blocked
+            blocked = blocked.blocked
+        # sync-free guard: a query stream that may see no key stream would give NaN attention
+        torch._assert_async(~blocked.all(dim=2).any(), "a stream may see no key stream at all: its attention is undefined")
+        return token_mask(blocked, [x.shape[1] for x in xs])
+
+
+def on_pixel_grid(stream: Stream) -> bool:
+    return stream.grid is None and stream.tokens is None
+
+
+def check_geometry(stream: Stream) -> None:
+    """A stream has one token geometry: the pixel grid, a grid of its own (``grid``) or global tokens (``tokens``)."""
+    if on_pixel_grid(stream):
+        return
+    if stream.kind == "patch":
+        raise ValueError(f"stream {stream.name!r}: a patch stream lies on the pixel grid; grid/tokens are for "
+                         f"kind='tokens' streams")
+    if stream.grid is not None and stream.tokens is not None:
+        raise ValueError(f"stream {stream.name!r}: set grid (a grid of its own) or tokens (global tokens), not both")
+    n = stream.grid if stream.grid is not None else stream.tokens
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"stream {stream.name!r}: {'grid' if stream.grid is not None else 'tokens'} must be a "
+                         f"positive integer, got {n!r}")
 
 
 def build_model(name_or_cfg, streams: Optional[Sequence[Stream]] = None, attention_path: str = "exact",

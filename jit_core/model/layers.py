@@ -1,7 +1,12 @@
-"""JiT building blocks (paper Sec. 4 / official model_jit.py): embedders, RMSNorm, RoPE, SwiGLU, heads."""
+"""JiT building blocks (arXiv 2511.13720, Sec. 4 and Tab. 4): embedders, RMSNorm, RoPE, SwiGLU, heads, tables.
+
+The official key names (``adaLN_modulation``, ``w12``, ``proj1`` ...) are kept so official checkpoints
+load without renaming (docs/architecture.md, "The model").
+"""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -10,7 +15,7 @@ import torch.nn.functional as F
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation; (B, h) vectors broadcast over tokens."""
+    """adaLN: x (1 + scale) + shift, for x (B, L, h) and (B, h) terms broadcast over the L tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
@@ -62,7 +67,10 @@ class PatchEmbed(nn.Module):
         self.proj2 = nn.Conv2d(bottleneck, hidden, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2)
+        """(B, C, H, W) -> (B, T, h) row-major tokens."""
+        # contiguous: every block then gets the same memory layout, so a compiled block is not
+        # recompiled for the first block's transposed input
+        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2).contiguous()
 
 
 class TokenEmbed(nn.Module):
@@ -88,8 +96,8 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return self.w3(self.drop(F.silu(a) * b))
+        a, b = self.w12(x).chunk(2, dim=-1)              # gate, value: (B, L, H_f) each
+        return self.w3(self.drop(F.silu(a) * b))          # (B, L, h)
 
 
 class FinalLayer(nn.Module):
@@ -102,15 +110,20 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)          # (B, h) each
+        return self.linear(modulate(self.norm_final(x), shift, scale))    # (B, T, out)
 
 
-def sincos_2d(hidden: int, grid: int) -> torch.Tensor:
-    """Fixed 2D sin-cos table (T, h); the first half encodes the column, the second the row."""
+def sincos_2d(hidden: int, grid: int, positions: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Fixed 2D sin-cos table (T = grid^2, h); the first half encodes the column, the second the row.
+
+    ``positions``: the ``grid`` coordinates along each axis (default 0 .. grid-1); a stream on a grid of
+    its own passes its cell centres in pixel-grid units (:func:`cell_centres`).
+    """
     d4 = hidden // 4
     omega = 1.0 / 10000 ** (np.arange(d4, dtype=np.float64) / d4)
-    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+    axis = np.arange(grid, dtype=np.float64) if positions is None else np.asarray(positions, dtype=np.float64)
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
     parts = []
     for pos in (cols.reshape(-1), rows.reshape(-1)):
         out = pos[:, None] * omega[None]
@@ -118,28 +131,52 @@ def sincos_2d(hidden: int, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(parts, axis=1)).float()
 
 
-def rope_tables(head_dim: int, grid: int, prefix: int = 0, theta: float = 10000.0):
-    """2D axial RoPE (cos, sin) of shape (prefix + T, head_dim).
+def sincos_1d(hidden: int, n: int) -> torch.Tensor:
+    """Fixed 1D sin-cos table (n, h) over the token index: [sin(i w), cos(i w)], w_k = 10000^(-k / (h/2))."""
+    half = hidden // 2
+    omega = 1.0 / 10000 ** (np.arange(half, dtype=np.float64) / half)
+    out = np.arange(n, dtype=np.float64)[:, None] * omega[None]
+    return torch.from_numpy(np.concatenate([np.sin(out), np.cos(out)], axis=1)).float()
+
+
+def cell_centres(grid: int, pixel_grid: int) -> np.ndarray:
+    """Centres of a ``grid`` x ``grid`` partition of the image, in pixel-grid token units (float64).
+
+    Cell i spans pixel-grid tokens [i s, (i + 1) s) with s = pixel_grid / grid, so its centre is
+    (i + 1/2) s - 1/2; for grid == pixel_grid these are the integers 0 .. grid-1.
+    """
+    step = pixel_grid / grid
+    return (np.arange(grid, dtype=np.float64) + 0.5) * step - 0.5
+
+
+def rope_tables(head_dim: int, grid: int, prefix: int = 0, theta: float = 10000.0,
+                positions: Optional[np.ndarray] = None):
+    """2D axial RoPE (cos, sin) of shape (prefix + grid^2, head_dim).
 
     Channels [0, d/2) rotate by the row index, [d/2, d) by the column index; each frequency rotates
     one adjacent channel pair. ``prefix`` identity rows (cos 1, sin 0) leave in-context tokens unrotated.
+    ``positions``: the coordinates along each axis (default 0 .. grid-1), as in :func:`sincos_2d`.
     """
     half = head_dim // 2
     freqs = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32)[: half // 2] / half)
-    pos = torch.arange(grid, dtype=torch.float32)
+    pos = torch.arange(grid, dtype=torch.float32) if positions is None else torch.tensor(positions, dtype=torch.float32)
     f = (pos[:, None] * freqs[None]).repeat_interleave(2, dim=-1)  # (grid, half)
     rows = f[:, None, :].expand(grid, grid, half)
     cols = f[None, :, :].expand(grid, grid, half)
     angles = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
     cos, sin = angles.cos(), angles.sin()
-    if prefix:
-        cos = torch.cat([torch.ones(prefix, head_dim), cos])
-        sin = torch.cat([torch.zeros(prefix, head_dim), sin])
-    return cos, sin
+    return with_identity_prefix(cos, sin, prefix)
+
+
+def with_identity_prefix(cos: torch.Tensor, sin: torch.Tensor, prefix: int):
+    """``prefix`` identity rows (cos 1, sin 0) before a RoPE table: tokens that are not rotated."""
+    if not prefix:
+        return cos, sin
+    return (torch.cat([torch.ones(prefix, cos.shape[1]), cos]), torch.cat([torch.zeros(prefix, sin.shape[1]), sin]))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rot(x) * sin with rot(a, b) = (-b, a) on adjacent channel pairs."""
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+    pairs = x.unflatten(-1, (-1, 2))                                              # (..., L, d/2, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)    # (..., L, d)
+    return x * cos + rotated * sin                                                # cos, sin: (L, d)

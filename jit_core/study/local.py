@@ -95,9 +95,11 @@ def element_cost(element: Element) -> int:
     return 1 + 2 * len(element.config.get("plugins") or [])
 
 
-# what a finished element's record holds, with the types a reader relies on (the file is untrusted input)
-DONE_FIELDS = {"arm": (str,), "seed": (int,), "train_s": (int, float), "eval_s": (int, float),
-               "result": (str, type(None))}
+# a finished element's record: the keys a reader relies on (required) and the others it may hold, with their
+# types (the file is untrusted input; `jit slurm study` jobs write it too, without arm and seed)
+DONE_REQUIRED = {"train_s": (int, float), "eval_s": (int, float)}
+DONE_OPTIONAL = {"arm": (str,), "seed": (int,), "result": (str, type(None)), "num_images": (int, type(None)),
+                 "threads": (int,)}
 
 
 def done_record(element: Element) -> dict | None:
@@ -113,8 +115,10 @@ def done_record(element: Element) -> dict | None:
         raise StudyError(f"{path} is not valid JSON: {fix}") from None
     if not isinstance(record, dict):
         raise StudyError(f"{path} holds a {type(record).__name__}, not an object: {fix}")
-    for key, types in DONE_FIELDS.items():
+    for key, types in {**DONE_REQUIRED, **DONE_OPTIONAL}.items():
         value = record.get(key)
+        if key not in record and key in DONE_OPTIONAL:
+            continue
         if not isinstance(value, types) or isinstance(value, bool):
             raise StudyError(f"{path}: {key!r} is {value!r}, expected {' or '.join(t.__name__ for t in types)}: {fix}")
     return record

@@ -24,6 +24,7 @@ from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
+from jit_core.model.compile import compile_model
 from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
@@ -102,10 +103,7 @@ class Trainer:
         self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
         self.autocast = (self.device.type == "cuda" and t.precision == "bf16")
         if t.compile:
-            for block in self.model.blocks:
-                block.compile()
-            for head in self.model.heads.values():
-                head.compile()
+            compile_model(self.model)    # in place: training, sample grids and EMA sampling run compiled
         self.last_checkpoint: Optional[Path] = None
         self.sinks = LogSinks()   # opened by fit() on rank 0
         # the sinks were sent every step logged so far; resume() rolls metrics.jsonl back to its checkpoint
