@@ -97,8 +97,6 @@ def _load_plugin_commands(group: click.Group) -> None:
 class JitGroup(click.Group):
     """The ``jit`` group: lazy commands, and our expected errors as one clear line instead of a traceback."""
 
-    plugin_commands_loaded = False
-
     def list_commands(self, ctx):
         return sorted(set(self.commands) | set(LAZY_COMMANDS) | set(_entry_point_commands()))
 
@@ -110,8 +108,7 @@ class JitGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), factory)(), name)
         elif name in (eps := _entry_point_commands()):
             self.add_command(eps[name].load(), name)
-        elif not self.plugin_commands_loaded:   # a plugin's command: import the plugins once
-            self.plugin_commands_loaded = True
+        else:   # a plugin's command (or a typo): import the plugins, which add theirs
             _load_plugin_commands(self)
         return self.commands.get(name)
 
@@ -376,9 +373,7 @@ def add_all_commands() -> None:
             cli.add_command(ep.load(), name)
         except Exception as exc:  # noqa: BLE001 -- a broken package must not break the CLI
             click.echo(f"warning: command {name!r} ({ep.value}) failed to import: {exc}", err=True)
-    if not cli.plugin_commands_loaded:
-        cli.plugin_commands_loaded = True
-        _load_plugin_commands(cli)
+    _load_plugin_commands(cli)     # every call: a plugin installed since the last one adds its commands too
 
 
 _add_optional_commands = add_all_commands   # the name tests and jit_core.testing used before the CLI was lazy
