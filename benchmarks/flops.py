@@ -1,6 +1,8 @@
-"""Analytic FLOPs of the multi-stream JiT (JiT and V-Co) and of V-Co's frozen encoders.
+"""Analytic FLOPs of the multi-stream JiT (JiT and V-Co; from :mod:`jit_core.model.budget`) and of V-Co's
+frozen encoders.
 
-Counts multiply-adds (MACs) of every matmul/convolution and reports FLOPs = 2 x MACs:
+The network's count (:func:`jit_core.model.budget.forward_macs`) counts multiply-adds (MACs) of every
+matmul/convolution and reports FLOPs = 2 x MACs:
 
 - conditioning: timestep MLP (256 -> h -> h), label lookup (0);
 - per stream: the bottleneck embed (patch: p*p*C -> d' -> h per token; tokens: C -> d' -> h);
@@ -30,13 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jit_core.model import MODEL_CONFIGS, ModelConfig, get_model_config
+from jit_core.model import MODEL_CONFIGS, ModelConfig, budget, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 
 # The JiT paper's (arXiv 2511.13720) configuration table: "GFLOPs" per forward of one 256/512 px image.
 PAPER_GFLOPS = {"JiT-B/16": 25, "JiT-B/32": 26, "JiT-L/16": 88, "JiT-L/32": 89, "JiT-H/16": 182, "JiT-H/32": 183,
                 "JiT-G/16": 383}
-FREQ_DIM = 256  # TimestepEmbedder frequency embedding size
 
 
 def feature_stream(channels: int = 768) -> Stream:
@@ -71,28 +72,9 @@ class Count:
 
 
 def model_macs(cfg: ModelConfig, streams: Sequence[Stream] | None = None) -> Count:
-    """Forward MACs per image of ``JiT(cfg, streams)`` (default: JiT's single pixel stream)."""
-    streams = list(streams) if streams else [pixel_stream(cfg.in_channels)]
-    h, p, m, T, K, s0 = cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, cfg.grid ** 2, cfg.in_context_len, \
-        cfg.in_context_start
-    d = cfg.bottleneck_dim
-    parts = {"cond": FREQ_DIM * h + h * h, "embed": 0, "adaLN": 0, "qkv": 0, "proj": 0, "mlp": 0, "attention": 0,
-             "head": 0}
-    for s in streams:
-        inp = p * p * s.channels if s.kind == "patch" else s.channels
-        parts["embed"] += T * (inp * d + d * h)
-        out = p * p * s.channels if s.kind == "patch" else s.channels
-        parts["head"] += h * 2 * h + T * h * out
-    for i in range(cfg.depth):
-        lengths = [T + (K if (s.in_context and i >= s0) else 0) for s in streams]
-        for L in lengths:
-            parts["adaLN"] += h * 6 * h
-            parts["qkv"] += L * 3 * h * h
-            parts["proj"] += L * h * h
-            parts["mlp"] += L * 3 * h * m
-        L = sum(lengths)
-        parts["attention"] += 2 * L * L * h          # QK^T and AV, all heads
-    return Count(parts)
+    """Forward MACs per image of ``JiT(cfg, streams)`` (default: JiT's single pixel stream): the project's size
+    model, :func:`jit_core.model.budget.forward_macs`."""
+    return Count(budget.forward_macs(cfg, streams))
 
 
 # ----------------------------------------------------------------------------------- encoders

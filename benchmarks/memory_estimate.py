@@ -7,9 +7,10 @@ without activation checkpointing, for an 80 GB card - computed on a CPU-only mac
 Two parts, both counted rather than guessed:
 
 1. **Resident state** (exact, from the full models built on the meta device): fp32 weights, fp32
-   gradients (kept from one step to the next: ``Trainer.train_step`` sets them to None only after the
-   forward), AdamW ``exp_avg`` + ``exp_avg_sq``, two fp32 EMAs of every model parameter (the frozen
-   sin-cos table included) = 24 B per trainable parameter, 12 B per frozen one, + buffers. With DDP
+   gradients (DDP's buckets hold them throughout; on one GPU ``Trainer.train_step`` frees them before the
+   forward, so there this errs high by 4 B per parameter), AdamW ``exp_avg`` + ``exp_avg_sq``,
+   two fp32 EMAs of every model parameter (the frozen sin-cos table included) = 24 B per trainable
+   parameter, 12 B per frozen one, + buffers. With DDP
    (``--world-size`` > 1, the default 8) the reducer's gradient buckets would add 4 B per trainable
    parameter, but the Trainer builds ``DistributedDataParallel`` with ``gradient_as_bucket_view=True``
    (the gradients are views into the buckets), so they add nothing. V-Co adds
@@ -108,7 +109,7 @@ import jit_core.model.jit as jit_module
 from jit_core.config import Config
 from jit_core.diffusion import training_losses
 from jit_core.hookspecs import hookimpl
-from jit_core.model import JiT, ModelConfig, get_model_config
+from jit_core.model import JiT, ModelConfig, budget, get_model_config
 from jit_core.model.streams import Stream, pixel_stream
 from jit_core.plugins import Plugins
 
@@ -547,6 +548,8 @@ def run(args) -> dict:
                 e = est.get_encoder()
                 enc = {"params": e["params"], "buffer_bytes": e["buffer_bytes"]}
             res = resident_bytes(counts, enc)
+            size = budget.params(cfg, streams_for(net, cfg.in_channels))   # the project's size model, checked here
+            assert (size.trainable, size.frozen) == (counts["trainable"], counts["frozen"]), (name, net, size)
             m = est.measure(name, net, autocast=True, ckpt=False)
             mc = est.measure(name, net, autocast=True, ckpt=True) if (net, name) in measure_ckpt else None
             label = f"{NET_LABEL[net]}-{name[4:]}"
@@ -580,7 +583,12 @@ def run(args) -> dict:
                                  "resident_parts_gib": {k: gib(v) for k, v in res.items()},
                                  "activation_parts_gib": {k: (gib(v) if k not in ("keep", "drop") else v)
                                                           for k, v in act.items()},
-                                 "ckpt_measured": bool(ckpt and mc is not None)})
+                                 "ckpt_measured": bool(ckpt and mc is not None),
+                                 # jit_core/model/budget.py's estimate of the same (what jit train/slurm use)
+                                 "budget_gib": budget.training_memory(
+                                     cfg, streams_for(net, cfg.in_channels), batch=b, checkpointing=ckpt,
+                                     label_drop_prob=args.drop_prob,
+                                     frozen=budget.Frozen(enc["params"] if enc else 0)).peak_gib})
             for ckpt in (False, True):   # the largest batch (multiple of 8) that fits
                 best = 0
                 for b in range(8, 4097, 8):
@@ -668,14 +676,16 @@ def print_report(out: dict) -> None:
     print(f"total = resident + activations x {1 + a['allowance']:.2f} (allocator/temporaries) + "
           f"{a['context_gib']:.1f} GiB CUDA context")
     print(f"{'config':11s} {'batch':>5s} {'ckpt':>4s} {'resident':>9s} {'activ.':>8s} {'total':>8s} "
-          f"{'fits':>4s}   {'1-GPU total':>11s} {'fits':>4s}")
+          f"{'fits':>4s}   {'1-GPU total':>11s} {'fits':>4s} {'budget':>7s}")
     for r in out["rows"]:
         mark = "*" if r["ckpt_measured"] else " "
         print(f"{r['model']:11s} {r['batch']:5d} {('on' + mark) if r['ckpt'] else 'off ':>4s} "
               f"{r['resident_gib']:9.2f} {r['activations_gib']:8.2f} {r['total_gib']:8.2f} "
-              f"{'yes' if r['fits'] else 'NO':>4s}   {r['total_no_ddp_gib']:11.2f} {'yes' if r['fits_no_ddp'] else 'NO':>4s}")
+              f"{'yes' if r['fits'] else 'NO':>4s}   {r['total_no_ddp_gib']:11.2f} {'yes' if r['fits_no_ddp'] else 'NO':>4s}"
+              f" {r['budget_gib']:7.2f}")
     print("(ckpt on*: checkpointed forward measured; otherwise derived from the block inputs of the plain run. "
-          "1-GPU total: the same, DDP's gradients are its buckets)")
+          "1-GPU total: the same, DDP's gradients are its buckets. budget: jit_core/model/budget.py's closed form, "
+          "fitted to these counts, which jit train --dry-run and jit slurm submit use)")
     print("\nlargest per-GPU batch (multiple of 8) that fits, ckpt off / on:")
     for d in out["models"]:
         p = d["params"]

@@ -226,8 +226,10 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
         from jit_core.training.run_dir import allowed_keys
         from jit_core.training.startup import load_plugins, start_checks
         plugins = load_plugins(cfg)
-        start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
-                     allow_changes=allowed_keys(cfg, allow_changes))
+        startup = start_checks(cfg, run_dir, DistInfo(device=resolve_device(cfg.train.device)), plugins=plugins,
+                               allow_changes=allowed_keys(cfg, allow_changes))
+        if startup.memory:
+            click.echo(startup.memory.describe(cfg), err=True)
         click.echo(cfg.to_json())
         return
     result = run_train(cfg, run_dir, allow_changes=allow_changes)
@@ -305,25 +307,30 @@ def parse_labels(text: str) -> list[int] | None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json):
-    """Named model configs with their trainable parameter counts."""
-    import torch
-
-    from jit_core.model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, JiT
+    """Named model configs: trainable parameters, forward GFLOPs (MACs, the paper's unit) per image, and the
+    estimated peak memory per GPU of training at 128 images (jit_core/model/budget.py)."""
+    from jit_core.model import MODEL_CONFIGS, OFFICIAL_PARAM_COUNTS, budget
     rows = []
     for name, mc in MODEL_CONFIGS.items():
-        with torch.device("meta"):
-            m = JiT(mc)
+        p = budget.params(mc)
         rows.append({"name": name, "image_size": mc.image_size, "patch": mc.patch_size, "depth": mc.depth,
-                     "hidden": mc.hidden_size, "heads": mc.num_heads, "trainable_params": m.num_params(),
-                     "with_pos_table": m.num_params(False), "official": OFFICIAL_PARAM_COUNTS.get(name)})
+                     "hidden": mc.hidden_size, "heads": mc.num_heads, "trainable_params": p.trainable,
+                     "with_pos_table": p.total, "official": OFFICIAL_PARAM_COUNTS.get(name),
+                     "gmacs": sum(budget.forward_macs(mc).values()) / 1e9,
+                     "train_gib_128": budget.training_memory(mc, batch=128).peak_gib,
+                     "train_gib_128_ckpt": budget.training_memory(mc, batch=128, checkpointing=True).peak_gib})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'model':10} {'px':>4} {'p':>3} {'depth':>5} {'hidden':>6} {'trainable':>15} {'official':>15}")
+    click.echo(f"{'model':10} {'px':>4} {'p':>3} {'depth':>5} {'hidden':>6} {'trainable':>15} {'official':>15} "
+               f"{'GMACs':>7} {'GiB@128':>8} {'+ckpt':>6}")
     for r in rows:
         off = f"{r['official']:,}" if r["official"] else "-"
         click.echo(f"{r['name']:10} {r['image_size']:>4} {r['patch']:>3} {r['depth']:>5} {r['hidden']:>6} "
-                   f"{r['trainable_params']:>15,} {off:>15}")
+                   f"{r['trainable_params']:>15,} {off:>15} {r['gmacs']:>7.1f} {r['train_gib_128']:>8.1f} "
+                   f"{r['train_gib_128_ckpt']:>6.1f}")
+    click.echo("GMACs: forward multiply-adds per image; GiB@128: estimated peak per GPU training 128 images "
+               "(bf16, AdamW, 2 EMAs), + ckpt: with train.grad_checkpointing=true")
 
 
 @cli.command()

@@ -126,6 +126,15 @@ class TrainConfig:
     precision: str = option("bf16", choices=("bf16", "fp32"))  # bf16 autocast on CUDA | fp32
     compile: bool = False
     grad_checkpointing: bool = False    # activation checkpointing per block (memory for L/H/G)
+    grad_accum: int = option(1, ge=1)   # micro-batches per optimizer step: one process plays grad_accum ranks of
+    #                                     optim.batch_size images (global batch = batch_size x processes x grad_accum)
+    gpu_memory_gib: Optional[float] = option(None, gt=0)   # the GPU a run must fit (None: the visible one, else 80 GB)
+    tf32: bool = True                   # CUDA: TF32 matmuls/convolutions for fp32 ops (bf16 autocast is unaffected)
+    cudnn_benchmark: bool = True        # CUDA: cuDNN picks its fastest kernels for the fixed shapes
+    ddp_broadcast_buffers: bool = False  # DDP: rank 0's buffers every step (JiT's are constant; on anyway when a
+    #                                      plugin's trainable modules have buffers)
+    grad_norm: str = option("step", choices=("step", "log"))   # gradient norm every step (and checked for NaN)
+    #                                     | only on logged steps when optim.grad_clip is unset (one pass less)
     nan_policy: str = option("stop", choices=("stop", "skip"))
     max_skipped_steps: int = option(10, ge=0)
     device: str = "auto"                # auto | cpu | cuda | cuda:N (checked by check_config)
@@ -197,10 +206,13 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------------------- presets
-def _preset_jit(model: str, image_size: int, cfg_scale: float) -> Config:
+def _preset_jit(model: str, image_size: int, cfg_scale: float, checkpointing: bool = False) -> Config:
+    """The paper's recipe for ``model`` (128 images per GPU); ``checkpointing`` where 128 images do not fit an
+    80 GB GPU without it (the memory model of jit_core/model/budget.py; tests/test_budget.py checks each preset)."""
     cfg = Config(model=model)
     cfg.data.image_size = image_size
     cfg.sample.cfg = cfg_scale
+    cfg.train.grad_checkpointing = checkpointing
     return cfg
 
 
@@ -234,11 +246,11 @@ def _preset_test() -> Config:
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "jit-b16": lambda: _preset_jit("JiT-B/16", 256, 2.9),
     "jit-b32": lambda: _preset_jit("JiT-B/32", 512, 2.9),
-    "jit-l16": lambda: _preset_jit("JiT-L/16", 256, 2.4),
-    "jit-l32": lambda: _preset_jit("JiT-L/32", 512, 2.5),
-    "jit-h16": lambda: _preset_jit("JiT-H/16", 256, 2.2),
-    "jit-h32": lambda: _preset_jit("JiT-H/32", 512, 2.3),
-    "jit-g16": lambda: _preset_jit("JiT-G/16", 256, 2.2),
+    "jit-l16": lambda: _preset_jit("JiT-L/16", 256, 2.4, checkpointing=True),
+    "jit-l32": lambda: _preset_jit("JiT-L/32", 512, 2.5, checkpointing=True),
+    "jit-h16": lambda: _preset_jit("JiT-H/16", 256, 2.2, checkpointing=True),
+    "jit-h32": lambda: _preset_jit("JiT-H/32", 512, 2.3, checkpointing=True),
+    "jit-g16": lambda: _preset_jit("JiT-G/16", 256, 2.2, checkpointing=True),
     "tiny": _preset_tiny,
     "test": _preset_test,
 }

@@ -1,6 +1,7 @@
 """torch.distributed set-up from the torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -22,6 +23,27 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+_VIEW: list[tuple[int, int]] = []     # the (rank, world) of the micro-batch being trained, if accumulating
+
+
+def data_rank_and_world() -> tuple[int, int]:
+    """The data-parallel rank and world size the current batch belongs to: the virtual rank of a micro-batch under
+    gradient accumulation (``train.grad_accum``, :mod:`jit_core.training.accumulate`), else the process's."""
+    if _VIEW:
+        return _VIEW[-1]
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+@contextlib.contextmanager
+def data_parallel_view(rank: int, world: int):
+    """Within the block, :func:`data_rank_and_world` answers ``(rank, world)``."""
+    _VIEW.append((rank, world))
+    try:
+        yield
+    finally:
+        _VIEW.pop()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -304,8 +304,10 @@ def params_digest(named) -> str:
     return h.hexdigest()
 
 
-def launch_ddp(run_dir: Path, out_prefix: Path, overrides: list[str], world: int = 2, timeout: float = 300):
-    """Start ``world`` ranks of :func:`ddp_main` with a torchrun-style environment (gloo on the CPU).
+def launch_ddp(run_dir: Path, out_prefix: Path, overrides: list[str], world: int = 2, timeout: float = 300,
+               installed_plugins: bool = False):
+    """Start ``world`` ranks of :func:`ddp_main` with a torchrun-style environment (gloo on the CPU);
+    ``installed_plugins``: the installed plugins visible (entry points), for runs that enable one.
 
     Returns ``(exit codes, output of each rank)``; ranks still running after ``timeout`` are killed (rc None).
     """
@@ -314,7 +316,8 @@ def launch_ddp(run_dir: Path, out_prefix: Path, overrides: list[str], world: int
     procs, logs = [], []
     for rank in range(world):
         env = subprocess_env(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=world,
-                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                             **({"JIT_DISABLE_PLUGIN_AUTOLOAD": ""} if installed_plugins else {}))
         log = open(f"{out_prefix}.rank{rank}.log", "w+")  # noqa: SIM115 -- read back after the ranks exit
         logs.append(log)
         procs.append(subprocess.Popen([sys.executable, "-m", "tests.fault_tools", "ddp", str(run_dir), str(out_prefix),

@@ -437,6 +437,14 @@ def test_noise_scale_in_training_and_sampling(hook, config):
     torch.testing.assert_close(z0, ref, atol=1e-4, rtol=0)
 
 
+class _Predictions(dict):
+    """x-hat per stream, read as a dict or as the model output's ``x_hat``."""
+
+    @property
+    def x_hat(self) -> dict:
+        return self
+
+
 class TwoStreamConstant(nn.Module):
     """Predicts the constants x* (pixels) and f* (a ``tokens`` stream ``s``) whatever the input."""
 
@@ -446,8 +454,12 @@ class TwoStreamConstant(nn.Module):
         self.streams = [pixel_stream(), stream]
         self.x_star, self.f_star = torch.zeros(1, 3, 32, 32), torch.full((1, 64, 2), 0.5)
 
+    def input_shape(self, stream):
+        return tuple((self.x_star if stream.name == PIXEL else self.f_star).shape[1:])
+
     def forward(self, inputs, t, y, blocked=None, capture=()):
-        return {PIXEL: self.x_star.expand_as(inputs[PIXEL]).clone(), "s": self.f_star.expand_as(inputs["s"]).clone()}
+        return _Predictions({PIXEL: self.x_star.expand_as(inputs[PIXEL]).clone(),
+                             "s": self.f_star.expand_as(inputs["s"]).clone()})
 
 
 @pytest.mark.parametrize("shift_prediction", [True, False])

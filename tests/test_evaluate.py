@@ -234,6 +234,8 @@ def test_ema_cfg_grid_one_row_per_point_best_marked_and_resumed(tiny_run, tmp_pa
     assert all(r["selection"] == {"cfg_chosen_on_these_samples": True, "ema_chosen_on_these_samples": True}
                for r in res["results"])
     md = Path(res["json"]).with_suffix(".md").read_text()
+    assert Path(res["json"]).with_suffix(".pdf").read_bytes().startswith(b"%PDF")   # the metric-vs-CFG figure
+    assert Path(res["json"]).with_suffix(".png").is_file()
     assert md.count("| ema") == 4 and "**best**" in md.splitlines()[7] and "chosen on these same samples" in md
     table = E.format_table(res).splitlines()
     assert len(table) == 5 and table[4].endswith("*") and "ema2" in table[4]
@@ -267,5 +269,6 @@ def test_evaluate_cli_grid_and_bad_ema(tiny_run, tmp_path):
                                                     "--save", "none", "--out", str(tmp_path), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert res.output.count("ema2") >= 2 and list(tmp_path.glob("*ema1-ema2*cfgsweep*.md"))
+    assert list(tmp_path.glob("*ema1-ema2*cfgsweep*.strip.png")) and "CFG strip:" in res.output   # one row per cfg
     bad = CliRunner().invoke(E.evaluate_command(), [str(tiny_run), "--ema", "ema3", "--device", "cpu"])
     assert bad.exit_code != 0 and "ema3" in bad.output and "ema1, ema2, model" in bad.output

@@ -40,7 +40,7 @@ RULES: list[tuple[str, object]] = [
     (r"^jit --version|^jit models|^jit presets", "run"),
     (r"^jit train --preset (tiny|vco-tiny) ", "train"),
     (r"^jit train --resume ", "train"),
-    (r"^jit train --preset (jit|vco)-b16 ", ("skip", NEEDS_IMAGENET)),
+    (r"^jit train --preset (jit|vco)-[bh]16 ", ("skip", NEEDS_IMAGENET)),
     (r"^torchrun ", ("skip", NEEDS_IMAGENET + " (8 processes)")),
     (r"^jit sample ", "sample"),
     (r"^jit convert checkpoint-last\.pth ", "convert"),

@@ -14,6 +14,8 @@ from .test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fix
 
 REPORT_FILES = ("loss_curves.png", "loss_curves_time.png", "samples.png", "metrics.md", "metrics.json",
                 "config_diff.md", "index.html")
+PAPER_FILES = ("loss_curves.pdf", "loss_curves_time.pdf", "forest.png", "forest.pdf", "arms.csv", "arms.tex",
+               "runs.csv", "runs.tex")
 
 
 def _fake_eval(run, name="step00000006-ema1-n20-heun4-cfg1.5-seed0", fd=12.5):
@@ -32,6 +34,8 @@ def test_compare_report_has_every_file(tmp_path):
     R.compare_arms(dict(zip(names, ([a], [b]))), out, num_samples=4, seed=0, sample_cfg=1.0)
     for f in REPORT_FILES + tuple(f"samples_{n}.png" for n in names):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    for n in names:                                   # the per-class sheets, shown in the page
+        assert (out / f"classes_{n}.png").is_file() and f'"classes_{n}.png"' in (out / "index.html").read_text()
     with Image.open(out / "samples.png") as both, Image.open(out / "samples_a-run.png") as one:
         assert both.width > 2 * one.width - 10  # two panels side by side
     diff = (out / "config_diff.md").read_text()
@@ -134,8 +138,10 @@ def test_compare_arms_ties_and_differences(tmp_path):
     assert res["sentence"] in md and "| paper | ours |" in md and "agrees" in md
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "within noise" in page and "samples_V-Co.png" in page
-    for f in REPORT_FILES + ("arms.json",):
+    for f in REPORT_FILES + ("arms.json",) + PAPER_FILES:
         assert (tmp_path / "rep" / f).is_file(), f
+    assert (tmp_path / "rep" / "forest.pdf").read_bytes().startswith(b"%PDF") and '"forest.png"' in page
+    assert (tmp_path / "rep" / "arms.csv").read_text().splitlines()[0].startswith("arm,seeds,")
     # the paper says worse; we measure better, outside the noise
     res = R.compare_arms(arms, tmp_path / "rep2", baseline="JiT", paper={"V-Co": "worse"}, num_samples=2)
     assert {r["arm"]: r.get("ours") for r in res["rows"]}["V-Co"] == "disagrees"

@@ -106,6 +106,28 @@ def _loss_curves(d):
     plot_losses({"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]}, d / "loss_curves.png")
 
 
+def _loss_bands(d):
+    from jit_core.eval.plots import plot_loss_bands
+    plot_loss_bands({"a": [[{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]]}, d / "loss_curves")
+
+
+def _forest(d):
+    from jit_core.eval.plots import plot_forest
+    row = {"arm": "b", "baseline": False, "verdicts": {"fd": {"diff": 1.0, "lo": 0.5, "hi": 1.5, "outside_noise": True}}}
+    plot_forest({"rows": [row]}, "fd", "a", d / "forest")
+
+
+def _cfg_figure(d):
+    from jit_core.eval.plots import plot_metric_vs_cfg
+    plot_metric_vs_cfg({"primary_metric": "fd", "emas": ["ema1"], "points": [
+        {"ema": "ema1", "cfg": 1.0, "value": 2.0, "interval": [1.5, 2.5], "best": True}]}, d / "grid")
+
+
+def _paper_table(d):
+    from jit_core.eval.plots import write_table
+    write_table(d / "arms", ["arm"], [["a"]])
+
+
 def _panels(d):
     from jit_core.eval.figures import placeholder, side_by_side
     side_by_side([placeholder("a"), placeholder("b")], d / "samples.png")
@@ -181,6 +203,12 @@ WRITERS = [
     Writer("sample grid", "samples/grid.png", _grid),
     Writer("samples folder", "samples", _grid, folder=True),
     Writer("loss curves figure", "loss_curves.png", _loss_curves),
+    Writer("loss bands figure (PDF)", "loss_curves.pdf", _loss_bands),
+    Writer("forest plot", "forest.png", _forest),
+    Writer("forest plot (PDF)", "forest.pdf", _forest),
+    Writer("metric-vs-CFG figure (PDF)", "grid.pdf", _cfg_figure),
+    Writer("paper table (CSV)", "arms.csv", _paper_table),
+    Writer("paper table (LaTeX)", "arms.tex", _paper_table),
     Writer("sample panels", "samples.png", _panels),
     Writer("report page", "report/index.html", _report),
     Writer("report table", "report/metrics.md", _report),

@@ -9,7 +9,8 @@ evaluator's input). Metrics ("auto"): Fashion-MNIST/digits runs -> the classifie
 (:mod:`jit_core.eval.fid`, + P/R with a reference folder). Every result is written to
 ``<run>/eval/<name>.json`` with the provenance list of that protocol (item 5), and 95 % bootstrap intervals over
 the samples (``intervals``, :mod:`jit_core.eval.stats`). ``--ema a,b --cfg x,y`` evaluates the grid of
-weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table (docs/evaluation.md).
+weights x cfg on the same seeds, one JSON per point (resumable) plus a summary table and a metric-vs-CFG figure
+(``<name>.png`` / ``.pdf``, :func:`jit_core.eval.plots.plot_metric_vs_cfg`; docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -147,14 +148,15 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
                  ema: str | Sequence[str] = "ema1", seed: int = 0, batch_size: int | None = None, out=None,
                  ref_stats=None, inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None,
                  prc: bool = True, device=None, checkpoint=None, progress: bool = True, trust_plugins=(),
-                 bootstrap: int | None = None, resume: bool = True) -> dict:
+                 bootstrap: int | None = None, resume: bool = True, resume_single: bool = False) -> dict:
     """Generate and evaluate a run on the grid ``ema`` x ``cfg`` (each may be a list; best by the primary metric).
 
     One point: returns its result record. Several points: ``{"kind": "cfg_sweep" | "ema_cfg_grid",
     "results": [...], "best": record, ...}`` (one EMA: a CFG sweep, as before). Every point is written to
     ``<out or run/eval>/<name>.json``; with several points and ``resume``, a point whose JSON exists with the
     same settings (:func:`point_settings`) is read back instead of recomputed. ``bootstrap``: resamples for
-    the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). Under
+    the per-run 95 % intervals (default :data:`DEFAULT_BOOTSTRAP` by metric; 0: none). ``resume_single``: read
+    back a single point's result the same way (:func:`evaluate_all_checkpoints`). Under
     torch.distributed every rank generates its share; rank 0 writes files and computes metrics, and the
     result is broadcast to every rank.
     """
@@ -205,7 +207,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         for w in cfgs:
             name = eval_name(run.step, e, n, method, steps, w, seed, interval)
             wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, prc)
-            done = finished(out / f"{name}.json", wanted, world) if grid and resume else None
+            done = finished(out / f"{name}.json", wanted, world) if (grid or resume_single) and resume else None
             if done is not None:
                 if rank == 0:
                     log.info("%s: finished earlier with the same settings, not recomputed", name)
@@ -252,12 +254,27 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         save_record(out, name, result, run_dir)
         if grid:
             durable.write_text(out / f"{name}.md", sweep_markdown(result))
+            from jit_core.eval.plots import plot_metric_vs_cfg  # matplotlib only where a grid is drawn
+            plot_metric_vs_cfg(result, out / name)
         run.plugins.send_result(run.config, run.run_dir, result)   # TensorBoard, W&B, plugins' trackers
     if world > 1:
         box = [result]
         dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
+
+
+def evaluate_all_checkpoints(run_dir, **evaluate_kwargs) -> list[dict]:
+    """:func:`evaluate_run` on every complete checkpoint of ``run_dir``, oldest first (``--all-checkpoints``).
+
+    Resumable: a checkpoint whose result JSON exists with the same settings is read back, not recomputed."""
+    from jit_core.runs.checkpoint import list_checkpoints
+    if evaluate_kwargs.get("checkpoint") is not None:
+        raise ValueError("--all-checkpoints evaluates every checkpoint: leave out --checkpoint")
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise ValueError(f"{run_dir} has no complete checkpoint in checkpoints/: train it first")
+    return [evaluate_run(run_dir, checkpoint=c, resume_single=True, **evaluate_kwargs) for c in checkpoints]
 
 
 def _raise_everywhere(error: Exception | None, world: int) -> None:
@@ -328,6 +345,8 @@ def evaluate_command():
     @click.option("--metrics", default="auto", show_default=True,
                   type=click.Choice(["auto", "fid", "classifier", "none"]))
     @click.option("--checkpoint", type=click.Path(exists=True), help="A checkpoint other than the latest.")
+    @click.option("--all-checkpoints", is_flag=True,
+                  help="Evaluate every saved checkpoint (resumable) and draw the metric against the training step.")
     @click.option("--device", default="auto", show_default=True)
     @click.option("--bootstrap", type=click.IntRange(min=0),
                   help="Resamples for the per-run 95 % intervals (default 1000 for the classifier metric, 200 for "
@@ -336,7 +355,7 @@ def evaluate_command():
                   help="In a grid, keep points whose result JSON exists with the same settings.")
     @trust_options
     def cmd(run_dir, num_images, cfg, steps, method, interval, ema, seed, batch_size, out, ref_stats, ref_dir,
-            inception_weights, save, metrics, checkpoint, device, bootstrap, resume, trust_plugins):
+            inception_weights, save, metrics, checkpoint, all_checkpoints, device, bootstrap, resume, trust_plugins):
         """Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."""
         from jit_core.distributed import init_distributed
         from jit_core.eval.fid import InceptionWeightsError
@@ -352,12 +371,33 @@ def evaluate_command():
                                          param_hint="--ema")
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--cfg") from None
+        if all_checkpoints and checkpoint:
+            raise click.BadParameter("evaluates every checkpoint: leave out --checkpoint", param_hint="--all-checkpoints")
         try:
-            result = evaluate_run(run_dir, num_images, cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
-                                  steps, method, _floats(interval), emas if len(emas) > 1 else emas[0], seed,
-                                  batch_size, out, ref_stats, inception_weights, save, metrics, ref_dir=ref_dir,
-                                  device=info.device, checkpoint=checkpoint, trust_plugins=trust_plugins,
-                                  bootstrap=bootstrap, resume=resume)
+            kwargs = dict(num_images=num_images, cfg=cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
+                          steps=steps, method=method, interval=_floats(interval),
+                          ema=emas if len(emas) > 1 else emas[0], seed=seed, batch_size=batch_size, out=out,
+                          ref_stats=ref_stats, inception_weights=inception_weights, save=save, metrics=metrics,
+                          ref_dir=ref_dir, device=info.device, trust_plugins=trust_plugins, bootstrap=bootstrap,
+                          resume=resume)
+            if all_checkpoints:
+                from jit_core.eval.over_steps import step_figure
+                try:
+                    results = evaluate_all_checkpoints(run_dir, **kwargs)
+                except ValueError as e:     # no checkpoint: a one-line error naming the fix
+                    raise click.ClickException(str(e)) from None
+                if info.is_main:
+                    for result in results:
+                        click.echo(format_table(result))
+                    folder = Path(out) if out else Path(run_dir) / "eval"
+                    figure = step_figure(run_dir, results, folder)
+                    click.echo(f"metric vs step: {figure}" if figure else "metric vs step: no metric to draw")
+                    from jit_core.eval.sheets import steps_sheet
+                    sheet = steps_sheet(run_dir, folder / "samples_over_steps.png", seed=seed, ema=emas[0],
+                                        cfg=cfgs[0] if cfgs else None, device=info.device, trust_plugins=trust_plugins)
+                    click.echo(f"samples over steps: {sheet}")
+                return
+            result = evaluate_run(run_dir, checkpoint=checkpoint, **kwargs)
         except InceptionWeightsError as e:
             raise click.ClickException(str(e)) from None
         if info.is_main:
@@ -366,5 +406,11 @@ def evaluate_command():
                 click.echo(f"best: {result['best_ema']} cfg {result['best_cfg']:g} by {result['primary_metric']} "
                            "(chosen on these samples)")
             click.echo(f"results: {result['json']}")
+            if result.get("kind") in ("cfg_sweep", "ema_cfg_grid"):
+                from jit_core.eval.sheets import cfg_strip_of_run
+                strip = cfg_strip_of_run(run_dir, result["cfgs"], Path(result["json"]).with_suffix(".strip.png"),
+                                         ema=result.get("best_ema") or emas[0], seed=seed, device=info.device,
+                                         checkpoint=checkpoint, trust_plugins=trust_plugins)
+                click.echo(f"CFG strip: {strip}")
 
     return cmd

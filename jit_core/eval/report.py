@@ -3,12 +3,18 @@
 An *arm* is one or more runs (training seeds) of the same recipe: :func:`compare_arms` reports per arm the
 mean and 95 % interval of each metric and whether each arm's difference to the baseline arm is outside the
 noise (:mod:`jit_core.eval.arms`, :mod:`jit_core.eval.stats`), in ``arms.json`` / ``metrics.md`` /
-``index.html``; curves, samples and config differences use each arm's first run
-(:mod:`jit_core.eval.figures`, :mod:`jit_core.eval.configdiff`). One run per arm is the plain
-side-by-side of runs.
+``index.html``; loss curves use every run of an arm, samples and config differences each arm's first run
+(:mod:`jit_core.eval.plots`, :mod:`jit_core.eval.figures`, :mod:`jit_core.eval.configdiff`). One run per arm is
+the plain side-by-side of runs.
 
-The report folder holds ``loss_curves.png`` (x = step) and ``loss_curves_time.png`` (x = wall clock),
-one subplot per loss term and one line per run; ``samples.png`` (every run sampled with the same seeds
+The report folder holds ``loss_curves.png``/``.pdf`` (x = step) and ``loss_curves_time.png``/``.pdf`` (x =
+wall clock), one subplot per loss term and per arm the mean over its seeds with a min-max band (a one-point
+run as a marker); ``forest.png``/``.pdf`` (each arm's difference to the baseline on the primary metric with
+its 95 % interval); ``metric_vs_step.png``/``.pdf`` when runs were evaluated at several checkpoints (``jit
+evaluate --all-checkpoints``: the primary metric against the training step, mean and band over seeds per arm);
+``arms.csv``/``arms.tex`` and ``runs.csv``/``runs.tex`` (the tables of ``index.html``,
+for a paper); ``classes_<name>.png`` (each arm's first run: one row of samples per class, titled with the
+class name, :mod:`jit_core.eval.sheets`); ``samples.png`` (every run sampled with the same seeds
 and labels, one titled panel each) and ``samples_<name>.png``; ``metrics.md`` / ``metrics.json`` (the
 runs' ``eval/*.json`` results, with step, parameter count and wall time); ``config_diff.md`` (the
 flattened config keys, plugin options included, that differ); and ``index.html`` showing all of it.
@@ -28,9 +34,11 @@ import torch
 
 from jit_core import durable
 
+from . import plots
 from .configdiff import config_diff, diff_cell, diff_markdown
-from .figures import placeholder, plot_losses, side_by_side, titled_panel
+from .figures import placeholder, side_by_side, titled_panel
 from .results import METRIC_COLUMNS
+from .sheets import per_class_sheet
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,9 @@ def _file_safe(name: str) -> str:
     return f"{safe or 'arm'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
+CLASS_SHEET_PER_CLASS = 4   # samples of each class in classes_<arm>.png
+
+
 def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, cfg, device, trust_plugins):
     """``(panel, step, params)``: samples of the run at ``d`` (a placeholder if it cannot be sampled)."""
     from jit_core.eval.evaluate import class_major_labels
@@ -143,6 +154,8 @@ def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, c
         labels = class_major_labels(num_samples, run.model.cfg.num_classes)
         imgs = loading.generate(run, labels, cfg=cfg, seed=seed)
         grid = make_grid(imgs, nrow=math.ceil(math.sqrt(num_samples)), scale=max(1, 96 // run.model.cfg.image_size))
+        # one row per class, titled with its name (the same seed and cfg)
+        per_class_sheet(run, CLASS_SHEET_PER_CLASS, out / f"classes_{_file_safe(label)}.png", seed=seed, cfg=cfg)
     except Exception as e:  # noqa: BLE001 -- a run without a checkpoint still gets its curves and config
         log.warning("no samples for %s: %s", d, e)
         grid = placeholder(f"no samples: {type(e).__name__}")
@@ -241,11 +254,17 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
     # every file goes to a staging folder first, then replaces the previous report's (index.html last): a full
     # disk or an error on the way leaves the previous report whole
     with durable.staged(out, last=("index.html",)) as stage:
-        # curves, samples and config differences of each arm's first run
+        # loss curves of every seed (mean and band per arm); samples and config differences of each arm's first run
         firsts = {arm: arms[arm][0] for arm in arms}
-        logs = {arm: read_log(d) for arm, d in firsts.items()}
-        plot_losses(logs, stage / "loss_curves.png", "step")
-        plot_losses(logs, stage / "loss_curves_time.png", "time")
+        seed_logs = {arm: [read_log(d) for d in ds] for arm, ds in arms.items()}
+        plots.plot_loss_bands(seed_logs, stage / "loss_curves", "step")
+        plots.plot_loss_bands(seed_logs, stage / "loss_curves_time", "time")
+        m = table["primary_metric"]
+        if m:
+            plots.plot_forest(table, m, baseline, stage / "forest", label=A.LABELS.get(m, m),
+                              lower_is_better=A.LOWER_IS_BETTER.get(m))
+        plots.write_table(stage / "arms", *_arms_cells(table))
+        over_training = m and _metric_vs_step(arms, m, stage)
         panels, per_run = [], {}
         if sample_cfg is None and isinstance(kw.get("cfg"), (int, float)):
             sample_cfg = kw["cfg"]
@@ -254,6 +273,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
             panels.append(panel)
             per_run[arm] = (step, params)
         side_by_side(panels, stage / "samples.png")
+        class_sheets = [arm for arm in arms if (stage / f"classes_{_file_safe(arm)}.png").is_file()]
         configs = {arm: json.loads((d / "config.json").read_text()) for arm, d in firsts.items()}
         diff = config_diff(configs)
         durable.write_text(stage / "config_diff.md", diff_markdown(diff, list(arms)))
@@ -279,16 +299,32 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
         paths = {"index_html": str(out / "index.html"), "metrics_md": str(out / "metrics.md"),
                  "arms_json": str(out / "arms.json"), "metrics_json": str(out / "metrics.json"),
                  "config_diff_md": str(out / "config_diff.md"), "samples_png": str(out / "samples.png"),
-                 "loss_curves_png": str(out / "loss_curves.png")}
+                 "loss_curves_png": str(out / "loss_curves.png"), "forest_png": str(out / "forest.png") if m else None,
+                 "metric_vs_step_png": str(out / "metric_vs_step.png") if over_training else None,
+                 "class_sheets": {arm: str(out / f"classes_{_file_safe(arm)}.png") for arm in class_sheets}}
         result = {"title": title, "baseline": baseline, "primary_metric": table["primary_metric"],
                   "metrics": table["metrics"], "sentence": sentence, "what_this_shows": paragraph,
                   "eval_settings": settings, "rows": table["rows"], "runs": {k: str(v) for k, v in runs.items()},
                   "paths": paths}
+        plots.write_table(stage / "runs", RUNS_HEAD, _runs_rows(runs_table))
         md = A.arms_markdown(table, sentence, paragraph, settings, title)
         durable.write_text(stage / "metrics.md", md + "\n## Runs\n\n" + metrics_markdown(runs_table))
         durable.write_json(stage / "arms.json", result, default=str)
         durable.write_text(stage / "index.html", _arms_html(result, table, runs_table, diff, list(arms), num_samples, seed))
     return result
+
+
+def _metric_vs_step(arms: dict[str, list[Path]], metric: str, stage: Path) -> bool:
+    """``metric_vs_step.png`` / ``.pdf`` when some run was evaluated at two or more steps (``jit evaluate
+    --all-checkpoints``); False (no figure) otherwise."""
+    from jit_core.eval import arms as A
+    from jit_core.eval.over_steps import metric_by_step
+    rows, settings = metric_by_step(arms, metric)
+    if not any(len(run) > 1 for runs in rows.values() for run in runs):
+        return False
+    plots.plot_metric_vs_step(rows, metric, stage / "metric_vs_step", label=A.LABELS.get(metric, metric),
+                              subtitle=A.describe(settings) if settings else "")
+    return True
 
 
 def _runs_rows(runs_table: dict) -> list[list[str]]:
@@ -302,8 +338,11 @@ def _runs_rows(runs_table: dict) -> list[list[str]]:
     return rows
 
 
-def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[str], num_samples: int,
-               seed: int) -> str:
+RUNS_HEAD = ["run", "step", "params", "wall time", "evaluation", "cfg", "metrics"]
+
+
+def _arms_cells(table: dict) -> tuple[list[str], list[list[str]]]:
+    """The Arms table (header, rows): index.html, arms.csv and arms.tex show the same cells."""
     from jit_core.eval import arms as A
     m = table["primary_metric"]
     paper = any("paper" in r for r in table["rows"])
@@ -320,10 +359,25 @@ def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[st
         if paper:
             cells += ["-", "-"] if r["baseline"] else [r.get("paper") or "(no claim)", r.get("ours", "-")]
         rows.append(cells)
+    return head, rows
+
+
+def _arms_html(result: dict, table: dict, runs_table: dict, diff, names: list[str], num_samples: int,
+               seed: int) -> str:
+    head, rows = _arms_cells(table)
+    forest = ('<h2>Difference to the baseline</h2><img src="forest.png"> <a href="forest.pdf">PDF</a>'
+              if table["primary_metric"] else "")
+    if result["paths"].get("metric_vs_step_png"):
+        forest += ('<h2>Metric over training (mean and band over seeds)</h2><img src="metric_vs_step.png"> '
+                   '<a href="metric_vs_step.pdf">PDF</a>')
     diff_rows = [[k] + [diff_cell(v[n]) for n in names] for k, v in diff]
     figs = "".join(f'<figure><img src="samples_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}'
                    "</figcaption></figure>" for n in names)
-    runs = _html_table(["run", "step", "params", "wall time", "evaluation", "cfg", "metrics"], _runs_rows(runs_table))
+    runs = _html_table(RUNS_HEAD, _runs_rows(runs_table))
+    sheets = result["paths"].get("class_sheets") or {}
+    classes = ("<h2>Samples per class (first run of each arm)</h2>" + "".join(
+        f'<figure><img src="classes_{html.escape(_file_safe(n))}.png"><figcaption>{html.escape(n)}</figcaption>'
+        "</figure>" for n in names if n in sheets)) if sheets else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(result['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
@@ -334,11 +388,13 @@ figure{{display:inline-block;margin:4px}} .verdict{{font-size:16px;background:#f
 <h2>Arms</h2>{_html_table(head, rows)}
 <p>95 % intervals: t over seeds (one seed: bootstrap over that run's samples); the difference to the baseline
 arm is outside the noise when its 95 % interval excludes 0. Details: <a href="arms.json">arms.json</a>,
-<a href="metrics.md">metrics.md</a>.</p>
-<p>{html.escape(result['what_this_shows'])}</p>
-<h2>Training loss (first run of each arm)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
+<a href="metrics.md">metrics.md</a>; tables for a paper: <a href="arms.csv">arms.csv</a>, <a href="arms.tex">arms.tex</a>,
+<a href="runs.csv">runs.csv</a>, <a href="runs.tex">runs.tex</a>.</p>
+<p>{html.escape(result['what_this_shows'])}</p>{forest}
+<h2>Training loss (mean and band over seeds)</h2><img src="loss_curves.png"><img src="loss_curves_time.png">
+<p>PDF: <a href="loss_curves.pdf">loss_curves.pdf</a>, <a href="loss_curves_time.pdf">loss_curves_time.pdf</a>.</p>
 <h2>Samples (first run of each arm)</h2><p>{num_samples} samples per arm, seed {seed}, identical class-major
-labels.</p><img src="samples.png"><div>{figs}</div>
+labels.</p><img src="samples.png"><div>{figs}</div>{classes}
 <h2>Runs</h2>{runs}
 <h2>Config differences (first runs)</h2>{_html_table(["key"] + names, diff_rows) if diff_rows else "<p>identical</p>"}
 <p><a href="config_diff.md">config_diff.md</a></p></body></html>

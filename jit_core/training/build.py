@@ -11,6 +11,7 @@ from jit_core.config import Config, ConfigError
 from jit_core.diffusion import training_losses
 from jit_core.model import JiT, get_model_config
 from jit_core.plugins import Plugins
+from jit_core.training.accumulate import VirtualRankSampler
 from jit_core.training.batches import DefaultBatchSampler, ResumableBatches
 from jit_core.training.optim import param_groups
 
@@ -56,15 +57,25 @@ def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Mo
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         # gradients live in the all-reduce buckets (no second 4 B/parameter copy)
-        obj = nn.parallel.DistributedDataParallel(obj, device_ids=ids, gradient_as_bucket_view=True)
+        # the network's buffers are constant RoPE tables: broadcast only when asked or when a plugin module has
+        # buffers of its own (running statistics would drift apart)
+        broadcast = config.train.ddp_broadcast_buffers or any(True for _ in aux.buffers())
+        obj = nn.parallel.DistributedDataParallel(obj, device_ids=ids, gradient_as_bucket_view=True,
+                                                  broadcast_buffers=broadcast)
     return obj
 
 
 def make_batches(dataset, config: Config, plugins: Plugins, dist) -> ResumableBatches:
-    """A plugin's batch sampler (``jit_batch_sampler``) or the core's shuffled one, replayable from any step."""
-    sampler = plugins.batch_sampler(dataset, config, dist.rank, dist.world_size, config.train.seed)
-    sampler = sampler or DefaultBatchSampler(len(dataset), config.optim.batch_size, dist.rank, dist.world_size,
-                                             config.train.seed)
+    """A plugin's batch sampler (``jit_batch_sampler``) or the core's shuffled one, replayable from any step;
+    under ``train.grad_accum`` one per virtual rank, as one (:mod:`jit_core.training.accumulate`)."""
+    accum = config.train.grad_accum
+    world = dist.world_size * accum
+    samplers = []
+    for rank in range(dist.rank * accum, (dist.rank + 1) * accum):
+        sampler = plugins.batch_sampler(dataset, config, rank, world, config.train.seed)
+        samplers.append(sampler or DefaultBatchSampler(len(dataset), config.optim.batch_size, rank, world,
+                                                       config.train.seed))
+    sampler = samplers[0] if accum == 1 else VirtualRankSampler(samplers)
     return ResumableBatches(sampler, dataset, config.data, dist.device)
 
 

@@ -11,16 +11,20 @@ from jit_core.distributed import barrier
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.compat import check_compatible
 from jit_core.training.metrics_log import roll_back
-from jit_core.training.state import rng_state, set_rng_state
+from jit_core.training.state import set_rng_state
 
 log = logging.getLogger("jit")
 
 
 def _gather_rng(trainer) -> list:
+    """Every (virtual) rank's RNG state, in rank order: each process holds its ``train.grad_accum`` ranks'."""
+    mine = trainer.ranks.rng_states()
+    if not trainer.dist.enabled:
+        return mine
     import torch.distributed as dist
     out = [None] * trainer.dist.world_size
-    dist.all_gather_object(out, rng_state())
-    return out
+    dist.all_gather_object(out, mine)
+    return [state for process in out for state in process]
 
 
 def save(trainer) -> Path:
@@ -30,11 +34,13 @@ def save(trainer) -> Path:
                    "ema1": trainer.emas[0].state_dict(trainer.model), "ema2": trainer.emas[1].state_dict(trainer.model)}
         if len(trainer.aux):
             weights["aux"] = trainer.aux.state_dict()
+        per_rank = _gather_rng(trainer)
+        # world_size: the recipe's ranks (processes x train.grad_accum), whose data order and RNG a resume needs
         state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(), "elapsed": trainer.elapsed,
-                 "skipped": trainer.skipped, "rng": rng_state(), "config": trainer.config.to_json(),
-                 "world_size": trainer.dist.world_size}
-        if trainer.dist.enabled:  # every rank's RNG, so each rank resumes its own stream
-            state["rng_per_rank"] = _gather_rng(trainer)
+                 "skipped": trainer.skipped, "rng": per_rank[0], "config": trainer.config.to_json(),
+                 "world_size": trainer.ranks.world}
+        if trainer.ranks.world > 1:  # every rank's RNG, so each rank resumes its own stream
+            state["rng_per_rank"] = per_rank
         trainer.last_checkpoint = ckpt.save_checkpoint(trainer.run_dir, trainer.step, weights, state,
                                                        keep_every=trainer.config.train.keep_every)
     elif trainer.dist.enabled:
@@ -63,9 +69,10 @@ def resume(trainer) -> None:
             raise ckpt.CheckpointError(f"{path} has no {name}.safetensors, which a resume needs; resume from another "
                                        "checkpoint")
         check_compatible(weights[name], trainer.model, str(path / f"{name}.safetensors"))
-    if state.get("world_size", 1) != trainer.dist.world_size:
-        raise ConfigError(f"{path} was written by {state.get('world_size')} ranks, now {trainer.dist.world_size}: "
-                          "resume with the same number of processes (data order and RNG are per rank)")
+    if state.get("world_size", 1) != trainer.ranks.world:
+        raise ConfigError(f"{path} was written by {state.get('world_size')} ranks (processes x train.grad_accum), "
+                          f"now {trainer.dist.world_size} x {trainer.ranks.accum} = {trainer.ranks.world}: resume "
+                          f"with processes x train.grad_accum = {state.get('world_size')} (data order and RNG are per rank)")
     trainer.model.load_state_dict(weights["model"])
     for ema, key in zip(trainer.emas, ("ema1", "ema2")):
         ema.load(weights[key], trainer.model)
@@ -84,7 +91,10 @@ def resume(trainer) -> None:
     trainer.step, trainer.elapsed, trainer.skipped = state["step"], state.get("elapsed", 0.0), state.get("skipped", 0)
     if "rng" in state:
         try:
-            set_rng_state(state["rng_per_rank"][trainer.dist.rank] if "rng_per_rank" in state else state["rng"])
+            per_rank = state.get("rng_per_rank") or [state["rng"]]
+            for rank in trainer.ranks.ranks:   # validated here, applied below
+                set_rng_state(per_rank[rank])
+            trainer.ranks.set_rng_states([per_rank[rank] for rank in trainer.ranks.ranks])
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
             raise ckpt.CheckpointError(f"{path / 'trainer.pt'} holds a malformed RNG state ({e}); it was not "
                                        "written by jit-vco: resume from another checkpoint") from e

@@ -34,25 +34,28 @@ class MetricsLog:
     def __init__(self, path: Path, dist: DistInfo, sinks: LogSinks | None = None):
         self.path, self.dist, self.sinks = path, dist, sinks or LogSinks()
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}   # per key: some values (grad_norm under train.grad_norm=log) skip steps
         self.count = 0
         self.last_write = time.time()
 
     def add(self, out: dict) -> None:
         for k, v in out.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.count += 1
 
     def write(self, step: int, epoch: float, elapsed: float, global_batch: int) -> dict[str, float]:
         sums, count = self.sums, self.count
-        means = all_reduce_mean({k: v / count for k, v in sums.items() if k != "lr"}, self.dist)
-        means["lr"] = sums["lr"] / count
+        counts = self.counts
+        means = all_reduce_mean({k: v / counts[k] for k, v in sums.items() if k != "lr"}, self.dist)
+        means["lr"] = sums["lr"] / counts["lr"]
         now = time.time()
         means.update(step=step, epoch=epoch, time=elapsed,
                      img_per_s=count * global_batch / max(now - self.last_write, 1e-9))
         if self.dist.is_main:
             append_text(self.path, json.dumps(means) + "\n")   # never through a link planted in its place
             self.sinks.log_scalars(step, means)
-        self.sums, self.count, self.last_write = {}, 0, time.time()
+        self.sums, self.counts, self.count, self.last_write = {}, {}, 0, time.time()
         return means
 
 

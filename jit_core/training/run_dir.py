@@ -15,7 +15,9 @@ from jit_core.runs.lock import LOCK_NAME, RunLock, RunLockedError
 
 # config keys that may change when a run is resumed (length, logging, trackers, resources)
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.ckpt_every", "train.keep_every",
-                     "train.sample_every", "train.device", "train.compile", "data.num_workers", "data.pin_memory",
+                     "train.sample_every", "train.device", "train.compile", "train.grad_accum",
+                     "train.grad_checkpointing", "train.gpu_memory_gib", "train.cudnn_benchmark",
+                     "train.ddp_broadcast_buffers", "train.grad_norm", "data.num_workers", "data.pin_memory",
                      "data.path", "run_dir", "train.nan_policy", "train.max_skipped_steps", "sample.", "log")
 HISTORY = "history.jsonl"
 # what the trainer writes in its folder (files, then folders): a link in the place of any of them is refused at

@@ -6,8 +6,10 @@
 3. the run folder's name fits the file system;
 4. the dataset (name, path, images), the model config it implies (model name, image size);
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
-6. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only);
-7. the streams (``jit_streams``) and each plugin stream's target on two training images: what the first
+6. the device: no silent CPU fallback (:mod:`.devices`);
+7. the memory per GPU: the estimate fits the GPU (:mod:`.memory_plan`; the fix in one line if not);
+8. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only);
+9. the streams (``jit_streams``) and each plugin stream's target on two training images: what the first
    step would do, so a frozen encoder's weights (V-Co's DINOv2 offline) fail here, before a file is written.
 """
 from __future__ import annotations
@@ -22,10 +24,13 @@ from jit_core import trackers
 from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
+from jit_core.model import budget
 from jit_core.plugins import Plugins
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training.batches import ResumableBatches
 from jit_core.training.build import make_batches, resolve_model_config
+from jit_core.training.devices import check_device_choice
+from jit_core.training.memory_plan import MemoryPlan, check_memory
 from jit_core.training.run_dir import check_run_dir
 
 NAME_MAX = 255          # bytes per path component on ext4, xfs, btrfs, NFS
@@ -39,6 +44,7 @@ class Startup:
     dataset: Any
     model_config: Any
     batches: ResumableBatches
+    memory: Optional[MemoryPlan] = None     # None: a small CPU run (not planned)
     streams: list = field(default_factory=list)   # the model's streams, built (and probed) once
 
 
@@ -60,9 +66,11 @@ def load_plugins(config: Config, extra_plugins=()) -> Plugins:
 
 
 def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *, extra_plugins=(),
-                 plugins: Optional[Plugins] = None, allow_changes: Iterable[str] = ()) -> Startup:
-    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 6.
-    ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling)."""
+                 plugins: Optional[Plugins] = None, allow_changes: Iterable[str] = (),
+                 gpu_here: Optional[bool] = None) -> Startup:
+    """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 8.
+    ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling);
+    ``gpu_here``: whether a GPU is installed (None: probe the machine, :func:`.devices.gpu_present`)."""
     plugins = plugins or load_plugins(config, extra_plugins)
     if run_dir is not None:
         check_run_folder_name(run_dir)
@@ -72,6 +80,8 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
     if len(batches) == 0:
         raise ConfigError(f"the dataset ({len(dataset)} images) is smaller than one global batch "
                           f"({batches.batch_size * dist.world_size}): lower optim.batch_size")
+    check_device_choice(config.train.device, dist.device, budget.params(model_config).trainable, gpu_here)
+    memory = check_memory(config, model_config, plugins, dist.device)
     if run_dir is not None:
         check_run_dir(config, Path(run_dir), allow_changes)
         if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
@@ -79,11 +89,11 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
             ckpt.check_state_file(latest)
     streams = plugins.streams(config, model_config)
     probe_stream_targets(streams, dataset, dist.device)
-    return Startup(plugins, dataset, model_config, batches, streams)
+    return Startup(plugins, dataset, model_config, batches, memory, streams)
 
 
 def probe_stream_targets(streams, dataset, device) -> None:
-    """Step 7: every stream's ``target`` on the first two training images, as the first step computes it
+    """Step 9: every stream's ``target`` on the first two training images, as the first step computes it
     (frozen encoders are built, their weights read). The global RNG is left as it was: resumes stay exact."""
     import torch
 

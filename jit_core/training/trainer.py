@@ -6,7 +6,8 @@ restores model, EMAs, optimizer, step, RNG states and the data position, so that
 and resumed CPU run ends bit-identical to an uninterrupted one. Rank 0 sends the config, every log line
 and every sample grid to the log sinks of ``jit_log_sinks`` (TensorBoard, W&B, ...) while it trains.
 The pieces: :mod:`.build` (what is trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`,
-:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`.
+:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`,
+:mod:`.accumulate` (train.grad_accum), :mod:`.devices`, :mod:`.memory_plan`.
 """
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ from jit_core.model.compile import compile_model
 from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
+from jit_core.training.accumulate import VirtualRanks, accumulate_gradients
 from jit_core.training.build import build_for_config, make_objective, make_optimizer
+from jit_core.training.devices import cuda_switches, describe_device
 from jit_core.training.metrics_log import MetricsLog, last_step
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import discard_unused_run_dir, load_plugins, start_checks
-from jit_core.training.state import EMA, seed_everything
+from jit_core.training.state import EMA
 
 log = logging.getLogger("jit")
 
@@ -86,10 +89,16 @@ class Trainer:
         config = self.config
         self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
         self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
-        seed_everything(config.train.seed + self.dist.rank)
-        self.model = build_for_config(config, self.plugins, self.model_config, self.device, startup.streams or None)
+        self.streams = startup.streams or None   # built and probed by the start-up checks
+        log.info("rank %d trains on %s", self.dist.rank, describe_device(self.device))
+        if startup.memory and self.dist.is_main:
+            log.info("%s", startup.memory.describe(config))
+        cuda_switches(config.train, self.device)
+        # seeded as (virtual) rank, then built: what draws from the RNG before the first step (accumulate.py)
+        self.ranks = VirtualRanks(self.dist, config.train.grad_accum)
+        self.model, self.aux = self.ranks.start(config.train.seed, lambda: self._build_modules(self.device),
+                                                lambda: self._build_modules(torch.device("cpu")))
         self.model.grad_checkpointing = config.train.grad_checkpointing
-        self.aux = nn.ModuleDict(self.plugins.trainable_modules(config, self.model)).to(self.device)
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
         t = config.train
@@ -117,6 +126,10 @@ class Trainer:
                             row["old"], row["new"])
         barrier(self.dist)
 
+    def _build_modules(self, device: torch.device) -> tuple[nn.Module, nn.ModuleDict]:
+        model = build_for_config(self.config, self.plugins, self.model_config, device, self.streams)
+        return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(device)
+
     def close(self) -> None:
         """Let go of the run folder (:meth:`fit` does it when it returns)."""
         self.lock.release()
@@ -138,16 +151,14 @@ class Trainer:
             group["lr"] = lr
         images = to_model_range(images_u8.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
-        # with checkpointing, autocast's cast cache would keep bf16 copies of every block weight alive
-        # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
-                            cache_enabled=not self.model.grad_checkpointing):
-            total, losses = self.objective(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        total, losses = accumulate_gradients(self.objective, images, labels, self.ranks, self._forward)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        grad_norm = None
+        logged = (self.step + 1) % self.config.train.log_every == 0 or self.step + 1 == self.total_steps
+        if clip or self.config.train.grad_norm == "step" or logged:   # train.grad_norm=log: one pass less
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         problem = find_nonfinite(losses, total, grad_norm)
         if any_rank(problem is not None, self.dist):
             self._handle_nonfinite(problem or "another rank saw a non-finite value")
@@ -157,8 +168,17 @@ class Trainer:
             ema.update(self.model)
         self.step += 1
         out = {f"loss/{k}": v.detach() for k, v in losses.items()}
-        out.update(loss=total.detach(), lr=lr, grad_norm=grad_norm.detach())
+        out.update(loss=total.detach(), lr=lr)
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm.detach()
         return out
+
+    def _forward(self, objective, images, labels):
+        # with checkpointing, autocast's cast cache would keep bf16 copies of every block weight alive
+        # through the whole forward (2 B/parameter); each weight is cast once per forward anyway
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.model.grad_checkpointing):
+            return objective(images, labels)
 
     def _handle_nonfinite(self, problem: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
