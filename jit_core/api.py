@@ -1,4 +1,4 @@
-"""Python API for scripts and notebooks: build or load a model, predict x, sample images.
+"""Python API for scripts and notebooks: build or load a model, predict x, sample images, export, push.
 
 A notebook's whole workflow, each function calling what the matching ``jit`` command calls (docs/api.md,
 examples/notebook/quickstart.ipynb)::
@@ -15,10 +15,16 @@ Loading and sampling:
 
     from jit_core import api
     run = api.load_run("runs/tiny")                    # EMA1 weights, config, plugins
+    run = api.load_run("hf://OWNER/REPO")              # a run `jit push` uploaded (offline: from the cache)
     x_hat = run.model(z, t, y).pixel                   # x-prediction (JiTOutput: .x_hat per stream)
     images = api.generate(run, torch.arange(10), cfg=2.0, seed=0)   # uint8 (N, C, H, W)
 
-A facade: loading lives in :mod:`jit_core.runs.loading`, generation in :mod:`jit_core.diffusion.generate`.
+Interop: ``api.export_run(run, "checkpoint-last.pth")`` (the official layout, ``jit export``) and
+``api.push(run, "hf://OWNER/REPO")`` (``jit push``: weights, config and a model card on the Hub).
+
+A facade: loading lives in :mod:`jit_core.runs.loading` (and :mod:`jit_core.runs.hubrun` for ``hf://``),
+generation in :mod:`jit_core.diffusion.generate`, export and push in :mod:`jit_core.runs.export` and
+:mod:`jit_core.runs.push`.
 """
 from __future__ import annotations
 
@@ -33,7 +39,12 @@ from typing import TYPE_CHECKING, Any, Union
 from jit_core.config import Config, check_device, flat_config
 from jit_core.diffusion.generate import autocast_for, generate_images, initial_noise, sample_with_weights
 from jit_core.model import PIXEL
-from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_config, load_run
+from jit_core.runs import hub
+from jit_core.runs.export import export_run
+from jit_core.runs.hubrun import load_hub_run
+from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_config
+from jit_core.runs.loading import load_run as _load_run_folder
+from jit_core.runs.push import push
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -41,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["LoadedRun", "load_run", "load_config", "build_model_for", "generate", "generate_images",
            "sample_with_weights", "initial_noise", "autocast_for", "PIXEL",
            "train", "evaluate", "compare", "read_metrics", "plot_losses", "sample_grid", "resolve_config",
-           "override_texts", "run_folder", "RunRef", "Overrides"]
+           "override_texts", "run_folder", "RunRef", "Overrides", "export_run", "push"]
 
 log = logging.getLogger("jit")
 
@@ -50,6 +61,20 @@ Overrides = Union[Mapping[str, Any], Iterable[str], str, None]   # {"train.max_s
 
 
 # ----------------------------------------------------------------------------------- runs and overrides
+def load_run(run: str | os.PathLike, ema: str = "ema1", device="cpu", checkpoint: str | os.PathLike | None = None,
+             trust_plugins=()) -> LoadedRun:
+    """A run folder (its newest verified checkpoint, or ``checkpoint``) or a pushed run ``hf://OWNER/REPO``,
+    with the chosen weights (``model``, ``ema1``, ``ema2``), in eval mode.
+
+    ``run = api.load_run("hf://OWNER/REPO")``
+    """
+    if hub.is_hub_name(run):
+        if checkpoint is not None:
+            raise ValueError(f"checkpoint= does not apply to {run}: a pushed run holds one checkpoint")
+        return load_hub_run(str(run), ema=ema, device=device, trust_plugins=trust_plugins)
+    return _load_run_folder(run, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+
+
 def run_folder(run: RunRef) -> Path:
     """The folder of a run given as a path or as a loaded run.
 

@@ -1,7 +1,16 @@
-"""The ``jit`` command line (click). Plugins add their own commands through ``jit_add_commands``."""
+"""The ``jit`` command line (click), lazy: ``jit --help`` imports neither torch nor any command's module.
+
+The core's own small commands live here; the others are listed in :data:`LAZY_COMMANDS` (module, factory,
+one-line help) and imported only when run. Other packages add commands through ``jit_core.commands``
+entry points (listed by name and docstring, read without importing), plugins through ``jit_add_commands``
+(their modules are imported only when a name is not found otherwise, or by :func:`add_all_commands`).
+"""
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import logging
 import signal
@@ -10,15 +19,109 @@ from pathlib import Path
 
 import click
 
+from jit_core import __version__
+from jit_core.clioptions import trust_options
 from jit_core.config import ConfigError
 from jit_core.plugins.presets import build_config
-from jit_core.runs.loading import trust_options
 
 COMMANDS_GROUP = "jit_core.commands"   # entry points: name -> a click command or group added to `jit`
 
+# name -> (module, factory returning the click command, the one-line help `jit --help` shows).
+# tests/test_cli_lazy.py checks each help line against the command's own docstring.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "convert": ("jit_core.runs.convert", "convert_command",
+                "Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000."),
+    "evaluate": ("jit_core.eval.evaluate", "evaluate_command",
+                 "Generate samples from RUN_DIR per the evaluation protocol and compute metrics with provenance."),
+    "ref-stats": ("jit_core.eval.fid", "ref_stats_command",
+                  "Reference Inception statistics (mu, sigma) of IMAGE_FOLDER for FID."),
+    "compare": ("jit_core.eval.report", "compare_command",
+                "Compare runs or arms: metrics with 95 % intervals and a verdict, loss curves, samples, config diff."),
+    "study": ("jit_core.study.command", "study_command",
+              "Train and evaluate a named study's arms x seeds, then report them with intervals."),
+    "export": ("jit_core.runs.export", "export_command",
+               "Write a run's checkpoint as an official JiT / V-Co checkpoint-last.pth (model, EMA1, EMA2)."),
+    "push": ("jit_core.runs.push", "push_command",
+             "Upload a run's newest checkpoint to the Hugging Face Hub with a generated model card."),
+}
+
+
+def _entry_point_commands() -> dict[str, md.EntryPoint]:
+    return {ep.name: ep for ep in md.entry_points(group=COMMANDS_GROUP)}
+
+
+def _docstring_line(module: str, attr: str | None) -> str:
+    """The first docstring line of ``attr`` in ``module`` (the module's own without ``attr``), read from the
+    source without importing the module (its parent packages are imported to find it); '' if not found."""
+    try:
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).read_text()
+        tree = ast.parse(source)
+    except Exception:  # noqa: BLE001 -- only a help line is at stake
+        return ""
+    node = tree if attr is None else next(
+        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == attr), None)
+    doc = ast.get_docstring(node) if node is not None else None
+    return (doc or "").strip().split("\n")[0]
+
+
+def _plugins_with_commands() -> dict[str, str]:
+    """Installed plugins whose module defines ``jit_add_commands`` -> that hook's docstring line (not imported)."""
+    from jit_core.plugins import installed_plugins
+    found = {}
+    for name, ep in installed_plugins().items():
+        module = ep.value.split(":")[0]
+        try:
+            tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        except Exception:  # noqa: BLE001 -- a broken plugin is reported when its commands are loaded
+            found[name] = ""
+            continue
+        hook = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "jit_add_commands"), None)
+        if hook is not None:
+            found[name] = (ast.get_docstring(hook) or "").strip().split("\n")[0]
+    return found
+
+
+def _load_plugin_commands(group: click.Group) -> None:
+    """Every installed plugin's ``jit_add_commands`` (through the one dispatch path; a broken plugin warns)."""
+    from jit_core.plugins.presets import from_installed
+    from_installed("jit_add_commands", cli=group)
+
 
 class JitGroup(click.Group):
-    """Turns our expected errors into one clear line instead of a traceback."""
+    """The ``jit`` group: lazy commands, and our expected errors as one clear line instead of a traceback."""
+
+    def list_commands(self, ctx):
+        return sorted(set(self.commands) | set(LAZY_COMMANDS) | set(_entry_point_commands()))
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name in LAZY_COMMANDS:
+            module, factory, _ = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), factory)(), name)
+        elif name in (eps := _entry_point_commands()):
+            self.add_command(eps[name].load(), name)
+        else:   # a plugin's command (or a typo): import the plugins, which add theirs
+            _load_plugin_commands(self)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        """Like click's, but from the stored help lines: listing a command does not import it."""
+        rows = {name: cmd.help or cmd.short_help or "" for name, cmd in self.commands.items() if not cmd.hidden}
+        for name, (_, _, text) in LAZY_COMMANDS.items():
+            rows.setdefault(name, text)
+        for name, ep in _entry_point_commands().items():
+            module, _, attr = ep.value.partition(":")
+            rows.setdefault(name, _docstring_line(module.strip(), attr.strip() or None))
+        plugins = {name: text or f"the commands of plugin {name}"
+                   for name, text in _plugins_with_commands().items() if name not in rows}
+        limit = formatter.width - 6 - max(map(len, [*rows, *plugins]), default=0)
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, _short(t, limit)) for n, t in sorted(rows.items())])
+        if plugins:
+            with formatter.section("Plugin commands (imported when used)"):
+                formatter.write_dl([(n, _short(t, limit)) for n, t in sorted(plugins.items())])
 
     def invoke(self, ctx):
         from jit_core.plugins import PluginError
@@ -32,12 +135,28 @@ class JitGroup(click.Group):
             raise click.ClickException(str(exc).strip("'\"")) from exc
         except Exception as exc:  # known error types of the other modules, by name to keep imports lazy
             if type(exc).__name__ in ("DataError", "CheckpointError", "CorruptCheckpointError", "NonFiniteLossError",
-                                      "EncoderWeightsError", "ForeignCheckpointError", "WriteError"):
+                                      "EncoderWeightsError", "ForeignCheckpointError", "WriteError", "HubError"):
                 raise click.ClickException(str(exc)) from exc
             raise
 
 
+def _short(text: str, limit: int) -> str:
+    """A command's help as `jit --help` lists it: its first sentence, cut at a word to fit ``limit``."""
+    words = text.replace("``", "`").split("\n\n")[0].split()
+    sentence = []
+    for word in words:
+        sentence.append(word)
+        if word.endswith("."):
+            break
+    line, limit = " ".join(sentence), max(limit, 30)
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 3].rsplit(" ", 1)[0]
+    return cut + "..."
+
+
 @click.group(cls=JitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="jit (jit-vco)", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """JiT pixel-space diffusion with pluggable co-denoising (V-Co: `--plugin vco`).
@@ -239,29 +358,30 @@ def plugins_cmd(as_json, enabled):
             click.echo("  options: " + ", ".join(f"{i.name}.{k}={v!r}" for k, v in i.options.items()))
 
 
-def _add_optional_commands() -> None:
-    """Commands that live in their own modules, and the plugins' commands."""
-    import importlib
-    for module, factory, name in (("jit_core.runs.convert", "convert_command", "convert"),
-                                  ("jit_core.eval.evaluate", "evaluate_command", "evaluate"),
-                                  ("jit_core.eval.fid", "ref_stats_command", "ref-stats"),
-                                  ("jit_core.eval.report", "compare_command", "compare"),
-                                  ("jit_core.study.command", "study_command", "study")):
+def add_all_commands() -> None:
+    """Import every command now (the lazy ones, other packages', the plugins'), as tests and tools that walk
+    ``cli.commands`` need; ``jit`` itself imports a command only when it runs."""
+    for name, (module, factory, _) in LAZY_COMMANDS.items():
+        if name in cli.commands:
+            continue
         try:
             cli.add_command(getattr(importlib.import_module(module), factory)(), name)
         except (ImportError, AttributeError) as exc:
             logging.getLogger("jit").debug("command %s unavailable: %s", name, exc)
-    for ep in md.entry_points(group=COMMANDS_GROUP):   # `jit slurm` (slurm/) and other packages' command groups
+    for name, ep in _entry_point_commands().items():   # `jit slurm` (slurm/) and other packages' command groups
+        if name in cli.commands:
+            continue
         try:
-            cli.add_command(ep.load(), ep.name)
+            cli.add_command(ep.load(), name)
         except Exception as exc:  # noqa: BLE001 -- a broken package must not break the CLI
-            click.echo(f"warning: command {ep.name!r} ({ep.value}) failed to import: {exc}", err=True)
-    from jit_core.plugins.presets import from_installed
-    from_installed("jit_add_commands", cli=cli)       # a broken plugin warns and is skipped
+            click.echo(f"warning: command {name!r} ({ep.value}) failed to import: {exc}", err=True)
+    _load_plugin_commands(cli)     # every call: a plugin installed since the last one adds its commands too
+
+
+_add_optional_commands = add_all_commands   # the name tests and jit_core.testing used before the CLI was lazy
 
 
 def main() -> None:
-    _add_optional_commands()
     cli(prog_name="jit")
 
 

@@ -18,19 +18,18 @@ def to_pil(img_u8: torch.Tensor) -> Image.Image:
 
 
 def make_grid(images_u8: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
-    """Tile (N, C, H, W) uint8 images into one RGB picture, ``nrow`` images per row."""
-    n, c, h, w = images_u8.shape
+    """Tile (N, C, H, W) uint8 images into one RGB picture, ``nrow`` images per row (default: a square),
+    on white with ``pad`` pixels between them (torchvision's ``make_grid``), enlarged ``scale`` times."""
+    from torchvision.utils import make_grid as tile
+    n = images_u8.shape[0]
     nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    imgs = images_u8.detach().cpu().permute(0, 2, 3, 1).numpy()
-    if c == 1:
-        imgs = np.repeat(imgs, 3, axis=-1)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[y:y + h, x:x + w] = imgs[i]
-    img = Image.fromarray(canvas)
+    images = images_u8.detach().cpu()
+    if n == 1:   # torchvision returns a lone image as it is: give it the border every grid has
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        grid = torch.nn.functional.pad(images[0], (pad, pad, pad, pad), value=255)
+    else:
+        grid = tile(images, nrow=nrow, padding=pad, pad_value=255)   # 1 channel -> 3 (RGB)
+    img = Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy()))
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 

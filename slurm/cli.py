@@ -25,7 +25,7 @@ from .options import (
     resolve_options,
 )
 from .outcome import debug_result, wait_for_end
-from .profiles import ProfileError, available_profiles, load_profile
+from .profiles import REPO_PROFILES, ProfileError, available_profiles, load_profile
 from .records import log_folder
 from .run_checks import run_warnings
 from .runs import differing_keys, flat_config, plan_runs
@@ -350,7 +350,7 @@ def profiles_cmd():
     """List the cluster profiles `--profile NAME` can use."""
     found = available_profiles()
     if not found:
-        click.echo("no cluster profiles; see slurm/profiles/example.toml")
+        click.echo(f"no cluster profiles; see the example {REPO_PROFILES / 'example.toml'}")
     for name, path in sorted(found.items()):
         try:
             desc = load_profile(str(path)).get("description", "")

@@ -7,12 +7,16 @@ the exception that proves it: its result never touches a file.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+
+from jit_core.progress import format_duration, heartbeat, last_logged_step
 
 from .options import LaunchError
 from .watch import end_event, is_terminal, job_state
 
+HEARTBEAT_S = float(os.environ.get("JIT_HEARTBEAT_S", 30))   # a line this often while --wait waits
 UNKNOWN_GRACE_S = 300   # sacct knows a job within seconds of sbatch; this long without it: no accounting
 
 
@@ -20,14 +24,22 @@ def wait_for_end(job_id: str, executor: str, run_dir: Path, poll_s: float = 2.0)
     """Block until the job ends; its ``end`` event (status ``finished`` or ``interrupted``), or a LaunchError
     saying why it has none (failed: with the job's error; killed; cancelled)."""
     start, state = time.monotonic(), "UNKNOWN"
-    while True:
-        state = job_state(job_id, executor, run_dir)
-        if is_terminal(state):
-            break
-        if state == "UNKNOWN" and time.monotonic() - start > UNKNOWN_GRACE_S:
-            raise LaunchError(f"sacct does not know job {job_id} after {UNKNOWN_GRACE_S} s: is SLURM accounting "
-                              f"(slurmdbd) on? Watch it with `squeue -j {job_id}`")
-        time.sleep(poll_s)
+    seen = {"state": state}
+
+    def beat() -> str:     # the --wait heartbeat: the job's state and the run's last logged step
+        step = last_logged_step(Path(run_dir) / "metrics.jsonl")
+        return (f"job {job_id}: {seen['state']}, {format_duration(time.monotonic() - start)} waited"
+                + (f", run at step {step}" if step is not None else ""))
+
+    with heartbeat(beat, every_s=HEARTBEAT_S):
+        while True:
+            state = seen["state"] = job_state(job_id, executor, run_dir)
+            if is_terminal(state):
+                break
+            if state == "UNKNOWN" and time.monotonic() - start > UNKNOWN_GRACE_S:
+                raise LaunchError(f"sacct does not know job {job_id} after {UNKNOWN_GRACE_S} s: is SLURM accounting "
+                                  f"(slurmdbd) on? Watch it with `squeue -j {job_id}`")
+            time.sleep(poll_s)
     end = end_event(run_dir, job_id)
     if end is None and state.startswith("COMPLETED"):   # the event is written before the job exits; a slow
         time.sleep(2 * poll_s)                            # shared file system may show it a moment later

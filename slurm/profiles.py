@@ -15,7 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:                 # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 REPO_PROFILES = Path(__file__).resolve().parent / "profiles"
 

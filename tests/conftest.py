@@ -18,6 +18,10 @@ import pytest
 # Never reach the Hugging Face Hub from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The plugin authors' fixtures (jit_train, jit_one_step, jit_recorder, ...): loaded where asked, not by an
+# entry point, so pytest runs elsewhere in the environment do not import torch.
+pytest_plugins = ["jit_core.testing"]
+
 # the full fixtures, when a checkout has them: "shared/fixtures" in the folder that holds the repository
 FULL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 

@@ -44,8 +44,8 @@ def generate_images(model: JiT, labels: torch.Tensor, config: Config, plugins, *
     batch_size = batch_size or s.batch_size
     chunks = range(0, len(labels), batch_size)
     if progress:
-        from tqdm import tqdm
-        chunks = tqdm(chunks, desc="sampling", unit="batch")
+        from jit_core.progress import track
+        chunks = track(chunks, desc="sampling", unit="batch")
     out, streams = [], {}
     for lo in chunks:
         lab = labels[lo:lo + batch_size].to(device)

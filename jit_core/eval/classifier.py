@@ -133,7 +133,9 @@ def train_classifier(dataset_name: str, image_size: int, epochs: int | None = No
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         per_epoch = len(x) // batch_size
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            log.info("classifier for the %s metric: epoch %d/%d (%.0f s)", dataset_name, epoch + 1, epochs,
+                     time.time() - t0)
             model.train()
             perm = torch.randperm(len(x))
             for b in range(per_epoch):

@@ -103,13 +103,12 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
 def _generate(run, labels: torch.Tensor, blocks, *, cfg, steps, method, interval, seed, batch_size,
               folder: Path | None, keep: bool, progress: bool) -> dict[int, torch.Tensor]:
     """Generate this rank's blocks; write PNGs as they come; keep ``{start: uint8 block}`` if asked."""
-    from tqdm import tqdm
-
     from jit_core.images import save_pngs
+    from jit_core.progress import Progress
     from jit_core.runs import loading
     kept = {}
-    bar = tqdm(total=sum(b - a for a, b in blocks), desc=f"sampling {run.ema} cfg={cfg:g}", unit="img",
-               disable=not progress)
+    # a bar on a terminal; in a log, a line per block and at least every 30 s
+    bar = Progress(sum(b - a for a, b in blocks), f"generating ({run.ema}, cfg {cfg:g})", "img", enabled=progress)
     for lo, hi in blocks:
         imgs = loading.generate(run, labels[lo:hi], cfg=cfg, steps=steps, method=method, interval=interval, seed=seed,
                             batch_size=batch_size, start_index=lo)
@@ -118,7 +117,7 @@ def _generate(run, labels: torch.Tensor, blocks, *, cfg, steps, method, interval
         if keep:
             kept[lo] = imgs
         bar.update(hi - lo)
-    bar.close()
+    bar.close(final_line=True)
     return kept
 
 
@@ -231,6 +230,8 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
             t_gen = time.perf_counter() - t0
             record, error = None, None
             if rank == 0:
+                if progress and kind != "none":    # the metric phase, so a log shows what the wait is for
+                    log.info("%s: %d images generated in %.0f s; computing the %s metrics", name, n, t_gen, kind)
                 try:
                     record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
                                                run_dir=run_dir,
@@ -325,7 +326,7 @@ def evaluate_command():
     """The ``jit evaluate`` click command."""
     import click
 
-    from jit_core.runs.loading import trust_options
+    from jit_core.clioptions import trust_options
 
     @click.command("evaluate")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))

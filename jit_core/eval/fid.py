@@ -274,12 +274,12 @@ def inception_features(images: Images, extractor, batch_size: int = 64, progress
 
     ``transform`` (PIL -> PIL) applies to image files only; grayscale tensors are repeated to RGB.
     """
-    from tqdm import tqdm
+    from jit_core.progress import track
     data = _ImageSet(images, transform, max_images, recursive)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
     device = next(extractor.parameters()).device
     out: dict[str, list] = {name: [] for name in extractor.features_list}
-    for batch in tqdm(loader, desc="inception features", unit="batch", disable=not progress, leave=False):
+    for batch in track(loader, desc="inception features", unit="batch", enabled=progress, leave=False):
         for name, f in zip(extractor.features_list, extractor(batch.to(device))):
             out[name].append(f.cpu())
     return {k: torch.cat(v) for k, v in out.items()}

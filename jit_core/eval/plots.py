@@ -197,8 +197,9 @@ def plot_metric_vs_cfg(summary: dict, stem: Path) -> list[Path]:
         xs, ys = [p["cfg"] for p in pts], [p["value"] for p in pts]
         ivs = [p.get("interval") for p in pts]
         has = [iv is not None and len(iv) == 2 and _finite(iv[0]) and _finite(iv[1]) for iv in ivs]
-        err = [[y - iv[0] if h else 0.0 for y, iv, h in zip(ys, ivs, has)],
-               [iv[1] - y if h else 0.0 for y, iv, h in zip(ys, ivs, has)]]
+        # a bootstrap interval of few samples need not contain the point estimate: no bar below 0
+        err = [[max(0.0, y - iv[0]) if h else 0.0 for y, iv, h in zip(ys, ivs, has)],
+               [max(0.0, iv[1] - y) if h else 0.0 for y, iv, h in zip(ys, ivs, has)]]
         ax.errorbar(xs, ys, yerr=err if any(has) else None, fmt="-o", color=f"C{i}", capsize=3, label=ema)
         for p in pts:
             if p.get("best"):

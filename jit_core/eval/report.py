@@ -234,15 +234,17 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
             raise ValueError(f"{d} is not a run folder (no config.json)")
     if kw.get("evaluate"):
         from jit_core.eval.evaluate import evaluate_run
-        for label, d in runs.items():
-            if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]:
-                evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
-                             method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
-                             seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
-                             ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
-                             inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
-                             metrics=kw.get("metrics") or "auto", device=device, progress=False,
-                             trust_plugins=trust, bootstrap=kw.get("bootstrap"))
+        todo = [(label, d) for label, d in runs.items()
+                if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]]
+        for i, (label, d) in enumerate(todo, 1):
+            log.info("evaluating %s (%d of %d runs without a matching evaluation): %s", label, i, len(todo), d)
+            evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
+                         method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
+                         seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
+                         ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
+                         inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
+                         metrics=kw.get("metrics") or "auto", device=device, progress=True,
+                         trust_plugins=trust, bootstrap=kw.get("bootstrap"))
     records, settings = A.select_evaluations(runs, want)
     table = A.arm_table(labels, records, baseline, paper)
     sentence = A.top_sentence(table)
@@ -414,7 +416,7 @@ def compare_command():
     """The ``jit compare`` click command."""
     import click
 
-    from jit_core.runs.loading import trust_options
+    from jit_core.clioptions import deprecated_alias, trust_options
 
     @click.command("compare")
     @click.argument("run_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False))
@@ -432,13 +434,16 @@ def compare_command():
     @click.option("--eval-ema", type=click.Choice(["ema1", "ema2", "model"]),
                   help="Weights of the evaluation compared (selects / evaluates).")
     @click.option("--eval-seed", type=int, help="Sampling seed of the evaluation compared (selects / evaluates).")
-    @click.option("--num-samples", default=20, show_default=True, help="Samples per arm in samples.png.")
+    @click.option("--sheet-images", "num_samples", default=20, show_default=True,
+                  help="Images per arm in samples.png (--num-images is the evaluations' count).")
+    @deprecated_alias("--num-samples", "--sheet-images", "old_num_samples", type=int)
     @click.option("--seed", default=0, show_default=True, help="Seed of samples.png.")
     @click.option("--cfg", type=float, help="CFG scale for samples.png (default: each run's own).")
     @trust_options
     def cmd(run_dirs, arm_specs, baseline, title, out, evaluate, num_images, eval_cfg, eval_ema, eval_seed,
-            num_samples, seed, cfg, trust_plugins):
+            num_samples, old_num_samples, seed, cfg, trust_plugins):
         """Compare runs or arms: metrics with 95 % intervals and a verdict, loss curves, samples, config diff."""
+        num_samples = num_samples if old_num_samples is None else old_num_samples
         arms: dict[str, list[str]] = {}
         try:
             for spec in arm_specs:

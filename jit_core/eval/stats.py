@@ -12,7 +12,9 @@ Pure numpy/scipy (no torch). Three levels:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -143,15 +145,27 @@ class ArmSummary:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def _near_identical_ok():
+    """scipy warns of "precision loss" when seeds give nearly identical values; the interval it returns is
+    then as narrow as the spread, which is the answer (tests/test_stats.py checks these numbers)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        yield
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """``(mean, lo, hi)``: Student-t interval of the mean of >= 2 values."""
+    """``(mean, lo, hi)``: Student-t interval of the mean of >= 2 values (``scipy.stats.ttest_1samp``)."""
     from scipy import stats as st
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         raise ValueError("a t-interval needs at least 2 values")
-    m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-    h = float(st.t.ppf((1 + level) / 2, len(v) - 1)) * se
-    return m, m - h, m + h
+    m = float(v.mean())
+    if np.all(v == v[0]):   # no spread: scipy's interval would be nan
+        return m, m, m
+    with _near_identical_ok():
+        ci = st.ttest_1samp(v, 0.0).confidence_interval(confidence_level=level)
+    return m, float(ci.low), float(ci.high)
 
 
 def summarize_arm(name: str, per_seed_values: Sequence[float], per_seed_intervals: Sequence | None = None,
@@ -197,19 +211,19 @@ class Verdict:
 
 
 def welch_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> tuple[float, float, float, float]:
-    """``(mean(x) - mean(y), lo, hi, df)``: Welch's t-interval (Welch-Satterthwaite degrees of freedom)."""
+    """``(mean(x) - mean(y), lo, hi, df)``: Welch's t-interval (Welch-Satterthwaite degrees of freedom), from
+    ``scipy.stats.ttest_ind(equal_var=False)``."""
     from scipy import stats as st
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or len(y) < 2:
         raise ValueError("Welch's interval needs at least 2 values per arm")
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     d = float(x.mean() - y.mean())
-    se2 = vx + vy
-    if se2 == 0:
+    if x.var(ddof=1) + y.var(ddof=1) == 0:   # no spread in either arm: scipy's interval would be nan
         return d, d, d, float("inf")
-    df = se2 ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-    h = float(st.t.ppf((1 + level) / 2, df)) * math.sqrt(se2)
-    return d, d - h, d + h, float(df)
+    with _near_identical_ok():
+        result = st.ttest_ind(x, y, equal_var=False)
+        ci = result.confidence_interval(confidence_level=level)
+    return d, float(ci.low), float(ci.high), float(result.df)
 
 
 def _g(x: float | None) -> str:

@@ -71,7 +71,7 @@ def check_run_plugins(names: Iterable[str], trusted, source) -> None:
 
     Installed entry-point plugins are the user's own and always load. A module path or ``.py`` file
     named by ``source`` (a run folder) is imported only if ``trusted`` is True or names it (the user
-    passed ``--plugin NAME`` or ``--trust-plugins``); otherwise this raises PluginError, before any import.
+    passed ``--trust-plugin NAME`` or ``--trust-plugins``); otherwise this raises PluginError, before any import.
     """
     if trusted is True:
         return
@@ -80,8 +80,8 @@ def check_run_plugins(names: Iterable[str], trusted, source) -> None:
     for name in names:
         if name not in installed and name not in trusted:
             raise PluginError(f"{source} names the plugin {name!r}, which is not an installed plugin: jit does not "
-                              f"import code named only by a run folder; if you trust it, pass --plugin {name} "
-                              "(or --trust-plugins)")
+                              f"import code named only by a run folder; if you trust it, pass --trust-plugin {name} "
+                              f"(jit train --resume: --plugin {name}) or --trust-plugins")
 
 
 def _import_plugin_module(name: str) -> ModuleType:

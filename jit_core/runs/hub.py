@@ -5,6 +5,9 @@ layout ``models--OWNER--REPO/snapshots/<commit>/PATH`` with ``refs/<revision>``)
 ``huggingface_hub.hf_hub_download`` (cached, resumable). Offline (``HF_HUB_OFFLINE=1`` or the Hub
 unreachable) a file that is not cached is a :class:`HubError` in one line naming the local-file form.
 The file is then read like any local checkpoint (``weights_only=True``): the Hub is only a source of bytes.
+
+A whole repository is named ``hf://OWNER/REPO[@REVISION]`` (:func:`parse_repo`): ``jit push`` uploads a
+folder there (:func:`upload`), ``api.load_run`` reads one back (:mod:`jit_core.runs.hubrun`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from jit_core.runs.checkpoint import CheckpointError
 
 SCHEME = "hf://"
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_REPO_SPEC = re.compile(rf"hf://(?P<owner>{_PART})/(?P<repo>{_PART})(?:@(?P<revision>[^/]+))?/?")
 _SPEC = re.compile(rf"hf://(?P<owner>{_PART})/(?P<repo>{_PART})(?:@(?P<revision>[^/]+))?/(?P<path>[^\s]+)")
 
 
@@ -50,6 +54,50 @@ def parse(text: str) -> HubFile:
         raise HubError(f"{text} is not a Hub checkpoint name: use hf://OWNER/REPO/PATH (e.g. "
                        "hf://OWNER/REPO/checkpoint-last.pth, or hf://OWNER/REPO@REVISION/PATH)")
     return HubFile(f"{m['owner']}/{m['repo']}", m["path"], m["revision"])
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A parsed ``hf://OWNER/REPO[@REVISION]``."""
+
+    repo_id: str
+    revision: str | None = None
+
+    def file(self, path: str) -> HubFile:
+        return HubFile(self.repo_id, path, self.revision)
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.repo_id}{f'@{self.revision}' if self.revision else ''}"
+
+
+def parse_repo(text: str) -> HubRepo:
+    """``hf://OWNER/REPO[@REVISION]`` (a repository, no file path); anything else is a :class:`HubError`."""
+    m = _REPO_SPEC.fullmatch(str(text))
+    if not m:
+        raise HubError(f"{text} is not a Hub repository name: use hf://OWNER/REPO (or hf://OWNER/REPO@REVISION)")
+    return HubRepo(f"{m['owner']}/{m['repo']}", m["revision"])
+
+
+def upload(folder: Path, repo: HubRepo, message: str, private: bool = False) -> str:
+    """Upload every file of ``folder`` to ``repo`` (created if missing); the commit's URL. Offline, or on any
+    Hub failure, a :class:`HubError` in one line."""
+    reason = _offline_reason()
+    if reason:
+        raise HubError(f"cannot push to {repo}: the Hub cannot be reached ({reason}); write the files with "
+                       f"--stage DIR and upload DIR later (hf upload {repo.repo_id} DIR)")
+    try:
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo(repo.repo_id, exist_ok=True, private=private)
+        if repo.revision:
+            api.create_branch(repo.repo_id, branch=repo.revision, exist_ok=True)
+        info = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), revision=repo.revision,
+                                 commit_message=message)
+    except Exception as e:  # noqa: BLE001 -- authentication, network and Hub failures: one line each
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise HubError(f"cannot push to {repo} ({type(e).__name__}: {first}); log in with `hf auth login` "
+                       "or write the files with --stage DIR and upload them later") from e
+    return str(getattr(info, "commit_url", info))
 
 
 def _local_form(name: HubFile) -> str:

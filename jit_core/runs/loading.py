@@ -5,14 +5,13 @@
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import click
 import torch
 
+from jit_core.clioptions import trust_options  # noqa: F401 -- re-exported: the commands' --trust-plugin
 from jit_core.config import Config, ConfigError, check_values, read_config_file, validate_plugin_options
 from jit_core.diffusion.generate import generate_images
 from jit_core.hookspecs import RunContext
@@ -114,18 +113,3 @@ def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:
     if which not in ckpt.WEIGHT_NAMES:
         raise ckpt.CheckpointError(f"official checkpoint {path} has no {which!r} weights (choose from {ckpt.WEIGHT_NAMES})")
     return imported[which]
-
-
-def trust_options(fn):
-    """``--plugin NAME`` / ``--trust-plugins`` for commands that load a run folder; passes ``trust_plugins``.
-
-    A run folder's config.json may name plugin modules or .py files; they are imported only when the user
-    names them here (installed entry-point plugins always load)."""
-    def wrapper(*args, trusted_plugin_names=(), trust_all_plugins=False, **kwargs):
-        return fn(*args, trust_plugins=True if trust_all_plugins else tuple(trusted_plugin_names), **kwargs)
-    wrapper = functools.update_wrapper(wrapper, fn)
-    wrapper = click.option("--trust-plugins", "trust_all_plugins", is_flag=True,
-                           help="Import every plugin module the run's config.json names (only for runs you trust).")(wrapper)
-    wrapper = click.option("--plugin", "trusted_plugin_names", multiple=True, metavar="NAME",
-                           help="A plugin module or .py file the run's config names that may be imported.")(wrapper)
-    return wrapper

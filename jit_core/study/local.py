@@ -26,11 +26,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from jit_core.durable import ensure_dir, open_append, replace_durably, stored_path
+from jit_core.progress import heartbeat
 
+from .lanes import LaneStatus
 from .spec import Element, Study, StudyError
 
 DONE = "study-element.json"
 PARENT_ENV = "JIT_STUDY_PARENT_PID"   # tells a child whose death to watch for (jit_core.training.signals)
+HEARTBEAT_S = float(os.environ.get("JIT_HEARTBEAT_S", 30))
 
 
 class StudyJobError(StudyError):
@@ -162,14 +165,19 @@ def _run(cmd: list[str], log: Path, env: dict, what: str, element: Element, chil
 
 
 def run_element(element: Element, study: Study, num_images: int, threads: int,
-                children: Children | None = None) -> dict:
-    """Train (or resume) and evaluate one element; record and return its timings and result file."""
+                children: Children | None = None, status: LaneStatus | None = None) -> dict:
+    """Train (or resume) and evaluate one element; record and return its timings and result file.
+    ``status``: told each phase, for the study's heartbeat."""
     children = children or Children()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
+    if status:
+        status.phase(element, "training")
     _run(train_command(element), log_path(element, "train"), env, "training", element, children)
     t1 = time.perf_counter()
+    if status:
+        status.phase(element, "evaluating")
     out = _run(evaluate_command(element, study, num_images), log_path(element, "eval"), env,
                "evaluation", element, children)
     t2 = time.perf_counter()
@@ -216,19 +224,27 @@ def run_local(elements: Sequence[Element], study: Study, *, num_images: int, lan
     counter = {"n": skipped}
     children = Children()
     t0 = time.perf_counter()
+    status = LaneStatus(study.name, len(elements), skipped)
 
     def job(e: Element):
         if failed or children.stopping is not None:
             return None
-        record = run_element(e, study, num_images, threads, children)
+        echo(f"started {e.label} (log {log_path(e, 'train')})")
+        try:
+            record = run_element(e, study, num_images, threads, children, status)
+        finally:
+            status.dropped(e)
         with lock:
+            status.finished(e)
             counter["n"] += 1
             echo(f"[{counter['n']}/{len(elements)}] {e.label}: trained {record['train_s']:.0f} s, evaluated "
                  f"{record['eval_s']:.0f} s ({time.perf_counter() - t0:.0f} s elapsed)")
         return record
 
     records = []
-    with ForwardStopSignals(children, echo), ThreadPoolExecutor(lanes) as pool:
+    # every HEARTBEAT_S a line with each running run's step and ETA: a study is never silent for long
+    with ForwardStopSignals(children, echo), heartbeat(status.line, every_s=HEARTBEAT_S, emit=echo), \
+            ThreadPoolExecutor(lanes) as pool:
         for fut in as_completed([pool.submit(job, e) for e in todo]):
             try:
                 rec = fut.result()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jit_core.durable import ensure_dir
 from jit_core.hookspecs import hookimpl
 from jit_core.logsinks import LogSink, result_scalars
 
@@ -29,6 +28,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class TensorBoardSink(LogSink):
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
+
+        from jit_core.durable import ensure_dir  # here: durable imports torch, the CLI's --help must not
         # TensorBoard names its event files itself (host, pid, time); the folder at least is never a link
         self.writer = SummaryWriter(log_dir=str(ensure_dir(Path(run_dir) / FOLDER)))
 

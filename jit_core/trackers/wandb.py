@@ -16,7 +16,6 @@ import string
 from pathlib import Path
 
 from jit_core.config import ConfigError
-from jit_core.durable import write_json
 from jit_core.hookspecs import hookimpl
 from jit_core.logsinks import LogSink, result_scalars
 
@@ -36,6 +35,7 @@ def run_id(run_dir: Path) -> str:
             raise ConfigError(f"{path} does not hold a W&B run id ({{\"id\": \"[a-z0-9]+\"}}): delete it to start a "
                               "new W&B run, or set log.wandb=false")
         return saved
+    from jit_core.durable import write_json  # here: durable imports torch, the CLI's --help must not
     new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))   # W&B's id form
     write_json(path, {"id": new}, indent=None)
     return new

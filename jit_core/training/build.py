@@ -34,8 +34,9 @@ def resolve_model_config(config: Config, dataset) -> Any:
     return mc
 
 
-def build_for_config(config: Config, plugins: Plugins, model_config, device=None) -> JiT:
-    streams = plugins.streams(config, model_config)
+def build_for_config(config: Config, plugins: Plugins, model_config, device=None, streams=None) -> JiT:
+    """The network; ``streams``: the ones the start-up checks built (else built here)."""
+    streams = streams if streams is not None else plugins.streams(config, model_config)
     return JiT(model_config, streams, config.train.attention).to(device or "cpu")
 
 

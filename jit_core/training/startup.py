@@ -8,7 +8,9 @@
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
 6. the device: no silent CPU fallback (:mod:`.devices`);
 7. the memory per GPU: the estimate fits the GPU (:mod:`.memory_plan`; the fix in one line if not);
-8. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only).
+8. the run folder holds this run or none, and the checkpoint a resume would load verifies (read only);
+9. the streams (``jit_streams``) and each plugin stream's clean target on two training images: what the first
+   step would do, so a frozen encoder's weights (V-Co's DINOv2 offline) fail here, before a file is written.
 
 Then :func:`setup_plugins` runs every plugin's ``jit_setup``: the trainer after it has locked the run
 folder, ``--dry-run`` with ``dry_run=True`` (plugins check what they can, build no weights, write nothing).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +49,7 @@ class Startup:
     model_config: Any
     batches: ResumableBatches
     memory: Optional[MemoryPlan] = None     # None: a small CPU run (not planned)
+    streams: list = field(default_factory=list)   # the model's streams, built (and probed) once
 
 
 def check_run_folder_name(run_dir: str | os.PathLike) -> None:
@@ -102,4 +105,33 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
         if ckpt.list_checkpoints(run_dir):          # a resume: its checkpoint must verify before anything is written
             latest = ckpt.latest_checkpoint(run_dir)
             ckpt.check_state_file(latest)
-    return Startup(plugins, dataset, model_config, batches, memory)
+    streams = plugins.streams(config, model_config)
+    probe_stream_targets(streams, dataset, dist.device)
+    return Startup(plugins, dataset, model_config, batches, memory, streams)
+
+
+def probe_stream_targets(streams, dataset, device) -> None:
+    """Step 9: every stream's ``target`` on the first two training images, as the first step computes it
+    (frozen encoders are built, their weights read). The global RNG is left as it was: resumes stay exact."""
+    import torch
+
+    from jit_core.data import to_model_range
+    probed = [s for s in streams if s.plugin and s.plugin != "jit_core"]
+    if not probed:
+        return
+    with torch.random.fork_rng(devices=[]):
+        images = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(2, len(dataset)))])
+        images = to_model_range(images).to(device)
+        with torch.no_grad():
+            for s in probed:
+                s.clean(images, {})
+
+
+def discard_unused_run_dir(run_dir: Path) -> None:
+    """Remove a run folder this start created if it holds nothing but its lock file (nothing else is touched)."""
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            (run_dir / ".lock").unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass    # not empty after all (another process wrote there), or gone: leave it

@@ -26,6 +26,7 @@ from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
 from jit_core.model.compile import compile_model
+from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training import checkpointing
 from jit_core.training.accumulate import VirtualRanks, accumulate_gradients
@@ -36,7 +37,7 @@ from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
-from jit_core.training.startup import load_plugins, setup_plugins, start_checks
+from jit_core.training.startup import discard_unused_run_dir, load_plugins, setup_plugins, start_checks
 from jit_core.training.state import EMA
 
 log = logging.getLogger("jit")
@@ -74,17 +75,21 @@ class Trainer:
         # every start-up check (what --dry-run runs); every rank reads the folder before any rank writes it
         startup = start_checks(config, self.run_dir, self.dist, plugins=self.plugins, allow_changes=self.allow_changes)
         barrier(self.dist)
+        new_folder = not self.run_dir.exists()
         self.lock = lock_run_dir(config, self.run_dir, self.dist, self.allow_changes)  # before anything is written
         try:
             self._build(startup, handle_signals)
         except BaseException:
             self.lock.release()
+            if new_folder and self.dist.is_main:
+                discard_unused_run_dir(self.run_dir)   # a failed start leaves no files behind
             raise
 
     def _build(self, startup, handle_signals) -> None:
         config = self.config
         self.dataset, self.model_config, self.batches = startup.dataset, startup.model_config, startup.batches
         self.has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
+        self.streams = startup.streams or None   # built and probed by the start-up checks
         log.info("rank %d trains on %s", self.dist.rank, describe_device(self.device))
         if startup.memory and self.dist.is_main:
             log.info("%s", startup.memory.describe(config))
@@ -123,7 +128,7 @@ class Trainer:
         barrier(self.dist)
 
     def _build_modules(self, device: torch.device) -> tuple[nn.Module, nn.ModuleDict]:
-        model = build_for_config(self.config, self.plugins, self.model_config, device)
+        model = build_for_config(self.config, self.plugins, self.model_config, device, self.streams)
         return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(device)
 
     def close(self) -> None:
@@ -225,10 +230,10 @@ class Trainer:
             self.sinks.log_config(self.config.to_dict())
         metrics = MetricsLog(log_file, self.dist, self.sinks)
         status, last = "finished", {}
-        bar = None
-        if self.progress and self.dist.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True)
+        # a bar on a terminal; in a log file one plain line per logged step (and after 2 quiet minutes)
+        bar = Progress(self.total_steps, self.run_dir.name, "step", initial=self.step,
+                       enabled=self.progress and self.dist.is_main, every_s=120.0, rate_unit="img",
+                       rate_scale=self.global_batch)
         try:
             with self.signals:
                 self.model.train()
@@ -236,15 +241,13 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                     out = self.train_step(images, labels)
-                    if bar:
-                        bar.update(1)
+                    bar.update(1)
                     if out:
                         metrics.add(out)
                     if metrics.count and (self.step % t.log_every == 0 or self.step == self.total_steps):
                         last = metrics.write(self.step, self.step / self.steps_per_epoch,
                                              self.elapsed + time.time() - started, self.global_batch)
-                        if bar:
-                            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                        bar.report(loss=last["loss"], lr=last["lr"])
                     stop = any_rank(self.stop_requested, self.dist)
                     if stop or self.step % t.ckpt_every == 0 or self.step >= self.total_steps:
                         self.elapsed, started = self.elapsed + time.time() - started, time.time()
@@ -260,8 +263,7 @@ class Trainer:
                         self.save()
                     self.sample_grid(f"step-{self.step:08d}")
         finally:
-            if bar:
-                bar.close()
+            bar.close()
             self.sinks.close()
             self.close()
         return TrainResult(self.run_dir, self.step, status, {k: v for k, v in last.items() if k.startswith("loss")},
