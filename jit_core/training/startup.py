@@ -116,7 +116,8 @@ def probe_stream_targets(streams, dataset, device) -> None:
     import torch
 
     from jit_core.data import to_model_range
-    probed = [s for s in streams if s.plugin and s.plugin != "jit_core"]
+    from jit_core.model.streams import Stream
+    probed = [s for s in streams if s.target is not None or type(s).clean is not Stream.clean]   # not the images
     if not probed:
         return
     with torch.random.fork_rng(devices=[]):
