@@ -1,5 +1,5 @@
-"""A neutral v2 test plugin, written from docs/plugins.md alone: a ``lowpass`` stream on a coarse 4x4 grid of its
-own... on the model's grid here (the model side of own grids is another branch's), with its own per-sample drop,
+"""A neutral v2 test plugin, written from docs/plugins.md alone: a ``lowpass`` stream on a coarse grid of its own
+(half the model's side: 4x4 tokens beside the 8x8 pixel tokens, ``Stream.grid``), with its own per-sample drop,
 its own unconditional form, a loss term that draws from the plugin's generator, and per-run state. Loaded by
 module path: ``--plugin tests.core.lowpass_plugin`` (options under ``tests.core.lowpass_plugin.*``)."""
 from __future__ import annotations
@@ -27,13 +27,12 @@ class LowpassOptions:
 
 @dataclass
 class LowpassStream(Stream):
-    """Block-mean images on the token grid; when dropped, pixel queries cannot see it and its loss is off."""
+    """Block-mean images on the stream's own coarse grid; when dropped, pixel queries cannot see it and its loss is off."""
 
-    grid_side: int = 8
     run: object = field(default=None, repr=False, compare=False)
 
     def clean(self, images, values):
-        tokens = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), self.grid_side)
+        tokens = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), self.grid)   # (B, 1, g, g)
         values["lowpass.mean"] = tokens.mean()                 # travels to the loss term on the step
         return tokens.flatten(2).transpose(1, 2)               # (B, T, 1)
 
@@ -66,7 +65,7 @@ class LowpassRun:
     @hookimpl
     def jit_streams(self, model_config):
         return [LowpassStream(LOWPASS, channels=1, loss_weight=0.2, drop_prob=self.opts.drop,
-                              grid_side=model_config.grid, run=self)]
+                              grid=max(1, model_config.grid // 2), run=self)]
 
     @hookimpl
     def jit_loss_terms(self, step, generator):

@@ -27,6 +27,8 @@ def test_own_drop_is_independent_of_the_label_drop_and_applied_to_its_own_branch
     setup.step()
     assert torch.equal(run.drops_seen[1], own)                         # a function of (seed, step, plugin, rank)
     assert {"pixel", "lowpass", "jitter"} <= set(losses)
+    lowpass = setup.model.streams[1]                                   # a coarse grid of its own: 4x4 beside 8x8
+    assert (lowpass.grid, setup.model.token_count(lowpass), setup.model.cfg.grid) == (4, 16, 8)
 
 
 def test_sampling_drops_every_sample_of_the_own_branch(tmp_path):
