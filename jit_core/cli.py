@@ -27,7 +27,7 @@ from jit_core.plugins.presets import build_config
 COMMANDS_GROUP = "jit_core.commands"   # entry points: name -> a click command or group added to `jit`
 
 # name -> (module, factory returning the click command, the one-line help `jit --help` shows).
-# tests/test_cli_lazy.py checks each help line against the command's own docstring.
+# tests/test_cli_packaging.py checks each help line against the command's own docstring.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("jit_core.runs.convert", "convert_command",
                 "Import an official JiT or V-Co checkpoint-last.pth as OUT_DIR/checkpoints/step-00000000."),

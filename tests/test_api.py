@@ -18,7 +18,7 @@ from jit_core.plugins import PluginError
 from jit_core.plugins.presets import build_config
 from jit_core.testing import run_cli
 
-from .test_evaluate import make_run
+from .core.test_evaluate import make_run
 
 TINY_TRAIN = {"train.max_steps": 2, "train.ckpt_every": 2, "optim.batch_size": 8}
 LOSS_CALLS = [0]

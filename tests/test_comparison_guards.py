@@ -13,7 +13,7 @@ from jit_core.eval import stats
 from jit_core.eval.record_checks import ResultFileError
 from jit_core.eval.results import format_table, sweep_markdown, sweep_summary
 
-from .test_evaluate import make_run
+from .core.test_evaluate import make_run
 from .test_report import _seed_runs
 
 

@@ -94,7 +94,7 @@ def test_all_checkpoints_evaluates_each_once_and_draws_metric_vs_step(tmp_path, 
     from jit_core.eval import over_steps
     from jit_core.runs.checkpoint import list_checkpoints
 
-    from .test_evaluate import make_run
+    from .core.test_evaluate import make_run
     run = make_run(tmp_path / "a", steps=3)
     again = make_run(tmp_path / "b", seed=0, steps=6)          # the same weights format, saved at step 6 into run a
     import shutil
@@ -135,7 +135,7 @@ def test_metric_vs_step_figure_bands_over_seeds(tmp_path):
 def test_compare_report_draws_metric_vs_step_when_runs_have_several_checkpoints(tmp_path):
     from jit_core.eval import report as R
 
-    from .test_evaluate import make_run
+    from .core.test_evaluate import make_run
     from .test_report import _eval_record, _seed_runs
     tpl = make_run(tmp_path / "tpl")
     arms = {"JiT": _seed_runs(tmp_path, tpl, "jit", [5.5, 5.7]), "V-Co": _seed_runs(tmp_path, tpl, "vco", [4.0, 4.2])}
@@ -173,7 +173,7 @@ def test_per_class_sheet_cfg_strip_and_samples_over_steps(tmp_path):
     from jit_core.runs import loading
     from jit_core.runs.checkpoint import list_checkpoints
 
-    from .test_evaluate import make_run
+    from .core.test_evaluate import make_run
     run_dir = make_run(tmp_path / "a", steps=3)
     later = make_run(tmp_path / "b", steps=6)
     shutil.copytree(list_checkpoints(later)[0], run_dir / "checkpoints" / list_checkpoints(later)[0].name)

@@ -18,8 +18,8 @@ from jit_core.study.local import done_record, write_done
 from jit_core.training import NonFiniteLossError
 
 from . import fault_tools as ft
+from .core.test_evaluate import make_run
 from .test_bad_input import invoke
-from .test_evaluate import make_run
 
 
 def test_float64_weights_are_cast_to_the_models_dtype(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from jit_core.eval import configdiff, figures
 from jit_core.eval import report as R
 
-from .test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fixture
+from .core.test_evaluate import cache_env, make_run  # noqa: F401 -- cache_env: a fixture
 
 REPORT_FILES = ("loss_curves.png", "loss_curves_time.png", "samples.png", "metrics.md", "metrics.json",
                 "config_diff.md", "index.html")

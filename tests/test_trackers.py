@@ -229,7 +229,7 @@ def test_result_scalars_of_a_record_and_a_sweep():
 def test_jit_evaluate_sends_its_result_to_the_run_trackers(tmp_path):
     from jit_core.eval.evaluate import evaluate_run
 
-    from .test_evaluate import make_run
+    from .core.test_evaluate import make_run
     run = make_run(tmp_path / "run", overrides=["log.tensorboard=true"])
     result = evaluate_run(run, num_images=10, steps=1, batch_size=10, save="none", progress=False)
     assert result["metrics"]["fd_classifier"] > 0

@@ -148,7 +148,7 @@ class ArmSummary:
 @contextlib.contextmanager
 def _near_identical_ok():
     """scipy warns of "precision loss" when seeds give nearly identical values; the interval it returns is
-    then as narrow as the spread, which is the answer (tests/test_stats.py checks these numbers)."""
+    then as narrow as the spread, which is the answer (tests/core/test_stats.py checks these numbers)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
         yield
