@@ -271,7 +271,8 @@ def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: 
 _STAGE_PREFIX = ".staging-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (the owner of a temporary file or staging folder)."""
     try:
         os.kill(pid, 0)
     except PermissionError:
@@ -293,7 +294,7 @@ def staged(folder: Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
     folder = ensure_dir(Path(folder))
     for old in folder.glob(f"{_STAGE_PREFIX}*"):
         pid = old.name[len(_STAGE_PREFIX):].split("-")[0]
-        if old.is_dir() and not old.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+        if old.is_dir() and not old.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     stage = folder / f"{_STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     with writing(folder):     # the error names the folder being written, not the hidden staging folder

@@ -44,6 +44,7 @@ from jit_core.durable import (
     WriteError,
     ensure_dir,
     fsync_dir,
+    pid_alive,
     sha256_file,
     stream_safetensors,
     write_file,
@@ -118,16 +119,6 @@ def _write_latest(root: Path, name: str) -> None:
     write_text(root / "latest", f"{name}\n")   # atomic; a link in its place is refused
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except (OSError, OverflowError):
-        return False
-    return True
-
-
 def _remove_dir(path: Path) -> None:
     """Delete a checkpoint dir so that it disappears at once (rename), then free the space."""
     doomed = path.with_name(f"{path.name}.del-{os.getpid()}")
@@ -149,7 +140,7 @@ def _clean_leftovers(root: Path) -> None:
             older = newest_time is not None and entry.stat().st_mtime < newest_time
         except FileNotFoundError:
             continue
-        if _pid_alive(pid) and pid != os.getpid() and not older:
+        if pid_alive(pid) and pid != os.getpid() and not older:
             continue
         final = root / entry.name.split(".")[0]
         if m[1] == "old" and not final.exists():  # crashed between the two renames of a re-save: restore it
