@@ -70,7 +70,8 @@ def tiny_studies() -> dict[str, Study]:
     pair = (Arm("JiT", "tiny"), Arm(VCO, "vco-tiny", paper="better",
                                     paper_note="V-Co-B/16 2.52 (200 ep) vs JiT-B/16 3.66 (600 ep)"))
     return {
-        "vco-tiny": Study("vco-tiny", "JiT, V-Co and V-Co without each ingredient on the embedded Fashion-MNIST "
+        "vco-tiny": Study("vco-tiny", "JiT, V-Co, V-Co without each ingredient and JiT widened to V-Co's size on the "
+                          "embedded Fashion-MNIST "
                           "(tiny: JiT-S/4 32 px, 150 steps of 64 images, EfficientNet-Lite0 features)",
                           (jit, vco, *ablation_arms("vco-tiny", ("repa.encoder=efficientnet_lite0_s8",
                                                                                   "repa.block=1")),
