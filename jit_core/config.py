@@ -235,6 +235,12 @@ def _preset_tiny() -> Config:
     return cfg
 
 
+def _widened(cfg: Config, model: str) -> Config:
+    """``cfg`` with the widened model: a parameter-matched control, the same run but for the network's width."""
+    cfg.model = model
+    return cfg
+
+
 def _preset_test() -> Config:
     """The smallest real run (digits, JiT-T/4) for unit tests."""
     cfg = Config(model="JiT-T/4")
@@ -254,7 +260,9 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     "jit-h16": lambda: _preset_jit("JiT-H/16", 256, 2.2, checkpointing=True),
     "jit-h32": lambda: _preset_jit("JiT-H/32", 512, 2.3, checkpointing=True),
     "jit-g16": lambda: _preset_jit("JiT-G/16", 256, 2.2, checkpointing=True),
+    "jit-b16-wide": lambda: _preset_jit("JiT-B/16-wide", 256, 2.9),   # JiT widened to a two-stream B/16's size
     "tiny": _preset_tiny,
+    "jit-tiny-wide": lambda: _widened(_preset_tiny(), "JiT-S/4-wide"),
     "test": _preset_test,
 }
 

@@ -81,7 +81,7 @@ def test_frozen_modules_are_counted_without_knowing_the_plugin():
     assert torch.equal(torch.get_rng_state(), before)
 
 
-GPU_PRESETS = ("jit-b16", "jit-b32", "jit-l16", "jit-l32", "jit-h16", "jit-h32", "jit-g16",
+GPU_PRESETS = ("jit-b16", "jit-b16-wide", "jit-b32", "jit-l16", "jit-l32", "jit-h16", "jit-h32", "jit-g16",
                "vco-b16", "vco-l16", "vco-h16")
 
 

@@ -38,7 +38,7 @@ RULES: list[tuple[str, object]] = [
     (r"^jit slurm study vco-b16", ("skip", NEEDS_IMAGENET + " on a SLURM cluster (tests/slurm run the local one)")),
     (r"^jit study vco-b16 .*--report-only", ("skip", "needs the finished ImageNet runs of the line above")),
     (r"^jit --version|^jit models|^jit presets", "run"),
-    (r"^jit train --preset (tiny|vco-tiny) ", "train"),
+    (r"^jit train --preset (tiny|vco-tiny|jit-tiny-wide) ", "train"),
     (r"^jit train --resume ", "train"),
     (r"^jit train --preset (jit|vco)-[bh]16 ", ("skip", NEEDS_IMAGENET)),
     (r"^torchrun ", ("skip", NEEDS_IMAGENET + " (8 processes)")),

@@ -68,7 +68,8 @@ def test_cli_list_and_dry_run_and_unknown_study(cli, tmp_path):
     assert res.exit_code == 0 and "vco-tiny " in res.output and "vco-b16" in res.output
     res = runner.invoke(cli, ["study", "vco-tiny", "--dry-run", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert "9 arms x 3 seeds = 27 runs" in res.output and "changes: vco.null_branch" in res.output
+    assert "10 arms x 3 seeds = 30 runs" in res.output and "changes: vco.null_branch" in res.output
+    assert "JiT widened" in res.output and "changes: model" in res.output
     assert not (tmp_path / "s").exists()
     res = runner.invoke(cli, ["study", "nope"])
     assert res.exit_code == 1 and "no study named 'nope'" in res.stderr

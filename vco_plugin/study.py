@@ -1,10 +1,11 @@
-"""V-Co's study (paper §4 and Tables 2-4): JiT, V-Co, and V-Co without each of its ingredients.
+"""V-Co's study (paper §4 and Tables 1-4): JiT, V-Co, V-Co without each of its ingredients, and JiT widened
+to V-Co's parameter count (Table 1's control; its reference is JiT, its ingredient the width).
 
 Every ablation arm is V-Co with exactly one ingredient replaced (``jit study`` checks the resolved
 configs); ``paper`` is the direction the paper reports for the arm against V-Co (V-Co, arXiv 2603.16792,
 B/16 guided FID: recipe 2.52) and ``paper_note`` the figures. Registered through ``jit_studies``:
 
-- ``vco-tiny``       9 arms x 3 seeds on the embedded Fashion-MNIST (2 CPU cores, about an hour);
+- ``vco-tiny``       10 arms x 3 seeds on the embedded Fashion-MNIST (2 CPU cores, about an hour);
 - ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``);
 - ``vco-b16``        the same arms at ImageNet 256 / B/16 on SLURM (``jit slurm study vco-b16``).
 """
@@ -47,6 +48,14 @@ def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[
     )
 
 
+def widened_arm(preset: str, overrides: tuple[str, ...] = ()) -> Arm:
+    """JiT widened to V-Co's trainable parameter count (``preset``, or ``overrides`` on the reference's preset):
+    the control that shows V-Co's gain is not just its doubled parameters (paper Table 1)."""
+    return Arm("JiT widened", preset, overrides=overrides, reference="JiT", ingredient="parameters: width -> V-Co's count",
+               changes=("model",), paper="worse",
+               paper_note="JiT-B/16 widened 22.67 (261M) vs V-Co 8.86 (260M), FID-50K without guidance (Table 1)")
+
+
 SHOWS = ("Shown: each arm's mean over its seeds with a 95 % interval of that mean, and whether its difference "
          "from V-Co is outside the seed-to-seed noise. Not shown: the paper's ImageNet ranking (this is 28x28 "
          "Fashion-MNIST at 32 px, a few hundred CPU steps, an EfficientNet-Lite0 stream instead of DINOv2, and a "
@@ -55,16 +64,18 @@ SHOWS = ("Shown: each arm's mean over its seeds with a 95 % interval of that mea
 
 
 def tiny_studies() -> dict[str, Study]:
-    budget = ("train.max_steps=150",)   # 9 arms x 3 seeds fit about an hour on 2 cores (docs/embedded-comparison.md)
+    budget = ("train.max_steps=150",)   # 10 arms x 3 seeds fit about an hour on 2 cores (docs/embedded-comparison.md)
     jit = Arm("JiT", "tiny", paper="worse", paper_note="JiT-B/16 3.66 (600 ep) vs V-Co-B/16 2.52 (200 ep)")
     vco = Arm(VCO, "vco-tiny", paper="", paper_note="reference: the recipe (8 class groups of 8 per step)")
     pair = (Arm("JiT", "tiny"), Arm(VCO, "vco-tiny", paper="better",
                                     paper_note="V-Co-B/16 2.52 (200 ep) vs JiT-B/16 3.66 (600 ep)"))
     return {
-        "vco-tiny": Study("vco-tiny", "JiT, V-Co and V-Co without each ingredient on the embedded Fashion-MNIST "
+        "vco-tiny": Study("vco-tiny", "JiT, V-Co, V-Co without each ingredient and JiT widened to V-Co's size on the "
+                          "embedded Fashion-MNIST "
                           "(tiny: JiT-S/4 32 px, 150 steps of 64 images, EfficientNet-Lite0 features)",
                           (jit, vco, *ablation_arms("vco-tiny", ("repa.encoder=efficientnet_lite0_s8",
-                                                                                  "repa.block=1"))),
+                                                                                  "repa.block=1")),
+                           widened_arm("jit-tiny-wide")),
                           baseline=VCO, seeds=(0, 1, 2), num_images=200,
                           overrides=budget, what_it_shows=SHOWS),
         "vco-tiny-pair": Study("vco-tiny-pair", "JiT vs V-Co on the embedded Fashion-MNIST (the demo)", pair,
@@ -78,6 +89,7 @@ def imagenet_studies() -> dict[str, Study]:
               paper_note="JiT-B/16 3.66 (600 ep) vs V-Co-B/16 2.52 (200 ep)")
     vco = Arm(VCO, "vco-b16", paper_note="the recipe, 2.52 guided (200 ep)")
     return {"vco-b16": Study("vco-b16", "V-Co's ablations at B/16, ImageNet 256 (needs data.path and DINOv2 "
-                             "weights; run with `jit slurm study vco-b16`)", (jit, vco, *ablation_arms("vco-b16")),
+                             "weights; run with `jit slurm study vco-b16`)", (jit, vco, *ablation_arms("vco-b16"),
+                              widened_arm("vco-b16", ("plugins=none", "model=JiT-B/16-wide"))),
                              baseline=VCO, seeds=(0,), num_images=50000,
                              what_it_shows=SHOWS.split(" Not shown")[0])}

@@ -100,6 +100,13 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
                            in_context_len=4, in_context_start=1, num_classes=10),
     "JiT-S/4": ModelConfig(image_size=32, patch_size=4, hidden_size=96, depth=4, num_heads=4, bottleneck_dim=16,
                            in_context_len=4, in_context_start=1, num_classes=10),
+    # Widened JiTs: the hidden size grown until the trainable count doubles, the parameter-matched control of a
+    # two-stream model (V-Co, arXiv 2603.16792, Table 1: "JiT-B/16 widened", 261M). Depth, bottleneck and the
+    # rest are the plain model's; the head dim nearest the plain one that divides the width (RoPE needs it a
+    # multiple of 4): B/16 keeps 64 with 17 heads; 136 splits into 1, 2, 17 or 34 heads, 17 x 8 is nearest 24.
+    "JiT-B/16-wide": _jit(12, 1088, 17, 128, 4, 256, 16),
+    "JiT-S/4-wide": ModelConfig(image_size=32, patch_size=4, hidden_size=136, depth=4, num_heads=17,
+                                bottleneck_dim=16, in_context_len=4, in_context_start=1, num_classes=10),
 }
 
 # Trainable parameter counts of the official models (the frozen sin-cos table excluded).
