@@ -41,12 +41,11 @@ def eval_rows(run_dir: Path) -> list[tuple[str, str, float]]:
 
 def model_card(config: Config, repo_id: str, step: int, params: int, evals: list[tuple[str, str, float]]) -> str:
     """The card's markdown: what the model is, how it was trained, how to load it, what it was measured at."""
-    vco = "vco" in config.plugins
     plugins = ", ".join(_safe(p) for p in config.plugins) or "none"
-    title = f"{'V-Co' if vco else 'JiT'} {_safe(config.model)} on {_safe(config.data.name)} ({config.data.image_size} px)"
+    title = f"JiT {_safe(config.model)} on {_safe(config.data.name)} ({config.data.image_size} px)"
+    if config.plugins:      # the core names no plugin: each is listed as enabled (its own docs cite its paper)
+        title += f" with {plugins}"
     cites = ["JiT: Li & He, *Back to Basics: Let Denoising Generative Models Denoise*, arXiv 2511.13720"]
-    if vco:
-        cites.append("V-Co: *V-Co: A Closer Look at Visual Representation Alignment via Co-Denoising*, arXiv 2603.16792")
     lines = [
         "---",
         "library_name: jit-vco",
@@ -55,7 +54,7 @@ def model_card(config: Config, repo_id: str, step: int, params: int, evals: list
         "- diffusion",
         "- pixel-space",
         "- class-conditional",
-        *(["- v-co"] if vco else []),
+        *[f"- {_safe(p)}" for p in config.plugins],
         "---",
         "",
         f"# {title}",
