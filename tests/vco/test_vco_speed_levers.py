@@ -335,6 +335,8 @@ def test_training_with_the_cache(tmp_path, folder_run, stats_file, monkeypatch):
     result, metrics = train_tiny(tmp_path, plugins=["vco"], steps=3, **opts)
     assert result.status == "finished" and result.step == 3
     assert all(np.isfinite(m["loss/feature"]) and m["loss/feature"] > 0 for m in metrics)
+    probe, lookups = lookups[0], lookups[1:]                       # the start-up check's two images, then the steps
+    assert len(probe[0]) == 2
     assert calls == [] and len(lookups) == 3                       # no encoder pass for the targets
     for x, got in lookups:                                         # the training batches (random flips)
         assert x.shape == (8, 3, 32, 32)
