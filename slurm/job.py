@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -170,6 +171,8 @@ class TrainJob(Checkpointable):
             end({"status": "failed", "step": _step(trainer), "error": message, "reason": "max_requeues"})
             raise UncompletedJobError(message) from exc
         except Exception as exc:
+            if cluster == "slurm" and _requeue_again(exc):
+                self._linger_after_interrupt()    # requeued: SLURM ends this attempt, the next one resumes
             end({"status": "failed", "step": _step(trainer), "error": f"{type(exc).__name__}: {exc}"})
             raise
         return out
@@ -205,3 +208,23 @@ class TrainJob(Checkpointable):
         return DelayedSubmission(TrainJob(self.config, self.run_dir, self.param_hash, self.progress,
                                           getattr(self, "max_requeues", None),   # absent from older pickles
                                           getattr(self, "evaluate", None)))
+
+
+def _requeue_again(exc: BaseException) -> bool:
+    """submitit's USR2 handler runs ``scontrol requeue`` from inside the job; when the preemption's SIGTERM reaches
+    that child before it returns, the handler raises in whatever code was running (often a plugin hook, whose error
+    wrapper then chains it). Find that cut-short requeue in ``exc``'s chain and send it once more (SLURM refuses it
+    when the first one got through): True when one was found, so that the job waits for SLURM to requeue it rather
+    than reporting a failure; its last complete checkpoint resumes it exactly."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (isinstance(seen, subprocess.CalledProcessError) and isinstance(seen.cmd, (list, tuple))
+                and list(seen.cmd[:2]) == ["scontrol", "requeue"] and seen.returncode < 0):
+            log.warning("scontrol requeue was cut short by a signal (%s): requeueing again", seen)
+            try:
+                subprocess.run(list(seen.cmd), timeout=60, check=False)
+            except (OSError, subprocess.SubprocessError) as again:
+                log.warning("the second requeue did not run: %s", again)
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
