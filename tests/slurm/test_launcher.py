@@ -216,6 +216,8 @@ def test_pending_job_shows_reason(slurm_cluster, run_dir):
     runs = plan_runs(build(["train.max_steps=2"]), run_dir)
     job = submit(runs, cpu_options(sbatch={"begin": "now+600"}), run_dir, progress=False).jobs[0]
     wait_for(lambda: slurm_job_info(job.job_id)["State"] == "PENDING", 30, "sacct PENDING")
+    # the scheduler names the reason on its next cycle (squeue says None until then; longer on a loaded machine)
+    wait_for(lambda: run_status(run_dir)["pending_reason"] == "BeginTime", 60, "the pending reason")
     status = run_status(run_dir)
     assert status["state"] == "PENDING" and status["pending_reason"] == "BeginTime", status
     assert f"job {job.job_id}: PENDING (BeginTime)" in format_status(status)
