@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -50,13 +49,19 @@ def _entry_point_commands() -> dict[str, md.EntryPoint]:
     return {ep.name: ep for ep in md.entry_points(group=COMMANDS_GROUP)}
 
 
+def _module_source(module: str) -> str:
+    """The source text of ``module``, found without importing it (its parent packages are imported to find it)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no source file for module {module!r}")
+    return Path(spec.origin).read_text()
+
+
 def _docstring_line(module: str, attr: str | None) -> str:
     """The first docstring line of ``attr`` in ``module`` (the module's own without ``attr``), read from the
     source without importing the module (its parent packages are imported to find it); '' if not found."""
     try:
-        spec = importlib.util.find_spec(module)
-        source = Path(spec.origin).read_text()
-        tree = ast.parse(source)
+        tree = ast.parse(_module_source(module))
     except Exception:  # noqa: BLE001 -- only a help line is at stake
         return ""
     node = tree if attr is None else next(
@@ -72,7 +77,7 @@ def _plugins_with_commands() -> dict[str, str]:
     for name, ep in installed_plugins().items():
         module = ep.value.split(":")[0]
         try:
-            tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+            tree = ast.parse(_module_source(module))
         except Exception:  # noqa: BLE001 -- a broken plugin is reported when its commands are loaded
             found[name] = ""
             continue
@@ -386,4 +391,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -67,9 +67,9 @@ def adm_center_crop(pil_image: Image.Image, size: int) -> Image.Image:
     _check_size(size)
     img = pil_image
     while min(img.size) >= 2 * size:
-        img = img.resize((img.width // 2, img.height // 2), resample=Image.BOX)
+        img = img.resize((img.width // 2, img.height // 2), resample=Image.Resampling.BOX)
     scale = size / min(img.size)
-    img = img.resize((round(img.width * scale), round(img.height * scale)), resample=Image.BICUBIC)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), resample=Image.Resampling.BICUBIC)
     top, left = (img.height - size) // 2, (img.width - size) // 2
     return img.crop((left, top, left + size, top + size))
 
@@ -119,7 +119,8 @@ class _FlipMixin:
 
 
 # --------------------------------------------------------------------------------------- IDX / Fashion-MNIST
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, np.dtype] = {code: np.dtype(t) for code, t in
+                                     {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -137,7 +138,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4)) if len(raw) >= header else None
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    dtype = _IDX_DTYPES[raw[2]]
     if shape is None or len(raw) - header != int(np.prod(shape)) * dtype.itemsize:
         raise DataError(f"{path} is truncated or corrupt (header says shape {shape}, {len(raw)} bytes)")
     return np.frombuffer(raw, dtype, offset=header).reshape(shape)
@@ -148,6 +149,14 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def _existing_idx_file(folder: Path, stem: str) -> Path:
+    path = _idx_file(folder, stem)
+    if path is None:
+        raise DataError(f"{folder} has no {stem}[.gz]: the Fashion-MNIST folder lost a file; reinstall "
+                        f"the {FASHION_MNIST_PACKAGE} package or fix ${FASHION_MNIST_ENV}")
+    return path
 
 
 def _has_fashion_mnist(folder: Path) -> bool:
@@ -186,8 +195,8 @@ def find_fashion_mnist_dir() -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_fashion_mnist_arrays(folder: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
     split = "train" if train else "t10k"
-    images = read_idx(_idx_file(Path(folder), f"{split}-images-idx3-ubyte"))
-    labels = read_idx(_idx_file(Path(folder), f"{split}-labels-idx1-ubyte"))
+    images = read_idx(_existing_idx_file(Path(folder), f"{split}-images-idx3-ubyte"))
+    labels = read_idx(_existing_idx_file(Path(folder), f"{split}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"Fashion-MNIST in {folder} is inconsistent: images {images.shape}, labels {labels.shape}")
     return images, labels.astype(np.int64)
@@ -220,7 +229,8 @@ class ArrayDataset(_FlipMixin, Dataset):
         self.images, self.targets, self.classes = images, labels, list(classes)
         self.transform, self.flip, self.seed, self.epoch = transform, flip, seed, 0
         self.num_classes, self.channels = len(self.classes), 1
-        self.corrupt_count, self.corrupt_paths = 0, []  # in-memory arrays cannot be corrupt
+        self.corrupt_count = 0   # in-memory arrays cannot be corrupt
+        self.corrupt_paths: list[str] = []
 
     def __len__(self) -> int:
         return len(self.images)
@@ -230,7 +240,7 @@ class ArrayDataset(_FlipMixin, Dataset):
         return self._maybe_flip(img, index), int(self.targets[index])
 
 
-def _resize_gray(size: int, resample) -> Callable[[np.ndarray], np.ndarray]:
+def _resize_gray(size: int, resample: Image.Resampling) -> Callable[[np.ndarray], np.ndarray]:
     def fn(a: np.ndarray) -> np.ndarray:
         if a.shape == (size, size):
             return a
@@ -242,7 +252,7 @@ def _fashion_transform(size: int) -> Callable[[np.ndarray], np.ndarray]:
     """28 px -> 32 px by padding with black (2 px each side); any other size by bicubic resize."""
     if size == 32:
         return lambda a: np.pad(a, 2)
-    return _resize_gray(size, Image.BICUBIC)
+    return _resize_gray(size, Image.Resampling.BICUBIC)
 
 
 class ImageFolderDataset(_FlipMixin, Dataset):
@@ -374,7 +384,7 @@ def _folder_root(cfg) -> Path:
     return root
 
 
-def build_dataset(cfg, train: bool = True, seed: int = 0) -> Dataset:
+def build_dataset(cfg, train: bool = True, seed: int = 0) -> ArrayDataset | ImageFolderDataset:
     """The dataset described by ``cfg`` (a ``jit_core.config.DataConfig``).
 
     ``train=False`` disables flips and selects Fashion-MNIST's test split (digits and folders have no
@@ -391,7 +401,7 @@ def build_dataset(cfg, train: bool = True, seed: int = 0) -> Dataset:
         return ArrayDataset(images, labels, FASHION_MNIST_CLASSES, _fashion_transform(size), flip, seed)
     if name == "digits":
         images, labels = load_digits_arrays()
-        return ArrayDataset(images, labels, DIGITS_CLASSES, _resize_gray(size, Image.BILINEAR), flip, seed)
+        return ArrayDataset(images, labels, DIGITS_CLASSES, _resize_gray(size, Image.Resampling.BILINEAR), flip, seed)
     return ImageFolderDataset(_folder_root(cfg), size, flip, seed)
 
 

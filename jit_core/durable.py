@@ -31,7 +31,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -160,7 +160,8 @@ def fsync_dir(path: Path) -> None:
 
 def stream_safetensors(sink: HashingSink, sd: Mapping[str, torch.Tensor]) -> None:
     """The safetensors format, streamed one tensor at a time (no second copy of the state dict in memory)."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    header: dict[str, dict[str, Any]] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for key, t in sd.items():
         n = t.numel() * t.element_size()
         header[key] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
@@ -251,7 +252,8 @@ def save_figure(path: Path, fig, **kwargs) -> Path:
 
 def save_torch(path: Path, obj: Any) -> dict:
     """``torch.save`` streamed into an atomic replacement of ``path``."""
-    return replace_durably(path, lambda sink: torch.save(obj, sink))
+    # torch.save only writes and flushes: the sink's two methods are all of IO[bytes] it uses
+    return replace_durably(path, lambda sink: torch.save(obj, cast(IO[bytes], sink)))
 
 
 def save_npz(path: Path, **arrays) -> Path:

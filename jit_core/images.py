@@ -30,7 +30,7 @@ def make_grid(images_u8: torch.Tensor, nrow: int | None = None, pad: int = 2, sc
     else:
         grid = tile(images, nrow=nrow, padding=pad, pad_value=255)   # 1 channel -> 3 (RGB)
     img = Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy()))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
 def save_grid(images_u8: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:

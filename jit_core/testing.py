@@ -188,7 +188,7 @@ def tiny_setup(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), c
     cfg.optim.batch_size = batch_size
     cfg.train.seed = seed
     temporary = run_dir is None
-    run_dir = Path(tempfile.mkdtemp(prefix="jit-tiny-")) if temporary else _fresh_dir(Path(run_dir), "tiny")
+    run_dir = Path(tempfile.mkdtemp(prefix="jit-tiny-")) if run_dir is None else _fresh_dir(Path(run_dir), "tiny")
     trainer = Trainer(cfg, run_dir, extra_plugins=list(extra_plugins), progress=False, handle_signals=())
     images_u8, labels = next(iter(trainer.batches.iterate(0)))
     setup = TinySetup(trainer, to_model_range(images_u8.to(trainer.device)), labels.to(trainer.device))
@@ -362,10 +362,11 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None):
 # ----------------------------------------------------------------------------------- pytest fixtures
 try:
     import pytest
+    _HAVE_PYTEST = True
 except ImportError:  # the plain functions work without pytest
-    pytest = None
+    _HAVE_PYTEST = False
 
-if pytest is not None:
+if _HAVE_PYTEST:
     @pytest.fixture
     def jit_recorder() -> RecordingPlugin:
         """A fresh :class:`RecordingPlugin` named ``recorder``; pass it in ``extra_plugins``."""

@@ -11,6 +11,7 @@ if ! .venv/bin/python -c "from slurm.cluster import cluster_available as c; impo
 fi
 status=0
 .venv/bin/lint-imports || status=$?      # the architecture's contracts (pyproject.toml [tool.importlinter])
+.venv/bin/mypy || status=$?              # zero type errors in jit_core, vco_plugin, slurm (pyproject.toml [tool.mypy])
 .venv/bin/python -m pytest "$@" || status=$?
 # the core without V-Co: vco_plugin not importable, no plugin entry points (tests/core/without_vco.py)
 .venv/bin/python -m tests.core.without_vco -q -p no:cacheprovider tests/core || status=$?

@@ -154,8 +154,9 @@ class TrainJob(Checkpointable):
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
                 if self.param_hash:
                     out["param_hash"] = _param_hash(trainer.model)
-                if result.status == "finished" and getattr(self, "evaluate", None):
-                    out["evaluation"] = self._evaluate(rank, time.perf_counter() - t0)
+                evaluate = getattr(self, "evaluate", None)   # absent from pickles of older versions
+                if result.status == "finished" and evaluate:
+                    out["evaluation"] = self._evaluate(evaluate, rank, time.perf_counter() - t0)
                 end({"status": result.status, "step": result.step, "losses": dict(result.losses)})
             finally:
                 if tdist.is_available() and tdist.is_initialized():
@@ -177,16 +178,17 @@ class TrainJob(Checkpointable):
             raise
         return out
 
-    def _evaluate(self, rank: int, train_s: float) -> str:
-        """Evaluate the finished run (distributed over the job's tasks); rank 0 records the study element."""
+    def _evaluate(self, options: dict, rank: int, train_s: float) -> str:
+        """Evaluate the finished run with ``options`` (keyword arguments of ``evaluate_run``, distributed over
+        the job's tasks); rank 0 records the study element."""
         from jit_core.durable import stored_path
         from jit_core.eval.evaluate import evaluate_run
         from jit_core.study.local import write_done
         t0 = time.perf_counter()
-        result = evaluate_run(self.run_dir, progress=False, **self.evaluate)
+        result = evaluate_run(self.run_dir, progress=False, **options)
         if rank == 0:
             write_done(self.run_dir, {"train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1),
-                                      "num_images": self.evaluate.get("num_images"),
+                                      "num_images": options.get("num_images"),
                                       "result": stored_path(result["json"], self.run_dir)})   # relative: it may move
         return result["json"]
 

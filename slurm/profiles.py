@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 try:                 # Python >= 3.11
-    import tomllib
+    import tomllib  # type: ignore[import-not-found,unused-ignore]  # mypy checks as Python 3.10, which lacks it
 except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 

@@ -15,7 +15,7 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ def preflight(runs: list[RunSpec], opts: ClusterOptions, root: Path) -> Iterator
     ``opts`` should already carry the memory request (:func:`slurm.memory.plan_memory`): the cluster's
     nodes are checked against it.
     """
-    checks = [functools.partial(check_shared_storage, root, opts)]
+    checks: list[Callable[[], None]] = [functools.partial(check_shared_storage, root, opts)]
     if opts.executor == "slurm":
         checks.append(lambda: check_capacity(opts, cluster_nodes()))
     checks += [functools.partial(check_run_dir, run) for run in runs]
@@ -172,9 +172,10 @@ def sbatch_script(opts: ClusterOptions, root: Path, array_size: int | None = Non
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
-def _make_executor(opts: ClusterOptions, root: Path):
+def _make_executor(opts: ClusterOptions, root: Path) -> submitit.Executor:
     """The submitit executor for these options (it makes the log folder)."""
     folder = log_folder(root).absolute()
+    executor: submitit.Executor
     if opts.executor == "slurm":
         executor = submitit.SlurmExecutor(folder, max_num_timeout=opts.max_requeues, python=opts.python)
         executor.update_parameters(**slurm_parameters(opts, _job_name(opts, root)))

@@ -101,11 +101,11 @@ def slurm_job_info(job_id: str, usage: bool = True) -> dict:
     rss = [b for b in (_bytes(r.get("MaxRSS", "")) for r in steps) if b is not None]
     info["max_rss"] = max(rss) if rss else None
     for r in steps:
-        usage = _tres(r.get("TRESUsageInMax", ""))
+        peak = _tres(r.get("TRESUsageInMax", ""))
         for key, name in (("gres/gpumem", "gpu_mem"), ("gres/gpuutil", "gpu_util")):
-            if key in usage:
-                info[name] = max(info.get(name) or 0, _bytes(usage[key]) or 0) if name == "gpu_mem" \
-                    else max(info.get(name) or 0, float(usage[key]))
+            if key in peak:
+                info[name] = max(info.get(name) or 0, _bytes(peak[key]) or 0) if name == "gpu_mem" \
+                    else max(info.get(name) or 0, float(peak[key]))
     return info
 
 
@@ -132,7 +132,7 @@ def job_state(job_id: str, executor: str, run_dir: Path | None = None) -> str:
     events = [e for e in read_events(run_dir) if e.get("job_id") == job_id] if run_dir else []
     ends = [e for e in events if e.get("event") == "end"]
     if ends:
-        return {"finished": "COMPLETED", "failed": "FAILED"}.get(ends[-1].get("status"), "INTERRUPTED")
+        return {"finished": "COMPLETED", "failed": "FAILED"}.get(str(ends[-1].get("status")), "INTERRUPTED")
     return "ENDED" if executor == "local" else "UNKNOWN"
 
 

@@ -59,14 +59,14 @@ class GroupedClassBatchSampler:
         if classes_per_rank < 1 or groups_per_step % classes_per_rank:
             raise ValueError(f"vco.groups_per_step={groups_per_step} is not a multiple of "
                              f"vco.classes_per_rank={classes_per_rank}: the step holds whole ranks of the recipe")
-        targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-        self.classes = np.unique(targets)
+        labels = np.asarray(targets, dtype=np.int64).reshape(-1)
+        self.classes = np.unique(labels)
         if classes_per_rank > len(self.classes):
             raise ValueError(f"vco.classes_per_rank={classes_per_rank} distinct classes cannot be drawn from "
                              f"{len(self.classes)} classes: use at most {len(self.classes)}")
         self.classes_per_rank = classes_per_rank
-        self.members = [np.flatnonzero(targets == c) for c in self.classes]
-        self.num_samples = len(targets)
+        self.members = [np.flatnonzero(labels == c) for c in self.classes]
+        self.num_samples = len(labels)
         self.groups_per_step, self.batch_size = groups_per_step, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch = 0

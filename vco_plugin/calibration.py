@@ -82,8 +82,10 @@ def compute_stats(encoder, images_iter: Iterable, grid: int, max_images: int | N
     from tqdm.auto import tqdm
 
     device = getattr(encoder, "device", torch.device("cpu"))
-    s1 = s2 = None
-    n_img, px_sq, px_n, size = 0, 0.0, 0, None
+    s1: Tensor | None = None   # per (T, C) sums of z and z^2
+    s2: Tensor | None = None
+    size: tuple[int, ...] | None = None
+    n_img, px_sq, px_n = 0, 0.0, 0
     bar = tqdm(total=max_images, unit="img", desc=f"calibrating {getattr(encoder, 'name', 'encoder')}",
                disable=not progress)
     for x in _batches(images_iter):
@@ -105,7 +107,7 @@ def compute_stats(encoder, images_iter: Iterable, grid: int, max_images: int | N
         if max_images is not None and n_img >= max_images:
             break
     bar.close()
-    if n_img == 0:
+    if n_img == 0 or s1 is None or s2 is None or size is None:   # all four say the same: no batch came
         raise ValueError("compute_stats: no images")
     mean, msq = s1 / n_img, s2 / n_img
     var = (msq - mean.square()).clamp_min(0.0)

@@ -155,8 +155,9 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def _mmap_tensor(path: Path, name: str, np_dtype, st_dtype: str) -> np.memmap:
-    """A read-only memory map of tensor ``name`` of a safetensors file (rows are read on demand)."""
+def _mmap_tensor(path: Path, name: str, np_dtype, st_dtype: str) -> np.ndarray:
+    """A read-only memory map of tensor ``name`` of a safetensors file (rows are read on demand); an empty
+    tensor is an empty array (a file cannot map zero bytes)."""
     header, start = _safetensors_header(path)
     info = header[name]
     if info["dtype"] != st_dtype:
@@ -192,17 +193,21 @@ def build_cache(encoder, images_iter: Iterable, grid: int, out: str | os.PathLik
     buf_t: list[Tensor] = []
     shards: list[dict] = []
     all_keys: list[Tensor] = []
-    n_src, n_rows, image_shape, token_shape = 0, 0, None, None
+    n_src, n_rows = 0, 0
+    image_shape: list[int] | None = None
+    token_shape: list[int] | None = None
 
     def flush(final: bool) -> None:
         nonlocal buf_k, buf_t
-        keys, tokens = (torch.cat(buf_k), torch.cat(buf_t)) if buf_k else (None, None)
-        while keys is not None and (len(keys) >= shard_rows or (final and len(keys))):
+        if not buf_k:
+            return
+        keys, tokens = torch.cat(buf_k), torch.cat(buf_t)
+        while len(keys) >= shard_rows or (final and len(keys)):
             name = SHARD.format(len(shards))
             _write_shard(out / name, keys[:shard_rows], tokens[:shard_rows])
             shards.append({"file": name, "rows": min(len(keys), shard_rows)})
             keys, tokens = keys[shard_rows:], tokens[shard_rows:]
-        buf_k, buf_t = ([keys], [tokens]) if keys is not None and len(keys) else ([], [])
+        buf_k, buf_t = ([keys], [tokens]) if len(keys) else ([], [])
 
     bar = tqdm(total=total, unit="img", desc=f"caching {getattr(encoder, 'name', 'encoder')} features",
                disable=not progress)
@@ -230,7 +235,7 @@ def build_cache(encoder, images_iter: Iterable, grid: int, out: str | os.PathLik
             flush(False)
     flush(True)
     bar.close()
-    if n_rows == 0:
+    if n_rows == 0 or image_shape is None:
         raise ValueError("build_cache: no images")
     keep = {s["file"] for s in shards}
     for stale in out.glob("features-*.safetensors"):   # shards of an earlier, larger build

@@ -31,11 +31,16 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:   # timm is imported on first use (it pulls in torchvision: seconds)
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.vision_transformer import VisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ class FeatureEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        t = next(self.parameters(), None)
+        t: Tensor | None = next(self.parameters(), None)
         if t is None:
             t = next(self.buffers(), None)
         return t.device if t is not None else torch.device("cpu")
@@ -154,6 +159,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         p = next((p / f for f in WEIGHT_FILES if (p / f).is_file()), p / WEIGHT_FILES[0])
     if not p.is_file():
         raise EncoderWeightsError(f"encoder weights file not found: {p}")
+    sd: object   # untrusted until checked below
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -221,7 +227,7 @@ def _dinov2_depth_and_mlp(sd: dict[str, Tensor]) -> dict:
     return {"depth": max(blocks) + 1, "mlp_ratio": fc1.shape[0] / fc1.shape[1]}
 
 
-def _load_dinov2(vit: nn.Module, sd: dict[str, Tensor], path: str | os.PathLike) -> None:
+def _load_dinov2(vit: VisionTransformer, sd: dict[str, Tensor], path: str | os.PathLike) -> None:
     """Load a DINOv2-B/14-reg4 state dict (timm, Meta or HF layout) into ``vit``, resampling its
     position table (e.g. 37x37 at 518 px) to the model's 16x16 grid (bicubic, antialiased)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
@@ -317,20 +323,23 @@ class DINOv2Encoder(FeatureEncoder):
     """
 
     name, channels, embed_dim = "dinov2", 768, 768
+    mean: Tensor   # buffers: ImageNet's normalisation
+    std: Tensor
 
     def __init__(self, weights: str | None = None):
         super().__init__()
         path = None if weights == RANDOM else (weights if weights is not None else _dinov2_hub_file())
         sd = _read_state_dict(path) if path is not None else None   # fail fast, before building the model
         import timm  # imported on first use: it pulls in torchvision (seconds), which `jit --help` does not need
-        vit = timm.create_model(DINOV2_ARCH, pretrained=False, img_size=DINOV2_SIZE, num_classes=0,
-                                **(_dinov2_depth_and_mlp(sd) if sd is not None else {}))
-        if sd is None:
+        vit = cast("VisionTransformer",
+                   timm.create_model(DINOV2_ARCH, pretrained=False, img_size=DINOV2_SIZE, num_classes=0,
+                                     **(_dinov2_depth_and_mlp(sd) if sd is not None else {})))
+        if sd is None or path is None:
             _warn_random(self.name)
         else:
             _load_dinov2(vit, sd, path)
         self.weights = weights if weights is not None else DINOV2_HUB_REPO
-        self.final_norm, vit.norm = vit.norm, nn.Identity()
+        self.final_norm, vit.norm = cast(nn.LayerNorm, vit.norm), nn.Identity()   # timm's LayerNorm subclass
         self.vit = vit
         self.num_prefix = vit.num_prefix_tokens   # CLS + 4 registers
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -387,7 +396,7 @@ class EfficientNetLite0Encoder(FeatureEncoder):
     def __init__(self, weights: str | None = None):
         super().__init__()
         import timm
-        net = timm.create_model(EFFNET_ARCH, pretrained=False)
+        net = cast("EfficientNet", timm.create_model(EFFNET_ARCH, pretrained=False))
         if weights == RANDOM:
             _warn_random(self.name)
         else:
@@ -399,16 +408,12 @@ class EfficientNetLite0Encoder(FeatureEncoder):
     def target_tokens(self, images: Tensor, grid: int) -> Tensor:
         with torch.no_grad():
             x = _resize(_rgb(images), EFFNET_STRIDE * grid, "bilinear")
-            with self.precision_scope():
-                (fmap,) = self.net.forward_intermediates(self._trunk_input(x), indices=[EFFNET_STAGE],
-                                                         intermediates_only=True, stop_early=True)
+            (fmap,) = self._stages(x, [EFFNET_STAGE])
         return _tokens(fmap.float())
 
     def embedding(self, images: Tensor) -> Tensor:
         x = _resize(_rgb(images), EFFNET_EMBED_SIZE, "bilinear")
-        with self.precision_scope():
-            (fmap,) = self.net.forward_intermediates(self._trunk_input(x), indices=[EFFNET_EMBED_STAGE],
-                                                     intermediates_only=True, stop_early=True)
+        (fmap,) = self._stages(x, [EFFNET_EMBED_STAGE])
         return F.normalize(fmap.float().mean((2, 3)), dim=-1)
 
     def target_and_embedding(self, images: Tensor, grid: int) -> tuple[Tensor, Tensor]:
@@ -418,11 +423,15 @@ class EfficientNetLite0Encoder(FeatureEncoder):
         feature (hence ``vco.shared_encoder_pass`` is off by default)."""
         with torch.no_grad():
             x = _resize(_rgb(images), EFFNET_STRIDE * grid, "bilinear")
-            with self.precision_scope():
-                fmap, emb = self.net.forward_intermediates(self._trunk_input(x),
-                                                           indices=[EFFNET_STAGE, EFFNET_EMBED_STAGE],
-                                                           intermediates_only=True, stop_early=True)
+            fmap, emb = self._stages(x, [EFFNET_STAGE, EFFNET_EMBED_STAGE])
         return _tokens(fmap.float()), F.normalize(emb.float().mean((2, 3)), dim=-1)
+
+    def _stages(self, x: Tensor, indices: list[int]) -> list[Tensor]:
+        """The feature maps of the stages ``indices``; the forward stops after the last of them."""
+        with self.precision_scope():
+            maps = self.net.forward_intermediates(self._trunk_input(x), indices=indices, intermediates_only=True,
+                                                  stop_early=True)
+        return cast(list[Tensor], maps)   # intermediates_only: the list alone, without the final features
 
 
 def weights_problem(name: str, weights: str | os.PathLike | None = None, grid: int | None = None) -> str | None:

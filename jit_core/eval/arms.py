@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from jit_core.eval import stats
 from jit_core.eval.record_checks import check_record, read_record
@@ -147,7 +148,8 @@ def select_evaluations(runs: dict[str, Path], want: dict | None = None) -> tuple
     return chosen, json.loads(key)
 
 
-def _number(x) -> bool:
+def _number(x: object) -> TypeGuard[float]:
+    """A finite int or float (not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -159,7 +161,9 @@ def _interval(x) -> tuple[float, float] | None:
 
 
 def _newest(rec: dict) -> tuple:
-    ck = rec.get("checkpoint") if isinstance(rec.get("checkpoint"), dict) else {}
+    ck = rec.get("checkpoint")
+    if not isinstance(ck, dict):
+        ck = {}
     step = ck.get("step") if _number(ck.get("step")) else 0
     return step, str(rec.get("date") or "")
 
@@ -167,7 +171,7 @@ def _newest(rec: dict) -> tuple:
 def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], baseline: str,
               paper: dict[str, str] | None = None) -> dict:
     """Per-arm summaries and verdicts. ``arms``: arm name -> run labels; ``records``: run label -> record."""
-    evaluated = {a: [records[r] for r in labels if records.get(r)] for a, labels in arms.items()}
+    evaluated = {a: [rec for r in labels if (rec := records.get(r))] for a, labels in arms.items()}
     recs = [r for rs in evaluated.values() for r in rs]
     primary = next((r.get("primary_metric") for r in recs if r.get("primary_metric")), None)
     metrics = [m for m in ARM_METRICS if recs and all(_number(r["metrics"].get(m)) for r in recs)]
@@ -181,7 +185,7 @@ def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], basel
                                                      isinstance(r.get("intervals"), dict) else None for r in rs],
                                                     lower_is_better=LOWER_IS_BETTER[m])
     for arm, labels in arms.items():
-        row = {"arm": arm, "runs": list(labels), "n_runs": len(labels), "n": len(evaluated[arm]),
+        row: dict[str, Any] = {"arm": arm, "runs": list(labels), "n_runs": len(labels), "n": len(evaluated[arm]),
                "baseline": arm == baseline,
                "steps": [_newest(r)[0] or None for r in evaluated[arm]],
                "metrics": {m: s.to_dict() for m, s in summaries[arm].items()}, "verdicts": {}}

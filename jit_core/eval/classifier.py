@@ -103,7 +103,7 @@ def reference_description(dataset_name: str) -> str:
 
 # ----------------------------------------------------------------------------------- training and cache
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: SmallCNN, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features (N, 128), logits (N, classes))`` in eval mode, on the model's device."""
     device = next(model.parameters()).device
     model.eval()
@@ -115,7 +115,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> t
     return torch.cat(feats), torch.cat(logits)
 
 
-def classifier_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def classifier_features(model: SmallCNN, images: torch.Tensor) -> torch.Tensor:
     """``(N, 128)`` penultimate (global-average-pooled) features of uint8 or [-1, 1] images."""
     return predict(model, images)[0]
 

@@ -237,7 +237,8 @@ class _ImageSet(torch.utils.data.Dataset):
 
     def __init__(self, source: Images, transform=None, max_images: int | None = None, recursive: bool = False):
         if isinstance(source, (str, os.PathLike)):
-            self.files, self.images = list_images(source, recursive), None
+            self.files: list[Path] = list_images(source, recursive)
+            self.images: torch.Tensor | None = None
             if not self.files:
                 raise ValueError(f"no images found in {source}")
             if max_images and len(self.files) > max_images:  # evenly spaced in sorted order: every class folder
@@ -248,11 +249,11 @@ class _ImageSet(torch.utils.data.Dataset):
                 x = x.permute(0, 3, 1, 2)
             if x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(f"expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
-            self.files, self.images = None, x[:max_images]
+            self.files, self.images = [], x[:max_images]
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.files) if self.files is not None else len(self.images)
+        return len(self.images) if self.images is not None else len(self.files)
 
     def __getitem__(self, i):
         if self.images is not None:

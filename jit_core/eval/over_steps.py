@@ -4,7 +4,7 @@ training step, for the metric-vs-step figure (:func:`jit_core.eval.plots.plot_me
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jit_core.eval import arms as A
@@ -18,13 +18,13 @@ def _step(rec: dict):
 
 def common_settings(records: dict[str, list[dict]], metric: str) -> str | None:
     """The evaluation settings (all but the step) that most runs have results of ``metric`` for; None if none."""
-    runs_with = Counter()
+    runs_with: Counter[str] = Counter()
     for recs in records.values():
         runs_with.update({A._key(A.settings_of(r)) for r in recs if metric in (r.get("metrics") or {})})
     return max(runs_with, key=lambda k: (runs_with[k], k)) if runs_with else None
 
 
-def metric_by_step(arms: dict[str, Sequence[Path]], metric: str) -> tuple[dict[str, list[list[dict]]], dict | None]:
+def metric_by_step(arms: Mapping[str, Sequence[Path]], metric: str) -> tuple[dict[str, list[list[dict]]], dict | None]:
     """Per arm, one list per run of ``{"step", metric}`` rows read from the runs' ``eval/*.json``, all with the
     same evaluation settings (those most runs have); returns ``(rows per arm, those settings)``."""
     import json

@@ -29,7 +29,7 @@ def _weights_hash(checkpoint: Path, ema: str) -> tuple[str, str | None]:
 
 def _last_logged(run_dir: Path) -> dict:
     path = Path(run_dir) / "metrics.jsonl"
-    last = {}
+    last: dict = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -84,7 +84,8 @@ def _unconditional_form(run) -> dict:
 
 def _versions() -> dict:
     import importlib.metadata as md
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                  "numpy": np.__version__}
     for dist_name in ("timm", "torch-fidelity", "jit-vco", "scipy"):
         try:
             out[dist_name] = md.version(dist_name)

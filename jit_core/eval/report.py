@@ -278,7 +278,7 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
         diff = config_diff(configs)
         durable.write_text(stage / "config_diff.md", diff_markdown(diff, list(arms)))
 
-        runs_table = {"runs": {}}
+        runs_table: dict[str, dict] = {"runs": {}}
         for label, d in runs.items():
             r = records.get(label)
             last = (read_log(d) or [{}])[-1]

@@ -25,20 +25,21 @@ def primary_metric(kind: str) -> str | None:
 
 def finished(path: Path, wanted: dict, world: int) -> dict | None:
     """The saved record at ``path`` if it was computed with ``wanted`` settings (rank 0 decides for all)."""
-    rec = None
+    rec: dict | None = None
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0 and path.is_file():
+        found: object = None
         try:    # a damaged or edited point is computed again (and its file replaced), with a warning naming it
-            rec = read_record(path)
-            if isinstance(rec, dict) and rec.get("settings_key") == wanted:
-                check_record(rec, path)
+            found = read_record(path)
+            if isinstance(found, dict) and found.get("settings_key") == wanted:
+                check_record(found, path)
         except ResultFileError as e:
             log.warning("%s; computing that point again", e)
-            rec = None
-        if not isinstance(rec, dict) or rec.get("settings_key") != wanted or "metrics" not in rec:
-            rec = None
+            found = None
+        if isinstance(found, dict) and found.get("settings_key") == wanted and "metrics" in found:
+            rec = found
     if world > 1:
-        box = [rec]
+        box: list[dict | None] = [rec]
         dist.broadcast_object_list(box, src=0)
         rec = box[0]
     return rec

@@ -214,14 +214,14 @@ def welch_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL)
     """``(mean(x) - mean(y), lo, hi, df)``: Welch's t-interval (Welch-Satterthwaite degrees of freedom), from
     ``scipy.stats.ttest_ind(equal_var=False)``."""
     from scipy import stats as st
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or len(y) < 2:
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(xs) < 2 or len(ys) < 2:
         raise ValueError("Welch's interval needs at least 2 values per arm")
-    d = float(x.mean() - y.mean())
-    if x.var(ddof=1) + y.var(ddof=1) == 0:   # no spread in either arm: scipy's interval would be nan
+    d = float(xs.mean() - ys.mean())
+    if xs.var(ddof=1) + ys.var(ddof=1) == 0:   # no spread in either arm: scipy's interval would be nan
         return d, d, d, float("inf")
     with _near_identical_ok():
-        result = st.ttest_ind(x, y, equal_var=False)
+        result = st.ttest_ind(xs, ys, equal_var=False)
         ci = result.confidence_interval(confidence_level=level)
     return d, float(ci.low), float(ci.high), float(result.df)
 
@@ -239,25 +239,25 @@ def _fixed(x: float) -> str:
     return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.2g}"
 
 
-def _diff_interval(a: ArmSummary, b: ArmSummary, level: float):
-    """``(lo, hi, method)`` of a.mean - b.mean, or ``(None, None, why)``."""
+def _diff_interval(a: ArmSummary, b: ArmSummary, level: float) -> tuple[tuple[float, float] | None, str]:
+    """``((lo, hi), method)`` of a.mean - b.mean, or ``(None, why)``."""
     from scipy import stats as st
     d = a.mean - b.mean
     if a.n >= 2 and b.n >= 2:
         _, lo, hi, df = welch_interval(a.values, b.values, level)
-        return lo, hi, f"Welch t-interval over seeds (df {df:.1f})"
+        return (lo, hi), f"Welch t-interval over seeds (df {df:.1f})"
     if a.n >= 2 or b.n >= 2:   # one arm has a single seed: assume it spreads over seeds like the other arm
         many, one = (a, b) if a.n >= 2 else (b, a)
         sd = float(np.std(many.values, ddof=1))
         h = float(st.t.ppf((1 + level) / 2, many.n - 1)) * sd * math.sqrt(1 / many.n + 1)
-        return d - h, d + h, (f"t-interval assuming {one.name!r} (1 seed) has the seed spread of {many.name!r} "
-                              f"({many.n} seeds)")
-    if None in (a.lo, a.hi, b.lo, b.hi):
-        return None, None, "no interval: one seed per arm and no per-run interval"
+        return (d - h, d + h), (f"t-interval assuming {one.name!r} (1 seed) has the seed spread of "
+                                f"{many.name!r} ({many.n} seeds)")
+    if a.lo is None or a.hi is None or b.lo is None or b.hi is None:
+        return None, "no interval: one seed per arm and no per-run interval"
     z = float(st.norm.ppf((1 + level) / 2))
     se = math.hypot((a.hi - a.lo) / (2 * z), (b.hi - b.lo) / (2 * z))
-    return d - z * se, d + z * se, ("normal approximation combining the two runs' bootstrap intervals over "
-                                    "samples (1 seed each: seed-to-seed spread not included)")
+    return (d - z * se, d + z * se), ("normal approximation combining the two runs' bootstrap intervals over "
+                                      "samples (1 seed each: seed-to-seed spread not included)")
 
 
 def _seeds(a: ArmSummary, b: ArmSummary) -> str:
@@ -276,18 +276,20 @@ def compare_arms_stats(a: ArmSummary, b: ArmSummary, lower_is_better: bool | Non
     """
     lower = a.lower_is_better if lower_is_better is None else lower_is_better
     d = a.mean - b.mean
-    lo, hi, method = _diff_interval(a, b, level)
-    degenerate = degenerate_reason(a, b) if lo is not None else None
-    outside = lo is not None and (lo > 0 or hi < 0) and degenerate is None
-    better = None
-    if outside:
-        better = a.name if (d < 0) == lower else b.name
+    interval, method = _diff_interval(a, b, level)
     pct = f"{round(100 * level)} %"
     head = (f"{a.name} vs {b.name}: {metric_label} {_g(a.mean)} [{_g(a.lo)}, {_g(a.hi)}] vs "
             f"{_g(b.mean)} [{_g(b.lo)}, {_g(b.hi)}] ({_seeds(a, b)})")
-    if lo is None:
+    if interval is None:
         sentence = f"{head}: no interval for the difference ({method}); difference {_fixed(d)}, not a verdict."
-    elif degenerate:
+        return Verdict(None, float(d), None, None, False, sentence, method, None)
+    lo, hi = interval
+    degenerate = degenerate_reason(a, b)
+    outside = (lo > 0 or hi < 0) and degenerate is None
+    better = None
+    if outside:
+        better = a.name if (d < 0) == lower else b.name
+    if degenerate:
         sentence = (f"{head}: no verdict, the numbers are degenerate: {degenerate} (difference {_fixed(d)}, "
                     f"{pct} interval [{_fixed(lo)}, {_fixed(hi)}]).")
     elif outside:

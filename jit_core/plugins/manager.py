@@ -92,6 +92,8 @@ def _import_plugin_module(name: str) -> ModuleType:
             if not os.path.isfile(path):
                 raise ImportError(f"no such file {path}")
             spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"{path} cannot be loaded as a Python module")
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
@@ -288,7 +290,8 @@ class Plugins:
         Built under a forked RNG seeded by ``train.seed`` (like ``jit_setup``): their random init neither depends
         on nor shifts the training randomness, so a plugin whose terms are off trains the baseline bit for bit."""
         from jit_core.rng import isolated_rng
-        out, owner = {}, {}
+        out: dict[str, Any] = {}
+        owner: dict[str, str] = {}
         with isolated_rng(config.train.seed, next(model.parameters()).device):
             answers = call_each(self.pm.hook.jit_trainable_modules, config=config, model=model)
         for plugin, modules in answers:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from jit_core.durable import ensure_dir, open_append, replace_durably, stored_path
 from jit_core.progress import heartbeat
@@ -272,7 +273,8 @@ class ForwardStopSignals:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, children: Children, echo: Callable[[str], None]):
-        self.children, self.echo, self.previous = children, echo, {}
+        self.children, self.echo = children, echo
+        self.previous: dict[int, Any] = {}   # signal number -> the handler it had before
 
     def _on_signal(self, signum, frame) -> None:
         first = self.children.stopping is None

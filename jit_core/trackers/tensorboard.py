@@ -36,8 +36,10 @@ class TensorBoardSink(LogSink):
     def log_config(self, config: dict) -> None:
         from torch.utils.tensorboard.summary import hparams
         self.writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "))
+        file_writer = self.writer.file_writer
+        assert file_writer is not None, "SummaryWriter opens its FileWriter in __init__"
         for summary in hparams(_flat(config), {}):
-            self.writer.file_writer.add_summary(summary)
+            file_writer.add_summary(summary)
         self.writer.flush()
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
