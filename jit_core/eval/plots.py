@@ -1,5 +1,6 @@
-"""Paper figures and tables of a comparison: loss curves as mean and band over seeds per arm, a forest plot of
-each arm's difference to the baseline, and tables as CSV and LaTeX beside the markdown.
+"""Paper figures and tables of a comparison: loss curves as mean and band over seeds per arm (a run that logged
+one point drawn as a marker), a forest plot of each arm's difference to the baseline, and tables as CSV and LaTeX
+beside the markdown.
 
 Every figure is written twice, ``<stem>.png`` (for the HTML report) and ``<stem>.pdf`` (vector, for a paper),
 through :func:`jit_core.durable.save_figure` (atomic replace, no links followed)."""
@@ -36,6 +37,22 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def smooth(ys: list[float], frac: float = 0.05) -> list[float]:
+    """Exponential moving average with a window of about ``frac`` of the curve (bias-corrected)."""
+    alpha = 1.0 / max(1.0, frac * len(ys))
+    out, m, w = [], 0.0, 0.0
+    for y in ys:
+        m, w = (1 - alpha) * m + alpha * y, (1 - alpha) * w + alpha
+        out.append(m / w)
+    return out
+
+
+def loss_terms(logs: dict[str, list[dict]]) -> list[str]:
+    """The loss keys the logs hold (``loss``, then ``loss/pixel``, then the other ``loss/<term>`` by name)."""
+    keys = {k for rows in logs.values() for r in rows for k in r if k == "loss" or k.startswith("loss/")}
+    return sorted(keys, key=lambda k: (k != "loss", k != "loss/pixel", k))
+
+
 def seed_band(runs: Sequence[list[dict]], term: str, x: str = "step") -> tuple[list[float], list[float], list[float],
                                                                                list[float], list[int]]:
     """Mean and min-max band over seeds of ``term``, aligned on the training step.
@@ -60,50 +77,69 @@ def seed_band(runs: Sequence[list[dict]], term: str, x: str = "step") -> tuple[l
     return xs, mean, lo, hi, n
 
 
-def plot_loss_bands(arms: dict[str, list[list[dict]]], stem: Path, x: str = "step") -> list[Path]:
-    """One subplot per loss term, one line per arm: the mean over its seeds with the min-max band shaded (both
-    smoothed, :func:`jit_core.eval.figures.smooth`; the raw mean faint).
+LOSS_X = ("step", "time")
 
-    A curve of a single logged point (a very short run) is drawn as a marker, so it is not invisible."""
-    from .figures import loss_terms, smooth
+
+def _time_unit(arms: dict[str, list[list[dict]]]) -> tuple[str, float]:
+    """The wall-clock unit the longest run reads best in: ``(name, seconds per unit)``."""
+    tmax = max((r["time"] for runs in arms.values() for rows in runs for r in rows if _finite(r.get("time"))),
+               default=0)
+    return ("h", 3600.0) if tmax > 7200 else (("min", 60.0) if tmax > 120 else ("s", 1.0))
+
+
+def draw_loss_term(ax, arms: dict[str, list[list[dict]]], term: str, x: str = "step", div: float = 1.0) -> bool:
+    """One loss term on ``ax``, one curve per arm: the mean over its runs (seeds) with the min-max band, both
+    smoothed (:func:`smooth`), the raw mean faint. An arm that logged the term at one step only (a very short run)
+    is a marker with its min-max bar, so it is never an invisible one-point line. False when no arm logged it."""
+    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn: list[float] = []
+    for i, (arm, runs) in enumerate(arms.items()):
+        xs, mean, lo, hi, n = seed_band(runs, term, x)
+        if not xs:
+            continue
+        xs = [v / div for v in xs] if x == "time" else xs
+        c = colors[i % len(colors)]
+        label = arm if len(runs) == 1 else f"{arm} (n={max(n)})"
+        drawn += lo + hi
+        if len(xs) == 1:
+            ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt="o", color=c, capsize=3,
+                        label=f"{label}, one point (step {xs[0]:g})" if x == "step" else f"{label}, one point")
+            continue
+        ax.plot(xs, mean, color=c, alpha=0.25, linewidth=0.8)
+        ax.plot(xs, smooth(mean), color=c, linewidth=1.6, label=label)
+        if max(n) > 1:
+            ax.fill_between(xs, smooth(lo), smooth(hi), color=c, alpha=0.2, linewidth=0)
+    if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 20:   # a loss falling by decades reads in log scale
+        ax.set_yscale("log")
+    return bool(drawn)
+
+
+def plot_loss_bands(arms: dict[str, list[list[dict]]], stem: Path, x: str = "step") -> list[Path]:
+    """One subplot per loss term, one curve per arm (:func:`draw_loss_term`: mean over its seeds, min-max band, a
+    marker for a run of one logged point); ``x``: ``step`` or ``time`` (wall clock). Written as ``<stem>.png`` and
+    ``<stem>.pdf``. ``arms``: arm name -> one ``metrics.jsonl`` log (list of rows) per seed; a single run is an arm
+    of one seed."""
+    if x not in LOSS_X:
+        raise ValueError(f"x={x!r}: loss curves are drawn against 'step' or 'time'")
     plt = _pyplot()
     terms = loss_terms({f"{a}/{i}": rows for a, runs in arms.items() for i, rows in enumerate(runs)}) or ["loss"]
     cols = min(3, len(terms))
     rows_n = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.6 * rows_n), squeeze=False)
-    tmax = max((r["time"] for runs in arms.values() for rows in runs for r in rows if _finite(r.get("time"))),
-               default=0)
-    unit, div = ("h", 3600.0) if tmax > 7200 else (("min", 60.0) if tmax > 120 else ("s", 1.0))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    unit, div = _time_unit(arms)
     for ax, term in zip(axes.flat, terms):
-        drawn = False
-        for i, (arm, runs) in enumerate(arms.items()):
-            xs, mean, lo, hi, n = seed_band(runs, term, x)
-            if not xs:
-                continue
-            drawn = True
-            xs = [v / div for v in xs] if x == "time" else xs
-            c = colors[i % len(colors)]
-            label = f"{arm} (n={max(n)})"
-            if len(xs) == 1:
-                ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt="o", color=c, capsize=3,
-                            label=label + ", one point")
-                continue
-            # the raw mean faint, the smoothed mean and band on top (smoothing as in the single-run curves)
-            ax.plot(xs, mean, color=c, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, smooth(mean), color=c, linewidth=1.6, label=label)
-            if max(n) > 1:
-                ax.fill_between(xs, smooth(lo), smooth(hi), color=c, alpha=0.2, linewidth=0)
-        ax.set_title(term)
-        ax.set_xlabel("step" if x == "step" else f"wall clock ({unit})")
-        ax.grid(alpha=0.3)
-        if drawn:
+        if draw_loss_term(ax, arms, term, x, div):
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(term)
+        ax.set_xlabel("step" if x == "step" else f"wall clock ({unit})")
+        ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
-    fig.suptitle("mean over seeds, band = min to max (smoothed; raw mean faint)", fontsize=9)
+    several = any(len(runs) > 1 for runs in arms.values())
+    fig.suptitle("mean over seeds, band = min to max (smoothed; raw mean faint)" if several
+                 else "smoothed; raw curve faint", fontsize=9)
     fig.tight_layout()
     return save_png_pdf(fig, stem)
 
