@@ -112,6 +112,30 @@ def test_generation_does_not_depend_on_batch_size_or_rank_split(tiny_run):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, (diff.max(), (diff > 0).float().mean())
 
 
+def test_the_sampling_call_swaps_other_weights_in_and_out(tiny_run):
+    """``generate_images(..., weights=ema1)`` on the raw model samples what the run loaded with EMA1 samples,
+    and leaves the model's own weights and mode as they were (the trainer's sample grids rely on it)."""
+    from jit_core.diffusion.generate import SampleSpec, generate_images
+    from jit_core.runs.checkpoint import read_weights
+    raw = api.load_run(tiny_run, ema="model")
+    raw.model.train()
+    before = {k: v.clone() for k, v in raw.model.state_dict().items()}
+    labels, spec = torch.arange(4), SampleSpec(steps=1, cfg=1.5, seed=2)
+    swapped = generate_images(raw.model, labels, raw.config, raw.plugins, spec, weights=read_weights(tiny_run, "ema1"))
+    assert torch.equal(swapped, api.generate(api.load_run(tiny_run), labels, spec))
+    assert raw.model.training and all(torch.equal(v, before[k]) for k, v in raw.model.state_dict().items())
+    assert not torch.equal(swapped, api.generate(raw, labels, spec))      # the model's own weights differ
+
+
+def test_an_eval_spec_and_its_fields_given_as_keywords(tiny_run, tmp_path):
+    """``evaluate_run(run, spec, **fields)``: the keywords take precedence over the spec; an unknown one is refused."""
+    spec = E.EvalSpec(num_images=10, steps=1, seed=5, save="none", metrics="none", progress=False)
+    res = E.evaluate_run(tiny_run, spec, seed=3, out=tmp_path)
+    assert res["samples"]["seed"] == 3 and res["samples"]["num_images"] == 10 and res["sampler"]["steps"] == 1
+    with pytest.raises(TypeError, match="num_imgs"):
+        E.evaluate_run(tiny_run, spec, num_imgs=10)
+
+
 # ----------------------------------------------------------------------------------- evaluate_run
 def test_evaluate_writes_pngs_and_full_provenance(tiny_run, cache_env):
     res = E.evaluate_run(tiny_run, num_images=20, steps=2, seed=0, progress=False)
