@@ -34,7 +34,7 @@ class LoadedRun:
     ema: str
 
 
-def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
+def load_run_config(run_dir: str | Path, trust_plugins=()) -> Config:
     """A run folder's saved config. Plugins it names that are not installed entry points (module paths,
     ``.py`` files) must be in ``trust_plugins`` (or ``trust_plugins=True``): see
     :func:`jit_core.plugins.check_run_plugins`."""
@@ -68,12 +68,12 @@ def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: s
              trust_plugins=()) -> LoadedRun:
     """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode.
 
-    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_config`).
+    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_run_config`).
     """
     if ema not in ("model", "ema1", "ema2"):
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     run_dir = Path(run_dir)
-    config = load_config(run_dir, trust_plugins)
+    config = load_run_config(run_dir, trust_plugins)
     config.run_dir = str(run_dir)  # the folder may have moved since training
     model, plugins = build_model_for(config, device=device)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
