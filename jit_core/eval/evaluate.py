@@ -1,5 +1,9 @@
 """``jit evaluate``: generate per the evaluation protocol, compute metrics, record full provenance.
 
+What to do is one :class:`~jit_core.eval.evalspec.EvalSpec` (``evaluate_run(run_dir, spec)``); each point of its
+weights x CFG grid is resolved into a :class:`~jit_core.eval.evalspec.GridPoint` and sampled through the one
+sampling call (:func:`jit_core.diffusion.generate.generate_images`).
+
 Generation follows docs/official-code.md#evaluation (item 1): N images, class-major labels (image n has class
 floor(n C / N), i.e. N / C per class), rank r at step i covers ids ``i b world + r b ... + b - 1``; the
 initial noise of image n depends only on (seed, n), so results do not depend on batch size or world
