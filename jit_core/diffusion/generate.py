@@ -7,6 +7,7 @@ images do not depend on the batch size or on how the ids are split across ranks.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,7 +40,7 @@ class SampleSpec:
     cfg: Optional[float] = None                          # guidance scale w (1: unguided)
     steps: Optional[int] = None                          # sampler steps (JiT: Heun 50)
     method: Optional[str] = None                         # heun | euler
-    interval: Optional[tuple[float, float]] = None       # the CFG interval (lo, hi) in t
+    interval: Optional[Sequence[float]] = None           # the CFG interval (lo, hi) in t
     seed: int = 0                                        # sample i's noise: seeded by (seed, start_index + i)
     batch_size: Optional[int] = None                     # images per forward batch
     autocast: Optional[bool] = None
@@ -81,6 +82,7 @@ def _generate(model: JiT, labels: torch.Tensor, config: Config, plugins, spec: S
     if progress:
         from jit_core.progress import track
         chunks = track(chunks, desc="sampling", unit="batch")
+    lo_t, hi_t = spec.interval or s.interval
     out, streams = [], {}
     for lo in chunks:
         lab = labels[lo:lo + batch_size].to(device)
@@ -88,7 +90,7 @@ def _generate(model: JiT, labels: torch.Tensor, config: Config, plugins, spec: S
         with autocast_for(device, autocast):
             x = sample(model, lab, hook=plugins.hook, config=config, steps=spec.steps or s.steps,
                        method=spec.method or s.method, cfg=s.cfg if spec.cfg is None else spec.cfg,
-                       interval=tuple(spec.interval or s.interval), noise=noise, return_all_streams=return_streams)
+                       interval=(float(lo_t), float(hi_t)), noise=noise, return_all_streams=return_streams)
         if return_streams:
             for name, value in x.items():
                 if name != PIXEL:

@@ -2,6 +2,7 @@
 the metric, where results go); ``GridPoint``: one point of that grid with every setting resolved."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Optional, Union
 import torch
 
 WEIGHTS = ("ema1", "ema2", "model")
-PathLike = Union[str, Path, None]
+PathLike = Union[str, os.PathLike, None]
 
 
 def as_list(x: Any, convert) -> list:
@@ -74,7 +75,7 @@ class GridPoint:
     cfg: float
     steps: int
     method: str
-    interval: tuple[float, float]
+    interval: tuple[float, ...]
     num_images: int
     seed: int
     batch_size: int

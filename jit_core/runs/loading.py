@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -64,7 +65,7 @@ def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="c
     return build_network(config, plugins, mc, device=device), plugins
 
 
-def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | Path | None = None,
+def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | os.PathLike | None = None,
              trust_plugins=()) -> LoadedRun:
     """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode.
 

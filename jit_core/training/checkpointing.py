@@ -39,6 +39,8 @@ def save(state: TrainState, config: Config, run_dir: Path, dist: DistInfo) -> Pa
 def resume(state: TrainState, config: Config, run_dir: Path) -> Path:
     """Restore ``state`` from the run folder's latest verified checkpoint; returns that checkpoint's folder."""
     path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir} has no complete checkpoint to resume from; start the run again")
     weights, saved = ckpt.load_checkpoint(path)
     state.load(weights, saved, config, path)
     return path

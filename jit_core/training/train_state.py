@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from jit_core.config import Config, ConfigError
 from jit_core.errors import CheckpointError
+from jit_core.model import JiT
 from jit_core.runs.checkpoint import WEIGHT_NAMES
 from jit_core.runs.compat import check_compatible
 from jit_core.training.accumulate import VirtualRanks
@@ -29,7 +30,7 @@ class TrainState:
     """What a resume must restore to continue bit-identically: the network, its EMAs, the plugins' modules, the
     optimizer, the step counters and every virtual rank's RNG (held by ``ranks``)."""
 
-    model: nn.Module
+    model: JiT
     aux: nn.ModuleDict
     emas: list[EMA]
     optimizer: torch.optim.Optimizer

@@ -26,6 +26,7 @@ from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
+from jit_core.model import JiT
 from jit_core.model.compile import compile_model
 from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
@@ -132,13 +133,13 @@ class Trainer:
                             row["old"], row["new"])
         barrier(self.dist)
 
-    def _build_modules(self, device: torch.device) -> tuple[nn.Module, nn.ModuleDict]:
+    def _build_modules(self, device: torch.device) -> tuple[JiT, nn.ModuleDict]:
         model = build_network(self.config, self.plugins, self.model_config, device=device, streams=self.streams)
         return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(device)
 
     # what a checkpoint holds lives in self.state (TrainState); these names read it
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> JiT:
         return self.state.model
 
     @property
