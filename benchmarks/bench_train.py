@@ -148,7 +148,7 @@ class Net:
         tr.autocast = v.bf16 and self.device.type == "cuda"
         if v.fused not in self.optimizers:
             self.optimizers[v.fused] = self.make_opt(v.fused)
-        tr.optimizer = self.optimizers[v.fused]
+        tr.state.optimizer = self.optimizers[v.fused]
         mods = self.modules_to_compile()
         if v.compile and self.compiled is None:   # exactly what Trainer does for train.compile=true
             compile_model(self.trainer.model)

@@ -23,8 +23,9 @@ Interop: ``api.export_run(run, "checkpoint-last.pth")`` (the official layout, ``
 ``api.push(run, "hf://OWNER/REPO")`` (``jit push``: weights, config and a model card on the Hub).
 
 A facade: loading lives in :mod:`jit_core.runs.loading` (and :mod:`jit_core.runs.hubrun` for ``hf://``),
-generation in :mod:`jit_core.diffusion.generate`, export and push in :mod:`jit_core.runs.export` and
-:mod:`jit_core.runs.push`.
+generation in :mod:`jit_core.diffusion.generate` (``generate`` is its one sampling call,
+:func:`~jit_core.diffusion.generate.generate_images`, for a loaded run; ``SampleSpec`` holds the settings),
+export and push in :mod:`jit_core.runs.export` and :mod:`jit_core.runs.push`.
 """
 from __future__ import annotations
 
@@ -37,20 +38,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from jit_core.config import Config, check_device, flat_config
-from jit_core.diffusion.generate import autocast_for, generate_images, initial_noise, sample_with_weights
+from jit_core.diffusion.generate import SampleSpec, autocast_for, generate_images, initial_noise
 from jit_core.model import PIXEL
 from jit_core.runs import hub
 from jit_core.runs.export import export_run
 from jit_core.runs.hubrun import load_hub_run
-from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_config
+from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_run_config
 from jit_core.runs.loading import load_run as _load_run_folder
 from jit_core.runs.push import push
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["LoadedRun", "load_run", "load_config", "build_model_for", "generate", "generate_images",
-           "sample_with_weights", "initial_noise", "autocast_for", "PIXEL",
+__all__ = ["LoadedRun", "load_run", "load_run_config", "build_model_for", "generate", "generate_images", "SampleSpec",
+           "initial_noise", "autocast_for", "PIXEL",
            "train", "evaluate", "compare", "read_metrics", "plot_losses", "sample_grid", "resolve_config",
            "override_texts", "run_folder", "RunRef", "Overrides", "export_run", "push"]
 
@@ -175,7 +176,7 @@ def train(config: str | os.PathLike | Config, run_dir: str | os.PathLike, overri
 
     ``config`` and the overrides resolve as in :func:`resolve_config`. The folder of the same run is
     resumed exactly; to continue a run with a longer schedule pass its own config:
-    ``api.train(api.load_config(run), run, {"train.max_steps": 2000})``, with ``allow_changes`` naming the
+    ``api.train(api.load_run_config(run), run, {"train.max_steps": 2000})``, with ``allow_changes`` naming the
     keys a resume may change (``jit train --allow-change``). Ctrl-C (a notebook's interrupt) finishes the
     step, writes a checkpoint and raises KeyboardInterrupt.
 
@@ -187,7 +188,7 @@ def train(config: str | os.PathLike | Config, run_dir: str | os.PathLike, overri
     result = train_run(cfg, run_dir, allow_changes=allow_changes, progress=progress)
     if result.stop_signal == signal.SIGINT:
         raise KeyboardInterrupt(f"interrupted at step {result.step}; checkpoint {result.checkpoint} kept "
-                                f"(continue with api.train(api.load_config({str(run_dir)!r}), {str(run_dir)!r}))")
+                                f"(continue with api.train(api.load_run_config({str(run_dir)!r}), {str(run_dir)!r}))")
     if result.status != "finished":
         log.warning("%s at step %d (checkpoint %s)", result.status, result.step, result.checkpoint)
     return load_run(result.run_dir, device=resolve_device(cfg.train.device), trust_plugins=tuple(cfg.plugins))
@@ -209,15 +210,17 @@ def evaluate(run: RunRef, num_images: int | None = None, *, cfg: float | Sequenc
 
     ``result = api.evaluate(run, num_images=100, cfg=2.0); result["metrics"]``
     """
-    from jit_core.eval.evaluate import evaluate_run
+    from jit_core.eval.evaluate import EvalSpec, evaluate_run
     if isinstance(run, LoadedRun):
         ema = ema or run.ema
         checkpoint = checkpoint or run.checkpoint
     check_device(device)
-    return evaluate_run(run_folder(run), num_images, cfg, steps, method, interval, ema or "ema1", seed, batch_size,
-                        out, ref_stats, inception_weights, save, metrics, ref_dir=ref_dir,
-                        device=None if device == "auto" else device, checkpoint=checkpoint, progress=progress,
-                        trust_plugins=_trusted([run], trust_plugins), bootstrap=bootstrap, resume=resume)
+    spec = EvalSpec(ema=ema or "ema1", cfg=cfg, num_images=num_images, steps=steps, method=method, interval=interval,
+                    seed=seed, batch_size=batch_size, checkpoint=checkpoint, metrics=metrics, ref_stats=ref_stats,
+                    ref_dir=ref_dir, inception_weights=inception_weights, bootstrap=bootstrap, out=out, save=save,
+                    device=None if device == "auto" else device, progress=progress,
+                    trust_plugins=_trusted([run], trust_plugins), resume=resume)
+    return evaluate_run(run_folder(run), spec)
 
 
 def _arms(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]]) -> dict[str, list[RunRef]]:

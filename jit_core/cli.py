@@ -204,7 +204,7 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     """
     from jit_core.training import train as run_train
     if resume_dir:
-        from jit_core.api import load_config as load_run_config
+        from jit_core.api import load_run_config
         from jit_core.runs.checkpoint import list_checkpoints
         if not list_checkpoints(resume_dir):
             raise ConfigError(f"--resume {resume_dir}: no checkpoint to resume from (nothing in "

@@ -300,7 +300,8 @@ def tiny_model(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), c
     :func:`nontrivial` (``None``: the fresh adaLN-Zero init). No data is read and nothing is written.
     """
     from jit_core.data import dataset_channels, dataset_num_classes
-    from jit_core.model import JiT, get_model_config
+    from jit_core.model import get_model_config
+    from jit_core.runs.network import build_network
     from jit_core.training.startup import load_plugins
     cfg = config if config is not None else tiny_config(plugins, 1, **overrides)
     cfg.model_overrides = {"in_channels": dataset_channels(cfg.data), "num_classes": dataset_num_classes(cfg.data),
@@ -309,7 +310,7 @@ def tiny_model(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), c
     mc = get_model_config(cfg.model, **cfg.model_overrides)
     import torch
     torch.manual_seed(seed)
-    model = JiT(mc, pl.streams(cfg, mc), attention).eval()
+    model = build_network(cfg, pl, mc, attention=attention).eval()
     return TinyModel(nontrivial(model, scale, seed) if scale else model, pl, cfg)
 
 
@@ -353,8 +354,8 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None):
     """
     from click.testing import CliRunner
 
-    from jit_core.cli import _add_optional_commands, cli
-    _add_optional_commands()
+    from jit_core.cli import add_all_commands, cli
+    add_all_commands()
     return CliRunner().invoke(cli, list(args), env=dict(env) if env else None, catch_exceptions=True)
 
 

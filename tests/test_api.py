@@ -102,7 +102,7 @@ def test_train_trains_what_jit_train_trains_and_resumes(tmp_path, one_thread):
     for name, tensor in run.model.state_dict().items():
         assert torch.equal(tensor, cli_weights[name]), name            # bit-identical on the CPU
     assert api.train("test", tmp_path / "api", TINY_TRAIN, progress=False).step == 2   # the same run: nothing more
-    longer = api.train(api.load_config(tmp_path / "api"), tmp_path / "api", {"train.max_steps": 3}, progress=False)
+    longer = api.train(api.load_run_config(tmp_path / "api"), tmp_path / "api", {"train.max_steps": 3}, progress=False)
     assert longer.step == 3 and [r["step"] for r in api.read_metrics(longer)] == [2, 3]
 
 
@@ -113,8 +113,8 @@ def test_ctrl_c_checkpoints_then_raises_and_a_loaded_run_keeps_its_trust(tmp_pat
         api.train("test", run_dir, TINY_TRAIN, plugins=[__name__], progress=False, train__max_steps=4)
     assert (run_dir / "checkpoints" / "step-00000002").is_dir()
     with pytest.raises(PluginError, match=__name__):          # a folder naming a plugin module: trusted by name only
-        api.load_config(run_dir)
-    run = api.train(api.load_config(run_dir, trust_plugins=[__name__]), run_dir, progress=False)
+        api.load_run_config(run_dir)
+    run = api.train(api.load_run_config(run_dir, trust_plugins=[__name__]), run_dir, progress=False)
     assert run.step == 4 and LOSS_CALLS[0] == 4
     record = api.evaluate(run, num_images=4, metrics="none", save="none", progress=False, device="cpu")
     assert record["checkpoint"]["step"] == 4           # the loaded run's plugins were trusted when it was loaded

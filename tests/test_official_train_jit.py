@@ -16,7 +16,8 @@ from jit_core.diffusion.flow import add_noise, logit_normal_t, training_losses
 from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
 from jit_core.plugins import Plugins
-from jit_core.training.build import build_for_config, make_optimizer
+from jit_core.runs.network import build_network
+from jit_core.training.build import make_optimizer
 from jit_core.training.optim import lr_at, param_groups, peak_lr
 from jit_core.training.state import EMA
 
@@ -45,7 +46,7 @@ def jit_config() -> Config:
 
 def official_model(cfg: Config, plugins: Plugins, weights: str = "model"):
     """Our network for ``cfg`` holding the official fixture's weights (``model`` / ``model_ema1`` / ...)."""
-    model = build_for_config(cfg, plugins, get_model_config(cfg.model))
+    model = build_network(cfg, plugins, get_model_config(cfg.model))
     sd, layout = from_official(compact("jit_tiny").checkpoint()[weights])
     assert layout == "jit"
     model.load_state_dict(sd, strict=True)

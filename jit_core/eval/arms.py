@@ -37,7 +37,8 @@ def settings_of(rec: dict) -> dict:
             "eval_seed": sa.get("seed"), "metric_kind": rec.get("metric_kind")}
 
 
-def _key(settings: dict) -> str:
+def settings_id(settings: dict) -> str:
+    """One string per evaluation setting (:func:`settings_of`): evaluations compared must share it."""
     return json.dumps(settings, sort_keys=True)
 
 
@@ -49,7 +50,8 @@ def describe(settings: dict) -> str:
             f"metric {s.get('metric_kind')}")
 
 
-def _matches(settings: dict, want: dict) -> bool:
+def settings_match(settings: dict, want: dict) -> bool:
+    """Whether an evaluation's settings are the ones asked for (``want``: None leaves a key free)."""
     for k, v in want.items():
         if v is None:
             continue
@@ -123,11 +125,11 @@ def select_evaluations(runs: dict[str, Path], want: dict | None = None) -> tuple
     or share several and ``want`` does not say which.
     """
     want = {k: v for k, v in (want or {}).items() if v is not None}
-    per_run = {label: [r for r in read_evaluations(d) if _matches(settings_of(r), want)] for label, d in runs.items()}
+    per_run = {label: [r for r in read_evaluations(d) if settings_match(settings_of(r), want)] for label, d in runs.items()}
     evaluated = {k: v for k, v in per_run.items() if v}
     if not evaluated:
         return {label: None for label in runs}, None
-    keys = [{_key(settings_of(r)) for r in recs} for recs in evaluated.values()]
+    keys = [{settings_id(settings_of(r)) for r in recs} for recs in evaluated.values()]
     common = set.intersection(*keys)
     if not common:
         lines = "; ".join(f"{label}: " + " | ".join(sorted(describe(settings_of(r)) for r in recs))
@@ -142,7 +144,7 @@ def select_evaluations(runs: dict[str, Path], want: dict | None = None) -> tuple
     key = common.pop()
     chosen = {}
     for label in runs:
-        recs = [r for r in per_run[label] if _key(settings_of(r)) == key]
+        recs = [r for r in per_run[label] if settings_id(settings_of(r)) == key]
         # the newest checkpoint's evaluation, then the newest evaluation of it
         chosen[label] = max(recs, key=_newest) if recs else None
     return chosen, json.loads(key)
@@ -270,7 +272,8 @@ def what_this_shows(table: dict, settings: dict | None, records: dict[str, dict 
     return " ".join(text) + " What it does not show: " + "; ".join(no) + "."
 
 
-def _iv(s: dict) -> str:
+def interval_text(s: dict) -> str:
+    """``[lo, hi]`` of a summary with an interval, ``-`` without one."""
     if s.get("lo") is None:
         return "-"
     return f"[{s['lo']:.4g}, {s['hi']:.4g}]"
@@ -288,7 +291,7 @@ def arms_markdown(table: dict, sentence: str, paragraph: str, settings: dict | N
                  f"{r['n']}" + (f" of {r['n_runs']}" if r["n"] != r["n_runs"] else "")]
         for k in table["metrics"]:
             s = r["metrics"].get(k)
-            cells.append(f"{s['mean']:.4g} {_iv(s)}" if s else "-")
+            cells.append(f"{s['mean']:.4g} {interval_text(s)}" if s else "-")
         v = r["verdicts"].get(m)
         cells.append(verdict_cell(v) + (f" ({v['diff']:+.3g}, [{v['lo']:.3g}, {v['hi']:.3g}])"
                                          if v and v["lo"] is not None else ""))

@@ -1,5 +1,9 @@
 """``jit evaluate``: generate per the evaluation protocol, compute metrics, record full provenance.
 
+What to do is one :class:`~jit_core.eval.evalspec.EvalSpec` (``evaluate_run(run_dir, spec)``); each point of its
+weights x CFG grid is resolved into a :class:`~jit_core.eval.evalspec.GridPoint` and sampled through the one
+sampling call (:func:`jit_core.diffusion.generate.generate_images`).
+
 Generation follows docs/official-code.md#evaluation (item 1): N images, class-major labels (image n has class
 floor(n C / N), i.e. N / C per class), rank r at step i covers ids ``i b world + r b ... + b - 1``; the
 initial noise of image n depends only on (seed, n), so results do not depend on batch size or world
@@ -18,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,14 +30,15 @@ import torch
 import torch.distributed as dist
 
 from jit_core import durable
+from jit_core.diffusion.generate import SampleSpec
 
+from .evalspec import WEIGHTS, EvalSpec, GridPoint, as_list
 from .provenance import point_settings, provenance
 from .results import finished, format_table, primary_metric, save_record, sweep_markdown, sweep_summary
 
 log = logging.getLogger(__name__)
 CLASSIFIER_DATASETS = ("fashion_mnist", "digits")
 JIT_INTERVAL = (0.1, 1.0)
-WEIGHTS = ("ema1", "ema2", "model")
 DEFAULT_BOOTSTRAP = {"classifier": 1000, "inception": 200}   # resamples for the per-run 95 % intervals
 
 
@@ -100,18 +106,18 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
 
 
 # ----------------------------------------------------------------------------------- generation
-def _generate(run, labels: torch.Tensor, blocks, *, cfg, steps, method, interval, seed, batch_size,
-              folder: Path | None, keep: bool, progress: bool) -> dict[int, torch.Tensor]:
-    """Generate this rank's blocks; write PNGs as they come; keep ``{start: uint8 block}`` if asked."""
+def generate_blocks(run, labels: torch.Tensor, blocks, spec: SampleSpec, *, folder: Path | None, keep: bool,
+                    progress: bool) -> dict[int, torch.Tensor]:
+    """Generate this rank's ``blocks`` of ids (:func:`rank_blocks`) with :func:`jit_core.runs.loading.generate`;
+    write PNGs to ``folder`` as they come; return ``{start: uint8 block}`` if ``keep``."""
     from jit_core.images import save_pngs
     from jit_core.progress import Progress
     from jit_core.runs import loading
     kept = {}
     # a bar on a terminal; in a log, a line per block and at least every 30 s
-    bar = Progress(sum(b - a for a, b in blocks), f"generating ({run.ema}, cfg {cfg:g})", "img", enabled=progress)
+    bar = Progress(sum(b - a for a, b in blocks), f"generating ({run.ema}, cfg {spec.cfg:g})", "img", enabled=progress)
     for lo, hi in blocks:
-        imgs = loading.generate(run, labels[lo:hi], cfg=cfg, steps=steps, method=method, interval=interval, seed=seed,
-                            batch_size=batch_size, start_index=lo)
+        imgs = loading.generate(run, labels[lo:hi], spec, start_index=lo)
         if folder is not None:
             save_pngs(imgs, folder, start_index=lo)
         if keep:
@@ -137,19 +143,10 @@ def _gather(kept: dict[int, torch.Tensor], out: Path, name: str, rank: int, worl
     return torch.cat([kept[k] for k in sorted(kept)]) if kept else None
 
 
-def _as_list(x, convert) -> list:
-    if isinstance(x, str):
-        x = [v for v in x.split(",") if v.strip()]
-    return [convert(v) for v in (x if isinstance(x, (list, tuple)) else [x])]
-
-
-def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[float] | None = None,
-                 steps: int | None = None, method: str | None = None, interval: Sequence[float] | None = None,
-                 ema: str | Sequence[str] = "ema1", seed: int = 0, batch_size: int | None = None, out=None,
-                 ref_stats=None, inception_weights=None, save: str = "png", metrics: str = "auto", ref_dir=None,
-                 prc: bool = True, device=None, checkpoint=None, progress: bool = True, trust_plugins=(),
-                 bootstrap: int | None = None, resume: bool = True, resume_single: bool = False) -> dict:
-    """Generate and evaluate a run on the grid ``ema`` x ``cfg`` (each may be a list; best by the primary metric).
+def evaluate_run(run_dir, spec: EvalSpec | None = None, **fields) -> dict:
+    """Generate and evaluate a run as ``spec`` says (:class:`EvalSpec`; ``fields``: some of its fields, taking
+    precedence over ``spec``: ``evaluate_run(run, num_images=100, cfg=2.0)``), on the grid ``ema`` x ``cfg``
+    (best by the primary metric).
 
     One point: returns its result record. Several points: ``{"kind": "cfg_sweep" | "ema_cfg_grid",
     "results": [...], "best": record, ...}`` (one EMA: a CFG sweep, as before). Every point is written to
@@ -162,36 +159,34 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     """
     from jit_core.distributed import resolve_device
     from jit_core.runs import loading
-    if save not in ("png", "npz", "none"):
-        raise ValueError(f"unknown save format {save!r}: use png, npz or none")
-    emas = _as_list(ema, str.strip)
-    bad = [e for e in emas if e not in WEIGHTS]
-    if bad or not emas:
-        raise ValueError(f"unknown weights {', '.join(bad) or '(none)'} in ema: use {', '.join(WEIGHTS)} "
-                         "(comma-separated for a grid)")
+    spec = replace(spec or EvalSpec(), **fields)
+    if spec.save not in ("png", "npz", "none"):
+        raise ValueError(f"unknown save format {spec.save!r}: use png, npz or none")
+    emas, cfgs = spec.emas(), spec.cfgs()
+    save, metrics, ref_stats, ref_dir, bootstrap = spec.save, spec.metrics, spec.ref_stats, spec.ref_dir, spec.bootstrap
     rank, world = _dist()
-    device = torch.device(device) if device else resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
+    device = torch.device(spec.device) if spec.device else resolve_device("auto", int(os.environ.get("LOCAL_RANK", "0")))
     t_start = time.perf_counter()
-    cfgs = None if cfg is None else _as_list(cfg, float)
     grid = len(emas) > 1 or (cfgs is not None and len(cfgs) > 1)
     run_dir = Path(run_dir)
     # every file goes under the folder being evaluated (or --out), by a name built here: never a path read from
     # a saved result (a copied run must not rewrite the original's results)
-    out = Path(out) if out else run_dir / "eval"
+    out = Path(spec.out) if spec.out else run_dir / "eval"
     records, kind = [], None
     for e in emas:
-        run = loading.load_run(run_dir, ema=e, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+        run = loading.load_run(run_dir, ema=e, device=device, checkpoint=spec.checkpoint,
+                               trust_plugins=spec.trust_plugins)
         s = run.config.sample
-        n = int(num_images or s.num_images)
-        steps, method = int(steps or s.steps), method or s.method
-        interval = tuple(float(x) for x in (interval or s.interval))
-        batch_size = int(batch_size or s.batch_size)
+        n = int(spec.num_images or s.num_images)
+        steps, method = int(spec.steps or s.steps), spec.method or s.method
+        interval = tuple(float(x) for x in (spec.interval or s.interval))
+        batch_size = int(spec.batch_size or s.batch_size)
         cfgs = cfgs or [float(s.cfg)]
         if kind is None:
             kind = metric_kind(run, metrics, ref_stats, ref_dir)
             if kind == "inception":                 # missing or damaged weights fail now, not after sampling
                 from jit_core.eval.fid import check_inception_weights
-                check_inception_weights(inception_weights)
+                check_inception_weights(spec.inception_weights)
             if kind == "none" and metrics == "auto" and rank == 0:
                 log.warning("no metric for a %s run without --ref-stats / --ref-dir: generating samples only",
                             run.config.data.name)
@@ -205,9 +200,14 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
             labels = class_major_labels(n, run.model.cfg.num_classes)
             blocks = rank_blocks(n, batch_size, rank, world)
         for w in cfgs:
-            name = eval_name(run.step, e, n, method, steps, w, seed, interval)
-            wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, prc)
-            done = finished(out / f"{name}.json", wanted, world) if (grid or resume_single) and resume else None
+            name = eval_name(run.step, e, n, method, steps, w, spec.seed, interval)
+            wanted = point_settings(run, name, kind, n_boot, save, ref_stats, ref_dir, spec.prc)
+            point = GridPoint(name=name, kind=kind, cfg=w, steps=steps, method=method, interval=interval,
+                              num_images=n, seed=spec.seed, batch_size=batch_size, device=device, world=world,
+                              out=out, run_dir=run_dir, swept=len(cfgs) > 1, ema_swept=len(emas) > 1,
+                              bootstrap=n_boot, settings_key=wanted)
+            resumable = (grid or spec.resume_single) and spec.resume
+            done = finished(out / f"{name}.json", wanted, world) if resumable else None
             if done is not None:
                 if rank == 0:
                     log.info("%s: finished earlier with the same settings, not recomputed", name)
@@ -222,24 +222,20 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
             keep = save == "npz" or kind == "classifier" or (kind == "inception" and save == "none") or \
                 run.plugins.has_eval_metrics()           # plugins' metrics (jit_eval_metrics) read the images
             t0 = time.perf_counter()
-            kept = _generate(run, labels, blocks, cfg=w, steps=steps, method=method, interval=interval, seed=seed,
-                             batch_size=batch_size, folder=folder, keep=keep, progress=progress and rank == 0)
+            sampling = SampleSpec(cfg=w, steps=steps, method=method, interval=interval, seed=spec.seed,
+                                  batch_size=batch_size)
+            kept = generate_blocks(run, labels, blocks, sampling, folder=folder, keep=keep,
+                                   progress=spec.progress and rank == 0)
             images = _gather(kept, out, name, rank, world) if keep else None
             if world > 1 and not keep:
                 dist.barrier()
             t_gen = time.perf_counter() - t0
             record, error = None, None
             if rank == 0:
-                if progress and kind != "none":    # the metric phase, so a log shows what the wait is for
+                if spec.progress and kind != "none":    # the metric phase, so a log shows what the wait is for
                     log.info("%s: %d images generated in %.0f s; computing the %s metrics", name, n, t_gen, kind)
                 try:
-                    record = _evaluate_samples(run, kind, images, folder, labels, out, name, save, t_gen, world=world,
-                                               run_dir=run_dir,
-                                               cfg=w, steps=steps, method=method, interval=interval, num_images=n,
-                                               seed=seed, batch_size=batch_size, device=device,
-                                               swept=len(cfgs) > 1, ema_swept=len(emas) > 1, ref_stats=ref_stats,
-                                               ref_dir=ref_dir, inception_weights=inception_weights, prc=prc,
-                                               progress=progress, bootstrap=n_boot, settings_key=wanted)
+                    record = _evaluate_samples(run, spec, point, images, folder, labels, t_gen)
                 except Exception as exc:  # noqa: BLE001 -- re-raised below, on every rank
                     error = exc
             _raise_everywhere(error, world)
@@ -249,7 +245,7 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
         name = result["name"]
         if grid:
             first = records[0]
-            name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", seed, interval)
+            name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", spec.seed, interval)
             result = sweep_summary(records, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
         save_record(out, name, result, run_dir)
@@ -265,17 +261,18 @@ def evaluate_run(run_dir, num_images: int | None = None, cfg: float | Sequence[f
     return result
 
 
-def evaluate_all_checkpoints(run_dir, **evaluate_kwargs) -> list[dict]:
+def evaluate_all_checkpoints(run_dir, spec: EvalSpec | None = None, **fields) -> list[dict]:
     """:func:`evaluate_run` on every complete checkpoint of ``run_dir``, oldest first (``--all-checkpoints``).
 
     Resumable: a checkpoint whose result JSON exists with the same settings is read back, not recomputed."""
     from jit_core.runs.checkpoint import list_checkpoints
-    if evaluate_kwargs.get("checkpoint") is not None:
+    spec = replace(spec or EvalSpec(), **fields)
+    if spec.checkpoint is not None:
         raise ValueError("--all-checkpoints evaluates every checkpoint: leave out --checkpoint")
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ValueError(f"{run_dir} has no complete checkpoint in checkpoints/: train it first")
-    return [evaluate_run(run_dir, checkpoint=c, resume_single=True, **evaluate_kwargs) for c in checkpoints]
+    return [evaluate_run(run_dir, spec, checkpoint=c, resume_single=True) for c in checkpoints]
 
 
 def _raise_everywhere(error: Exception | None, world: int) -> None:
@@ -289,31 +286,33 @@ def _raise_everywhere(error: Exception | None, world: int) -> None:
         raise error
 
 
-def _evaluate_samples(run, kind, images, folder, labels, out: Path, name: str, save: str, t_gen: float, *,
-                      world: int, run_dir: Path, ref_stats, ref_dir, inception_weights, prc, progress, bootstrap: int,
-                      settings_key: dict, **settings) -> dict:
-    """Rank 0: save the npz, compute the metrics, assemble and write the result record."""
+def _evaluate_samples(run, spec: EvalSpec, point: GridPoint, images, folder, labels, t_gen: float) -> dict:
+    """Rank 0: save the npz, compute the metrics, assemble and write the result record of ``point``."""
+    out, name = point.out, point.name
     sample_path = str(folder) if folder else None
-    if save == "npz":
+    if spec.save == "npz":
         sample_path = str(durable.save_npz(out / f"{name}.npz", arr_0=images.permute(0, 2, 3, 1).contiguous().numpy()))
     t1 = time.perf_counter()
-    values = compute_metrics(kind, images, folder, labels, run, ref_stats=ref_stats, ref_dir=ref_dir,
-                             inception_weights=inception_weights, prc=prc, device=settings["device"],
-                             progress=progress, bootstrap=bootstrap)
+    values = compute_metrics(point.kind, images, folder, labels, run, ref_stats=spec.ref_stats, ref_dir=spec.ref_dir,
+                             inception_weights=spec.inception_weights, prc=spec.prc, device=point.device,
+                             progress=spec.progress, bootstrap=point.bootstrap)
     if images is not None:       # the plugins' metrics (jit_eval_metrics) beside the core's
         values.update(run.plugins.eval_metrics(run.config, images, labels, taken=values))
     t_metrics = time.perf_counter() - t1
     metric_prov = values.pop("provenance", None)
     intervals, method = values.pop("intervals", None) or {}, values.pop("interval_method", None)
-    record = {"name": name, "metrics": values, "metric_kind": kind, "primary_metric": primary_metric(kind),
+    record = {"name": name, "metrics": values, "metric_kind": point.kind, "primary_metric": primary_metric(point.kind),
               "intervals": intervals,
-              "interval_method": method or "no interval (no metric, or bootstrap 0)", "bootstrap": bootstrap,
-              "settings_key": settings_key,
-              **provenance(run, world_size=world, save=save, sample_path=sample_path, **settings),
+              "interval_method": method or "no interval (no metric, or bootstrap 0)", "bootstrap": point.bootstrap,
+              "settings_key": point.settings_key,
+              **provenance(run, cfg=point.cfg, steps=point.steps, method=point.method, interval=point.interval,
+                           num_images=point.num_images, seed=point.seed, batch_size=point.batch_size,
+                           world_size=point.world, device=point.device, save=spec.save, sample_path=sample_path,
+                           swept=point.swept, ema_swept=point.ema_swept),
               "metric_provenance": metric_prov, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "wall_time_s": {"generation": round(t_gen, 2), "metrics": round(t_metrics, 2)},
               "json": str(out / f"{name}.json")}
-    save_record(out, name, record, run_dir)
+    save_record(out, name, record, point.run_dir)
     return record
 
 
@@ -367,7 +366,7 @@ def evaluate_command():
             cfgs = _floats(cfg)
             if any(not 0 <= c < float("inf") for c in cfgs or ()):     # nan fails both comparisons
                 raise ValueError(f"{cfg}: each CFG scale must be >= 0 and finite (1 = unguided)")
-            emas = _as_list(ema, str.strip)
+            emas = as_list(ema, str.strip)
             bad = [e for e in emas if e not in WEIGHTS]
             if bad or not emas:
                 raise click.BadParameter(f"{', '.join(bad) or ema!r}: use {', '.join(WEIGHTS)}, comma-separated",
@@ -377,16 +376,16 @@ def evaluate_command():
         if all_checkpoints and checkpoint:
             raise click.BadParameter("evaluates every checkpoint: leave out --checkpoint", param_hint="--all-checkpoints")
         try:
-            kwargs = dict(num_images=num_images, cfg=cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
-                          steps=steps, method=method, interval=_floats(interval),
-                          ema=emas if len(emas) > 1 else emas[0], seed=seed, batch_size=batch_size, out=out,
-                          ref_stats=ref_stats, inception_weights=inception_weights, save=save, metrics=metrics,
-                          ref_dir=ref_dir, device=info.device, trust_plugins=trust_plugins, bootstrap=bootstrap,
-                          resume=resume)
+            spec = EvalSpec(num_images=num_images, cfg=cfgs if cfgs and len(cfgs) > 1 else (cfgs[0] if cfgs else None),
+                            steps=steps, method=method, interval=_floats(interval),
+                            ema=emas if len(emas) > 1 else emas[0], seed=seed, batch_size=batch_size, out=out,
+                            ref_stats=ref_stats, inception_weights=inception_weights, save=save, metrics=metrics,
+                            ref_dir=ref_dir, device=info.device, trust_plugins=trust_plugins, bootstrap=bootstrap,
+                            resume=resume)
             if all_checkpoints:
                 from jit_core.eval.over_steps import step_figure
                 try:
-                    results = evaluate_all_checkpoints(run_dir, **kwargs)
+                    results = evaluate_all_checkpoints(run_dir, spec)
                 except ValueError as e:     # no checkpoint: a one-line error naming the fix
                     raise click.ClickException(str(e)) from None
                 if info.is_main:
@@ -400,7 +399,7 @@ def evaluate_command():
                                         cfg=cfgs[0] if cfgs else None, device=info.device, trust_plugins=trust_plugins)
                     click.echo(f"samples over steps: {sheet}")
                 return
-            result = evaluate_run(run_dir, checkpoint=checkpoint, **kwargs)
+            result = evaluate_run(run_dir, spec, checkpoint=checkpoint)
         except InceptionWeightsError as e:
             raise click.ClickException(str(e)) from None
         if info.is_main:

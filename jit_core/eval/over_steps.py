@@ -20,7 +20,7 @@ def common_settings(records: dict[str, list[dict]], metric: str) -> str | None:
     """The evaluation settings (all but the step) that most runs have results of ``metric`` for; None if none."""
     runs_with: Counter[str] = Counter()
     for recs in records.values():
-        runs_with.update({A._key(A.settings_of(r)) for r in recs if metric in (r.get("metrics") or {})})
+        runs_with.update({A.settings_id(A.settings_of(r)) for r in recs if metric in (r.get("metrics") or {})})
     return max(runs_with, key=lambda k: (runs_with[k], k)) if runs_with else None
 
 
@@ -33,7 +33,7 @@ def metric_by_step(arms: Mapping[str, Sequence[Path]], metric: str) -> tuple[dic
     out: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
     for label, recs in records.items():
         rows = sorted(({"step": _step(r), metric: r["metrics"][metric]} for r in recs
-                       if key is not None and A._key(A.settings_of(r)) == key and _step(r) is not None
+                       if key is not None and A.settings_id(A.settings_of(r)) == key and _step(r) is not None
                        and metric in r["metrics"]), key=lambda row: row["step"])
         out[label.rsplit("/", 1)[0]].append(rows)
     return out, (json.loads(key) if key else None)

@@ -146,7 +146,7 @@ def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, c
     from jit_core.eval.evaluate import class_major_labels
     from jit_core.images import make_grid
     from jit_core.runs import loading
-    loading.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
+    loading.load_run_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
     step = params = None
     try:
         run = loading.load_run(d, device=device, trust_plugins=trust_plugins)
@@ -233,18 +233,18 @@ def compare_arms(arms: dict[str, list[Path]], out_dir: Path, baseline: str | Non
         if not (d / "config.json").is_file():
             raise ValueError(f"{d} is not a run folder (no config.json)")
     if kw.get("evaluate"):
-        from jit_core.eval.evaluate import evaluate_run
+        from jit_core.eval.evaluate import EvalSpec, evaluate_run
         todo = [(label, d) for label, d in runs.items()
-                if not [r for r in A.read_evaluations(d) if A._matches(A.settings_of(r), want)]]
+                if not [r for r in A.read_evaluations(d) if A.settings_match(A.settings_of(r), want)]]
         for i, (label, d) in enumerate(todo, 1):
             log.info("evaluating %s (%d of %d runs without a matching evaluation): %s", label, i, len(todo), d)
-            evaluate_run(d, num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
-                         method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
-                         seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
-                         ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
-                         inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
-                         metrics=kw.get("metrics") or "auto", device=device, progress=True,
-                         trust_plugins=trust, bootstrap=kw.get("bootstrap"))
+            evaluate_run(d, EvalSpec(num_images=kw.get("num_images"), cfg=kw.get("cfg"), steps=kw.get("steps"),
+                                     method=kw.get("method"), interval=kw.get("interval"), ema=kw.get("ema") or "ema1",
+                                     seed=kw.get("eval_seed") or 0, batch_size=kw.get("batch_size"),
+                                     ref_stats=kw.get("ref_stats"), ref_dir=kw.get("ref_dir"),
+                                     inception_weights=kw.get("inception_weights"), save=kw.get("save") or "png",
+                                     metrics=kw.get("metrics") or "auto", device=device, progress=True,
+                                     trust_plugins=trust, bootstrap=kw.get("bootstrap")))
     records, settings = A.select_evaluations(runs, want)
     table = A.arm_table(labels, records, baseline, paper)
     sentence = A.top_sentence(table)
@@ -352,7 +352,7 @@ def _arms_cells(table: dict) -> tuple[list[str], list[list[str]]]:
     for r in table["rows"]:
         cells = [r["arm"] + (" (baseline)" if r["baseline"] else ""),
                  f"{r['n']}" + (f" of {r['n_runs']}" if r["n"] != r["n_runs"] else "")]
-        cells += [f"{r['metrics'][k]['mean']:.4g} {A._iv(r['metrics'][k])}" if k in r["metrics"] else "-"
+        cells += [f"{r['metrics'][k]['mean']:.4g} {A.interval_text(r['metrics'][k])}" if k in r["metrics"] else "-"
                   for k in table["metrics"]]
         v = r["verdicts"].get(m)
         cells.append(A.verdict_cell(v))

@@ -355,8 +355,8 @@ def latest_checkpoint(run_dir, verify_hash: bool = True) -> Path | None:
     return None
 
 
-def _resolve(path) -> Path:
-    """A checkpoint dir, or a run dir -> its latest valid checkpoint."""
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint dir as given, or a run dir -> its latest valid checkpoint; CheckpointError for anything else."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such checkpoint: {path}")
@@ -375,7 +375,8 @@ def _device(map_location) -> str:
     return str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
 
 
-def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors; a damaged file is one :class:`CorruptCheckpointError` line."""
     try:
         return load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own error types for damaged files
@@ -405,6 +406,22 @@ def check_weight_values(name: str, sd: dict[str, torch.Tensor], fp: Path) -> Non
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(f"{fp}: {key} holds {bad} NaN/inf value(s): the weights are unusable; {_FIX}")
+
+
+def read_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
+    """One set of weights (``model``, ``ema1``, ``ema2`` or ``aux``) of a checkpoint dir, or of a run dir's latest
+    checkpoint: only that file is read, after its size and SHA-256 are checked against the manifest."""
+    found = resolve_checkpoint(path)
+    manifest = _read_manifest(found)
+    fname = f"{which}.safetensors"
+    if fname not in manifest["files"]:
+        have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
+        raise CheckpointError(f"checkpoint {found} has no {which!r} weights (it has {have})")
+    _check_files(found, manifest, [fname], verify_hash=True)
+    sd = read_safetensors(found / fname)
+    if which in WEIGHT_NAMES:
+        check_weight_values(which, sd, found / fname)
+    return sd
 
 
 # trainer.pt: the keys a reader uses and their types (the file is untrusted input); "step" is required
@@ -437,7 +454,7 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
     ``torch.load(weights_only=True)``. Both are checked before use: the network weights by
     :func:`check_weight_values` (floating point, finite), ``trainer.pt`` by :func:`check_state_schema`.
     """
-    path = _resolve(path)
+    path = resolve_checkpoint(path)
     if verify:
         names = list(verify_checkpoint(path)["files"])
     elif (path / "manifest.json").is_file():
@@ -445,7 +462,7 @@ def load_checkpoint(path, map_location="cpu", verify: bool = True) -> tuple[dict
     else:
         names = sorted(p.name for p in path.glob("*.safetensors")) + ["trainer.pt"]
     device = _device(map_location)
-    weights = {Path(n).stem: _load_safetensors(path / n, device) for n in names if n.endswith(".safetensors")}
+    weights = {Path(n).stem: read_safetensors(path / n, device) for n in names if n.endswith(".safetensors")}
     fp = check_state_file(path)
     try:
         state = torch.load(fp, map_location=map_location, weights_only=True)

@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,13 +14,14 @@ import torch
 
 from jit_core.clioptions import trust_options  # noqa: F401 -- re-exported: the commands' --trust-plugin
 from jit_core.config import Config, ConfigError, check_values, read_config_file, validate_plugin_options
-from jit_core.diffusion.generate import generate_images
+from jit_core.diffusion.generate import SampleSpec, generate_images
 from jit_core.hookspecs import RunContext
 from jit_core.model import JiT, get_model_config
 from jit_core.official.layout import import_official
 from jit_core.plugins import Plugins, check_run_plugins
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.compat import check_compatible
+from jit_core.runs.network import build_network
 
 
 @dataclass
@@ -33,7 +35,7 @@ class LoadedRun:
     ema: str
 
 
-def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
+def load_run_config(run_dir: str | Path, trust_plugins=()) -> Config:
     """A run folder's saved config. Plugins it names that are not installed entry points (module paths,
     ``.py`` files) must be in ``trust_plugins`` (or ``trust_plugins=True``): see
     :func:`jit_core.plugins.check_run_plugins`."""
@@ -51,26 +53,28 @@ def load_config(run_dir: str | Path, trust_plugins=()) -> Config:
 
 
 def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="cpu") -> tuple[JiT, Plugins]:
-    """The (randomly initialised) network a config describes, with its plugins' streams."""
+    """The (randomly initialised) network a config describes, with its plugins' streams, and the plugins set up
+    to sample (``jit_setup`` with ``training=False``): :func:`jit_core.runs.network.build_network` once the
+    plugins are ready."""
     plugins = plugins or Plugins(config.plugins)
     validate_plugin_options(config, plugins.option_schemas())
     mc = get_model_config(config.model, **config.model_overrides)
     plugins.start_run(config)
     plugins.setup(RunContext(config=config, model_config=mc, device=torch.device(device),
                              run_dir=Path(config.run_dir) if config.run_dir else None))   # to sample: training False
-    return JiT(mc, plugins.streams(config, mc), config.train.attention).to(device), plugins
+    return build_network(config, plugins, mc, device=device), plugins
 
 
-def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | Path | None = None,
+def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: str | os.PathLike | None = None,
              trust_plugins=()) -> LoadedRun:
     """Load a run folder's model with the chosen weights (``model``, ``ema1`` or ``ema2``), in eval mode.
 
-    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_config`).
+    ``trust_plugins``: module-path plugins the run's config names that may be imported (see :func:`load_run_config`).
     """
     if ema not in ("model", "ema1", "ema2"):
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     run_dir = Path(run_dir)
-    config = load_config(run_dir, trust_plugins)
+    config = load_run_config(run_dir, trust_plugins)
     config.run_dir = str(run_dir)  # the folder may have moved since training
     model, plugins = build_model_for(config, device=device)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
@@ -83,9 +87,14 @@ def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: s
     return LoadedRun(run_dir, config, model, plugins, int(state.get("step", 0)), path, ema)
 
 
-def generate(run: LoadedRun, labels: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Sample a loaded run (its sampler settings unless overridden): uint8 ``(N, C, H, W)``."""
-    return generate_images(run.model, labels, run.config, run.plugins, **kwargs)
+def generate(run: LoadedRun, labels: torch.Tensor, spec: Optional[SampleSpec] = None, *, start_index: int = 0,
+             progress: bool = False, return_streams: bool = False, **settings):
+    """:func:`~jit_core.diffusion.generate.generate_images` for a loaded run: uint8 ``(N, C, H, W)`` with the
+    run's sampler settings unless ``spec`` or ``settings`` (fields of :class:`SampleSpec`: ``cfg=2.0, seed=1``,
+    taking precedence over ``spec``) say otherwise."""
+    spec = replace(spec or SampleSpec(), **settings)
+    return generate_images(run.model, labels, run.config, run.plugins, spec, start_index=start_index,
+                           progress=progress, return_streams=return_streams)
 
 
 def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
@@ -93,20 +102,10 @@ def load_weights(path, which: str = "ema1") -> dict[str, torch.Tensor]:
     ``.safetensors`` file, or an official ``.pth`` (or a folder holding ``checkpoint-last.pth``)."""
     path = Path(path)
     if path.is_file():
-        return ckpt._load_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
+        return ckpt.read_safetensors(path) if path.suffix == ".safetensors" else _pick(import_official(path), which, path)
     if path.is_dir() and (path / "checkpoint-last.pth").is_file() and not (path / "checkpoints").exists():
         return _pick(import_official(path / "checkpoint-last.pth"), which, path)
-    found = ckpt._resolve(path)
-    manifest = ckpt._read_manifest(found)
-    fname = f"{which}.safetensors"
-    if fname not in manifest["files"]:
-        have = [Path(n).stem for n in manifest["files"] if n.endswith(".safetensors")]
-        raise ckpt.CheckpointError(f"checkpoint {found} has no {which!r} weights (it has {have})")
-    ckpt._check_files(found, manifest, [fname], verify_hash=True)
-    sd = ckpt._load_safetensors(found / fname)
-    if which in ckpt.WEIGHT_NAMES:
-        ckpt.check_weight_values(which, sd, found / fname)
-    return sd
+    return ckpt.read_weights(path, which)
 
 
 def _pick(imported: dict, which: str, path: Path) -> dict[str, torch.Tensor]:

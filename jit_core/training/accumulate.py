@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from jit_core.distributed import DistInfo, data_parallel_view
 from jit_core.training.state import rng_state, seed_everything, set_rng_state
+
+T = TypeVar("T")
 
 
 class VirtualRankSampler:
@@ -56,7 +59,7 @@ class VirtualRanks:
         self.ranks = [dist.rank * accum + a for a in range(accum)]
         self._states: list[dict] | None = None
 
-    def start(self, seed: int, build: Callable[[], object], replay: Callable[[], object]) -> object:
+    def start(self, seed: int, build: Callable[[], T], replay: Callable[[], object]) -> T:
         """Seed the process as its first virtual rank and ``build()`` (the network and plugin modules: what draws
         from the RNG before the first step); each further virtual rank's RNG is what its own process would hold
         after the same build, so the build is replayed under its seed (``replay``: the same build on the CPU, whose

@@ -1,5 +1,6 @@
-"""What a run trains: the model config from the data, the network with the plugins' streams, the objective
-(model + plugin modules as one module, so that DDP averages every gradient), the batches and the optimizer."""
+"""What a run trains: the model config from the data, the objective (model + plugin modules as one module, so
+that DDP averages every gradient), the batches and the optimizer. The network itself is built by
+:func:`jit_core.runs.network.build_network`, the one place a run's network is built."""
 from __future__ import annotations
 
 from typing import Any
@@ -34,14 +35,11 @@ def resolve_model_config(config: Config, dataset) -> Any:
     return mc
 
 
-def build_for_config(config: Config, plugins: Plugins, model_config, device=None, streams=None) -> JiT:
-    """The network; ``streams``: the ones the start-up checks built (else built here)."""
-    streams = streams if streams is not None else plugins.streams(config, model_config)
-    return JiT(model_config, streams, config.train.attention).to(device or "cpu")
-
-
 class Objective(nn.Module):
-    """The training objective of one batch: ``(total loss, named terms)`` (:func:`jit_core.diffusion.training_losses`)."""
+    """The training objective of one batch: ``(total loss, named terms)`` (:func:`jit_core.diffusion.training_losses`).
+
+    A module holding the network and the plugins' trainable modules (``aux``) so that DDP wraps both as one:
+    every parameter that receives a gradient is in the one all-reduce, and one forward computes the loss."""
 
     def __init__(self, model: JiT, aux: nn.ModuleDict, config: Config, hook, capture, rank: int = 0):
         super().__init__()

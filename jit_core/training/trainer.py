@@ -6,7 +6,8 @@ restores model, EMAs, optimizer, step, RNG states and the data position, so that
 and resumed CPU run ends bit-identical to an uninterrupted one. Rank 0 sends the config, every log line
 and every sample grid to the log sinks of ``jit_log_sinks`` (TensorBoard, W&B, ...) while it trains.
 The pieces: :mod:`.build` (what is trained), :mod:`.checkpointing` (save / resume), :mod:`.run_dir`,
-:mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`, :mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`,
+:mod:`.train_state` (what a checkpoint holds, as one object), :mod:`.signals`, :mod:`.metrics_log`, :mod:`.nonfinite`,
+:mod:`.state` (EMAs, RNGs), :mod:`.optim`, :mod:`.batches`,
 :mod:`.accumulate` (train.grad_accum), :mod:`.devices`, :mod:`.memory_plan`.
 """
 from __future__ import annotations
@@ -25,20 +26,23 @@ from jit_core.config import Config, ConfigError
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
+from jit_core.model import JiT
 from jit_core.model.compile import compile_model
 from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
+from jit_core.runs.network import build_network
 from jit_core.training import checkpointing
 from jit_core.training.accumulate import VirtualRanks, accumulate_gradients
-from jit_core.training.build import build_for_config, make_objective, make_optimizer
+from jit_core.training.build import make_objective, make_optimizer
 from jit_core.training.devices import cuda_switches, describe_device
-from jit_core.training.metrics_log import MetricsLog, last_step
+from jit_core.training.metrics_log import MetricsLog, last_step, roll_back
 from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
 from jit_core.training.startup import discard_unused_run_dir, load_plugins, setup_plugins, start_checks
 from jit_core.training.state import EMA
+from jit_core.training.train_state import TrainState
 
 log = logging.getLogger("jit")
 
@@ -97,23 +101,25 @@ class Trainer:
         setup_plugins(startup, config, self.run_dir, self.dist)   # under a forked RNG: never shifts training's
         # seeded as (virtual) rank, then built: what draws from the RNG before the first step (accumulate.py)
         self.ranks = VirtualRanks(self.dist, config.train.grad_accum)
-        self.model, self.aux = self.ranks.start(config.train.seed, lambda: self._build_modules(self.device),
-                                                lambda: self._build_modules(torch.device("cpu")))
-        self.model.grad_checkpointing = config.train.grad_checkpointing
+        model, aux = self.ranks.start(config.train.seed, lambda: self._build_modules(self.device),
+                                      lambda: self._build_modules(torch.device("cpu")))
+        model.grad_checkpointing = config.train.grad_checkpointing
         self.capture = self.plugins.capture_blocks(config)
         self.global_batch = self.batches.batch_size * self.dist.world_size
         t = config.train
         self.base_lr = peak_lr(config, self.global_batch)
-        self.optimizer = make_optimizer([self.model, self.aux], config, self.base_lr, self.device)
+        optimizer = make_optimizer([model, aux], config, self.base_lr, self.device)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = t.max_steps if t.max_steps is not None else int(t.epochs * self.steps_per_epoch)
-        self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.signals = StopSignals(handle_signals)
-        self.objective = make_objective(self.model, self.aux, config, self.plugins, self.capture, self.dist)
-        self.emas = [EMA(self.model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
+        # the network and the plugins' trainable modules as one module: DDP must see both to average every
+        # gradient (a plugin's projection head trains with the network), and one forward computes the loss
+        self.objective = make_objective(model, aux, config, self.plugins, self.capture, self.dist)
+        emas = [EMA(model, d) for d in config.optim.ema_decays]  # after DDP broadcast rank 0's weights
+        self.state = TrainState(model, aux, emas, optimizer, self.ranks)   # what a checkpoint holds
         self.autocast = (self.device.type == "cuda" and t.precision == "bf16")
         if t.compile:
-            compile_model(self.model)    # in place: training, sample grids and EMA sampling run compiled
+            compile_model(model)    # in place: training, sample grids and EMA sampling run compiled
         self.last_checkpoint: Optional[Path] = None
         self.sinks = LogSinks()   # opened by fit() on rank 0
         # the sinks were sent every step logged so far; resume() rolls metrics.jsonl back to its checkpoint
@@ -127,9 +133,30 @@ class Trainer:
                             row["old"], row["new"])
         barrier(self.dist)
 
-    def _build_modules(self, device: torch.device) -> tuple[nn.Module, nn.ModuleDict]:
-        model = build_for_config(self.config, self.plugins, self.model_config, device, self.streams)
+    def _build_modules(self, device: torch.device) -> tuple[JiT, nn.ModuleDict]:
+        model = build_network(self.config, self.plugins, self.model_config, device=device, streams=self.streams)
         return model, nn.ModuleDict(self.plugins.trainable_modules(self.config, model)).to(device)
+
+    # what a checkpoint holds lives in self.state (TrainState); these names read it
+    @property
+    def model(self) -> JiT:
+        return self.state.model
+
+    @property
+    def aux(self) -> nn.ModuleDict:
+        return self.state.aux
+
+    @property
+    def emas(self) -> list[EMA]:
+        return self.state.emas
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.state.optimizer
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     def close(self) -> None:
         """Let go of the run folder (:meth:`fit` does it when it returns)."""
@@ -140,10 +167,17 @@ class Trainer:
         return self.signals.requested
 
     def save(self) -> Path:
-        return checkpointing.save(self)
+        """Write the checkpoint of the current step (:func:`.checkpointing.save`)."""
+        self.last_checkpoint = checkpointing.save(self.state, self.config, self.run_dir, self.dist)
+        return self.last_checkpoint
 
     def resume(self) -> None:
-        checkpointing.resume(self)
+        """Restore the state from the run folder's latest checkpoint; roll metrics.jsonl back to its step."""
+        self.last_checkpoint = checkpointing.resume(self.state, self.config, self.run_dir)
+        if self.dist.is_main:
+            dropped = roll_back(self.run_dir / "metrics.jsonl", self.step)
+            log.info("resumed from %s (step %d)%s", self.last_checkpoint, self.step,
+                     f"; dropped {dropped} metrics.jsonl lines logged after it" if dropped else "")
 
     # ----------------------------------------------------------------- one step
     def train_step(self, images_u8: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -167,7 +201,7 @@ class Trainer:
         self.optimizer.step()
         for ema in self.emas:
             ema.update(self.model)
-        self.step += 1
+        self.state.step += 1
         out = {f"loss/{k}": v.detach() for k, v in losses.items()}
         out.update(loss=total.detach(), lr=lr)
         if grad_norm is not None:
@@ -184,11 +218,11 @@ class Trainer:
     def _handle_nonfinite(self, problem: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         last = self.last_checkpoint or "none (no checkpoint was written yet)"
-        if self.config.train.nan_policy == "skip" and self.skipped < self.config.train.max_skipped_steps:
-            self.skipped += 1
-            self.step += 1
+        if self.config.train.nan_policy == "skip" and self.state.skipped < self.config.train.max_skipped_steps:
+            self.state.skipped += 1
+            self.state.step += 1
             log.warning("non-finite values at step %d (%s): step skipped (%d/%d)", self.step, problem,
-                        self.skipped, self.config.train.max_skipped_steps)
+                        self.state.skipped, self.config.train.max_skipped_steps)
             return
         if self.last_checkpoint is None and not self.has_checkpoint:   # nothing to resume: start again
             fix = (f"No checkpoint was written yet, so there is nothing to resume: start again in a new folder with "
@@ -206,12 +240,12 @@ class Trainer:
         """A grid from the EMA1 weights with fixed labels and seed (rank 0 only)."""
         if not self.dist.is_main:
             return None
-        from jit_core.diffusion.generate import sample_with_weights
+        from jit_core.diffusion.generate import SampleSpec, generate_images
         from jit_core.images import save_grid
         n_cls = self.model_config.num_classes
         labels = torch.arange(min(n_cls, 10)).repeat_interleave(max(1, 40 // min(n_cls, 10)))[:40]
-        imgs = sample_with_weights(self.model, self.emas[0].state_dict(self.model), labels, self.config,
-                                   self.plugins, seed=0, autocast=self.autocast)
+        imgs = generate_images(self.model, labels, self.config, self.plugins, SampleSpec(seed=0, autocast=self.autocast),
+                               weights=self.emas[0].state_dict(self.model))
         path = save_grid(imgs, self.run_dir / "samples" / f"{tag}.png", nrow=len(labels) // min(n_cls, 10), scale=2)
         if self.sinks:
             import numpy as np
@@ -246,11 +280,11 @@ class Trainer:
                         metrics.add(out)
                     if metrics.count and (self.step % t.log_every == 0 or self.step == self.total_steps):
                         last = metrics.write(self.step, self.step / self.steps_per_epoch,
-                                             self.elapsed + time.time() - started, self.global_batch)
+                                             self.state.elapsed + time.time() - started, self.global_batch)
                         bar.report(loss=last["loss"], lr=last["lr"])
                     stop = any_rank(self.stop_requested, self.dist)
                     if stop or self.step % t.ckpt_every == 0 or self.step >= self.total_steps:
-                        self.elapsed, started = self.elapsed + time.time() - started, time.time()
+                        self.state.elapsed, started = self.state.elapsed + time.time() - started, time.time()
                         self.save()
                     if t.sample_every and self.step % t.sample_every == 0 and self.step < self.total_steps:
                         self.sample_grid(f"step-{self.step:08d}")
@@ -259,7 +293,7 @@ class Trainer:
                         break
                 if status == "finished":
                     if self.last_checkpoint is None or not str(self.last_checkpoint).endswith(f"{self.step:08d}"):
-                        self.elapsed += time.time() - started
+                        self.state.elapsed += time.time() - started
                         self.save()
                     self.sample_grid(f"step-{self.step:08d}")
         finally:

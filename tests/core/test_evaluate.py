@@ -88,27 +88,52 @@ def test_generation_does_not_depend_on_batch_size_or_rank_split(tiny_run):
     or the rank; the same batches give the same images bit for bit, however they are split across ranks; other
     batch sizes give the same images up to float rounding (batched kernels may round the last bit differently
     with the batch size: at most one uint8 level, on a small fraction of the pixels)."""
-    from jit_core.diffusion.generate import initial_noise
+    from jit_core.diffusion.generate import SampleSpec, initial_noise
     run = api.load_run(tiny_run)
     n = 6
-    kw = {"cfg": 1.5, "steps": 2, "method": "heun", "interval": (0.1, 1.0), "seed": 3, "folder": None, "keep": True,
-          "progress": False}
+    sampling = {"cfg": 1.5, "steps": 2, "method": "heun", "interval": (0.1, 1.0), "seed": 3}
+    kw = {"folder": None, "keep": True, "progress": False}
     whole_noise = initial_noise(run.model, torch.arange(n), 3)
     parts = [initial_noise(run.model, torch.arange(lo, lo + 2), 3) for lo in (4, 0, 2)]   # any order, any batch
     for name, tensor in whole_noise.items():
         assert torch.equal(tensor, torch.cat([parts[1][name], parts[2][name], parts[0][name]])), name
         assert not torch.equal(tensor[0], tensor[1]), name
     labels = E.class_major_labels(n, 10)
-    whole = E._generate(run, labels, E.rank_blocks(n, 6), batch_size=6, **kw)[0]
+    whole = E.generate_blocks(run, labels, E.rank_blocks(n, 6), SampleSpec(batch_size=6, **sampling), **kw)[0]
     assert whole.dtype == torch.uint8 and whole.shape == (n, 1, 32, 32)
-    by_two = E._generate(run, labels, E.rank_blocks(n, 2), batch_size=2, **kw)
+    by_two = E.generate_blocks(run, labels, E.rank_blocks(n, 2), SampleSpec(batch_size=2, **sampling), **kw)
     split = {}
     for r in range(2):  # two "ranks" with per-rank batch 2: the same batches of 2 as one rank with batch 2
-        split.update(E._generate(run, labels, E.rank_blocks(n, 2, r, 2), batch_size=2, **kw))
+        split.update(E.generate_blocks(run, labels, E.rank_blocks(n, 2, r, 2), SampleSpec(batch_size=2, **sampling),
+                                         **kw))
     assert sorted(split) == sorted(by_two) == [0, 2, 4]
     assert all(torch.equal(split[k], by_two[k]) for k in by_two)
     diff = (whole.int() - torch.cat([split[k] for k in sorted(split)]).int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, (diff.max(), (diff > 0).float().mean())
+
+
+def test_the_sampling_call_swaps_other_weights_in_and_out(tiny_run):
+    """``generate_images(..., weights=ema1)`` on the raw model samples what the run loaded with EMA1 samples,
+    and leaves the model's own weights and mode as they were (the trainer's sample grids rely on it)."""
+    from jit_core.diffusion.generate import SampleSpec, generate_images
+    from jit_core.runs.checkpoint import read_weights
+    raw = api.load_run(tiny_run, ema="model")
+    raw.model.train()
+    before = {k: v.clone() for k, v in raw.model.state_dict().items()}
+    labels, spec = torch.arange(4), SampleSpec(steps=1, cfg=1.5, seed=2)
+    swapped = generate_images(raw.model, labels, raw.config, raw.plugins, spec, weights=read_weights(tiny_run, "ema1"))
+    assert torch.equal(swapped, api.generate(api.load_run(tiny_run), labels, spec))
+    assert raw.model.training and all(torch.equal(v, before[k]) for k, v in raw.model.state_dict().items())
+    assert not torch.equal(swapped, api.generate(raw, labels, spec))      # the model's own weights differ
+
+
+def test_an_eval_spec_and_its_fields_given_as_keywords(tiny_run, tmp_path):
+    """``evaluate_run(run, spec, **fields)``: the keywords take precedence over the spec; an unknown one is refused."""
+    spec = E.EvalSpec(num_images=10, steps=1, seed=5, save="none", metrics="none", progress=False)
+    res = E.evaluate_run(tiny_run, spec, seed=3, out=tmp_path)
+    assert res["samples"]["seed"] == 3 and res["samples"]["num_images"] == 10 and res["sampler"]["steps"] == 1
+    with pytest.raises(TypeError, match="num_imgs"):
+        E.evaluate_run(tiny_run, spec, num_imgs=10)
 
 
 # ----------------------------------------------------------------------------------- evaluate_run

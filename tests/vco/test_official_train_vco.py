@@ -19,7 +19,7 @@ from jit_core.config import get_preset, validate_plugin_options
 from jit_core.diffusion.flow import logit_normal_t, training_losses
 from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
-from jit_core.training.build import build_for_config
+from jit_core.runs.network import build_network
 from jit_core.training.optim import param_groups, peak_lr
 from tests.official_fixtures import compact, dinov2_tiny_path
 from vco_plugin.calibration import FeatureStats, save_stats
@@ -51,7 +51,7 @@ def setup(vco, tmp_path_factory):
         encoder="dinov2", encoder_weights=str(dinov2_tiny_path()), stats=official_stats_file(tmp_path_factory.mktemp("s")),
         rms_factor=0.485, class_balanced=False)   # the official hybrid loss groups by the true labels
     validate_plugin_options(cfg, vco.option_schemas())
-    model = build_for_config(cfg, vco, get_model_config(cfg.model, **cfg.model_overrides))
+    model = build_network(cfg, vco, get_model_config(cfg.model, **cfg.model_overrides))
     sd, layout = from_official(compact("vco_tiny").weights())
     assert layout == "vco"
     model.load_state_dict(sd, strict=True)
