@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Optional
 
+from jit_core.official.infer import fusion_of
 from jit_core.official.layout import OUR_BLOCK_KEY, SHARED, ForeignCheckpointError, OfficialLayout
 
 from .null_branch import FEATURE
@@ -100,16 +101,8 @@ _INV_PROJ = {v: k for k, v in PROJ.items()}
 
 def fusion_of_ours(keys: Sequence[str]) -> str:
     """The ``vco.fusion`` of a state dict in our layout, read off its key names."""
-    shared = sorted({int(m[1]) for k in keys if (m := re.match(r"blocks\.(\d+)\.shared\.", k))})
-    if shared:
-        if any(k.startswith("fusion.proj_in") for k in keys):
-            return "channel_concat"
-        return "add" if shared[0] == 0 else "shared_middle"
-    if any(re.match(r"blocks\.\d+\.attn\.", k) for k in keys):
-        return "shared_qkv"
-    if not any(re.match(rf"blocks\.\d+\.streams\.{FEATURE}\.", k) for k in keys):
-        return "token_concat"
-    return "dual"
+    fusion, _ = fusion_of(keys)
+    return "dual" if fusion == "joint" else fusion
 
 
 def to_official(key: str, fusion: str = "dual", pre: int = 0, shared: int = 0) -> str:
@@ -148,4 +141,5 @@ def _bind(keys: Sequence[str]) -> OfficialLayout:
 VCO_LAYOUT = OfficialLayout(
     name="vco", detect=lambda keys: any(k.startswith("x_embedder.pix_proj1") for k in keys), to_ours=to_ours,
     writes=lambda keys: any(k.startswith(f"embedders.{FEATURE}.") for k in keys), to_official=to_official,
-    plugins=("vco",), bind=_bind)
+    plugins=("vco",), bind=_bind,
+    plugin_options=lambda keys: {} if fusion_of_official(keys) == "dual" else {"vco": {"fusion": fusion_of_official(keys)}})

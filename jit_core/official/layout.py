@@ -44,6 +44,9 @@ class OfficialLayout:
     # a layout whose key mapping depends on the whole key set (e.g. block offsets of a fused net): keys
     # (official on import, ours on export) -> the layout bound to them; None: the mapping is per key
     bind: Optional[Callable[[Sequence[str]], OfficialLayout]] = None
+    # official keys -> the plugin options a converted run needs to rebuild the network, {plugin: {name: value}}
+    # (e.g. V-Co's architecture variant); None: the plugins' defaults
+    plugin_options: Optional[Callable[[Sequence[str]], dict]] = None
 
     def bound(self, keys: Sequence[str]) -> OfficialLayout:
         """This layout's key mapping for a state dict with these keys (no ``net.`` prefix)."""
@@ -182,8 +185,12 @@ def import_official(pth_path) -> dict:
         except ForeignCheckpointError as e:
             raise CheckpointError(f"{path}: {theirs!r} is not an official state dict: {e}") from e
     epoch = ck.get("epoch", 0)
-    plugins = next((list(lay.plugins) for lay in layouts if lay.name == layout), [])
-    out.update(layout=layout, plugins=plugins, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
+    found = next((lay for lay in layouts if lay.name == layout), None)
+    plugins = list(found.plugins) if found else []
+    keys = [k[4:] if k.startswith("net.") else k for k in ck["model"]]
+    options = found.plugin_options(keys) if found and found.plugin_options else {}
+    out.update(layout=layout, plugins=plugins, plugin_options=options,
+               epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
     return out
 
 

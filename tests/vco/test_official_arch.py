@@ -10,6 +10,7 @@ from jit_core.model import JiT, ModelConfig, Stream, pixel_stream
 from jit_core.model.budget import params
 from jit_core.official.layout import from_official, import_official, to_official
 from tests.official_fixtures import ARCH_VARIANTS, compact
+from tests.vco.test_vco_plugin import build, images, small_config, stats_file  # noqa: F401 (stats_file: a fixture)
 from vco_plugin.architecture import stream_fusion
 from vco_plugin.null_branch import structured_unconditional
 from vco_plugin.official_layout import fusion_of_official
@@ -168,3 +169,69 @@ def test_channel_concat_and_add_with_no_post_blocks_fuse_up_to_the_heads(one_thr
                     torch.tensor([1, 2]), capture=[1])
         assert out.pixel.shape == (2, 3, 32, 32) and out.x_hat["feature"].shape == (2, 64, 6)
         assert out.hidden[1]["pixel"].shape == (2, 64, 32)
+
+
+@pytest.mark.parametrize("variant", ["channel_concat", "shared_jit", "token_concat", "mmdit_joint_qkv"])
+def test_jit_convert_writes_a_run_that_rebuilds_the_variant(variant, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from jit_core.official.infer import infer_model_config, streams_for
+    from jit_core.runs.convert import convert_command
+    from jit_core.runs.loading import load_weights
+    source = tmp_path / "checkpoint-last.pth"
+    torch.save(compact("vco_arch").arch_checkpoint(variant), source)
+    with pytest.warns(UserWarning, match="no 'model_ema"):      # the fixture stores no EMA copies
+        result = CliRunner().invoke(convert_command(), [str(source), str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    trainable = compact("vco_arch").meta["variants"][variant]["config"]["trainable_params"]
+    assert "vco layout" in result.output and f"{trainable:,} trainable" in result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["plugins"] == ["vco"] and config["plugin_options"] == {"vco": {"fusion": VCO_FUSION[variant]}}
+    sd = load_weights(tmp_path / "run", "model")
+    assert ModelConfig(**infer_model_config(sd)) == TINY
+    extra = streams_for(sd)[1]
+    assert (extra.fusion, extra.fusion_blocks) == (stream_fusion(VCO_FUSION[variant]), 1)
+    JiT(TINY, streams(VCO_FUSION[variant])).load_state_dict(sd, strict=True)
+
+
+# ------------------------------------------------------------------------------ through the V-Co plugin
+
+
+def test_vco_fusion_option_builds_the_variant_and_its_null_branch_zeroes_the_features(vco, stats_file, one_thread):  # noqa: F811
+    from jit_core.diffusion import sample, training_losses
+    from jit_core.plugins import Plugins
+    from jit_core.plugins.recording import RecordingPlugin
+    rec = RecordingPlugin()
+    pl = Plugins(enabled=["vco"], extra=[rec])
+    cfg = small_config(pl, stats=stats_file, fusion="add")
+    cfg.diffusion.label_drop_prob = 0.5
+    model = build(pl, cfg)
+    assert model.fusion.kind == "add" and model.streams[1].fusion == "add"
+    x, labels = images(8), torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        total, _ = training_losses(model, model.streams, x, labels, cfg, pl.hook)
+        s = rec.calls_of("jit_loss_terms")[-1].kwargs["step"]
+        if 0 < s.drop.sum() < len(s.drop):
+            break
+    drop = s.drop
+    assert s.uncond.blocked is None                                   # no attention to mask
+    fed = s.uncond.inputs(s.noisy)["feature"]
+    assert not fed[drop].any() and torch.equal(fed[~drop], s.noisy["feature"][~drop])   # dropped rows zeroed
+    assert s.uncond.loss_masks["feature"].tolist() == (~drop).float().tolist()         # their feature loss off
+    total.backward()
+    assert model.embedders["feature"].proj2.weight.grad.abs().sum() > 0
+    # sampling with CFG: the unconditional half gets zeroed features, batched or not alike
+    model.eval()
+    kw = dict(hook=pl.hook, config=cfg, steps=3, cfg=2.0, return_all_streams=True)
+    a = sample(model, labels[:3], batched_cfg=True, generator=torch.Generator().manual_seed(0), **kw)
+    b = sample(model, labels[:3], batched_cfg=False, generator=torch.Generator().manual_seed(0), **kw)
+    assert (a["pixel"] - b["pixel"]).abs().max() < 1e-5 and torch.isfinite(a["feature"]).all()
+
+
+def test_symmetric_mask_needs_a_fusion_with_cross_stream_attention(vco):
+    from jit_core.config import ConfigError
+    with pytest.raises(ConfigError, match="vco.fusion=token_concat has not"):
+        small_config(vco, fusion="token_concat", symmetric_mask=True)
