@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 NAME = "redi"
 STREAM = "redi"
 PCA_FILE = "redi_pca.safetensors"
+FUSIONS = ("channel_concat", "joint")      # ReDi's merged tokens, or a stream of its own under joint attention
 ENCODER_CHANNELS = {"dinov2": DINOv2Encoder.channels, "efficientnet_lite0": EfficientNetLite0Encoder.channels}
 
 
@@ -55,8 +56,14 @@ class RediOptions:
     rep_guidance: float = option(0.0, ge=0)   # w_r of representation guidance at sampling (0: off, no extra forward)
     pca: Optional[str] = None                 # the PCA cache file (fitted there if missing); None: <run>/redi_pca.safetensors
     pca_images: int = option(2048, ge=1)      # training images the PCA is fitted on
+    fusion: str = option("channel_concat", choices=FUSIONS)   # channel_concat: ReDi's merged tokens; joint: own stream
+    fusion_blocks: int = option(0, ge=0)      # K stream-specific blocks after the fused ones (0: fused up to the heads)
 
     def check(self, config) -> None:
+        if self.fusion != "joint" and len(config.plugins) > 1 and "vco" in config.plugins:
+            raise ConfigError(f"redi.fusion={self.fusion} fuses the representation into the pixel tokens, which takes "
+                              "exactly one extra stream, and --plugin vco adds another: set redi.fusion=joint to "
+                              "compose them (or enable one of the two)")
         channels = ENCODER_CHANNELS[self.encoder]
         if self.components > channels:
             raise ConfigError(f"redi.components={self.components} but {self.encoder}'s tokens have {channels} channels: "
@@ -154,9 +161,12 @@ class RediRun:
 
     @hookimpl
     def jit_streams(self, model_config):
-        """``redi``: r channels per patch token (the PCA coefficients), fused with the pixel tokens."""
+        """``redi``: r channels per patch token (the PCA coefficients), fused with the pixel tokens: channel
+        concatenation (``redi.fusion``), i.e. cat([pixel, redi]) -> Linear(2h -> h) -> the shared blocks, as
+        ReDi's merged tokens (the sum of the two embeddings), split again into the two heads."""
         return [RepresentationStream(STREAM, kind="tokens", channels=self.opts.components,
-                                     loss_weight=self.opts.loss_weight, run=self)]
+                                     loss_weight=self.opts.loss_weight, fusion=self.opts.fusion,
+                                     fusion_blocks=self.opts.fusion_blocks, run=self)]
 
     @hookimpl
     def jit_null_branch(self, drop, training, generator):

@@ -22,7 +22,7 @@ def studies() -> dict[str, Study]:
         Arm("JiT", "tiny"),
         Arm("ReDi", "redi-tiny", reference="JiT", ingredient="+ PCA features fused with the pixel tokens (rep. drop)",
             changes=("plugins", "redi.*"), paper="better",
-            paper_note="ReDi speeds up DiT/SiT training and lowers FID (arXiv 2504.16064, Sec. 4); not a JiT run"),
+            paper_note="ReDi speeds up DiT/SiT training and lowers FID (arXiv 2504.16064); not a JiT run"),
         Arm("V-Co", "vco-tiny", reference="JiT", ingredient="+ V-Co (feature stream, null branch, loss, calibration)",
             changes=("plugins", "vco.*"), paper="better", paper_note="V-Co-B/16 2.52 (200 ep) vs JiT-B/16 3.66 (600 ep)"),
     )

@@ -107,11 +107,29 @@ def test_gradients_reach_the_representation_weights_and_none_the_encoder():
     nontrivial(setup.model)
     _, losses = setup.step()
     (losses["redi"] + losses["pixel"]).backward()
-    own = {n: p for n, p in setup.model.named_parameters() if "redi" in n}
-    assert own
+    own = {n: p for n, p in setup.model.named_parameters() if "redi" in n or n.startswith("fusion.")}
+    assert {n.split(".")[0] for n in own} == {"embedders", "heads", "fusion"}
     missing = [n for n, p in own.items() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, missing
     assert all(p.grad is None for p in setup.plugins.runs["redi"].encoder("cpu").parameters())
+
+
+def test_the_representation_is_channel_concatenated_into_the_pixel_tokens():
+    """One token sequence: no block holds weights of its own for the representation, and the pixel prediction
+    reads the representation channels of the same tokens."""
+    setup = tiny_setup(plugins=["redi"], **OFFLINE)
+    model = nontrivial(setup.model).eval()
+    assert model.streams[1].fusion == "channel_concat" and model.streams[1].fusion_blocks == 0
+    assert not [n for n, _ in model.named_parameters() if n.startswith("blocks.") and "redi" in n]
+    g = torch.Generator().manual_seed(0)
+    z = {"pixel": torch.randn(2, 1, 32, 32, generator=g), "redi": torch.randn(2, 64, 8, generator=g)}
+    t, y = torch.full((2,), 0.5), torch.tensor([1, 2])
+    with torch.no_grad():
+        a = model(z, t, y).x_hat["pixel"]
+        b = model({**z, "redi": torch.zeros_like(z["redi"])}, t, y).x_hat["pixel"]
+    assert (a - b).abs().max() > 1e-4
+    joint = tiny_setup(plugins=["redi"], **OFFLINE, **{"redi.fusion": "joint"}).model
+    assert any(n.startswith("blocks.") and "redi" in n for n, _ in joint.named_parameters())
 
 
 def test_representation_guidance_is_a_term_against_the_zeroed_representation():
@@ -122,9 +140,13 @@ def test_representation_guidance_is_a_term_against_the_zeroed_representation():
     assert isinstance(term, GuidanceTerm) and term.weight == 1.5 and term.inputs == {"redi": 0.0}
 
 
-def test_composes_with_vco():
-    setup = tiny_setup(plugins=["vco", "redi"], **OFFLINE, **{"vco.encoder": "efficientnet_lite0",
-                                                               "vco.groups_per_step": 2, "vco.calib_images": 16})
+def test_with_vco_channel_concatenation_is_refused_in_one_line_and_joint_composes():
+    from jit_core.config import ConfigError
+    vco = {"vco.encoder": "efficientnet_lite0", "vco.groups_per_step": 2, "vco.calib_images": 16}
+    with pytest.raises(ConfigError) as err:
+        tiny_setup(plugins=["vco", "redi"], **OFFLINE, **vco)
+    assert "\n" not in str(err.value) and "--plugin vco adds another: set redi.fusion=joint" in str(err.value)
+    setup = tiny_setup(plugins=["vco", "redi"], **OFFLINE, **vco, **{"redi.fusion": "joint"})
     assert [s.name for s in setup.model.streams] == ["pixel", "feature", "redi"]
     _, losses = setup.step()
     assert {"pixel", "feature", "redi", "hybrid"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
@@ -140,3 +162,9 @@ def test_study_is_registered_with_jit_and_vco_arms():
     study = studies()["redi-tiny"]
     assert [a.name for a in study.arms] == ["JiT", "ReDi", "V-Co"] and study.baseline == "JiT"
     assert study.seeds == (0, 1, 2) and study.arm("ReDi").changes == ("plugins", "redi.*")
+
+
+def test_jit_study_dry_run_lists_the_three_arms(jit_cli):
+    res = jit_cli("study", "redi-tiny", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "3 arms x 3 seeds = 9 runs" in res.output and all(a in res.output for a in ("JiT", "ReDi", "V-Co"))

@@ -110,3 +110,9 @@ def test_study_is_registered_with_jit_and_vco_arms():
     study = studies()["reg-tiny"]
     assert [a.name for a in study.arms] == ["JiT", "REG", "V-Co"] and study.baseline == "JiT"
     assert study.seeds == (0, 1, 2) and study.arm("REG").changes == ("plugins", "reg.*")
+
+
+def test_jit_study_dry_run_lists_the_three_arms(jit_cli):
+    res = jit_cli("study", "reg-tiny", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "3 arms x 3 seeds = 9 runs" in res.output and all(a in res.output for a in ("JiT", "REG", "V-Co"))
