@@ -168,3 +168,18 @@ def test_jit_study_dry_run_lists_the_three_arms(jit_cli):
     res = jit_cli("study", "redi-tiny", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "3 arms x 3 seeds = 9 runs" in res.output and all(a in res.output for a in ("JiT", "ReDi", "V-Co"))
+
+
+def test_sampling_with_representation_guidance_goes_through_the_plugin():
+    """The real plugin's term reaches the sampler (no PCA is needed to sample): w_r changes the images, w_r = 0
+    is plain sampling."""
+    from jit_core.diffusion import sample
+    from jit_core.testing import tiny_model
+    labels = torch.tensor([0, 3])
+
+    def images(w):
+        tm = tiny_model(plugins=["redi"], **OFFLINE, **{"redi.rep_guidance": w})
+        return sample(tm.model, labels, hook=tm.plugins.hook, config=tm.config, steps=2, cfg=1.0,
+                      generator=torch.Generator().manual_seed(0))
+    plain, guided = images(0.0), images(2.0)
+    assert torch.isfinite(guided).all() and (plain - guided).abs().max() > 1e-4
