@@ -9,8 +9,8 @@ A plugin is an installed module (entry-point group ``jit_core.plugins``) with fu
 - **run set-up** (methods of the per-run object): ``jit_setup``, ``jit_preflight``, ``jit_streams``,
   ``jit_trainable_modules``, ``jit_capture_blocks``, ``jit_batch_sampler``, ``jit_log_sinks``;
 - **per step** (training and the unconditional half of CFG): ``jit_null_branch``, ``jit_loss_terms``;
-- **evaluation**: ``jit_eval_metrics`` (sampling itself asks each stream's own ``guidance_scale``, see
-  :class:`jit_core.Stream`).
+- **evaluation**: ``jit_eval_metrics``, ``jit_guidance_terms`` (guidance beside CFG; sampling also asks
+  each stream's own ``guidance_scale``, see :class:`jit_core.Stream`).
 
 Every hook is called with keyword arguments; an implementation may accept any subset of them (pluggy
 passes only the names it declares), so a run object's methods leave out ``config``: the object was
@@ -381,4 +381,23 @@ def jit_eval_metrics(images: Any, labels: Any, config: Any) -> Optional[dict[str
     ``labels`` ``(N,)``. The values are added to the result's ``metrics`` beside the core's (FID, IS, the
     classifier metric), written to the result JSON and sent to the trackers. Name them after your plugin
     (``"lowpass/energy"``); a name the core or another plugin already uses is an error naming both.
+    """
+
+
+@spec(EACH, "evaluation")
+def jit_guidance_terms(streams: list, scale: float) -> Optional[list]:
+    """**Guidance terms of sampling.** Return ``jit_core.diffusion.GuidanceTerm`` objects (or None): extra
+    guidance beside CFG, each against a forward with some of *your* streams' inputs replaced.
+
+    Called once per sampling call with the model's ``streams`` and the pixel CFG ``scale``. A term
+    ``GuidanceTerm(weight=w, inputs={stream: null})`` costs one more forward per velocity evaluation,
+    conditional labels, with each named stream's noisy input replaced by ``null`` (broadcast, as
+    ``NullBranch.inputs``); the velocity of every stream the term does not replace then becomes
+
+        v = v_cfg + w (v(x, z) - v(x, null z))
+
+    where ``v_cfg`` is the CFG velocity (the conditional one outside the CFG interval or without CFG)
+    and ``v(x, z)`` the conditional one. Applied at every step, inside and outside the CFG interval; a
+    weight of 0 adds nothing (return None then: it saves the forward). Example: ReDi's representation
+    guidance (examples/redi_plugin), whose null is its representation channels set to zero.
     """

@@ -20,13 +20,17 @@ if [ "${1:-}" = "--slurm" ]; then bash scripts/slurm-cluster.sh install; fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import jit_core, torch, timm, torch_fidelity, pytest, sklearn, tensorboard, wandb" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import jit_core, torch, timm, torch_fidelity, pytest, sklearn, tensorboard, wandb, jit_reg, jit_redi" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.jit-installed ]; then
   echo "pip: installing jit-vco[dev,tensorboard,wandb] into .venv (torch 2.14.1 / torchvision 0.29.1)"
   # -qq: errors only (one -q still prints a warning per ignored find-links location, a screenful); a failure still
   # shows pip's error and stops the script (set -e)
   .venv/bin/pip install -qq --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,tensorboard,wandb]"   # the trackers: tests/test_trackers.py
-  # the example third-party plugin (REPA) is installed like any user plugin would be
-  [ -f examples/repa_plugin/pyproject.toml ] && .venv/bin/pip install -qq --disable-pip-version-check --no-deps -e examples/repa_plugin
+  # the example third-party plugins (REPA, REG) are installed like any user plugin would be
+  for example in repa_plugin reg_plugin redi_plugin; do
+    if [ -f "examples/$example/pyproject.toml" ]; then
+      .venv/bin/pip install -qq --disable-pip-version-check --no-deps -e "examples/$example"
+    fi
+  done
   touch .venv/.jit-installed
 fi

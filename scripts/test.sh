@@ -15,6 +15,8 @@ status=0
 .venv/bin/python -m pytest "$@" || status=$?
 # the core without V-Co: vco_plugin not importable, no plugin entry points (tests/core/without_vco.py)
 .venv/bin/python -m tests.core.without_vco -q -p no:cacheprovider tests/core || status=$?
-[ -f examples/repa_plugin/tests/test_repa.py ] && { .venv/bin/python -m pytest -q examples/repa_plugin/tests || status=$?; }
+for example in repa_plugin reg_plugin redi_plugin; do       # the example plugins' own suites
+  if [ -d "examples/$example/tests" ]; then .venv/bin/python -m pytest -q "examples/$example/tests" || status=$?; fi
+done
 [ "$started_slurm" = 1 ] && bash scripts/slurm-cluster.sh down || true
 exit $status

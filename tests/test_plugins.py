@@ -115,7 +115,7 @@ def myplug(jit_plugin_dist):
 # ----------------------------------------------------------------------------------- helpers themselves
 def test_recording_plugin_implements_every_hook_with_its_signature():
     names = hook_names()
-    assert set(names) == {n for n in dir(hookspecs) if n.startswith("jit_")} and len(names) == 16
+    assert set(names) == {n for n in dir(hookspecs) if n.startswith("jit_")} and len(names) == 17
     rec = RecordingPlugin()
     for name in names:
         spec = list(inspect.signature(getattr(hookspecs, name)).parameters)
@@ -214,9 +214,9 @@ def test_every_training_and_sampling_hook_is_called_where_documented(tmp_path):
     assert set(step.hidden) == {1} and step.hidden[1]["pixel"].shape == (B, GRID ** 2, 64)
     assert step.hidden[1]["edges"].shape == (B, GRID ** 2, 64) and "probe" in step.aux
 
-    # sampling (the end-of-training grid, one sampler call): the unconditional form of the batch
+    # sampling (the end-of-training grid, one sampler call): the unconditional form of the batch, guidance terms
     after_training = rec.names()[len(rec.names()) - rec.names()[::-1].index("jit_loss_terms"):]
-    assert after_training == ["jit_null_branch"]
+    assert after_training == ["jit_null_branch", "jit_guidance_terms"]
 
     # every term is logged as loss/<name>; the trainable module is checkpointed
     assert len(metrics) == 2

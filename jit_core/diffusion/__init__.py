@@ -15,8 +15,9 @@ from jit_core.diffusion.flow import (
     training_losses,
     velocity,
 )
+from jit_core.diffusion.guidance import GuidanceTerm
 from jit_core.diffusion.unconditional import NullBranch, Unconditional, merge, unconditional_form
 
-__all__ = ["NullBranch", "StepState", "Unconditional", "add_noise", "guidance_active", "guidance_scales",
+__all__ = ["GuidanceTerm", "NullBranch", "StepState", "Unconditional", "add_noise", "guidance_active", "guidance_scales",
            "masked_mean", "merge", "noise_scale_for", "per_sample_v_loss", "sample", "sample_t", "to_uint8",
            "training_losses", "unconditional_form", "velocity"]

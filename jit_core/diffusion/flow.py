@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 
 from jit_core.config import SAMPLE_METHODS
+from jit_core.diffusion.guidance import apply_terms, guidance_terms
 from jit_core.diffusion.unconditional import Unconditional, own_drops, unconditional_form
 from jit_core.hookcalls import call_each, guarded
 from jit_core.model.attention import StreamGroups
@@ -183,7 +184,8 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     Heun: ``steps - 1`` Heun steps on the grid ``t_i = i / steps`` and one final Euler step
     (JiT: 50 -> 99 velocity evaluations). Every evaluation is guided (``cfg`` per stream via each
     stream's ``guidance_scale``) inside ``interval``; the conditional and unconditional passes run
-    as one batched forward (``batched_cfg=False`` runs them separately, for checking).
+    as one batched forward (``batched_cfg=False`` runs them separately, for checking). Plugins' guidance
+    terms (``jit_guidance_terms``: v += w (v_cond - v_null), diffusion/guidance.py) apply at every evaluation.
     Initial noise is drawn on the CPU from ``generator`` so results do not depend on the device.
     """
     if method not in SAMPLE_METHODS:
@@ -200,6 +202,7 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     uncond = unconditional_form(hook, labels, torch.ones_like(labels, dtype=torch.bool), streams, config,
                                 mc.num_classes, training=False,
                                 generator_for=step_generators(config.train.seed, -1, 0, "cpu"))
+    terms = guidance_terms(hook, streams, cfg)     # plugins' guidance beside CFG (jit_guidance_terms)
     t_eps = config.diffusion.t_eps
     # Decided once per call, not per step: the blocked matrix of the guided forward, grouped for the fast
     # attention path (grouping reads it on the host: the call's only sync), the time grid and its steps, and
@@ -219,11 +222,15 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
     def x_pred(zz, tt, yy, blocked):
         return model(zz, tt, yy, blocked=blocked).x_hat
 
+    def cond_vel(zz: dict, inputs: dict, tt: torch.Tensor) -> dict:
+        out = x_pred(inputs, tt, labels, None)
+        return {s.name: velocity(out[s.name].float(), zz[s.name], s.prediction_time(tt), t_eps) for s in streams}
+
     def vel(zz: dict, t: float) -> dict:
         tt = torch.full((B,), t, device=device, dtype=torch.float32)
         if not guide_at[t]:
-            out = x_pred(zz, tt, labels, None)
-            return {s.name: velocity(out[s.name].float(), zz[s.name], s.prediction_time(tt), t_eps) for s in streams}
+            v = cond_vel(zz, zz, tt)
+            return apply_terms(v, v, zz, terms, lambda inputs: cond_vel(zz, inputs, tt)) if terms else v
         zu = uncond.inputs(zz)            # a stream's null input, where a plugin replaces it
         if batched_cfg:
             out = x_pred({k: torch.cat([v, zu[k]]) for k, v in zz.items()}, torch.cat([tt, tt]), batched_labels,
@@ -233,12 +240,12 @@ def sample(model, labels: torch.Tensor, *, hook, config, steps: int = 50, method
         else:
             cond = x_pred(zz, tt, labels, None)
             unc = x_pred(zu, tt, uncond.labels, uncond_blocked)
-        res = {}
+        res, v_cond = {}, {}
         for s in streams:
             k, ts = s.name, s.prediction_time(tt)
             vc, vu = velocity(cond[k].float(), zz[k], ts, t_eps), velocity(unc[k].float(), zz[k], ts, t_eps)
-            res[k] = vu + scales[k] * (vc - vu)
-        return res
+            res[k], v_cond[k] = vu + scales[k] * (vc - vu), vc
+        return apply_terms(res, v_cond, zz, terms, lambda inputs: cond_vel(zz, inputs, tt)) if terms else res
 
     for i in range(steps):
         t0, t1, dt = times[i], times[i + 1], deltas[i]                # dt: per-stream step (time shifts)

@@ -140,3 +140,7 @@ class RecordingPlugin:
     @hookimpl(tryfirst=True)
     def jit_eval_metrics(self, images, labels, config):
         return self._call("jit_eval_metrics", images=images, labels=labels, config=config)
+
+    @hookimpl(tryfirst=True)
+    def jit_guidance_terms(self, streams, scale):
+        return self._call("jit_guidance_terms", streams=streams, scale=scale)
