@@ -265,3 +265,17 @@ def test_every_variant_runs_on_one_device_fast_path_and_memory_estimate(fusion):
         fast = model(x, t, y, blocked=StreamGroups(blocked) if blocked is not None else None)
     for name in ("pixel", "feature"):
         torch.testing.assert_close(fast.x_hat[name], exact.x_hat[name], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_fusion_blocks_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="fusion_blocks=-1 must be an integer >= 0"):
+        Stream("feature", fusion="add", fusion_blocks=-1)
+    for fusion, blocks, match in (("channel_concat", 5, "needs depth >= 5"),
+                                  ("shared_middle", 0, "needs 1 <= fusion_blocks <= depth / 2"),
+                                  ("shared_middle", 3, "needs 1 <= fusion_blocks <= depth / 2")):
+        with pytest.raises(ValueError, match=match) as e:
+            JiT(SMALL, streams(fusion, channels=6, blocks=blocks))
+        assert "\n" not in str(e.value)
+    grid = [pixel_stream(), Stream("feature", channels=6, grid=4, fusion="add")]
+    with pytest.raises(ValueError, match="must lie on the pixel grid"):
+        JiT(SMALL, grid)
