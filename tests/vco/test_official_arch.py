@@ -279,3 +279,19 @@ def test_bad_fusion_blocks_are_refused_in_one_line():
     grid = [pixel_stream(), Stream("feature", channels=6, grid=4, fusion="add")]
     with pytest.raises(ValueError, match="must lie on the pixel grid"):
         JiT(SMALL, grid)
+
+
+@pytest.mark.slow   # ~20 s: five dynamo traces
+def test_every_variant_compiles_in_full_graphs():
+    """``train.compile``: dynamo traces each variant's blocks and heads without a graph break (eager backend:
+    the trace, not inductor's code generation, is what a fusion could break)."""
+    from jit_core.model.compile import compile_model
+    x = {"pixel": torch.randn(2, 3, 32, 32), "feature": torch.randn(2, 64, 6)}
+    t, y = torch.rand(2), torch.tensor([1, 2])
+    for fusion in ("shared_qkv", "token_concat", "channel_concat", "add", "shared_middle"):
+        torch.manual_seed(0)
+        model = JiT(SMALL, streams(fusion, channels=6))
+        with torch.no_grad():
+            eager = model(x, t, y).pixel
+            compile_model(model, backend="eager", fullgraph=True)
+            assert torch.equal(model(x, t, y).pixel, eager), fusion
