@@ -330,7 +330,7 @@ class JiT(nn.Module):
         hidden = {}
         for i, block in enumerate(self.blocks):
             if i == fusion.split_at:     # channel_concat / add: the fused lane into each stream's post-blocks
-                xs, lanes = fusion.split(xs[0]), block.lanes
+                xs, lanes = fusion.split(xs[0]), fusion.layer(i)["lanes"]
                 ropes = fusion.ropes(lanes, rope_of, with_ic)
             if i == fusion.in_context_at:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per lane
                 ic = y_emb.unsqueeze(1) + self.in_context_posemb                    # (B, K, h)
