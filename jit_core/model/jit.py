@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Union, cast
 
 import torch
 import torch.nn as nn
@@ -161,7 +161,7 @@ class Positions(nn.Module):
             sincos = sincos_1d(h, stream.tokens)
             cos, sin = torch.ones(stream.tokens, d), torch.zeros(stream.tokens, d)   # not rotated
         else:
-            n = stream.grid
+            n = stream.grid or g          # Positions exist only for streams off the pixel grid: grid is set
             centres = cell_centres(n, g)
             sincos = sincos_2d(h, n, centres)
             cos, sin = rope_tables(d, n, positions=centres)
@@ -233,24 +233,23 @@ class JiT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d(self.cfg.hidden_size, self.cfg.grid)[None])
         for s in self.streams:
-            emb = self.embedders[s.name]
+            emb = cast(Union[PatchEmbed, TokenEmbed], self.embedders[s.name])
             if s.default_init:
                 continue
             for conv in (emb.proj1, emb.proj2):
                 nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
-            nn.init.zeros_(emb.proj2.bias)
+            nn.init.zeros_(cast(torch.Tensor, emb.proj2.bias))     # proj2 has a bias (PatchEmbed, TokenEmbed)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.in_context_posemb, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for sb in self.modules():
-            if isinstance(sb, StreamBlock):
-                nn.init.zeros_(sb.adaLN_modulation[-1].weight)
-                nn.init.zeros_(sb.adaLN_modulation[-1].bias)
+        for i in (0, 2):
+            nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[i]).weight, std=0.02)
+        zero = [cast(nn.Linear, sb.adaLN_modulation[-1]) for sb in self.modules() if isinstance(sb, StreamBlock)]
         for head in self.heads.values():
-            for lin in (head.adaLN_modulation[-1], head.linear):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
+            head = cast(FinalLayer, head)
+            zero += [cast(nn.Linear, head.adaLN_modulation[-1]), head.linear]
+        for lin in zero:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     # ------------------------------------------------------------------ helpers
     def set_attention(self, path: str) -> JiT:

@@ -198,8 +198,8 @@ def import_official(pth_path) -> dict:
 def export_official(weights: dict, path, epoch: int = 0) -> None:
     """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
     model, layouts = weights["model"], official_layouts()
-    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model), layouts).items()}
-          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
+    ck: dict[str, Any] = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model), layouts).items()}
+                          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
     ck.update(optimizer={}, epoch=int(epoch), args=None)
     path = Path(path)
     ensure_dir(path.parent)
