@@ -10,7 +10,7 @@ MM-DiT with one joint QKV, V-Co Table 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, cast
 
 import torch
 import torch.nn as nn
@@ -113,7 +113,7 @@ class JointBlock(nn.Module):
         """The weight set of each lane, in lane order."""
         if hasattr(self, "shared"):
             return [self.shared] * len(self.lanes)
-        return [self.streams[name] for name in self.lanes]
+        return [cast(StreamBlock, self.streams[name]) for name in self.lanes]
 
     def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask: Mask, path: str) -> list[torch.Tensor]:
         """xs: per lane (B, L_s, h); c: (B, h); ropes: per lane (cos, sin) of (L_s, d); mask: see attention.py."""

@@ -19,7 +19,7 @@ docs/architecture.md, "Compile").
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch._dynamo
@@ -44,8 +44,8 @@ def compile_model(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     The embedders and the in-context concatenation stay eager (small, and they change shape).
     """
     raise_recompile_limit()
-    for block in model.blocks:
+    for block in cast(torch.nn.ModuleList, model.blocks):
         block.compile(**options)
-    for head in model.heads.values():
+    for head in cast(torch.nn.ModuleDict, model.heads).values():
         head.compile(**options)
     return model

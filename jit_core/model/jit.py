@@ -3,14 +3,15 @@
 With only the pixel stream this is JiT, module for module (official key names, parameter counts and
 outputs). Extra streams (added by plugins, e.g. V-Co's feature stream, arXiv 2603.16792) get their own
 weights in every block and their own head, share the conditioning c, the in-context table and the
-attention softmax with the pixels, and have position tables for their own geometry. Reading order:
-:class:`JiT.forward`, :class:`JointBlock` (the block's two residual lines), ``attention.py``.
+attention softmax with the pixels, and have position tables for their own geometry; a stream's ``fusion``
+picks another co-denoising architecture (V-Co Table 1; ``fusion.py``). Reading order: :class:`JiT.forward`,
+:class:`JointBlock` (``blocks.py``: the block's two residual lines), ``attention.py``, ``fusion.py``.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Union, cast
 
 import torch
 import torch.nn as nn
@@ -131,7 +132,8 @@ class JiTOutput:
     - ``x_hat``: ``{stream: x-prediction}``; ``(B, C, H, W)`` for a patch stream, ``(B, T_s, C_s)`` for
       a token stream.
     - ``hidden``: ``{block index: {stream: (B, T_s, h)}}``, the outputs of the blocks asked for with
-      ``capture`` (in-context tokens dropped); empty without ``capture``.
+      ``capture`` (in-context tokens dropped); empty without ``capture``. In a fused block (``channel_concat``
+      / ``add`` before their post-blocks) the one fused sequence is given as ``pixel``.
     """
 
     x_hat: dict[str, torch.Tensor]
@@ -159,7 +161,7 @@ class Positions(nn.Module):
             sincos = sincos_1d(h, stream.tokens)
             cos, sin = torch.ones(stream.tokens, d), torch.zeros(stream.tokens, d)   # not rotated
         else:
-            n = stream.grid
+            n = stream.grid or g          # Positions exist only for streams off the pixel grid: grid is set
             centres = cell_centres(n, g)
             sincos = sincos_2d(h, n, centres)
             cos, sin = rope_tables(d, n, positions=centres)
@@ -175,8 +177,8 @@ class JiT(nn.Module):
     """Multi-stream JiT: ``model(z, t, y)`` -> :class:`JiTOutput` (x_hat per stream, JiT Sec. 4).
 
     With only the pixel stream this is the official JiT network; every extra stream has its own
-    embedder, its own weights in every block and its own head, and shares c, the in-context table
-    and the joint attention.
+    embedder and its own head, shares c and the in-context table, and meets the pixels as its
+    ``fusion`` says (default ``joint``: its own weights in every block and the joint attention).
     """
 
     def __init__(self, cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None, attention_path: str = "exact"):
@@ -231,24 +233,23 @@ class JiT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d(self.cfg.hidden_size, self.cfg.grid)[None])
         for s in self.streams:
-            emb = self.embedders[s.name]
+            emb = cast(Union[PatchEmbed, TokenEmbed], self.embedders[s.name])
             if s.default_init:
                 continue
             for conv in (emb.proj1, emb.proj2):
                 nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
-            nn.init.zeros_(emb.proj2.bias)
+            nn.init.zeros_(cast(torch.Tensor, emb.proj2.bias))     # proj2 has a bias (PatchEmbed, TokenEmbed)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.in_context_posemb, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for sb in self.modules():
-            if isinstance(sb, StreamBlock):
-                nn.init.zeros_(sb.adaLN_modulation[-1].weight)
-                nn.init.zeros_(sb.adaLN_modulation[-1].bias)
+        for i in (0, 2):
+            nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[i]).weight, std=0.02)
+        zero = [cast(nn.Linear, sb.adaLN_modulation[-1]) for sb in self.modules() if isinstance(sb, StreamBlock)]
         for head in self.heads.values():
-            for lin in (head.adaLN_modulation[-1], head.linear):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
+            head = cast(FinalLayer, head)
+            zero += [cast(nn.Linear, head.adaLN_modulation[-1]), head.linear]
+        for lin in zero:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     # ------------------------------------------------------------------ helpers
     def set_attention(self, path: str) -> JiT:
@@ -306,7 +307,8 @@ class JiT(nn.Module):
           stream j (in-context tokens belong to their stream), applied in every block; or the
           :class:`StreamGroups` of such a matrix (``fast`` attention without masks; the sampler builds
           it once per call). No stream may be blocked from every key stream (``unconditional.merge``
-          refuses that; a bare matrix that does it is a device-side assertion).
+          refuses that; a bare matrix that does it is a device-side assertion). Only the ``joint`` and
+          ``shared_qkv`` fusions attend across streams; the others refuse ``blocked``.
         - ``capture``: block indices whose outputs are returned in ``JiTOutput.hidden``.
         """
         if isinstance(inputs, torch.Tensor):
@@ -327,7 +329,7 @@ class JiT(nn.Module):
         hidden = {}
         for i, block in enumerate(self.blocks):
             if i == fusion.split_at:     # channel_concat / add: the fused lane into each stream's post-blocks
-                xs, lanes = fusion.split(xs[0]), block.lanes
+                xs, lanes = fusion.split(xs[0]), fusion.layer(i)["lanes"]
                 ropes = fusion.ropes(lanes, rope_of, with_ic)
             if i == fusion.in_context_at:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per lane
                 ic = y_emb.unsqueeze(1) + self.in_context_posemb                    # (B, K, h)

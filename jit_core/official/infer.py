@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 
@@ -108,6 +109,6 @@ def streams_for(sd: Mapping[str, torch.Tensor]) -> list[Stream]:
     for key, t in sd.items():
         m = re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", key)
         if m and m[1] != PIXEL:
-            kind = "patch" if t.shape[-1] > 1 else "tokens"
+            kind: Literal["patch", "tokens"] = "patch" if t.shape[-1] > 1 else "tokens"
             streams.append(Stream(m[1], kind, t.shape[1], default_init=True, fusion=fusion, fusion_blocks=blocks))
     return streams

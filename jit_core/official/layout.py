@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -172,7 +172,8 @@ def import_official(pth_path) -> dict:
         raise CheckpointError(f"{path} is not an official checkpoint: it has no 'model' entry (found "
                               f"{found}); expected a dict with model, model_ema1, model_ema2, optimizer, epoch, args")
     layouts = official_layouts()
-    out, layout = {}, None
+    out: dict[str, Any] = {}
+    layout = None
     for ours, theirs in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2")):
         sd = ck.get(theirs)
         if sd is None:
@@ -185,10 +186,10 @@ def import_official(pth_path) -> dict:
         except ForeignCheckpointError as e:
             raise CheckpointError(f"{path}: {theirs!r} is not an official state dict: {e}") from e
     epoch = ck.get("epoch", 0)
-    found = next((lay for lay in layouts if lay.name == layout), None)
-    plugins = list(found.plugins) if found else []
+    source = next((lay for lay in layouts if lay.name == layout), None)
+    plugins = list(source.plugins) if source else []
     keys = [k[4:] if k.startswith("net.") else k for k in ck["model"]]
-    options = found.plugin_options(keys) if found and found.plugin_options else {}
+    options = source.plugin_options(keys) if source and source.plugin_options else {}
     out.update(layout=layout, plugins=plugins, plugin_options=options,
                epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
     return out
@@ -197,8 +198,8 @@ def import_official(pth_path) -> dict:
 def export_official(weights: dict, path, epoch: int = 0) -> None:
     """Write our weights in the official checkpoint layout (empty optimizer, ``args`` None), atomically."""
     model, layouts = weights["model"], official_layouts()
-    ck = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model), layouts).items()}
-          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
+    ck: dict[str, Any] = {name: {k: v.detach().cpu() for k, v in to_official(weights.get(ours, model), layouts).items()}
+                          for ours, name in (("model", "model"), ("ema1", "model_ema1"), ("ema2", "model_ema2"))}
     ck.update(optimizer={}, epoch=int(epoch), args=None)
     path = Path(path)
     ensure_dir(path.parent)
