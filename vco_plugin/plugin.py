@@ -126,10 +126,11 @@ class _Calibration:
         """The statistics as loaded or computed (``var`` on the CPU)."""
         if self.stats is None:
             with isolated_rng(self.config.train.seed, device):   # a DataLoader draws its seed: not from training's
-                self.stats = self._load_or_compute(torch.device(device), grid)
-            meta = self.stats.meta
-            log.info("vco: feature statistics var %s, rms_factor %.4f (%s images of %s)", tuple(self.stats.var.shape),
-                     self.stats.rms_factor, meta.get("num_images", "?"), meta.get("dataset", self.config.data.name))
+                stats = self._load_or_compute(torch.device(device), grid)
+            meta = stats.meta
+            log.info("vco: feature statistics var %s, rms_factor %.4f (%s images of %s)", tuple(stats.var.shape),
+                     stats.rms_factor, meta.get("num_images", "?"), meta.get("dataset", self.config.data.name))
+            self.stats = stats
         return self.stats
 
     def alpha(self, device, grid: int) -> float:
@@ -204,6 +205,8 @@ def open_feature_cache(opts: VCoOptions, model_config):
     """The opened ``vco.feature_cache``, checked against this run's encoder, weights, grid, image size and
     channels (FeatureCacheError naming the mismatch and the rebuild command otherwise)."""
     from .feature_cache import open_cache
+    if not opts.feature_cache:
+        raise ConfigError("vco.feature_cache is not set: build one with `jit vco cache-features` and pass its folder")
     cache = open_cache(opts.feature_cache)
     cache.check(opts.encoder, opts.encoder_weights, model_config.grid, model_config.image_size,
                 model_config.in_channels)
@@ -308,8 +311,16 @@ class FeatureStream(Stream):
 
     run: Optional[VCoRun] = field(default=None, repr=False, compare=False)
 
+    @property
+    def vco(self) -> VCoRun:
+        """The run this stream belongs to (set when the run builds its streams)."""
+        if self.run is None:
+            raise RuntimeError(f"the {self.name!r} stream is not bound to a V-Co run")
+        return self.run
+
     def clean(self, images: torch.Tensor, values: dict) -> torch.Tensor:
-        run, opts = self.run, self.run.opts
+        run = self.vco
+        opts = run.opts
         if opts.feature_cache:        # speed lever: precomputed tokens, looked up by image content
             return run.feature_cache(run.model_config).lookup(images)
         enc, grid = run.encoder(images.device), run.model_config.grid
@@ -322,7 +333,8 @@ class FeatureStream(Stream):
         """Per-(position, channel) standardisation, times alpha under ``rms`` and ``time_shift`` (the released
         run_b scales as well as shifts), times 1 under ``none`` (the released run_a) and ``time_shift_corrected``
         (alpha is in the stream's time only)."""
-        run, opts = self.run, self.run.opts
+        run = self.vco
+        opts = run.opts
         from .calibration import standardize
         grid = round(clean.shape[1] ** 0.5)
         alpha = run.calibration.alpha(clean.device, grid) if opts.calibration in SCALED else 1.0
@@ -337,12 +349,12 @@ class FeatureStream(Stream):
         """1 when unguided (scale 1), else ``cfg_feature`` (w_d) or the pixel scale."""
         if scale == 1.0:
             return 1.0
-        w_d = self.run.opts.cfg_feature
+        w_d = self.vco.opts.cfg_feature
         return scale if w_d is None else w_d
 
     def null_branch(self, drop: torch.Tensor, streams, training: bool):
         """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
-        opts = self.run.opts
+        opts = self.vco.opts
         return null_branch(opts.null_branch, drop, opts.symmetric_mask, self.name, opts.fusion)
 
 

@@ -7,7 +7,7 @@ images do not depend on the batch size or on how the ids are split across ranks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +20,7 @@ from jit_core.model import PIXEL, JiT
 
 def initial_noise(model: JiT, indices: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Per-sample initial noise from a generator seeded by (seed, global index): independent of batching and rank."""
-    out = {s.name: [] for s in model.streams}
+    out: dict[str, list[torch.Tensor]] = {s.name: [] for s in model.streams}
     for i in indices.tolist():
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         for s in model.streams:
@@ -78,12 +78,13 @@ def _generate(model: JiT, labels: torch.Tensor, config: Config, plugins, spec: S
     device = next(model.parameters()).device
     autocast = (device.type == "cuda" and config.train.precision == "bf16") if spec.autocast is None else spec.autocast
     batch_size = spec.batch_size or s.batch_size
-    chunks = range(0, len(labels), batch_size)
+    chunks: Iterable[int] = range(0, len(labels), batch_size)
     if progress:
         from jit_core.progress import track
         chunks = track(chunks, desc="sampling", unit="batch")
     lo_t, hi_t = spec.interval or s.interval
-    out, streams = [], {}
+    out: list[torch.Tensor] = []
+    streams: dict[str, list[torch.Tensor]] = {}
     for lo in chunks:
         lab = labels[lo:lo + batch_size].to(device)
         noise = initial_noise(model, torch.arange(start_index + lo, start_index + lo + len(lab)), spec.seed)

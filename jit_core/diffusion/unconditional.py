@@ -49,7 +49,10 @@ class Unconditional:
         out = dict(noisy)
         for name, null in self.null_inputs.items():
             z = noisy[name]
-            keep = self.input_drops.get(name, self.drop).view(-1, *([1] * (z.dim() - 1)))
+            drop = self.input_drops.get(name, self.drop)
+            if drop is None:
+                raise ValueError(f"stream {name!r} has a null input but no drop mask says which samples it replaces")
+            keep = drop.view(-1, *([1] * (z.dim() - 1)))
             out[name] = torch.where(keep, null.to(device=z.device, dtype=z.dtype).expand_as(z), z)
         return out
 

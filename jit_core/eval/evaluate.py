@@ -95,10 +95,14 @@ def compute_metrics(kind: str, images: torch.Tensor | None, sample_dir: Path | N
     module-level so tests can replace it. ``bootstrap``: resamples for the intervals (0: none)."""
     if kind == "classifier":
         from jit_core.eval.classifier import fmnist_metrics
+        if images is None:
+            raise ValueError("the classifier metrics read the images in memory: generate them with keep=True")
         return fmnist_metrics(images, labels, run.config.data.name, device=device or "cpu", n_boot=bootstrap)
     if kind == "inception":
         from jit_core.eval.fid import fidelity_metrics
         source = images if images is not None else sample_dir
+        if source is None:
+            raise ValueError("the inception metrics need the images or the folder they were saved to")
         return fidelity_metrics(source, ref_stats=ref_stats, ref_dir=ref_dir, inception_weights=inception_weights,
                                 isc=True, fid=bool(ref_stats or ref_dir), prc=prc and ref_dir is not None,
                                 device=device, progress=progress, n_boot=bootstrap)
@@ -172,7 +176,8 @@ def evaluate_run(run_dir, spec: EvalSpec | None = None, **fields) -> dict:
     # every file goes under the folder being evaluated (or --out), by a name built here: never a path read from
     # a saved result (a copied run must not rewrite the original's results)
     out = Path(spec.out) if spec.out else run_dir / "eval"
-    records, kind = [], None
+    records: list[dict | None] = []      # rank 0's are every point's record; the other ranks' None
+    kind: str | None = None
     for e in emas:
         run = loading.load_run(run_dir, ema=e, device=device, checkpoint=spec.checkpoint,
                                trust_plugins=spec.trust_plugins)
@@ -240,13 +245,17 @@ def evaluate_run(run_dir, spec: EvalSpec | None = None, **fields) -> dict:
                     error = exc
             _raise_everywhere(error, world)
             records.append(record)
+    if kind is None:
+        raise ValueError("nothing to evaluate: no EMA selected (pass --ema with one or more of the run's EMAs)")
     result = records[0]
     if rank == 0:
+        computed = [r for r in records if r is not None]   # rank 0 holds them all
+        result = computed[0]
         name = result["name"]
         if grid:
-            first = records[0]
+            first = computed[0]
             name = eval_name(first["checkpoint"]["step"], "-".join(emas), n, method, steps, "sweep", spec.seed, interval)
-            result = sweep_summary(records, kind, out / f"{name}.json")
+            result = sweep_summary(computed, kind, out / f"{name}.json")
         result["wall_time_total_s"] = round(time.perf_counter() - t_start, 2)
         save_record(out, name, result, run_dir)
         if grid:
@@ -258,6 +267,8 @@ def evaluate_run(run_dir, spec: EvalSpec | None = None, **fields) -> dict:
         box = [result]
         dist.broadcast_object_list(box, src=0)
         result = box[0]
+    if result is None:
+        raise RuntimeError("rank 0 broadcast no evaluation result")
     return result
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO, cast
 
 import torch
 from safetensors.torch import load_file
@@ -197,9 +199,10 @@ def save_checkpoint(run_dir, step: int, weights: dict[str, dict[str, torch.Tenso
     aside, renamed = None, False
     try:
         tmp.mkdir()
-        files = {f"{k}.safetensors": write_file(tmp / f"{k}.safetensors", lambda s, sd=sd: stream_safetensors(s, sd))
+        files = {f"{k}.safetensors": write_file(tmp / f"{k}.safetensors", functools.partial(stream_safetensors, sd=sd))
                  for k, sd in weights.items()}
-        files["trainer.pt"] = write_file(tmp / "trainer.pt", lambda s: torch.save(state, s))
+        # torch.save only writes and flushes: the sink's two methods are all of IO[bytes] it uses
+        files["trainer.pt"] = write_file(tmp / "trainer.pt", lambda s: torch.save(state, cast(IO[bytes], s)))
         manifest = {"format": FORMAT, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "previous": previous.name if previous is not None else None, "files": files}
         write_file(tmp / "manifest.json", lambda s: s.write(json.dumps(manifest, indent=1).encode()))
@@ -306,13 +309,21 @@ def _previous_of(path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _step_of(path: Path) -> int:
+    """The step a checkpoint folder's name holds (``step-00001234`` -> 1234)."""
+    m = _STEP_RE.match(path.name)
+    if m is None:
+        raise ValueError(f"{path} is not a checkpoint folder (step-NNNNNNNN)")
+    return int(m[1])
+
+
 def _successors(done: list[tuple[int, Path]], start: Path) -> list[Path]:
     """Checkpoints written after ``start`` by the run that continued from it, oldest first: each one's manifest
     names the one before as ``previous``. A kill between a checkpoint's rename and the update of ``latest``
     leaves such a successor; a higher step left by another line of the run (one that resumed from an earlier
     checkpoint) names another ``previous`` and is not followed."""
     chain, current = [], start.name
-    start_step = int(_STEP_RE.match(start.name)[1])
+    start_step = _step_of(start)
     for step, path in done:
         if step > start_step and _previous_of(path) == current:
             chain.append(path)

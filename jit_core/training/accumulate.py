@@ -57,7 +57,7 @@ class VirtualRanks:
         self.accum = accum
         self.world = dist.world_size * accum
         self.ranks = [dist.rank * accum + a for a in range(accum)]
-        self._states: list[dict] | None = None
+        self._states: list[dict] = []   # filled by start() when accum > 1
 
     def start(self, seed: int, build: Callable[[], T], replay: Callable[[], object]) -> T:
         """Seed the process as its first virtual rank and ``build()`` (the network and plugin modules: what draws
@@ -114,7 +114,8 @@ def accumulate_gradients(objective, images, labels, ranks: VirtualRanks, forward
         total, losses = forward(objective, images, labels)
         total.backward()
         return total, losses
-    totals, terms = [], {}
+    totals: list[torch.Tensor] = []
+    terms: dict[str, list[torch.Tensor]] = {}
     for a, (x, y) in enumerate(zip(images.chunk(A), labels.chunk(A))):
         # DDP all-reduces on the last micro-batch only; the others accumulate locally
         sync = a == A - 1 or not hasattr(objective, "no_sync")

@@ -55,7 +55,7 @@ class Objective(nn.Module):
 
 
 def make_objective(model, aux, config, plugins: Plugins, capture, dist) -> nn.Module:
-    obj = Objective(model, aux, config, plugins.hook, capture, dist.rank)
+    obj: nn.Module = Objective(model, aux, config, plugins.hook, capture, dist.rank)
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         # gradients live in the all-reduce buckets (no second 4 B/parameter copy)
@@ -84,5 +84,5 @@ def make_batches(dataset, config: Config, plugins: Plugins, dist) -> ResumableBa
 def make_optimizer(modules, config: Config, base_lr: float, device) -> torch.optim.Optimizer:
     o = config.optim
     fused = o.fused and device.type in ("cuda", "cpu")   # torch's fused AdamW runs on both
-    return torch.optim.AdamW(param_groups(modules, o.weight_decay), lr=base_lr, betas=tuple(o.betas),
+    return torch.optim.AdamW(param_groups(modules, o.weight_decay), lr=base_lr, betas=(o.betas[0], o.betas[1]),
                              fused=fused or None)

@@ -11,7 +11,8 @@ from jit_core.config import Config, ConfigError
 
 def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
     """JiT's AdamW groups: no decay on 1-D tensors and biases; frozen tensors excluded."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in modules:
         for name, p in module.named_parameters():
             if p.requires_grad:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,10 +38,11 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """Every RNG's state as data (tensors and numbers), so that trainer.pt never holds text to evaluate."""
-    np_state = np.random.get_state()
+    # legacy=True (the default) is the MT19937 tuple (name, keys, pos, has_gauss, gauss); numpy types it as a union
+    np_state = cast(tuple[Any, ...], np.random.get_state())
     py_version, py_internal, py_gauss = random.getstate()
     python = {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss}
-    state = {"torch": torch.get_rng_state(), "python": python,
+    state: dict[str, object] = {"torch": torch.get_rng_state(), "python": python,
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
     if torch.cuda.is_available():
