@@ -73,7 +73,7 @@ def load_run(run: str | os.PathLike, ema: str = "ema1", device="cpu", checkpoint
         if checkpoint is not None:
             raise ValueError(f"checkpoint= does not apply to {run}: a pushed run holds one checkpoint")
         return load_hub_run(str(run), ema=ema, device=device, trust_plugins=trust_plugins)
-    return _load_run_folder(run, ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
+    return _load_run_folder(Path(run), ema=ema, device=device, checkpoint=checkpoint, trust_plugins=trust_plugins)
 
 
 def run_folder(run: RunRef) -> Path:
@@ -97,7 +97,7 @@ def _trusted(runs: Iterable[RunRef], trust_plugins: Sequence[str] | bool) -> Seq
     if trust_plugins is True:
         return True
     loaded = [name for run in runs if isinstance(run, LoadedRun) for name in run.config.plugins]
-    return tuple(dict.fromkeys([*trust_plugins, *loaded]))
+    return tuple(dict.fromkeys([*(trust_plugins or ()), *loaded]))
 
 
 def _as_text(value: Any) -> str:
@@ -185,7 +185,7 @@ def train(config: str | os.PathLike | Config, run_dir: str | os.PathLike, overri
     from jit_core.distributed import resolve_device
     from jit_core.training import train as train_run
     cfg = resolve_config(config, overrides, plugins=plugins, run_dir=run_dir, **more)
-    result = train_run(cfg, run_dir, allow_changes=allow_changes, progress=progress)
+    result = train_run(cfg, Path(run_dir), allow_changes=allow_changes, progress=progress)
     if result.stop_signal == signal.SIGINT:
         raise KeyboardInterrupt(f"interrupted at step {result.step}; checkpoint {result.checkpoint} kept "
                                 f"(continue with api.train(api.load_run_config({str(run_dir)!r}), {str(run_dir)!r}))")
@@ -228,7 +228,7 @@ def _arms(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRe
     its positional runs (folder names, made unique)."""
     from jit_core.eval.report import run_names
     if isinstance(runs, Mapping):
-        return {str(name): list(v) if isinstance(v, (list, tuple)) else [v] for name, v in runs.items()}
+        return {str(name): [v] if isinstance(v, (str, os.PathLike, LoadedRun)) else list(v) for name, v in runs.items()}
     listed = [runs] if isinstance(runs, (str, os.PathLike, LoadedRun)) else list(runs)
     return {name: [run] for name, run in zip(run_names([run_folder(r) for r in listed]), listed)}
 
@@ -278,12 +278,6 @@ def read_metrics(run: RunRef, columns: bool = False) -> list[dict] | dict[str, l
     return {k: [row.get(k) for row in rows] for k in keys}
 
 
-def _named_runs(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef]) -> dict[str, Path]:
-    if isinstance(runs, Mapping):
-        return {str(name): run_folder(r) for name, r in runs.items()}
-    return {name: run_folder(arm[0]) for name, arm in _arms(runs).items()}
-
-
 def _read_image(path: Path) -> Image:
     from PIL import Image as PILImage
     with PILImage.open(path) as img:
@@ -291,24 +285,27 @@ def _read_image(path: Path) -> Image:
         return img.copy()
 
 
-def plot_losses(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef], out: str | os.PathLike | None = None,
-                x: str = "step") -> Image:
-    """The loss curves ``jit compare`` draws (one panel per loss term, one line per run; ``x``: ``step`` or
-    ``time``), as a PIL image (a notebook shows it inline), also saved as PNG at ``out`` when given.
+def plot_losses(runs: RunRef | Sequence[RunRef] | Mapping[str, RunRef | Sequence[RunRef]],
+                out: str | os.PathLike | None = None, x: str = "step") -> Image:
+    """The loss curves ``jit compare`` draws, one panel per loss term, as a PIL image (a notebook shows it
+    inline), also saved as PNG + PDF at ``out`` (a ``.png``; the PDF beside it) when given. ``runs``: runs
+    (one curve each), or arm name -> one run or its seeds (one curve per arm: the mean over the seeds with a
+    min-max band); a run that logged one point is a marker. ``x``: ``step`` or ``time`` (wall clock).
 
-    ``api.plot_losses({"JiT": "runs/a", "V-Co": "runs/b"}, out="losses.png")``
+    ``api.plot_losses({"JiT": ["runs/a-s0", "runs/a-s1"], "V-Co": "runs/b"}, out="losses.png")``
     """
     import tempfile
 
-    from jit_core.eval.figures import plot_losses as draw_losses
+    from jit_core.eval.loss_curves import plot_run_losses
     if x not in ("step", "time"):
         raise ValueError(f"x={x!r}: use 'step' or 'time'")
-    logs = {name: read_metrics(folder) for name, folder in _named_runs(runs).items()}
+    arms = {name: [run_folder(r) for r in arm] for name, arm in _arms(runs).items()}
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        return _read_image(draw_losses(logs, Path(out), x))
+        png, _pdf = plot_run_losses(arms, Path(out), x)
+        return _read_image(png)
     with tempfile.TemporaryDirectory() as tmp:
-        return _read_image(draw_losses(logs, Path(tmp) / "loss_curves.png", x))
+        png, _pdf = plot_run_losses(arms, Path(tmp) / "loss_curves.png", x)
+        return _read_image(png)
 
 
 def sample_grid(run: RunRef, labels: Sequence[int] | None = None, *, num_per_class: int = 8, cfg: float | None = None,
@@ -349,5 +346,5 @@ def sample_grid(run: RunRef, labels: Sequence[int] | None = None, *, num_per_cla
             raise ValueError("labels: empty; give class labels (e.g. [0, 1, 2]) or None for every class")
     images = generate(loaded, wanted, cfg=cfg, steps=steps, method=method, seed=seed)
     if out is not None:
-        save_grid(images, out, nrow=nrow, scale=scale)
+        save_grid(images, Path(out), nrow=nrow, scale=scale)
     return make_grid(images, nrow=nrow, scale=scale)

@@ -149,6 +149,32 @@ def test_plot_losses_returns_the_figure_and_saves_it(runs, tmp_path):
         api.plot_losses(a, x="wall")
 
 
+def test_plot_losses_draws_two_seeds_of_one_arm_as_one_curve_with_a_band(runs, tmp_path, monkeypatch):
+    """arm -> its seeds: one mean curve and a min-max band, written as PNG + PDF; a lone run stays a plain curve."""
+    import matplotlib.pyplot as plt
+
+    from jit_core.eval import plots
+    a, b = runs
+    figs = []
+
+    def keep(fig, stem, dpi=110):   # plots.save_png_pdf, keeping the figure open to look at it
+        figs.append({ax.get_title(): ax for ax in fig.axes})
+        return [plots.durable.save_figure(stem.with_name(f"{stem.name}.{fmt}"), fig, dpi=dpi) for fmt in plots.FORMATS]
+
+    monkeypatch.setattr(plots, "save_png_pdf", keep)
+    try:
+        shown = api.plot_losses({"JiT": [a, b], "one": a}, out=tmp_path / "losses.png")
+        ax = figs[0]["loss"]
+        labels = ax.get_legend_handles_labels()[1]
+        bands = [c for c in ax.collections if len(c.get_paths())]
+    finally:
+        plt.close("all")
+    assert isinstance(shown, Image.Image)
+    assert (tmp_path / "losses.pdf").read_bytes().startswith(b"%PDF")
+    assert labels == ["JiT (n=2)", "one"]           # one curve per arm, the seeds counted in its label
+    assert len(bands) == 1                            # the two-seed arm's band; the lone run has none
+
+
 def test_sample_grid_is_jit_samples_grid(runs, tmp_path):
     a, _ = runs
     result = run_cli("sample", str(a), "--num-per-class", "2", "--out", str(tmp_path / "cli"), "--device", "cpu")
