@@ -36,20 +36,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from jit_core.config import Config, check_device, flat_config
+from jit_core.config import Config, check_device, flatten
 from jit_core.diffusion.generate import autocast_for, generate_images, initial_noise, sample_with_weights
 from jit_core.model import PIXEL
 from jit_core.runs import hub
 from jit_core.runs.export import export_run
 from jit_core.runs.hubrun import load_hub_run
-from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_config
+from jit_core.runs.loading import LoadedRun, build_model_for, generate, load_run_config
 from jit_core.runs.loading import load_run as _load_run_folder
 from jit_core.runs.push import push
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["LoadedRun", "load_run", "load_config", "build_model_for", "generate", "generate_images",
+__all__ = ["LoadedRun", "load_run", "load_run_config", "build_model_for", "generate", "generate_images",
            "sample_with_weights", "initial_noise", "autocast_for", "PIXEL",
            "train", "evaluate", "compare", "read_metrics", "plot_losses", "sample_grid", "resolve_config",
            "override_texts", "run_folder", "RunRef", "Overrides", "export_run", "push"]
@@ -157,7 +157,7 @@ def resolve_config(config: str | os.PathLike | Config, overrides: Overrides = No
     from jit_core.plugins.presets import build_config
     texts = override_texts(overrides, **more)
     if isinstance(config, Config):      # every key of it, as KEY=VALUE before the overrides
-        keys = flat_config(config.to_dict())
+        keys = flatten(config, without=("run_dir",))
         return build_config(None, None, plugins, [f"{k}={_as_text(v)}" for k, v in keys.items()] + texts,
                             run_dir or config.run_dir)
     if isinstance(config, os.PathLike) or str(config).endswith((".toml", ".json")):
@@ -175,7 +175,7 @@ def train(config: str | os.PathLike | Config, run_dir: str | os.PathLike, overri
 
     ``config`` and the overrides resolve as in :func:`resolve_config`. The folder of the same run is
     resumed exactly; to continue a run with a longer schedule pass its own config:
-    ``api.train(api.load_config(run), run, {"train.max_steps": 2000})``, with ``allow_changes`` naming the
+    ``api.train(api.load_run_config(run), run, {"train.max_steps": 2000})``, with ``allow_changes`` naming the
     keys a resume may change (``jit train --allow-change``). Ctrl-C (a notebook's interrupt) finishes the
     step, writes a checkpoint and raises KeyboardInterrupt.
 
@@ -187,7 +187,7 @@ def train(config: str | os.PathLike | Config, run_dir: str | os.PathLike, overri
     result = train_run(cfg, run_dir, allow_changes=allow_changes, progress=progress)
     if result.stop_signal == signal.SIGINT:
         raise KeyboardInterrupt(f"interrupted at step {result.step}; checkpoint {result.checkpoint} kept "
-                                f"(continue with api.train(api.load_config({str(run_dir)!r}), {str(run_dir)!r}))")
+                                f"(continue with api.train(api.load_run_config({str(run_dir)!r}), {str(run_dir)!r}))")
     if result.status != "finished":
         log.warning("%s at step %d (checkpoint %s)", result.status, result.step, result.checkpoint)
     return load_run(result.run_dir, device=resolve_device(cfg.train.device), trust_plugins=tuple(cfg.plugins))

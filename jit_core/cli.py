@@ -199,7 +199,7 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     """
     from jit_core.training import train as run_train
     if resume_dir:
-        from jit_core.api import load_config as load_run_config
+        from jit_core.api import load_run_config
         from jit_core.runs.checkpoint import list_checkpoints
         if not list_checkpoints(resume_dir):
             raise ConfigError(f"--resume {resume_dir}: no checkpoint to resume from (nothing in "
@@ -216,10 +216,12 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     else:
         cfg = build_config(preset, config_file, plugins, overrides, run_dir)
     if dry_run:
+        from jit_core.config import evolve
         from jit_core.distributed import DistInfo, resolve_device
+        from jit_core.plugins import resolve_run
         from jit_core.training.run_dir import allowed_keys
-        from jit_core.training.startup import load_plugins, setup_plugins, start_checks
-        plugins = load_plugins(cfg)
+        from jit_core.training.startup import setup_plugins, start_checks
+        cfg, plugins = resolve_run(evolve(cfg, run_dir=str(run_dir)) if run_dir else cfg)   # as the trainer does
         dist = DistInfo(device=resolve_device(cfg.train.device))
         startup = start_checks(cfg, run_dir, dist, plugins=plugins, allow_changes=allowed_keys(cfg, allow_changes))
         setup_plugins(startup, cfg, run_dir, dist, dry_run=True)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from jit_core import api, hookimpl
-from jit_core.config import ConfigError, flat_config
+from jit_core.config import ConfigError, flatten
 from jit_core.plugins import PluginError
 from jit_core.plugins.presets import build_config
 from jit_core.testing import run_cli
@@ -81,8 +81,8 @@ def test_a_config_object_or_file_resolves_as_the_command_line_and_is_not_modifie
     assert core == {k: v for k, v in before.items() if k not in ("plugin_options", "run_dir")}
     assert again.run_dir == str(tmp_path / "r") and again.plugins == ["vco"]
     # plugin options stay the command line's texts until the plugin checks them (as for `jit train`)
-    want = {k: v for k, v in flat_config(before).items() if k.startswith("vco.")} | {"vco.drift_coef": 5.0}
-    assert api.override_texts({k: v for k, v in flat_config(again.to_dict()).items() if k.startswith("vco.")}) \
+    want = {k: v for k, v in flatten(before).items() if k.startswith("vco.")} | {"vco.drift_coef": 5.0}
+    assert api.override_texts({k: v for k, v in flatten(again).items() if k.startswith("vco.")}) \
         == api.override_texts(want)
     toml = tmp_path / "run.toml"
     toml.write_text('model = "JiT-T/4"\n[train]\nmax_steps = 7\n')
@@ -102,7 +102,7 @@ def test_train_trains_what_jit_train_trains_and_resumes(tmp_path, one_thread):
     for name, tensor in run.model.state_dict().items():
         assert torch.equal(tensor, cli_weights[name]), name            # bit-identical on the CPU
     assert api.train("test", tmp_path / "api", TINY_TRAIN, progress=False).step == 2   # the same run: nothing more
-    longer = api.train(api.load_config(tmp_path / "api"), tmp_path / "api", {"train.max_steps": 3}, progress=False)
+    longer = api.train(api.load_run_config(tmp_path / "api"), tmp_path / "api", {"train.max_steps": 3}, progress=False)
     assert longer.step == 3 and [r["step"] for r in api.read_metrics(longer)] == [2, 3]
 
 
@@ -113,8 +113,8 @@ def test_ctrl_c_checkpoints_then_raises_and_a_loaded_run_keeps_its_trust(tmp_pat
         api.train("test", run_dir, TINY_TRAIN, plugins=[__name__], progress=False, train__max_steps=4)
     assert (run_dir / "checkpoints" / "step-00000002").is_dir()
     with pytest.raises(PluginError, match=__name__):          # a folder naming a plugin module: trusted by name only
-        api.load_config(run_dir)
-    run = api.train(api.load_config(run_dir, trust_plugins=[__name__]), run_dir, progress=False)
+        api.load_run_config(run_dir)
+    run = api.train(api.load_run_config(run_dir, trust_plugins=[__name__]), run_dir, progress=False)
     assert run.step == 4 and LOSS_CALLS[0] == 4
     record = api.evaluate(run, num_images=4, metrics="none", save="none", progress=False, device="cpu")
     assert record["checkpoint"]["step"] == 4           # the loaded run's plugins were trusted when it was loaded

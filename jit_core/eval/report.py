@@ -146,7 +146,7 @@ def _sample_panel(d: Path, label: str, out: Path, num_samples: int, seed: int, c
     from jit_core.eval.evaluate import class_major_labels
     from jit_core.images import make_grid
     from jit_core.runs import loading
-    loading.load_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
+    loading.load_run_config(d, trust_plugins)  # an untrusted plugin module stops the report, not only this run's samples
     step = params = None
     try:
         run = loading.load_run(d, device=device, trust_plugins=trust_plugins)

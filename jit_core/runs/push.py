@@ -27,13 +27,13 @@ def stage(run_dir: str | Path, folder: str | Path, repo: hub.HubRepo, trust_plug
 
     ``trust_plugins``: module-path plugins the run's config names that may be imported (to count the
     parameters of their streams), as for every command that loads a run folder."""
-    from jit_core.runs.loading import build_model_for, load_config
+    from jit_core.runs.loading import build_model_for, load_run_config
     run_dir, folder = Path(run_dir), Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CheckpointError(f"--stage {folder}: the folder must be new or empty (nothing in it is replaced)")
     if latest_checkpoint(run_dir) is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to push")
-    config = load_config(run_dir, trust_plugins)
+    config = load_run_config(run_dir, trust_plugins)
     ensure_dir(folder)
     done = export_run(run_dir, folder / CHECKPOINT)
     config.run_dir = None                               # a local path means nothing on the Hub

@@ -119,7 +119,7 @@ def test_named_plugin_module_is_trusted(run, tmp_path):
     evil, marker = _evil_plugin(tmp_path)
     victim = _with_plugin(run, tmp_path / "victim", str(evil))
     with pytest.raises(PluginError):
-        api.load_config(victim)
-    api.load_config(victim, trust_plugins=[str(evil)])     # named by the user: allowed (not imported yet)
-    api.load_config(victim, trust_plugins=True)
+        api.load_run_config(victim)
+    api.load_run_config(victim, trust_plugins=[str(evil)])     # named by the user: allowed (not imported yet)
+    api.load_run_config(victim, trust_plugins=True)
     assert not marker.exists()
