@@ -143,14 +143,16 @@ def check_run_dir(run: RunSpec) -> None:
         from jit_core.training import config_diff
         if not list_checkpoints(folder):  # as the trainer: a run that never checkpointed may start over
             return
-        old = json.loads(saved.read_text())
-        now = json.loads(run.config.to_json())  # tuples as lists, as in config.json
-        overrides = dict(now.get("model_overrides") or {})
-        for key in ("in_channels", "num_classes"):  # filled in by the trainer from the data set
-            if key in (old.get("model_overrides") or {}) and key not in overrides:
-                overrides[key] = old["model_overrides"][key]
-        now["model_overrides"] = overrides
-        diff = config_diff(old, now)
+        from jit_core.config import ConfigError, read_config_file, unresolved
+        try:    # the saved run, parsed by the same types as the new one
+            old = Config.from_dict(read_config_file(saved))
+        except ConfigError as exc:
+            raise LaunchError(f"{exc} (in the run folder {folder}: use a new --run-dir)") from None
+        now = unresolved(run.config)
+        # a folder data set's classes are counted when the job starts (not on this machine): the saved run's stand
+        data_keys = {k: v for k, v in old.model_overrides.items() if k in ("in_channels", "num_classes")}
+        now.model_overrides = {**data_keys, **now.model_overrides}
+        diff = config_diff(json.loads(old.to_json()), json.loads(now.to_json()))   # tuples as lists, as saved
         if diff:
             raise LaunchError(f"run folder {folder} already holds a different run ({'; '.join(diff[:4])}); "
                               "use a new --run-dir (only the run's length, logging and resources may change "

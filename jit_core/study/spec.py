@@ -108,7 +108,7 @@ def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: S
     for ns in [ns for ns in cfg.plugin_options if ns not in cfg.plugins]:   # e.g. a V-Co preset with plugins=none
         cfg.plugin_options.pop(ns)
     try:
-        resolved, _ = resolve_run(cfg)
+        resolved, _ = resolve_run(cfg, read_data=False)    # a data folder only a cluster's nodes mount is not read
     except ConfigError as exc:
         raise StudyError(f"study {study.name!r}, arm {arm.name!r}: {exc}") from None
     return resolved.to_dict(), notes
