@@ -18,8 +18,9 @@ from .keys import set_key
 from .plugin_options import check_plugin_options, typed_plugin_options
 from .schema import Config
 
-#: Keys that change the network: a variant that changes them must be resolved again (its model config differs).
-MODEL_KEYS = ("model", "model_overrides", "data.")
+#: Keys a resolved config cannot change in place: they change the network (its model config) or the set of
+#: plugins (their typed options and run objects), so a variant that changes them must be resolved again.
+NEEDS_RESOLVE = ("model", "model_overrides", "plugins", "data.")
 
 
 def resolve(cfg: Config, schemas: dict[str, type], *, model_config: Any = None,
@@ -33,7 +34,6 @@ def resolve(cfg: Config, schemas: dict[str, type], *, model_config: Any = None,
     out = thaw(cfg)                     # a plain copy: nothing below reaches the caller's object
     out.plugin_options = typed
     out.model_overrides = {**(model_overrides or {}), **out.model_overrides}
-    out.plugins = list(dict.fromkeys(out.plugins))
     check_values(out)
     object.__setattr__(out, "_model_config", model_config)
     freeze(out)
@@ -45,14 +45,14 @@ def evolve(cfg: Config, changes: Optional[dict[str, Any]] = None, **top: Any) ->
     """A copy of ``cfg`` with dotted keys changed (``evolve(cfg, {"train.max_steps": 3}, run_dir=None)``).
 
     Values are parsed as overrides are (``"3"`` and ``3`` alike). A resolved ``cfg`` gives a resolved copy,
-    checked again; a change of the network (``model``, ``model_overrides``, ``data.*``) needs a new resolve
-    and is refused there. An unresolved ``cfg`` gives an unresolved copy. ``cfg`` is never changed.
+    checked again; a change of the network or the plugins (:data:`NEEDS_RESOLVE`) needs a new resolve and is
+    refused there. An unresolved ``cfg`` gives an unresolved copy. ``cfg`` is never changed.
     """
     changes = {**(changes or {}), **top}
     if cfg.resolved:
-        model_keys = [k for k in changes if k in MODEL_KEYS or k.startswith(MODEL_KEYS[-1])]
-        if model_keys:
-            raise ConfigError(f"evolve({', '.join(model_keys)}): a resolved config's network cannot change; "
+        refused = [k for k in changes if k in NEEDS_RESOLVE or k.startswith(NEEDS_RESOLVE[-1])]
+        if refused:
+            raise ConfigError(f"evolve({', '.join(refused)}): a resolved config's network and plugins cannot change; "
                               "evolve the config before resolving it, or resolve the variant again")
     out = thaw(cfg)
     for key, value in changes.items():

@@ -69,7 +69,7 @@ def test_variants_are_derived_with_evolve():
     assert resolved.train.max_steps == 3 and plugin_options(resolved, LowpassOptions).jitter == 0.01
     with pytest.raises(ConfigError, match="must be >= 0"):           # checked again
         evolve(resolved, {"train.max_steps": -1})
-    with pytest.raises(ConfigError, match="network cannot change"):  # a new network needs a new resolve
+    with pytest.raises(ConfigError, match="network and plugins cannot change"):  # a new network needs a new resolve
         evolve(resolved, {"data.image_size": 64})
     plain = evolve(get_preset("test"), {"train.max_steps": 2})      # an unresolved config stays unresolved
     assert not plain.resolved and plain.train.max_steps == 2
