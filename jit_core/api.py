@@ -150,7 +150,9 @@ def resolve_config(config: str | os.PathLike | Config, overrides: Overrides = No
                    run_dir: str | os.PathLike | None = None, **more: Any) -> Config:
     """The config ``jit train`` would resolve: a preset name, a ``.toml`` / ``.json`` file or a Config, then
     the overrides (:func:`override_texts`), then ``plugins`` enabled; the same parser and one-line
-    :class:`~jit_core.config.ConfigError` as the command line. A Config passed in is not modified.
+    :class:`~jit_core.config.ConfigError` as the command line. A Config passed in is not modified. The result is
+    composed, not yet resolved (plugin options as given): ``jit_core.plugins.resolve_run(cfg)`` gives the frozen
+    run config the trainer resolves at start-up.
 
     ``cfg = api.resolve_config("tiny", {"train.max_steps": 20}, plugins=["vco"])``
     """

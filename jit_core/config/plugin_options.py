@@ -13,17 +13,15 @@ import typing
 from typing import Any
 
 from .fields import ConfigError, check_fields, suggest
+from .flat import flatten
 from .keys import coerce, option_namespace
 
 
 def given_options(cfg: Any) -> dict[str, Any]:
     """Every plugin option of ``cfg`` as ``{"plugin.option": value}`` (typed objects read as their fields)."""
-    out = {}
-    for plugin, opts in cfg.plugin_options.items():
-        values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)} \
-            if dataclasses.is_dataclass(opts) else opts
-        out.update({f"{plugin}.{k}": v for k, v in values.items()})
-    return out
+    given = {plugin: {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+             if dataclasses.is_dataclass(opts) else opts for plugin, opts in cfg.plugin_options.items()}
+    return flatten({"plugin_options": given})
 
 
 def typed_plugin_options(cfg: Any, schemas: dict[str, type]) -> dict[str, Any]:
