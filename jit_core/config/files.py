@@ -20,7 +20,7 @@ from .schema import Config
 try:                 # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef, import-not-found]
 
 
 def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,

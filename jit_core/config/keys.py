@@ -121,15 +121,15 @@ def _set_plugin_option(cfg: Any, key: str, value: Any, schemas: dict) -> None:
     # a plugin enabled by module path has a dotted namespace, so the longest matching plugin name wins
     owner = option_namespace(key, set(schemas) | set(cfg.plugin_options))
     head, rest = (owner, key[len(owner) + 1:]) if owner else key.split(".", 1)
-    current = cfg.plugin_options.get(head)
-    schema = schemas.get(head) or (type(current) if dataclasses.is_dataclass(current) else None)
+    current: Any = cfg.plugin_options.get(head)
+    schema: Any = schemas.get(head) or (type(current) if dataclasses.is_dataclass(current) else None)
     if schema is not None:
         fields = [f.name for f in dataclasses.fields(schema)]
         if rest not in fields:
             raise ConfigError(f"unknown option {key!r} of plugin {head!r}{suggest(rest, fields)}; "
                               f"options: {', '.join(fields)}")
         value = coerce(key, value, typing.get_type_hints(schema)[rest])
-    if dataclasses.is_dataclass(current):     # typed options (an evolved resolved config): a new object
+    if schema is not None and isinstance(current, schema):   # typed options (an evolved resolved config): a new object
         cfg.plugin_options[head] = dataclasses.replace(current, **{rest: value})
     else:
         cfg.plugin_options.setdefault(head, {})[rest] = value
