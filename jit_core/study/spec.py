@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jit_core.config import ConfigError, flat_config, parse_override
+from jit_core.config import ConfigError, flatten, parse_override
 
 PAPER_DIRECTIONS = ("worse", "better", "")
 
@@ -80,7 +80,7 @@ class Element:
 
 def config_changes(a: dict, b: dict) -> list[str]:
     """The dotted keys whose values differ between two resolved configs."""
-    fa, fb = flat_config(a), flat_config(b)
+    fa, fb = flatten(a, without=("run_dir",)), flatten(b, without=("run_dir",))
     return sorted(k for k in set(fa) | set(fb)
                   if json.dumps(fa.get(k, "<unset>"), sort_keys=True) != json.dumps(fb.get(k, "<unset>"), sort_keys=True))
 
@@ -93,8 +93,8 @@ def _namespace(key: str) -> str | None:
 def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: Sequence[str]):
     """The arm's config as the trainer will see it, with the options of plugins it does not enable dropped."""
     from jit_core.config import Config, set_key
+    from jit_core.plugins import resolve_run
     from jit_core.plugins.presets import build_config
-    from jit_core.training.startup import load_plugins
     cfg = build_config(arm.preset, None, arm.plugins, arm.overrides, run_dir)
     core_sections = set(Config().to_dict())
     notes = []
@@ -108,10 +108,10 @@ def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: S
     for ns in [ns for ns in cfg.plugin_options if ns not in cfg.plugins]:   # e.g. a V-Co preset with plugins=none
         cfg.plugin_options.pop(ns)
     try:
-        load_plugins(cfg)
+        resolved, _ = resolve_run(cfg, read_data=False)    # a data folder only a cluster's nodes mount is not read
     except ConfigError as exc:
         raise StudyError(f"study {study.name!r}, arm {arm.name!r}: {exc}") from None
-    return cfg.to_dict(), notes
+    return resolved.to_dict(), notes
 
 
 def check_arms(study: Study, resolved: dict[str, dict]) -> None:
