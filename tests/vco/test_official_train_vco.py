@@ -17,7 +17,6 @@ import torch
 
 from jit_core.config import get_preset
 from jit_core.diffusion.flow import logit_normal_t, training_losses
-from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
 from jit_core.plugins import resolve_run
 from jit_core.runs.network import build_network
