@@ -37,7 +37,25 @@ def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path)
     assert config_changes(configs["JiT"], configs["V-Co"])[0] == "plugins"   # JiT: the same run without V-Co
     assert all(k == "plugins" or k.startswith("vco.") for k in config_changes(configs["JiT"], configs["V-Co"]))
     assert {e.config["train"]["seed"] for e in expand(study, tmp_path, seeds=[3, 4], arms=["JiT"])} == {3, 4}
-    assert {e.config["train"]["max_steps"] for e in elements} == {150}
+    assert {e.config["train"]["max_steps"] for e in elements} == {300}
+
+
+def test_the_default_budget_reaches_recognisable_samples_and_quick_is_the_short_look(cli, tmp_path):
+    """300 steps by default (classifier accuracy on the samples 64-68 %, docs/embedded-comparison.md), 150 under
+    --quick; a user's override still wins; a study without a quick budget refuses it."""
+    for name in ("vco-tiny", "vco-tiny-pair"):
+        study = get_study(name)
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0])} == {300}
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0], quick=True)} == {150}
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0], quick=True,
+                                                               overrides=["train.max_steps=7"])} == {7}
+    with pytest.raises(StudyError, match="has no quick budget: run it without --quick"):
+        expand(get_study("vco-b16"), tmp_path, seeds=[0], quick=True)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["study", "vco-tiny-pair", "--dry-run"])
+    assert res.exit_code == 0 and "budget per run: 300 steps of 64 images" in res.output, res.output
+    res = runner.invoke(cli, ["study", "vco-tiny-pair", "--dry-run", "--quick"])
+    assert res.exit_code == 0 and "budget per run: 150 steps of 64 images" in res.output, res.output
 
 
 def test_an_arm_that_changes_more_than_its_ingredient_or_nothing_is_refused(tmp_path):
