@@ -9,7 +9,8 @@ calls it), with timers wrapped around the functions each phase runs. A wrapped p
 it calls (the network forward includes nothing else; the hybrid loss's forward includes the encoder's pass over
 x-hat; ``backward`` is every backward pass, the encoder's through x-hat included). ``other`` is the step's
 remainder (noising, null branch, v-loss, batch, gradient clip). Times are wall seconds; on a shared machine
-they are upper bounds, so the script prints the load average before and after.
+they are upper bounds, so the script prints the load average before and after, and the median step's CPU time
+beside its wall time (one thread: the CPU time is what the step costs when it has a core to itself).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import functools
 import os
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -60,6 +62,22 @@ def phase(name: str):
     yield
     TIMES[name] += time.perf_counter() - t0
     CALLS[name] += 1
+
+
+STEPS: list[tuple[float, float]] = []     # (wall, CPU) seconds of each training step
+
+
+def time_steps(trainer_cls) -> None:
+    fn = trainer_cls.train_step
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            STEPS.append((time.perf_counter() - w, time.process_time() - c))
+    trainer_cls.train_step = wrapper
 
 
 def instrument(preset_has_vco: bool) -> None:
@@ -107,6 +125,7 @@ def main() -> None:
         cfg = build_config(args.preset, None, (), (f"train.max_steps={args.steps}", "train.ckpt_every=100000",
                                                     *args.overrides), run_dir)
         instrument("vco" in cfg.plugins)
+        time_steps(Trainer)
         with phase("start-up (checks, model, encoder, statistics)"):
             trainer = Trainer(cfg, run_dir)
         step_phases = [k for k in TIMES if k != "imports" and not k.startswith("start-up")]
@@ -134,6 +153,11 @@ def main() -> None:
     print(f"  {'other (noising, v-loss, batches, clip, logs)':<46} {train_s - accounted:8.2f} "
           f"{1000 * (train_s - accounted) / steps:12.1f}")
     print(f"{'training loop':<48} {train_s:8.2f} {1000 * train_s / steps:12.1f}")
+    steady = STEPS[min(5, len(STEPS) - 1):]      # after the first steps (allocator warm-up; compilation)
+    print(f"{'one step, median after the first 5 (wall / CPU)':<48} {'':>8} "
+          f"{1000 * statistics.median(w for w, _ in steady):7.1f} / {1000 * statistics.median(c for _, c in steady):.1f}")
+    print(f"{'all steps, CPU s (first 5: compilation, if any)':<48} {sum(c for _, c in STEPS):8.2f}   "
+          f"first 5: {sum(c for _, c in STEPS[:5]):.2f}")
     for k in ["eval: sampler", "eval: classifier (load)", "eval: reference statistics", "eval: classifier features",
               "eval: bootstrap intervals", "eval: total"]:
         print(f"{k:<48} {TIMES[k]:8.2f} {'':>12} {CALLS[k]:6d}")
