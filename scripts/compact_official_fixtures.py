@@ -3,8 +3,9 @@
 
     python scripts/compact_official_fixtures.py FULL_FIXTURES_DIR [--out tests/fixtures/official]
 
-FULL_FIXTURES_DIR holds ``official_jit_tiny``, ``official_jit_train``, ``official_vco_tiny`` and
-``official_vco_train`` as the official code wrote them. The output is deterministic (same input, same bytes);
+FULL_FIXTURES_DIR holds ``official_jit_tiny``, ``official_jit_train``, ``official_vco_tiny``,
+``official_vco_train`` and ``official_vco_arch`` as the official code wrote them. The output is
+deterministic (same input, same bytes);
 ``tests/test_official_fixtures.py`` rebuilds it and compares with the committed copy when the full folders are
 present. What is kept and what is cut: ``tests/fixtures/official/README.md``. Every cut is checked here
 against the full data before anything is written (derived tensors regenerate bit for bit, repeated rows
@@ -24,6 +25,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.official_fixtures import (  # noqa: E402
+    ARCH_OUTPUTS,
+    ARCH_VARIANTS,
     EMA_OFFSETS,
     FULL_FIXTURE_NAMES,
     probe_positions,
@@ -44,6 +47,7 @@ DERIVED = {
                   "noise_f": (7, 1575944, (4, 256, 768))},
 }
 DERIVED_SAMPLE = 4096
+ARCH_PROBE = 4096             # per output row and stream of an architecture variant (five variants, 25 MB budget)
 DINOV2_FILES = ("dinov2_with_registers_tiny.safetensors", "dinov2_config.json")
 
 
@@ -194,7 +198,38 @@ def vco_train(full: Path) -> tuple[dict, dict]:
     return out, meta
 
 
-BUILDERS = {"jit_tiny": jit_tiny, "jit_train": jit_train, "vco_tiny": vco_tiny, "vco_train": vco_train}
+def vco_arch(full: Path) -> tuple[dict, dict]:
+    """The architecture variants of V-Co's Table 1: each one's weights (float32; the frozen sin-cos table once,
+    the unused ``feat_rope_concat*`` RoPE buffers as shapes only) and probes of its two output rows."""
+    root = full / "official_vco_arch"
+    out, meta = {}, {"variants": {}}
+    for variant in ARCH_VARIANTS:
+        folder = root / variant
+        ckpt = load(folder / "checkpoint-last.pth")
+        if ckpt["args"] is not None or set(ckpt) != {"model", "optimizer", "epoch", "args"}:
+            sys.exit(f"vco_arch/{variant}: expected a checkpoint with model, optimizer, epoch and args=None only")
+        model = ckpt["model"]
+        buffers = {k: list(v.shape) for k, v in model.items() if k.startswith("net.feat_rope_concat")}
+        for k, v in model.items():
+            if k in buffers:
+                continue
+            if k == "net.pos_embed":
+                if "net.pos_embed" in out and not torch.equal(out["net.pos_embed"], v):
+                    sys.exit(f"vco_arch/{variant}: its sin-cos table differs from the other variants'; store each")
+                out["net.pos_embed"] = v.contiguous().clone()
+                continue
+            out[f"{variant}/model/{k}"] = v.contiguous().clone()
+        io = load(folder / "io.pt")
+        for key in ARCH_OUTPUTS:
+            probe(out, f"{variant}/io/{key}", io[key][0], ARCH_PROBE)
+        meta["variants"][variant] = {"config": json.loads((folder / "config.json").read_text()),
+                                     "weight_order": list(model), "rope_buffers": buffers, "epoch": ckpt["epoch"],
+                                     "checkpoint_order": list(ckpt), "call": io["call"], "info": io["info"]}
+    return out, meta
+
+
+BUILDERS = {"jit_tiny": jit_tiny, "jit_train": jit_train, "vco_tiny": vco_tiny, "vco_train": vco_train,
+            "vco_arch": vco_arch}
 
 
 def build(full: Path, out_dir: Path) -> list[Path]:

@@ -26,7 +26,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 COMPACT_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
-FULL_FIXTURE_NAMES = ("official_jit_tiny", "official_jit_train", "official_vco_tiny", "official_vco_train")
+FULL_FIXTURE_NAMES = ("official_jit_tiny", "official_jit_train", "official_vco_tiny", "official_vco_train",
+                      "official_vco_arch")
+# V-Co's architecture alternatives (Table 1) as the official fixtures name them, and their two output rows
+ARCH_VARIANTS = ("token_concat", "channel_concat", "direct_addition", "shared_jit", "mmdit_joint_qkv")
+ARCH_OUTPUTS = ("x_pred_cond_row1", "f_pred_cond_row1", "x_pred_drop_row0", "f_pred_drop_row0")
 EMA_OFFSETS = {"model_ema1": 0.001, "model_ema2": -0.001}
 
 
@@ -150,6 +154,20 @@ class Compact:
         return path
 
 
+    def arch_checkpoint(self, variant: str) -> dict:
+        """``vco_arch``: the official ``checkpoint-last.pth`` content of one variant; the ``feat_rope_concat*``
+        buffers the official net carries but never reads are zeros of their shape (a converter drops them)."""
+        info = self.meta["variants"][variant]
+        model = {}
+        for k in info["weight_order"]:
+            if k in info["rope_buffers"]:
+                model[k] = torch.zeros(info["rope_buffers"][k])
+            else:
+                model[k] = self.tensors["net.pos_embed" if k == "net.pos_embed" else f"{variant}/model/{k}"]
+        ckpt = {"model": model, "optimizer": {}, "epoch": info["epoch"], "args": None}
+        return {k: ckpt[k] for k in info["checkpoint_order"]}
+
+
 def _with_tuples(optimizer: dict) -> dict:
     """An optimizer state dict read from JSON: AdamW's ``betas`` back to a tuple, parameter ids as ints."""
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in optimizer.get("param_groups", [])]
@@ -158,7 +176,7 @@ def _with_tuples(optimizer: dict) -> dict:
 
 @cache
 def compact(name: str) -> Compact:
-    """The compact fixture ``name`` (``jit_tiny``, ``jit_train``, ``vco_tiny``, ``vco_train``), loaded once."""
+    """The compact fixture ``name`` (``jit_tiny``, ``jit_train``, ``vco_tiny``, ``vco_train``, ``vco_arch``), loaded once."""
     return Compact(name)
 
 

@@ -16,7 +16,9 @@ from .official_fixtures import COMPACT_DIR, Compact, compact
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "compact_official_fixtures.py"
-BUDGET = 15_000_000   # bytes, the whole folder
+# bytes, the whole folder: 15 MB for the JiT and V-Co fixtures, raised to 25 MB for the weights of V-Co's five
+# architecture variants (vco_arch, 10.2 MB; float32 weights are what the parity tests need)
+BUDGET = 25_000_000
 
 
 def test_compact_copy_fits_its_budget_and_its_readme_names_every_file():

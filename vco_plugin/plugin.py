@@ -6,7 +6,7 @@ which makes one :class:`VCoRun` per run: it owns the run's options, frozen encod
 statistics and feature cache, and answers the per-run hooks.
 
 1. fully dual-stream model  -> ``jit_streams`` adds the ``feature`` token stream (:class:`FeatureStream`:
-                               frozen encoder tokens);
+                               frozen encoder tokens), fused as ``vco.fusion`` says (architecture.py);
 2. structured null branch   -> ``FeatureStream.null_branch`` (null_branch.py: structured | label_drop |
                                input_dropout), ``FeatureStream.guidance_scale`` (w_d);
 3. drifting hybrid loss     -> ``jit_loss_terms`` (drift_loss.py), ``jit_batch_sampler`` (batches.py);
@@ -36,9 +36,10 @@ from jit_core.hookspecs import RunContext, hookimpl
 from jit_core.model.streams import Stream
 from jit_core.rng import isolated_rng
 
+from .architecture import VCO_FUSIONS, stream_fusion
 from .batches import GroupedClassBatchSampler, local_group_ids
 from .drift_loss import hybrid_loss
-from .null_branch import FEATURE, NULL_BRANCHES, null_branch
+from .null_branch import FEATURE, MASKABLE, NULL_BRANCHES, null_branch
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class VCoOptions:
     cfg_feature: Optional[float] = option(None, ge=0)   # CFG scale w_d of the feature stream; None = the pixel scale
     null_branch: str = option("structured", choices=NULL_BRANCHES)   # the unconditional branch (null_branch.py)
     symmetric_mask: bool = False            # ablation: also block feature -> pixel attention when dropped
+    fusion: str = option("dual", choices=VCO_FUSIONS)   # the architecture, V-Co Table 1 (architecture.py)
     shared_encoder_pass: bool = False       # speed: one clean-image encoder pass gives target and f+ (f+ at target input)
     feature_cache: Optional[str] = None     # speed: dir from `jit vco cache-features`; targets looked up, not computed
 
@@ -84,6 +86,9 @@ class VCoOptions:
         if self.symmetric_mask and self.null_branch != "structured":
             raise ConfigError(f"vco.symmetric_mask=true needs vco.null_branch=structured (it is {self.null_branch}): "
                               "the other null branches have no attention mask")
+        if self.symmetric_mask and self.fusion not in MASKABLE:
+            raise ConfigError(f"vco.symmetric_mask=true needs attention across the streams, which vco.fusion="
+                              f"{self.fusion} has not: use vco.fusion=dual or shared_qkv")
         for key, path, what in (("stats", self.stats, "create it with `jit vco calibrate` or leave vco.stats unset"),
                                 ("feature_cache", self.feature_cache, "build it with `jit vco cache-features`"),
                                 ("encoder_weights", None if self.encoder_weights == "random" else self.encoder_weights,
@@ -338,7 +343,7 @@ class FeatureStream(Stream):
     def null_branch(self, drop: torch.Tensor, streams, training: bool):
         """``vco.null_branch``: structured (pixel->feature blocked, feature loss off), label_drop, or input_dropout."""
         opts = self.run.opts
-        return null_branch(opts.null_branch, drop, opts.symmetric_mask, self.name)
+        return null_branch(opts.null_branch, drop, opts.symmetric_mask, self.name, opts.fusion)
 
 
 class VCoRun:
@@ -415,7 +420,7 @@ class VCoRun:
         return [FeatureStream(FEATURE, kind="tokens", channels=encoder_channels(opts.encoder), in_context=True,
                               loss_weight=opts.feature_loss_weight, noise_scale=1.0, guidance=True,
                               default_init=True, time_shift=alpha, shift_prediction=opts.calibration != "time_shift",
-                              run=self)]
+                              fusion=stream_fusion(opts.fusion), run=self)]   # K = 1 block, as the official scripts
 
     @hookimpl
     def jit_loss_terms(self, step):

@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from jit_core.model.fusion import Plan
 from jit_core.model.jit import ModelConfig
 from jit_core.model.streams import Stream, pixel_stream
 
@@ -70,11 +71,6 @@ def _dropout_block(cfg: ModelConfig, i: int) -> bool:
     return cfg.proj_drop > 0 and q <= i < 3 * q
 
 
-def _tokens(cfg: ModelConfig, s: Stream, block: int) -> int:
-    """Tokens of a stream in a block: the grid, + the in-context class tokens from ``in_context_start`` on."""
-    return cfg.grid ** 2 + (cfg.in_context_len if s.in_context and block >= cfg.in_context_start else 0)
-
-
 # ----------------------------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class Params:
@@ -93,17 +89,40 @@ def block_params(cfg: ModelConfig) -> int:
             + (h * 6 * h + 6 * h))
 
 
+def attention_params(cfg: ModelConfig) -> int:
+    """One attention module: qkv, q/k norms, output projection."""
+    h = cfg.hidden_size
+    return (h * 3 * h + 3 * h) + 2 * cfg.head_dim + (h * h + h)
+
+
+def blocks_params(cfg: ModelConfig, plan: Plan) -> int:
+    """The blocks' weights under a fusion (model/fusion.py): one set per lane, or one shared set per layer."""
+    n = 0
+    for i in range(cfg.depth):
+        layer = plan.layer(i)
+        sets = 1 if layer.get("shared") else len(layer["lanes"])
+        if layer.get("shared_attention"):           # MM-DiT with one QKV: the attention once, the rest per lane
+            n += sets * (block_params(cfg) - attention_params(cfg)) + attention_params(cfg)
+        else:
+            n += sets * block_params(cfg)
+    if plan.kind == "channel_concat":
+        h = cfg.hidden_size
+        n += (2 * h * h + h) + (h * 2 * h + 2 * h)  # Linear(2h -> h) in, Linear(h -> 2h) out
+    return n
+
+
 def params(cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None) -> Params:
     """Parameters of ``JiT(cfg, streams)``, counted as the network builds them."""
     h, d = cfg.hidden_size, cfg.bottleneck_dim
+    streams = _streams(cfg, streams)
     n = (FREQ_DIM * h + h) + (h * h + h)            # timestep MLP
     n += (cfg.num_classes + 1) * h                  # label table with the null class
     n += cfg.in_context_len * h                     # in-context position table
-    for s in _streams(cfg, streams):
+    for s in streams:
         inp = cfg.patch_size ** 2 * s.channels if s.kind == "patch" else s.channels
         n += inp * d + (d * h + h)                  # bottleneck embed: proj1 (no bias), proj2
-        n += cfg.depth * block_params(cfg)
         n += h + (h * _io(cfg, s) + _io(cfg, s)) + (h * 2 * h + 2 * h)   # head: norm, linear, adaLN (2 h)
+    n += blocks_params(cfg, Plan.of(cfg, streams))
     return Params(trainable=n, frozen=cfg.grid ** 2 * h)
 
 
@@ -112,19 +131,25 @@ def forward_macs(cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None) -
     """Multiply-adds of one forward per image, by component (norms, RoPE, softmax not counted: < 1 %)."""
     h, m, T, d = cfg.hidden_size, cfg.mlp_hidden, cfg.grid ** 2, cfg.bottleneck_dim
     streams = _streams(cfg, streams)
-    parts = {"cond": FREQ_DIM * h + h * h, "embed": 0, "adaLN": 0, "qkv": 0, "proj": 0, "mlp": 0, "attention": 0,
-             "head": 0}
+    plan = Plan.of(cfg, streams)
+    parts = {"cond": FREQ_DIM * h + h * h, "embed": 0, "fusion": 0, "adaLN": 0, "qkv": 0, "proj": 0, "mlp": 0,
+             "attention": 0, "head": 0}
     for s in streams:
-        parts["embed"] += T * (_io(cfg, s) * d + d * h)
-        parts["head"] += h * 2 * h + T * h * _io(cfg, s)
+        parts["embed"] += s.num_tokens(cfg.grid) * (_io(cfg, s) * d + d * h)
+        parts["head"] += h * 2 * h + s.num_tokens(cfg.grid) * h * _io(cfg, s)
+    if plan.kind == "channel_concat":
+        parts["fusion"] += T * 2 * (2 * h * h)           # Linear(2h -> h) in, Linear(h -> 2h) out
     for i in range(cfg.depth):
-        lengths = [_tokens(cfg, s, i) for s in streams]
+        lengths = plan.lane_tokens(i, cfg.in_context_len)
         for L in lengths:
             parts["adaLN"] += h * 6 * h
             parts["qkv"] += L * 3 * h * h
             parts["proj"] += L * h * h
             parts["mlp"] += L * 3 * h * m
-        parts["attention"] += 2 * sum(lengths) ** 2 * h    # QK^T and AV over the joint sequence, all heads
+        if plan.layer(i).get("joint", True):             # QK^T and AV over the joint sequence, all heads
+            parts["attention"] += 2 * sum(lengths) ** 2 * h
+        else:                                            # each lane over its own tokens
+            parts["attention"] += sum(2 * L ** 2 * h for L in lengths)
     return parts
 
 
@@ -151,10 +176,12 @@ def block_activation_bytes(cfg: ModelConfig, streams: Sequence[Stream], block: i
         per_token += DROPOUT_MASK_HIDDEN * h
     n = kept + dropped
     total = 0.0
-    for s in streams:
-        L = _tokens(cfg, s, block)
+    plan = Plan.of(cfg, streams)
+    for L in plan.lane_tokens(block, cfg.in_context_len):
         total += n * (L * per_token + PER_IMAGE_HIDDEN * h) + dropped * L * NULL_BRANCH_HIDDEN * h
-    weights = 2 * len(streams) * (block_params(cfg) - 2 * h - 2 * cfg.head_dim)   # bf16 copies of its linears
+    layer = plan.layer(block)
+    sets = 1 if layer.get("shared") else len(layer["lanes"])
+    weights = 2 * sets * (block_params(cfg) - 2 * h - 2 * cfg.head_dim)   # bf16 copies of its linears
     return int(total + weights)
 
 
@@ -196,7 +223,9 @@ def training_memory(cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None
                                            + LIVE_PER_VALUE * _io(cfg, s)) for s in streams)
     blocks = [block_activation_bytes(cfg, streams, i, kept, dropped) for i in range(cfg.depth)]
     if checkpointing:   # each block keeps its fp32 input; one block's activations live again while recomputed
-        inputs = sum(4 * batch * _tokens(cfg, s, i) * cfg.hidden_size for i in range(cfg.depth) for s in streams)
+        plan = Plan.of(cfg, streams)
+        inputs = sum(4 * batch * L * cfg.hidden_size for i in range(cfg.depth)
+                     for L in plan.lane_tokens(i, cfg.in_context_len))
         block_part = inputs + max(blocks)
     else:
         block_part = sum(blocks)

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
 from jit_core.config import ATTENTION_PATHS
-from jit_core.model.attention import Mask, StreamGroups, joint_attention, token_mask
+from jit_core.model.attention import Mask, StreamGroups, token_mask
+from jit_core.model.blocks import AdaLN, JointBlock, StreamAttention, StreamBlock  # noqa: F401 (public names)
+from jit_core.model.fusion import FUSED, Fusion
 from jit_core.model.layers import (
     FinalLayer,
     LabelEmbedder,
     PatchEmbed,
-    RMSNorm,
-    SwiGLU,
     TimestepEmbedder,
     TokenEmbed,
-    apply_rope,
     cell_centres,
-    modulate,
     rope_tables,
     sincos_1d,
     sincos_2d,
@@ -126,99 +124,6 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
     return replace(MODEL_CONFIGS[name], **overrides).validate()
 
 
-class AdaLN(NamedTuple):
-    """The six adaLN-Zero terms of one stream in one block, each (B, h), in the official chunk order."""
-
-    shift_msa: torch.Tensor
-    scale_msa: torch.Tensor
-    gate_msa: torch.Tensor
-    shift_mlp: torch.Tensor
-    scale_mlp: torch.Tensor
-    gate_mlp: torch.Tensor
-
-
-class StreamAttention(nn.Module):
-    """One stream's share of the joint attention: its QKV, q/k RMSNorm, output projection and dropout.
-
-    A module of its own so the weights keep the official names (``attn.qkv``, ``attn.q_norm``, ...);
-    it has no ``forward`` because the softmax runs over all streams at once (:class:`JointBlock`).
-    """
-
-    def __init__(self, cfg: ModelConfig, proj_drop: float):
-        super().__init__()
-        h = cfg.hidden_size
-        self.heads = cfg.num_heads
-        self.qkv = nn.Linear(h, 3 * h)
-        self.q_norm = RMSNorm(cfg.head_dim)    # qk-norm (JiT Tab. 4), shared by the heads, before RoPE
-        self.k_norm = RMSNorm(cfg.head_dim)
-        self.proj = nn.Linear(h, h)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def project(self, u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """u (B, L, h) -> q, k, v, each (B, heads, L, d); q and k normalised, then rotated."""
-        B, L, _ = u.shape
-        q, k, v = self.qkv(u).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)   # 3 x (B, heads, L, d)
-        return apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin), v
-
-    def output(self, o: torch.Tensor) -> torch.Tensor:
-        """The attended values of this stream's queries (B, L, h) -> proj -> dropout."""
-        return self.proj_drop(self.proj(o))
-
-
-class StreamBlock(nn.Module):
-    """One stream's weights in a block (adaLN-Zero, pre-norm; JiT Sec. 4, names as in the official code)."""
-
-    def __init__(self, cfg: ModelConfig, proj_drop: float):
-        super().__init__()
-        h = cfg.hidden_size
-        self.norm1 = RMSNorm(h)
-        self.attn = StreamAttention(cfg, proj_drop)
-        self.norm2 = RMSNorm(h)
-        self.mlp = SwiGLU(h, cfg.mlp_hidden, proj_drop)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
-
-    def adaln(self, c: torch.Tensor) -> AdaLN:
-        """c (B, h) -> the six (B, h) modulation terms."""
-        return AdaLN(*self.adaLN_modulation(c).chunk(6, dim=-1))
-
-
-class JointBlock(nn.Module):
-    """A JiT block for every stream, with one softmax attention over all streams' tokens.
-
-    Per stream s (JiT Sec. 4; V-Co's dual-stream block, arXiv 2603.16792):
-
-        x_s = x_s + gate_msa_s * Attn(modulate(norm1_s(x_s), shift_msa_s, scale_msa_s))     (joint over s)
-        x_s = x_s + gate_mlp_s * MLP_s(modulate(norm2_s(x_s), shift_mlp_s, scale_mlp_s))
-
-    With the pixel stream alone this is the official JiT block.
-    """
-
-    def __init__(self, cfg: ModelConfig, streams: Sequence[Stream], attn_drop: float, proj_drop: float):
-        super().__init__()
-        self.attn_drop = attn_drop
-        self.streams = nn.ModuleDict({s.name: StreamBlock(cfg, proj_drop) for s in streams})
-
-    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ropes, mask: Mask, path: str) -> list[torch.Tensor]:
-        """xs: per stream (B, L_s, h); c: (B, h); ropes: per stream (cos, sin) of (L_s, d); mask: see attention.py."""
-        blocks = list(self.streams.values())
-        m = [blk.adaln(c) for blk in blocks]                                                 # six (B, h) per stream
-        u = [modulate(blk.norm1(x), mi.shift_msa, mi.scale_msa) for blk, x, mi in zip(blocks, xs, m)]  # (B, L_s, h)
-        a = self.attention(blocks, u, ropes, mask, path)                                     # (B, L_s, h)
-        # x_s = x_s + gate_msa_s * Attn(...), then x_s = x_s + gate_mlp_s * MLP_s(...)
-        xs = [x + mi.gate_msa.unsqueeze(1) * ai for x, mi, ai in zip(xs, m, a)]
-        return [x + mi.gate_mlp.unsqueeze(1) * blk.mlp(modulate(blk.norm2(x), mi.shift_mlp, mi.scale_mlp))
-                for blk, x, mi in zip(blocks, xs, m)]
-
-    def attention(self, blocks: list[StreamBlock], us: list[torch.Tensor], ropes, mask: Mask, path: str):
-        """Attn of the block equation: each stream projects its own q, k, v; one softmax over all tokens."""
-        lengths = [u.shape[1] for u in us]
-        qkv = [blk.attn.project(u, *rope) for blk, u, rope in zip(blocks, us, ropes)]
-        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))                 # (B, heads, L, d), L = sum L_s
-        o = joint_attention(q, k, v, mask, path, self.attn_drop if self.training else 0.0, lengths)
-        o = o.transpose(1, 2).flatten(2).split(lengths, dim=1)                    # per stream (B, L_s, h)
-        return [blk.attn.output(oi) for blk, oi in zip(blocks, o)]
-
-
 @dataclass
 class JiTOutput:
     """What :class:`JiT` returns: x_hat = net(z, t, y) per stream, and the captured hidden states.
@@ -298,9 +203,11 @@ class JiT(nn.Module):
         # the pixel grid's sin-cos table: a frozen parameter because the official checkpoints store it
         self.pos_embed = nn.Parameter(torch.zeros(1, g * g, h), requires_grad=False)         # (1, T, h)
         self.in_context_posemb = nn.Parameter(torch.zeros(1, K, h))                           # E_ic (1, K, h)
+        self.fusion = Fusion(cfg, streams)   # how the extra stream meets the pixels (fusion.py; default joint)
         q = cfg.depth // 4   # dropout only in the middle half of the blocks, as the official code
         self.blocks = nn.ModuleList([
-            JointBlock(cfg, streams, cfg.attn_drop if q <= i < 3 * q else 0.0, cfg.proj_drop if q <= i < 3 * q else 0.0)
+            JointBlock(cfg, attn_drop=cfg.attn_drop if q <= i < 3 * q else 0.0,
+                       proj_drop=cfg.proj_drop if q <= i < 3 * q else 0.0, **self.fusion.layer(i))
             for i in range(cfg.depth)])
         self.heads = nn.ModuleDict({
             s.name: FinalLayer(h, cfg.patch_size ** 2 * s.channels if s.kind == "patch" else s.channels)
@@ -334,8 +241,8 @@ class JiT(nn.Module):
         nn.init.normal_(self.in_context_posemb, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            for sb in block.streams.values():
+        for sb in self.modules():
+            if isinstance(sb, StreamBlock):
                 nn.init.zeros_(sb.adaLN_modulation[-1].weight)
                 nn.init.zeros_(sb.adaLN_modulation[-1].bias)
         for head in self.heads.values():
@@ -405,30 +312,52 @@ class JiT(nn.Module):
         if isinstance(inputs, torch.Tensor):
             inputs = {PIXEL: inputs}
         self.check_inputs(inputs)
+        if blocked is not None and not self.fusion.attends_across:
+            raise ValueError(f"fusion {self.fusion.kind!r} has no attention across streams to mask: drop a stream by "
+                             "zeroing its input (a null branch's inputs), not with blocked pairs")
         tables = [self.tables(s) for s in self.streams]
         y_emb = self.y_embedder(y)                                                  # (B, h)
         c = self.t_embedder(t) + y_emb                                              # (B, h), the adaLN condition
         xs = [self.embedders[s.name](inputs[s.name]) + pos for s, (pos, _, _) in zip(self.streams, tables)]  # (B, T_s, h)
-        ropes = [rope for _, rope, _ in tables]
+        fusion, rope_of = self.fusion, {s.name: (rope, ic_rope) for s, (_, rope, ic_rope) in zip(self.streams, tables)}
+        lanes, with_ic = fusion.first_lanes, False
+        xs = fusion.enter(xs)                                                       # per lane (B, L, h)
+        ropes = fusion.ropes(lanes, rope_of, with_ic)
         mask = self.attention_mask(blocked, xs)
         hidden = {}
         for i, block in enumerate(self.blocks):
-            if i == self.cfg.in_context_start:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per stream
+            if i == fusion.split_at:     # channel_concat / add: the fused lane into each stream's post-blocks
+                xs, lanes = fusion.split(xs[0]), block.lanes
+                ropes = fusion.ropes(lanes, rope_of, with_ic)
+            if i == fusion.in_context_at:   # in-context class tokens (JiT Tab. 4): y_emb + E_ic, per lane
                 ic = y_emb.unsqueeze(1) + self.in_context_posemb                    # (B, K, h)
-                xs = [torch.cat([ic.to(x.dtype), x], dim=1) if s.in_context else x for s, x in zip(self.streams, xs)]
-                ropes = [ic_rope if s.in_context else rope for s, (_, rope, ic_rope) in zip(self.streams, tables)]
+                xs = [torch.cat([ic.to(x.dtype), x], dim=1) if fusion.in_context(n) else x for n, x in zip(lanes, xs)]
+                with_ic = True
+                ropes = fusion.ropes(lanes, rope_of, with_ic)
                 mask = self.attention_mask(blocked, xs)                             # the lengths changed
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 xs = torch.utils.checkpoint.checkpoint(block, xs, c, ropes, mask, self.attention_path, use_reentrant=False)
             else:
                 xs = block(xs, c, ropes, mask, self.attention_path)
             if i in capture:
-                hidden[i] = {s.name: x[:, -self.token_count(s):] for s, x in zip(self.streams, xs)}
+                hidden[i] = self.by_stream(lanes, xs)
+        xs = fusion.leave(xs, [self.token_count(s) for s in self.streams])         # per stream (B, T_s, h)
         x_hat = {}
         for s, x in zip(self.streams, xs):
-            x = self.heads[s.name](x[:, -self.token_count(s):], c)                  # in-context tokens dropped
+            x = self.heads[s.name](x, c)
             x_hat[s.name] = self.unpatchify(x, s.channels) if s.kind == "patch" else x
         return JiTOutput(x_hat, hidden)
+
+    def by_stream(self, lanes: list[str], xs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A layer's output per stream (B, T_s, h), in-context tokens dropped; a fused lane counts as the pixels'."""
+        tokens = [self.token_count(s) for s in self.streams]
+        if self.fusion.kind == "token_concat":
+            return dict(zip([s.name for s in self.streams], xs[0][:, -sum(tokens):].split(tokens, dim=1)))
+        return {PIXEL if n == FUSED else n: x[:, -tokens[0] if n == FUSED else -self.token_count(self.stream(n)):]
+                for n, x in zip(lanes, xs)}
+
+    def stream(self, name: str) -> Stream:
+        return next(s for s in self.streams if s.name == name)
 
     def attention_mask(self, blocked, xs: list[torch.Tensor]) -> Mask:
         """The form of ``blocked`` the blocks get: None, the caller's StreamGroups (fast path), or a token mask."""

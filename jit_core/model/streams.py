@@ -3,7 +3,8 @@
 JiT itself has one stream, ``pixel``: an image patchified by the bottleneck patch embed and
 decoded by a per-patch linear head. A co-denoising plugin (V-Co) adds a ``tokens`` stream: a grid
 of feature vectors on the same token grid, embedded by a 1x1 bottleneck and decoded per token.
-Every stream has its own weights in every block and its own head; all streams attend jointly.
+By default every stream has its own weights in every block and its own head, and all streams attend
+jointly; a stream's ``fusion`` picks another co-denoising architecture (``fusion.py``).
 
 A stream also carries its behaviour in the diffusion step: its clean target (:meth:`Stream.clean`),
 its normalisation (:meth:`Stream.normalize`), its CFG scale (:meth:`Stream.guidance_scale`) and its
@@ -19,6 +20,8 @@ from typing import Any, Literal, Optional
 import torch
 
 PIXEL = "pixel"
+# how an extra stream is fused with the pixels (model/fusion.py; V-Co, arXiv 2603.16792, Table 1)
+FUSIONS = ("joint", "shared_qkv", "token_concat", "channel_concat", "add", "shared_middle")
 
 
 @dataclass
@@ -57,6 +60,12 @@ class Stream:
     - ``shift_prediction``: False: the *predicted* velocity divides by 1 - t (the shared time) while the
       noising, the target velocity and the sampler steps use t_s, as V-Co's released time-shift ablation
       does (arXiv 2603.16792, Table 4; docs/embedded-comparison.md). True (default): t_s everywhere.
+    - ``fusion``: how the stream is fused with the pixel stream (``model/fusion.py``, V-Co Table 1):
+      ``joint`` (default: own weights in every block, one joint attention), ``shared_qkv``,
+      ``token_concat``, ``channel_concat``, ``add`` or ``shared_middle``. Anything but ``joint`` takes
+      exactly one extra stream and, except ``shared_qkv``, no attention mask (docs/co-denoising-architectures.md).
+    - ``fusion_blocks``: K, the stream-specific blocks of ``channel_concat`` / ``add`` (post-blocks; 0 =
+      fused up to the heads) and ``shared_middle`` (pre- and post-blocks, K >= 1). The official default is 1.
     - ``plugin``: the plugin that added the stream, set by the core (``""``: the core's pixel
       stream). Null-branch answers for the stream come from this plugin only.
     """
@@ -75,6 +84,8 @@ class Stream:
     time_shift: float = 1.0
     shift_prediction: bool = True
     drop_prob: Optional[float] = None
+    fusion: str = "joint"
+    fusion_blocks: int = 1
     plugin: str = ""
 
     def __post_init__(self):
@@ -82,6 +93,10 @@ class Stream:
             raise ValueError(f"stream {self.name!r}: give grid (its own token grid) or tokens (global tokens), not both")
         if self.drop_prob is not None and not 0 <= self.drop_prob <= 1:
             raise ValueError(f"stream {self.name!r}: drop_prob={self.drop_prob} is not a probability")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"stream {self.name!r}: unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if isinstance(self.fusion_blocks, bool) or not isinstance(self.fusion_blocks, int) or self.fusion_blocks < 0:
+            raise ValueError(f"stream {self.name!r}: fusion_blocks={self.fusion_blocks!r} must be an integer >= 0")
 
     def num_tokens(self, model_grid: int) -> int:
         """T, the stream's token count: ``tokens``, else ``grid ** 2`` (its own grid or the model's)."""

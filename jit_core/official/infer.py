@@ -55,11 +55,11 @@ def infer_model_config(sd: Mapping[str, torch.Tensor], in_context_start: int | N
     _, tokens, hidden = shape("pos_embed")
     grid = math.isqrt(tokens)
     bottleneck, in_channels, patch, _ = shape(f"embedders.{PIXEL}.proj1.weight")
-    head_dim = shape(f"blocks.0.streams.{PIXEL}.attn.q_norm.weight")[0]
+    head_dim = shape(_first(sd, r"blocks\.\d+\.(?:\w+\.)*attn\.q_norm\.weight"))[0]   # any fusion's block
     cfg = {"image_size": grid * patch, "patch_size": patch, "in_channels": in_channels, "hidden_size": hidden,
            "depth": 1 + max(int(m[1]) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
            "num_heads": hidden // head_dim,
-           "mlp_ratio": _mlp_ratio(hidden, shape(f"blocks.0.streams.{PIXEL}.mlp.w3.weight")[1]),
+           "mlp_ratio": _mlp_ratio(hidden, shape(_first(sd, r"blocks\.\d+\.(?:\w+\.)*mlp\.w3\.weight"))[1]),
            "bottleneck_dim": bottleneck, "in_context_len": shape("in_context_posemb")[1],
            "num_classes": shape("y_embedder.embedding_table.weight")[0] - 1}
     known = next((c for c in MODEL_CONFIGS.values() if all(getattr(c, k) == v for k, v in cfg.items())), None)
@@ -77,12 +77,37 @@ def infer_model_config(sd: Mapping[str, torch.Tensor], in_context_start: int | N
     return cfg
 
 
+def _first(sd: Mapping[str, torch.Tensor], pattern: str) -> str:
+    """The first key matching ``pattern`` (the pattern itself when none does: the caller names it as missing)."""
+    return next((k for k in sd if re.fullmatch(pattern, k)), pattern)
+
+
+def fusion_of(keys) -> tuple[str, int]:
+    """(``Stream.fusion``, ``fusion_blocks``) of the extra stream of a state dict in our layout, read off its
+    key names (jit_core/model/fusion.py): shared blocks, a shared attention, or no blocks of its own."""
+    keys = list(keys)
+    depth = 1 + max((int(m[1]) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    shared = sorted({int(m[1]) for k in keys if (m := re.match(r"blocks\.(\d+)\.shared\.", k))})
+    if shared and shared[0] > 0:
+        return "shared_middle", shared[0]
+    if shared:
+        return ("channel_concat" if any(k.startswith("fusion.proj_in.") for k in keys) else "add"), depth - len(shared)
+    if any(re.match(r"blocks\.\d+\.attn\.", k) for k in keys):
+        return "shared_qkv", 1
+    extra = {m[1] for k in keys if (m := re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", k)) and m[1] != PIXEL}
+    if extra and depth > 0 and not any(re.match(rf"blocks\.\d+\.streams\.(?:{'|'.join(extra)})\.", k) for k in keys):
+        return "token_concat", 1
+    return "joint", 1
+
+
 def streams_for(sd: Mapping[str, torch.Tensor]) -> list[Stream]:
-    """The streams a state dict (our layout) was built with: pixel, plus one per extra embedder."""
+    """The streams a state dict (our layout) was built with: pixel, plus one per extra embedder, fused with
+    the pixels as its blocks say (:func:`fusion_of`)."""
     streams = [pixel_stream(sd[f"embedders.{PIXEL}.proj1.weight"].shape[1])]
+    fusion, blocks = fusion_of(sd)
     for key, t in sd.items():
         m = re.fullmatch(r"embedders\.(\w+)\.proj1\.weight", key)
         if m and m[1] != PIXEL:
             kind = "patch" if t.shape[-1] > 1 else "tokens"
-            streams.append(Stream(m[1], kind, t.shape[1], default_init=True))
+            streams.append(Stream(m[1], kind, t.shape[1], default_init=True, fusion=fusion, fusion_blocks=blocks))
     return streams

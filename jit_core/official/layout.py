@@ -41,6 +41,16 @@ class OfficialLayout:
     writes: Callable[[Sequence[str]], bool]        # our keys -> whether this layout exports that network
     to_official: Callable[[str], str]              # a key of ours -> the official key
     plugins: tuple[str, ...] = ()                  # the plugins a converted run of this layout enables
+    # a layout whose key mapping depends on the whole key set (e.g. block offsets of a fused net): keys
+    # (official on import, ours on export) -> the layout bound to them; None: the mapping is per key
+    bind: Optional[Callable[[Sequence[str]], OfficialLayout]] = None
+    # official keys -> the plugin options a converted run needs to rebuild the network, {plugin: {name: value}}
+    # (e.g. V-Co's architecture variant); None: the plugins' defaults
+    plugin_options: Optional[Callable[[Sequence[str]], dict]] = None
+
+    def bound(self, keys: Sequence[str]) -> OfficialLayout:
+        """This layout's key mapping for a state dict with these keys (no ``net.`` prefix)."""
+        return self.bind(list(keys)) if self.bind is not None else self
 
 
 class ForeignCheckpointError(ValueError):
@@ -110,6 +120,7 @@ def from_official(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayo
     if layout is None:
         return dict(sd), "ours"
     out = {}
+    layout = layout.bound([k[4:] if k.startswith("net.") else k for k in sd])
     for key, value in sd.items():
         new = layout.to_ours(key[4:] if key.startswith("net.") else key)
         if new is not None:
@@ -126,6 +137,7 @@ def to_official(sd: Mapping[str, torch.Tensor], layouts: Sequence[OfficialLayout
         raise ForeignCheckpointError(f"no official layout writes a network with these streams (keys like "
                                      f"{[k for k in keys if k.startswith('embedders.')]}): install the plugin "
                                      "whose official code trains it")
+    layout = layout.bound(keys)
     return {"net." + layout.to_official(key): value for key, value in sd.items()}
 
 
@@ -173,8 +185,12 @@ def import_official(pth_path) -> dict:
         except ForeignCheckpointError as e:
             raise CheckpointError(f"{path}: {theirs!r} is not an official state dict: {e}") from e
     epoch = ck.get("epoch", 0)
-    plugins = next((list(lay.plugins) for lay in layouts if lay.name == layout), [])
-    out.update(layout=layout, plugins=plugins, epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
+    found = next((lay for lay in layouts if lay.name == layout), None)
+    plugins = list(found.plugins) if found else []
+    keys = [k[4:] if k.startswith("net.") else k for k in ck["model"]]
+    options = found.plugin_options(keys) if found and found.plugin_options else {}
+    out.update(layout=layout, plugins=plugins, plugin_options=options,
+               epoch=int(epoch) if isinstance(epoch, (int, float)) else 0)
     return out
 
 

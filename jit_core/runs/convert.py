@@ -75,7 +75,7 @@ def convert_command():
             state = {"step": 0, "epoch": imported["epoch"], "optimizer": {}, "source": source}
             ckpt = save_checkpoint(out_dir, 0, {k: imported[k] for k in WEIGHT_NAMES}, state)
             if cfg is not None:
-                _write_config_hint(out_dir, cfg, imported["plugins"])
+                _write_config_hint(out_dir, cfg, imported["plugins"], imported.get("plugin_options", {}))
         except CheckpointError as e:
             raise click.ClickException(str(e)) from e
         total = sum(t.numel() for t in sd.values())
@@ -91,9 +91,10 @@ def convert_command():
     return convert
 
 
-def _write_config_hint(out_dir: Path, cfg: dict, plugins: list[str]) -> None:
+def _write_config_hint(out_dir: Path, cfg: dict, plugins: list[str], plugin_options: dict | None = None) -> None:
     """A run ``config.json`` whose model (named base + overrides) rebuilds the converted network, with the
-    plugins its official layout names (they add the streams beside the pixels)."""
+    plugins its official layout names (they add the streams beside the pixels) and the options they need for
+    it (e.g. ``vco.fusion``)."""
     from jit_core.config import Config
 
     base = next((n for n, c in MODEL_CONFIGS.items() if (c.depth, c.hidden_size) == (cfg["depth"], cfg["hidden_size"])),
@@ -101,4 +102,6 @@ def _write_config_hint(out_dir: Path, cfg: dict, plugins: list[str]) -> None:
     run = Config(model=base, model_overrides={k: v for k, v in cfg.items() if getattr(MODEL_CONFIGS[base], k) != v})
     run.data.image_size = cfg["image_size"]
     run.plugins = list(plugins)
+    if plugin_options:
+        run.plugin_options = {name: dict(opts) for name, opts in plugin_options.items()}
     write_text(out_dir / "config.json", run.to_json())
