@@ -16,8 +16,27 @@ from jit_core.study import Arm, Study
 VCO = "V-Co"
 
 
+ARCHITECTURES = (   # vco.fusion, arm name, Table 1's B/16 FID-50K without guidance (fully dual-stream: 8.86)
+    ("add", "direct addition", "15.15"),
+    ("channel_concat", "channel concat", "14.33"),
+    ("token_concat", "token concat", "14.70"),
+)
+
+
+def architecture_arms(vco_preset: str) -> tuple[Arm, ...]:
+    """Ingredient 1, the architecture: V-Co with the fully dual-stream net replaced by each single-stream fusion
+    of Table 1 (``vco.fusion``; docs/co-denoising-architectures.md). Where no attention spans the streams the
+    structured null branch zeroes the feature input instead of masking (vco_plugin/null_branch.py), so the arm's
+    one config change is ``vco.fusion``."""
+    return tuple(Arm(f"arch: {name}", vco_preset, overrides=(f"vco.fusion={fusion}",), reference=VCO,
+                     ingredient=f"fully dual-stream -> {name}", changes=("vco.fusion",), paper="worse",
+                     paper_note=f"{name} {fid} vs fully dual-stream 8.86, B/16 FID-50K without guidance (Table 1; "
+                                "widened JiT 22.67, 261M)")
+                 for fusion, name, fid in ARCHITECTURES)
+
+
 def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[Arm, ...]:
-    """V-Co without each ingredient, in the paper's order (null branch, auxiliary loss, calibration).
+    """V-Co without each ingredient, in the paper's order (architecture, null branch, auxiliary loss, calibration).
 
     REPA is the example plugin with the paper's table3_vco_repa weight 0.1, after block 4 of 12 (0-based),
     plus ``repa_options``. The paper's REPA ablation aligns to the DINOv2 tokens V-Co co-denoises; on the
@@ -28,6 +47,7 @@ def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[
         return Arm(name, vco_preset, overrides=tuple(overrides), plugins=tuple(plugins), reference=VCO,
                    ingredient=ingredient, changes=tuple(changes), paper=paper, paper_note=note)
     return (
+        *architecture_arms(vco_preset),
         arm("null: label drop", "structured null -> plain label drop", ["vco.null_branch=label_drop"],
             ["vco.null_branch"], "worse", "no exact row; every other null branch is worse: 3.59-6.69 vs 3.18 guided"),
         arm("null: input dropout", "structured null -> input dropout", ["vco.null_branch=input_dropout"],
