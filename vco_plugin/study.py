@@ -1,12 +1,16 @@
-"""V-Co's study (paper §4 and Tables 1-4): JiT, V-Co, V-Co without each of its ingredients, and JiT widened
-to V-Co's parameter count (Table 1's control; its reference is JiT, its ingredient the width).
+"""V-Co's study (paper §4 and Tables 1-4): JiT, V-Co, V-Co without each of its ingredients (the architecture
+of Table 1 first), and JiT widened to V-Co's parameter count (Table 1's control; its reference is JiT, its
+ingredient the width).
 
 Every ablation arm is V-Co with exactly one ingredient replaced (``jit study`` checks the resolved
 configs); ``paper`` is the direction the paper reports for the arm against V-Co (V-Co, arXiv 2603.16792,
-B/16 guided FID: recipe 2.52) and ``paper_note`` the figures. Registered through ``jit_studies``:
+B/16 guided FID: recipe 2.52; Table 1's architectures without guidance) and ``paper_note`` the figures.
+Registered through ``jit_studies``; the embedded studies run 300 steps per run (recognisable samples) and
+``--quick`` 150 (wall times on an idle 2-core machine, docs/embedded-comparison.md §4):
 
-- ``vco-tiny``       10 arms x 3 seeds on the embedded Fashion-MNIST (2 CPU cores, about an hour);
-- ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``);
+- ``vco-tiny``       13 arms x 3 seeds on the embedded Fashion-MNIST: about 2.1 h, ``--quick`` about 1.1 h;
+- ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``): about 16.5 min from a fresh clone, runs about
+                     13 min (``--quick``: 11 min measured);
 - ``vco-b16``        the same arms at ImageNet 256 / B/16 on SLURM (``jit slurm study vco-b16``).
 """
 from __future__ import annotations
