@@ -169,8 +169,10 @@ def jit_official_layouts() -> Optional[list]:
 
     A layout detects its official keys, maps each official key to ours (None: not part of the network, e.g. a
     frozen encoder) and each of ours back, says which networks it writes (e.g. those with your stream) and
-    which plugins a converted run enables. Asked of every installed plugin, enabled or not. V-Co adds the
-    official V-Co layout.
+    which plugins a converted run enables (and, through ``plugin_options``, which of their options rebuild the
+    network). A layout whose mapping depends on the whole key set gives ``bind`` (keys -> the layout bound to
+    them). Asked of every installed plugin, enabled or not. V-Co adds the official V-Co layout (its
+    architecture variants included).
     """
 
 

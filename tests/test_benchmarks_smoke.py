@@ -232,3 +232,12 @@ def test_encoder_precision_tiny(tmp_path):
     _run("encoder_precision.py", "--images", "4", "--skip-dinov2", "--json", str(out_json))
     (row,) = json.loads(out_json.read_text())
     assert row["fp32_switch_exact_under_autocast"] and 0 < row["target_rel_err_median"] < 0.5
+
+
+def test_fusion_variants_table(capsys):
+    """benchmarks/fusion_variants.py: every architecture variant counted; V-Co-B/16 (dual) is the paper's 260M."""
+    import fusion_variants
+    assert fusion_variants.main(["--no-timing"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"jit", *fusion_variants.FUSIONS}
+    assert "260,666,112" in rows["dual"] and "131,123,712" in rows["jit"] and "1,424,024" in rows["dual"]

@@ -3,8 +3,9 @@
 With only the pixel stream this is JiT, module for module (official key names, parameter counts and
 outputs). Extra streams (added by plugins, e.g. V-Co's feature stream, arXiv 2603.16792) get their own
 weights in every block and their own head, share the conditioning c, the in-context table and the
-attention softmax with the pixels, and have position tables for their own geometry. Reading order:
-:class:`JiT.forward`, :class:`JointBlock` (the block's two residual lines), ``attention.py``.
+attention softmax with the pixels, and have position tables for their own geometry; a stream's ``fusion``
+picks another co-denoising architecture (V-Co Table 1; ``fusion.py``). Reading order: :class:`JiT.forward`,
+:class:`JointBlock` (``blocks.py``: the block's two residual lines), ``attention.py``, ``fusion.py``.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ class JiTOutput:
     - ``x_hat``: ``{stream: x-prediction}``; ``(B, C, H, W)`` for a patch stream, ``(B, T_s, C_s)`` for
       a token stream.
     - ``hidden``: ``{block index: {stream: (B, T_s, h)}}``, the outputs of the blocks asked for with
-      ``capture`` (in-context tokens dropped); empty without ``capture``.
+      ``capture`` (in-context tokens dropped); empty without ``capture``. In a fused block (``channel_concat``
+      / ``add`` before their post-blocks) the one fused sequence is given as ``pixel``.
     """
 
     x_hat: dict[str, torch.Tensor]
@@ -175,8 +177,8 @@ class JiT(nn.Module):
     """Multi-stream JiT: ``model(z, t, y)`` -> :class:`JiTOutput` (x_hat per stream, JiT Sec. 4).
 
     With only the pixel stream this is the official JiT network; every extra stream has its own
-    embedder, its own weights in every block and its own head, and shares c, the in-context table
-    and the joint attention.
+    embedder and its own head, shares c and the in-context table, and meets the pixels as its
+    ``fusion`` says (default ``joint``: its own weights in every block and the joint attention).
     """
 
     def __init__(self, cfg: ModelConfig, streams: Optional[Sequence[Stream]] = None, attention_path: str = "exact"):
@@ -306,7 +308,8 @@ class JiT(nn.Module):
           stream j (in-context tokens belong to their stream), applied in every block; or the
           :class:`StreamGroups` of such a matrix (``fast`` attention without masks; the sampler builds
           it once per call). No stream may be blocked from every key stream (``unconditional.merge``
-          refuses that; a bare matrix that does it is a device-side assertion).
+          refuses that; a bare matrix that does it is a device-side assertion). Only the ``joint`` and
+          ``shared_qkv`` fusions attend across streams; the others refuse ``blocked``.
         - ``capture``: block indices whose outputs are returned in ``JiTOutput.hidden``.
         """
         if isinstance(inputs, torch.Tensor):

@@ -235,3 +235,63 @@ def test_symmetric_mask_needs_a_fusion_with_cross_stream_attention(vco):
     from jit_core.config import ConfigError
     with pytest.raises(ConfigError, match="vco.fusion=token_concat has not"):
         small_config(vco, fusion="token_concat", symmetric_mask=True)
+
+
+@pytest.mark.parametrize("fusion", ["shared_qkv", "token_concat", "channel_concat", "add", "shared_middle"])
+def test_every_variant_runs_on_one_device_fast_path_and_memory_estimate(fusion):
+    """On the meta device every tensor the forward makes must follow the inputs' device (a table built on the
+    CPU would fail here, as it would on a GPU); the fused attention path agrees with the exact one."""
+    from jit_core.model.attention import StreamGroups
+    from jit_core.model.budget import training_memory
+    with torch.device("meta"):
+        model = JiT(SMALL, streams(fusion, channels=6), attention_path="fast")
+        out = model({"pixel": torch.randn(2, 3, 32, 32), "feature": torch.randn(2, 64, 6)}, torch.rand(2),
+                    torch.tensor([1, 2]))
+    assert out.pixel.device.type == "meta" and out.x_hat["feature"].shape == (2, 64, 6)
+    assert training_memory(SMALL, model.streams, batch=8).peak > 0
+    torch.manual_seed(0)
+    model = JiT(SMALL, streams(fusion, channels=6))
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = {"pixel": torch.randn(3, 3, 32, 32), "feature": torch.randn(3, 64, 6)}
+    t, y = torch.rand(3), torch.tensor([1, 2, 3])
+    blocked = None
+    if fusion == "shared_qkv":
+        blocked = torch.zeros(3, 2, 2, dtype=torch.bool)
+        blocked[0, 0, 1] = True
+    with torch.no_grad():
+        exact = model(x, t, y, blocked=blocked)
+        model.set_attention("fast")
+        fast = model(x, t, y, blocked=StreamGroups(blocked) if blocked is not None else None)
+    for name in ("pixel", "feature"):
+        torch.testing.assert_close(fast.x_hat[name], exact.x_hat[name], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_fusion_blocks_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="fusion_blocks=-1 must be an integer >= 0"):
+        Stream("feature", fusion="add", fusion_blocks=-1)
+    for fusion, blocks, match in (("channel_concat", 5, "needs depth >= 5"),
+                                  ("shared_middle", 0, "needs 1 <= fusion_blocks <= depth / 2"),
+                                  ("shared_middle", 3, "needs 1 <= fusion_blocks <= depth / 2")):
+        with pytest.raises(ValueError, match=match) as e:
+            JiT(SMALL, streams(fusion, channels=6, blocks=blocks))
+        assert "\n" not in str(e.value)
+    grid = [pixel_stream(), Stream("feature", channels=6, grid=4, fusion="add")]
+    with pytest.raises(ValueError, match="must lie on the pixel grid"):
+        JiT(SMALL, grid)
+
+
+@pytest.mark.slow   # ~20 s: five dynamo traces
+def test_every_variant_compiles_in_full_graphs():
+    """``train.compile``: dynamo traces each variant's blocks and heads without a graph break (eager backend:
+    the trace, not inductor's code generation, is what a fusion could break)."""
+    from jit_core.model.compile import compile_model
+    x = {"pixel": torch.randn(2, 3, 32, 32), "feature": torch.randn(2, 64, 6)}
+    t, y = torch.rand(2), torch.tensor([1, 2])
+    for fusion in ("shared_qkv", "token_concat", "channel_concat", "add", "shared_middle"):
+        torch.manual_seed(0)
+        model = JiT(SMALL, streams(fusion, channels=6))
+        with torch.no_grad():
+            eager = model(x, t, y).pixel
+            compile_model(model, backend="eager", fullgraph=True)
+            assert torch.equal(model(x, t, y).pixel, eager), fusion
