@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--num-images", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--metrics", default="auto", help="the evaluation's metrics (none: sampling only)")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the run")
     args = ap.parse_args()
     print(f"threads {_THREADS}, load average before: {load()}")
@@ -137,7 +138,7 @@ def main() -> None:
         trained = {k: TIMES[k] - before.get(k, 0.0) for k in list(TIMES)}
         from jit_core.eval.evaluate import evaluate_run
         with phase("eval: total"):
-            evaluate_run(run_dir, num_images=args.num_images, save="none", progress=False)
+            evaluate_run(run_dir, num_images=args.num_images, save="none", progress=False, metrics=args.metrics)
     steps = args.steps
     print(f"preset {args.preset}, {steps} steps, {args.num_images} images evaluated; load average after: {load()}")
     print(f"{'phase':<48} {'total s':>8} {'per step ms':>12} {'calls':>6}")
@@ -160,7 +161,7 @@ def main() -> None:
           f"first 5: {sum(c for _, c in STEPS[:5]):.2f}")
     for k in ["eval: sampler", "eval: classifier (load)", "eval: reference statistics", "eval: classifier features",
               "eval: bootstrap intervals", "eval: total"]:
-        print(f"{k:<48} {TIMES[k]:8.2f} {'':>12} {CALLS[k]:6d}")
+        print(f"{k:<48} {TIMES.get(k, 0.0):8.2f} {'':>12} {CALLS.get(k, 0):6d}")
 
 
 if __name__ == "__main__":
