@@ -77,7 +77,7 @@ def build(args, net: str, device: str):
         for p in model.parameters():
             if p.ndim >= 1 and p.abs().sum() == 0:
                 p.normal_(0, 0.02)
-    return model, plugins, cfg
+    return model, plugins, plugins.run_config    # the resolved config the plugins' run objects were made for
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,7 @@ def _vco_plugins():
 
 
 def make_config(args, variant: str, stats: str | None, cache: str | None):
-    from jit_core.config import get_preset, validate_plugin_options
+    from jit_core.config import get_preset, typed_plugin_options
 
     pl = _vco_plugins()
     cfg = get_preset("tiny" if variant == "jit" else "vco-tiny")
@@ -74,7 +74,7 @@ def make_config(args, variant: str, stats: str | None, cache: str | None):
             vco["shared_encoder_pass"] = True
         elif variant == "vco +feature-cache":
             vco["feature_cache"] = cache
-        validate_plugin_options(cfg, pl.option_schemas())
+        typed_plugin_options(cfg, pl.option_schemas())   # the options check now (the trainer resolves them)
     return cfg
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from jit_core.config import Config, check_device, flat_config
+from jit_core.config import Config, check_device, flatten
 from jit_core.diffusion.generate import SampleSpec, autocast_for, generate_images, initial_noise
 from jit_core.model import PIXEL
 from jit_core.runs import hub
@@ -151,14 +151,16 @@ def resolve_config(config: str | os.PathLike | Config, overrides: Overrides = No
                    run_dir: str | os.PathLike | None = None, **more: Any) -> Config:
     """The config ``jit train`` would resolve: a preset name, a ``.toml`` / ``.json`` file or a Config, then
     the overrides (:func:`override_texts`), then ``plugins`` enabled; the same parser and one-line
-    :class:`~jit_core.config.ConfigError` as the command line. A Config passed in is not modified.
+    :class:`~jit_core.config.ConfigError` as the command line. A Config passed in is not modified. The result is
+    composed, not yet resolved (plugin options as given): ``jit_core.plugins.resolve_run(cfg)`` gives the frozen
+    run config the trainer resolves at start-up.
 
     ``cfg = api.resolve_config("tiny", {"train.max_steps": 20}, plugins=["vco"])``
     """
     from jit_core.plugins.presets import build_config
     texts = override_texts(overrides, **more)
     if isinstance(config, Config):      # every key of it, as KEY=VALUE before the overrides
-        keys = flat_config(config.to_dict())
+        keys = flatten(config, without=("run_dir",))
         return build_config(None, None, plugins, [f"{k}={_as_text(v)}" for k, v in keys.items()] + texts,
                             run_dir or config.run_dir)
     if isinstance(config, os.PathLike) or str(config).endswith((".toml", ".json")):

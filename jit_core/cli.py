@@ -221,10 +221,12 @@ def train(preset, config_file, plugins, overrides, run_dir, resume_dir, allow_ch
     else:
         cfg = build_config(preset, config_file, plugins, overrides, run_dir)
     if dry_run:
+        from jit_core.config import evolve
         from jit_core.distributed import DistInfo, resolve_device
+        from jit_core.plugins import resolve_run
         from jit_core.training.run_dir import allowed_keys
-        from jit_core.training.startup import load_plugins, setup_plugins, start_checks
-        plugins = load_plugins(cfg)
+        from jit_core.training.startup import setup_plugins, start_checks
+        cfg, plugins = resolve_run(evolve(cfg, run_dir=str(run_dir)) if run_dir else cfg)   # as the trainer does
         dist = DistInfo(device=resolve_device(cfg.train.device))
         startup = start_checks(cfg, run_dir, dist, plugins=plugins, allow_changes=allowed_keys(cfg, allow_changes))
         setup_plugins(startup, cfg, run_dir, dist, dry_run=True)

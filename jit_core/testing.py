@@ -182,11 +182,11 @@ def tiny_setup(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), c
     its ``config.json`` into ``run_dir`` (default: a temporary folder removed with the object).
     Seeds the global RNGs (``train.seed = seed``), as training does.
     """
+    from jit_core.config import evolve
     from jit_core.data import to_model_range
     from jit_core.training import Trainer
     cfg = config if config is not None else tiny_config(plugins, 1, **overrides)
-    cfg.optim.batch_size = batch_size
-    cfg.train.seed = seed
+    cfg = evolve(cfg, {"optim.batch_size": batch_size, "train.seed": seed})   # the caller's config stays as it was
     temporary = run_dir is None
     run_dir = Path(tempfile.mkdtemp(prefix="jit-tiny-")) if run_dir is None else _fresh_dir(Path(run_dir), "tiny")
     trainer = Trainer(cfg, run_dir, extra_plugins=list(extra_plugins), progress=False, handle_signals=())
@@ -299,15 +299,11 @@ def tiny_model(plugins: Iterable[str] = (), extra_plugins: Sequence[Any] = (), c
     Options are checked as at start-up; ``scale`` (default 0.05) makes the weights non-trivial with
     :func:`nontrivial` (``None``: the fresh adaLN-Zero init). No data is read and nothing is written.
     """
-    from jit_core.data import dataset_channels, dataset_num_classes
-    from jit_core.model import get_model_config
+    from jit_core.plugins import resolve_run
     from jit_core.runs.network import build_network
-    from jit_core.training.startup import load_plugins
     cfg = config if config is not None else tiny_config(plugins, 1, **overrides)
-    cfg.model_overrides = {"in_channels": dataset_channels(cfg.data), "num_classes": dataset_num_classes(cfg.data),
-                           **cfg.model_overrides}
-    pl = load_plugins(cfg, extra_plugins)
-    mc = get_model_config(cfg.model, **cfg.model_overrides)
+    cfg, pl = resolve_run(cfg, extra_plugins)       # as at start-up: the frozen config, its model config inside
+    mc = cfg.model_config
     import torch
     torch.manual_seed(seed)
     model = build_network(cfg, pl, mc, attention=attention).eval()

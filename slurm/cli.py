@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from jit_core.cli import build_config, run_options
+from jit_core.config import flatten
 
 from .memory import plan_memory
 from .options import (
@@ -28,7 +29,7 @@ from .outcome import debug_result, wait_for_end
 from .profiles import REPO_PROFILES, ProfileError, available_profiles, load_profile
 from .records import log_folder
 from .run_checks import run_warnings
-from .runs import differing_keys, flat_config, plan_runs
+from .runs import differing_keys, plan_runs
 from .submit import preflight, sbatch_script, submit
 from .watch import cancel, find_run, format_status, is_terminal, job_state, log_files, queue, run_status
 
@@ -205,14 +206,14 @@ def _print_dry_run(runs, opts, root: Path) -> None:
         keys = differing_keys(runs)
         click.echo(f"# {len(runs)} runs; they differ in {len(keys)} key{'s' if len(keys) != 1 else ''}:")
         for run in runs:
-            flat = flat_config(run.config)
+            flat = flatten(run.config, without=("run_dir",))
             unset = dict.fromkeys(k.split(".")[0] + ".*" for k in keys if k not in flat)   # a plugin not enabled
             shown = [f"{k}={json.dumps(flat[k])}" for k in keys if k in flat] + [f"{k} unset" for k in unset]
             click.echo(f"#   {run.label}: {', '.join(shown)}")
     for index, run in enumerate(runs):
         head = f"array element {index}: " if len(runs) > 1 else ""
         click.echo(f"# {head}run config for {run.run_dir}")
-        click.echo(json.dumps(run.config, indent=2, sort_keys=True))
+        click.echo(run.config.to_json())
     for problem in preflight(runs, opts, root):
         click.echo(f"warning: submitting would fail: {problem}", err=True)
 

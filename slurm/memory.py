@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from jit_core.config import Config
 from jit_core.model import budget
 
 from .options import ClusterOptions
@@ -55,24 +56,22 @@ class RunSize:
     frozen: Optional[budget.Frozen]
 
 
-def run_size(config: dict) -> Optional[RunSize]:
-    """The run ``config`` (``Config.to_dict()``) as the trainer would build it, on the meta device; None if its
-    model config is bad (the trainer names it)."""
-    from jit_core.config import Config
-    from jit_core.model import get_model_config
-    from jit_core.training.startup import load_plugins
+def run_size(config: Config) -> Optional[RunSize]:
+    """The run ``config`` as the trainer would build it, on the meta device; None if its model config is bad
+    (the trainer names it)."""
+    from jit_core.plugins import resolve_run
     try:
-        cfg = Config.from_dict(config)
-        mc = get_model_config(cfg.model, **cfg.model_overrides)
-    except (KeyError, TypeError, ValueError):
+        cfg, plugins = resolve_run(config, read_data=False)
+    except (KeyError, TypeError, ValueError):     # ConfigError is a ValueError
         return None
-    streams = load_plugins(cfg).streams(cfg, mc)
+    mc = cfg.model_config
+    streams = plugins.streams(cfg, mc)
     frozen = budget.frozen_modules(streams, (mc.in_channels, mc.image_size, mc.image_size))
     return RunSize(cfg, mc, streams, frozen)
 
 
-def estimate_task_gb(config: dict, gpu: bool) -> float:
-    """Estimated peak host memory of one task (rank) of the run ``config`` (``Config.to_dict()``), in GB."""
+def estimate_task_gb(config: Config, gpu: bool) -> float:
+    """Estimated peak host memory of one task (rank) of the run ``config``, in GB."""
     size = run_size(config)
     if size is None:
         return FLOOR_GB["gpu" if gpu else "cpu"]

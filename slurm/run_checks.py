@@ -10,35 +10,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jit_core.config import Config
+
 from .runs import RunSpec
 
 
-def _data_problems(config: dict) -> list[str]:
-    data = config.get("data", {})
-    if data.get("name") in ("imagenet", "folder") and not data.get("path"):
-        return [f"data.name={data.get('name')} needs data.path=/path/to/images (<root>/<class>/<image>; "
+def _data_problems(config: Config) -> list[str]:
+    data = config.data
+    if data.name in ("imagenet", "folder") and not data.path:
+        return [f"data.name={data.name} needs data.path=/path/to/images (<root>/<class>/<image>; "
                 "for imagenet also <root>/train/<class>/<image>)"]
     return []
 
 
 def run_warnings(run: RunSpec) -> list[str]:
     """What looks wrong from here but may be right on the nodes (a data folder only they mount)."""
-    path = run.config.get("data", {}).get("path")
-    if run.config.get("data", {}).get("name") in ("imagenet", "folder") and path and \
-            not Path(path).expanduser().is_dir():
+    path = run.config.data.path
+    if run.config.data.name in ("imagenet", "folder") and path and not Path(path).expanduser().is_dir():
         where = f"{run.label}: " if run.label else ""
         return [f"{where}data.path={path} is not a folder on this machine (fine only if the nodes mount it)"]
     return []
 
 
-def _plugin_problems(config: dict) -> list[str]:
+def _plugin_problems(config: Config) -> list[str]:
     """The enabled plugins' ``jit_preflight`` answers for the run's config (already checked when it was planned)."""
-    if not config.get("plugins"):
+    if not config.plugins:
         return []
-    from jit_core.config import Config
-    from jit_core.training.startup import load_plugins
-    cfg = Config.from_dict(config)
-    return load_plugins(cfg).preflight(cfg)
+    from jit_core.plugins import resolve_run
+    resolved, plugins = resolve_run(config, read_data=False)
+    return plugins.preflight(resolved)
 
 
 def run_problems(run: RunSpec) -> list[str]:

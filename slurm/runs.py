@@ -1,8 +1,10 @@
 """The runs a submission trains: one, or one per combination of ``--sweep KEY=V1,V2`` values.
 
 A sweep's element trains in ``<root>/<KEY>=<Vi>`` (several keys: ``K1=..,K2=..``); its sweep values are
-set last, over the preset, file, overrides and ``--plugin``. Each run carries its config as the trainer will
-see it (plugin options checked, defaults filled in), so that a folder already holding a different run, or
+set last, over the preset, file, overrides and ``--plugin``. Each run carries its config resolved as the trainer
+resolves it (:func:`jit_core.plugins.resolve_run`: a typed, frozen ``Config``, plugin options as the plugins'
+typed objects with their defaults), so that nothing here restates a default or reads a key by its spelling, and
+a folder already holding a different run, or
 two elements that are the same run, are refused before anything is queued.
 """
 from __future__ import annotations
@@ -14,19 +16,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jit_core.config import flat_config
+from jit_core.config import Config, flatten
 
 from .options import LaunchError
 
 
 @dataclass
 class RunSpec:
-    """One run to train: its resolved config (as a dict) and folder; ``label`` is its sweep value;
-    ``notes``: what planning changed that the user should see (options dropped for this element)."""
-    config: dict
+    """One run to train: its resolved config and folder; ``label`` is its sweep value; ``notes``: what planning
+    changed that the user should see (options dropped for this element). A config given in its dict form
+    (``Config.to_dict()``) is parsed by the same types as every config (:meth:`Config.from_dict`)."""
+    config: Config
     run_dir: Path
     label: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.config, dict):
+            self.config = Config.from_dict(self.config)
 
 
 def parse_sweep(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -97,7 +104,7 @@ def _drop_options_of_disabled(cfg, some_enable: set[str]) -> list[str]:
 
 def differing_keys(runs: Sequence[RunSpec]) -> list[str]:
     """The config keys (dotted) whose values differ between the runs, ``plugins`` first if it does."""
-    flats = [flat_config(r.config) for r in runs]
+    flats = [flatten(r.config, without=("run_dir",)) for r in runs]
     keys = sorted({k for f in flats for k in f})
     diff = [k for k in keys if len({json.dumps(f.get(k, "<unset>"), sort_keys=True) for f in flats}) > 1]
     return sorted(diff, key=lambda k: k != "plugins")
@@ -106,7 +113,7 @@ def differing_keys(runs: Sequence[RunSpec]) -> list[str]:
 def _refuse_identical(runs: Sequence[RunSpec]) -> None:
     seen: dict[str, RunSpec] = {}
     for run in runs:
-        key = json.dumps(flat_config(run.config), sort_keys=True, default=str)
+        key = json.dumps(flatten(run.config, without=("run_dir",)), sort_keys=True, default=str)
         if key in seen:
             raise LaunchError(f"--sweep elements {seen[key].label} and {run.label} resolve to the same run config "
                               "(two spellings of one value, such as 1e-3 and 0.001, or none and [] for plugins): they "
@@ -114,17 +121,17 @@ def _refuse_identical(runs: Sequence[RunSpec]) -> None:
         seen[key] = run
 
 
-def _validated(cfg) -> dict:
-    """The config as the trainer will see it: plugin options checked (types, ranges), their defaults filled in,
-    and the core's start-up checks of the config run (as `jit train --dry-run` does)."""
+def _validated(cfg) -> Config:
+    """The config resolved as the trainer will resolve it: plugin options typed and checked (types, ranges), their
+    defaults filled in, the core's checks of the config run (as `jit train --dry-run` does). A data folder only
+    the nodes mount is not read here (its classes are counted when the job starts)."""
     from jit_core.config import ConfigError
-    from jit_core.plugins import PluginError
-    from jit_core.training.startup import load_plugins
+    from jit_core.plugins import PluginError, resolve_run
     try:
-        load_plugins(cfg)
+        resolved, _ = resolve_run(cfg, read_data=False)
     except (ConfigError, PluginError) as exc:
         raise LaunchError(str(exc)) from None
-    return cfg.to_dict()
+    return resolved
 
 
 def check_run_dir(run: RunSpec) -> None:
@@ -136,14 +143,16 @@ def check_run_dir(run: RunSpec) -> None:
         from jit_core.training import config_diff
         if not list_checkpoints(folder):  # as the trainer: a run that never checkpointed may start over
             return
-        old = json.loads(saved.read_text())
-        now = json.loads(json.dumps(run.config))  # tuples as lists, as in config.json
-        overrides = dict(now.get("model_overrides") or {})
-        for key in ("in_channels", "num_classes"):  # filled in by the trainer from the data set
-            if key in (old.get("model_overrides") or {}) and key not in overrides:
-                overrides[key] = old["model_overrides"][key]
-        now["model_overrides"] = overrides
-        diff = config_diff(old, now)
+        from jit_core.config import ConfigError, read_config_file, unresolved
+        try:    # the saved run, parsed by the same types as the new one
+            old = Config.from_dict(read_config_file(saved))
+        except ConfigError as exc:
+            raise LaunchError(f"{exc} (in the run folder {folder}: use a new --run-dir)") from None
+        now = unresolved(run.config)
+        # a folder data set's classes are counted when the job starts (not on this machine): the saved run's stand
+        data_keys = {k: v for k, v in old.model_overrides.items() if k in ("in_channels", "num_classes")}
+        now.model_overrides = {**data_keys, **now.model_overrides}
+        diff = config_diff(json.loads(old.to_json()), json.loads(now.to_json()))   # tuples as lists, as saved
         if diff:
             raise LaunchError(f"run folder {folder} already holds a different run ({'; '.join(diff[:4])}); "
                               "use a new --run-dir (only the run's length, logging and resources may change "

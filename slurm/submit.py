@@ -225,7 +225,7 @@ def submit(runs: list[RunSpec], opts: ClusterOptions, root: str | Path, *, comma
     for run in runs:
         _prepare_folder(run.run_dir)
     (root / "slurm").mkdir(parents=True, exist_ok=True)
-    fns = [TrainJob(r.config, str(r.run_dir), param_hash=param_hash, progress=progress,
+    fns = [TrainJob(r.config.to_dict(), str(r.run_dir), param_hash=param_hash, progress=progress,
                     max_requeues=opts.max_requeues, evaluate=evaluate) for r in runs]
     captured = io.StringIO()
     try:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jit_core.config import Config, ConfigError, read_config_file
+
 from .options import SLURM_MISSING, LaunchError
 from .records import read_events, read_jobs
 
@@ -242,10 +244,10 @@ def run_status(run_dir: str | Path) -> dict:
     cfg_path = run_dir / "config.json"
     total = None
     if cfg_path.exists():
-        try:
-            total = json.loads(cfg_path.read_text()).get("train", {}).get("max_steps")
-        except json.JSONDecodeError:
-            pass
+        try:    # parsed by the config's own types (no key read with a default of its own)
+            total = Config.from_dict(read_config_file(cfg_path)).train.max_steps
+        except ConfigError:
+            pass    # a status line does not fail on a damaged config.json: the trainer names the problem
     metrics = _last_metrics(run_dir)
     step, note = resume_point(run_dir)
     info.update(step=step, checkpoint_step=step, checkpoint_note=note, total_steps=total, loss=metrics.get("loss"),

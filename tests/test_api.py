@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from jit_core import api, hookimpl
-from jit_core.config import ConfigError, flat_config
+from jit_core.config import ConfigError, flatten
 from jit_core.plugins import PluginError
 from jit_core.plugins.presets import build_config
 from jit_core.testing import run_cli
@@ -81,8 +81,8 @@ def test_a_config_object_or_file_resolves_as_the_command_line_and_is_not_modifie
     assert core == {k: v for k, v in before.items() if k not in ("plugin_options", "run_dir")}
     assert again.run_dir == str(tmp_path / "r") and again.plugins == ["vco"]
     # plugin options stay the command line's texts until the plugin checks them (as for `jit train`)
-    want = {k: v for k, v in flat_config(before).items() if k.startswith("vco.")} | {"vco.drift_coef": 5.0}
-    assert api.override_texts({k: v for k, v in flat_config(again.to_dict()).items() if k.startswith("vco.")}) \
+    want = {k: v for k, v in flatten(before).items() if k.startswith("vco.")} | {"vco.drift_coef": 5.0}
+    assert api.override_texts({k: v for k, v in flatten(again).items() if k.startswith("vco.")}) \
         == api.override_texts(want)
     toml = tmp_path / "run.toml"
     toml.write_text('model = "JiT-T/4"\n[train]\nmax_steps = 7\n')

@@ -214,12 +214,11 @@ def test_the_table_is_large_enough():
 
 
 def test_every_preset_passes_the_declared_checks(vco):
-    from jit_core.config import PRESETS, check_config, get_preset, validate_plugin_options
+    from jit_core.config import PRESETS, check_config, get_preset, resolve
     from jit_core.plugins import Plugins
     for name in sorted(PRESETS):
         cfg = get_preset(name)
-        validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
-        check_config(cfg)
+        check_config(resolve(cfg, Plugins(cfg.plugins).option_schemas()))
 
 
 # ----------------------------------------------------------------------------------- writing files (issue #21)

@@ -241,3 +241,13 @@ def test_fusion_variants_table(capsys):
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"jit", *fusion_variants.FUSIONS}
     assert "260,666,112" in rows["dual"] and "131,123,712" in rows["jit"] and "1,424,024" in rows["dual"]
+
+
+@pytest.mark.slow      # ~15-30 s: a V-Co start-up (encoder, statistics), 6 steps and a sampling call
+def test_profile_embedded_run_tiny():
+    """The per-phase profile of one embedded V-Co run: every phase of the step and of the evaluation is reported."""
+    out = _run("profile_embedded_run.py", "--preset", "vco-tiny", "--steps", "6", "--num-images", "4",
+               "--metrics", "none", "vco.calib_images=64", "sample.steps=2")
+    for phase in ("feature target", "network forward", "hybrid loss forward", "backward", "training loop",
+                  "one step, median", "eval: sampler", "eval: total", "load average"):
+        assert phase in out, out

@@ -171,15 +171,15 @@ def test_slurm_planner_proposes_the_setting_that_fits_and_names_no_plugin(tmp_pa
     from slurm.memory import estimate_task_gb, plan_memory
     from slurm.options import resolve_options
     from slurm.runs import RunSpec
-    fits = RunSpec(load_config("jit-l16").to_dict(), tmp_path / "a", "fits")
-    tight = RunSpec(load_config("jit-l16", None, ["train.gpu_memory_gib=14"]).to_dict(), tmp_path / "b", "tight")
+    fits = RunSpec(load_config("jit-l16"), tmp_path / "a", "fits")
+    tight = RunSpec(load_config("jit-l16", None, ["train.gpu_memory_gib=14"]), tmp_path / "b", "tight")
     opts, warnings = plan_memory([fits, tight], resolve_options({}, {"gpus_per_node": 8}))
     assert len(warnings) == 1 and warnings[0].startswith("tight: estimated peak per GPU")
     assert "add optim.batch_size=" in warnings[0] and "train.grad_accum=" in warnings[0]
     l16 = budget.params(get_model_config("JiT-L/16"))
     assert estimate_task_gb(fits.config, gpu=True) == pytest.approx(4.0 + 24 * l16.trainable / 2 ** 30
                                                                     + 12 * l16.frozen / 2 ** 30
-                                                                    + 0.5 * fits.config["data"]["num_workers"])
+                                                                    + 0.5 * fits.config.data.num_workers)
     assert opts.mem_per_task >= 8
     import slurm.memory
     text = Path(slurm.memory.__file__).read_text().lower()

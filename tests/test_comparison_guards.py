@@ -148,3 +148,18 @@ def test_a_damaged_grid_point_is_computed_again_with_a_warning(tmp_path, caplog)
     path.write_text(json.dumps({"settings_key": {"k": 1}, "metrics": {"fd_classifier": 2.5}}))
     assert finished(path, {"k": 1}, 1)["metrics"]["fd_classifier"] == 2.5
     assert finished(path, {"k": 2}, 1) is None         # other settings: not this point
+
+
+def test_a_verdict_between_networks_of_different_sizes_says_so(tmp_path, template):
+    """The demo's V-Co has about twice JiT's parameters: its verdict sentence states the gap, read from the
+    evaluations' records; a parameter-matched arm (within 2 %) gets no note."""
+    arms = {"JiT": _seed_runs(tmp_path, template, "j", [5.0, 5.3]), "V-Co": _seed_runs(tmp_path, template, "v", [4.0, 4.2]),
+            "wide": _seed_runs(tmp_path, template, "w", [4.5, 4.4])}
+    for arm, params in (("JiT", 728_368), ("V-Co", 1_424_024), ("wide", 740_000)):
+        for run in arms[arm]:
+            _edit(run, model={"trainable_params": params})
+    res = R.compare_arms(arms, tmp_path / "rep", num_samples=2)
+    assert "V-Co has 1.96x JiT's trainable parameters (1,424,024 vs 728,368)." in res["sentence"]
+    assert "wide has" not in res["sentence"] and {r["arm"]: r["params"] for r in res["rows"]}["wide"] == 740_000
+    _edit(arms["V-Co"][1], model={"trainable_params": 5})       # the seeds disagree: no count, no note
+    assert "trainable parameters" not in R.compare_arms(arms, tmp_path / "rep", num_samples=2)["sentence"]

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def edges_model(attention: str):
-    tm = tiny_model([EDGES], attention=attention)
+    # label drop 0.3: a varying number of dropped rows in every batch
+    tm = tiny_model([EDGES], attention=attention, diffusion__label_drop_prob=0.3)
     assert [s.name for s in tm.model.streams] == ["pixel", "edges"]
-    tm.config.diffusion.label_drop_prob = 0.3      # a varying number of dropped rows in every batch
     return tm
 
 

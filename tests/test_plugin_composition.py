@@ -27,8 +27,8 @@ def images(n=4, seed=0):
 @pytest.fixture(params=list(ORDERS), scope="module")
 def both(request, tmp_path_factory):
     """V-Co and edgeco enabled together (order from the parameter), on a tiny model with non-trivial weights."""
-    tiny = tiny_model(ORDERS[request.param], **VCO_OPTS)
-    tiny.config.run_dir = str(tmp_path_factory.mktemp("run"))   # V-Co's automatic statistics are saved there
+    # V-Co's automatic statistics are saved in the run folder
+    tiny = tiny_model(ORDERS[request.param], run_dir=str(tmp_path_factory.mktemp("run")), **VCO_OPTS)
     return request.param, tiny
 
 
@@ -174,8 +174,7 @@ def test_vco_and_repa_train_together_with_both_terms_logged(tmp_path, one_thread
 def test_vco_null_branch_variants(variant, tmp_path, one_thread):
     """structured: pixel -> feature blocked, feature loss off for dropped samples; label_drop: neither;
     input_dropout: the dropped samples' feature input is zeros (the model sees it), no mask, loss kept."""
-    tiny = tiny_model(["vco"], **{**VCO_OPTS, "vco.null_branch": variant})
-    tiny.config.run_dir = str(tmp_path)
+    tiny = tiny_model(["vco"], run_dir=str(tmp_path), **{**VCO_OPTS, "vco.null_branch": variant})
     model, hook, cfg = tiny.model, tiny.plugins.hook, tiny.config
     u = unconditional_form(hook, torch.tensor([1, 2, 3, 4]), DROP, model.streams, cfg, 10)
     assert u.labels.tolist() == [10, 2, 10, 4]

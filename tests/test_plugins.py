@@ -443,8 +443,9 @@ def test_unknown_or_ill_typed_plugin_option_fails_before_any_compute(tmp_path):
         train_tiny(tmp_path, extra_plugins=[rec], **{"nobody.coef": 1})
     assert not rec.called("jit_streams") and not any(tmp_path.iterdir())     # nothing built, nothing written
     cfg = tiny_config(**{"rec.coef": "0.25"})
-    one_step(extra_plugins=[rec], config=cfg, run_dir=tmp_path)
-    assert cfg.plugin_options["rec"] == {"coef": 0.25, "note": "hi"}        # coerced, defaults filled in
+    setup = tiny_setup(extra_plugins=[rec], config=cfg, run_dir=tmp_path)
+    assert setup.config.plugin_options["rec"] == RecOptions(coef=0.25, note="hi")   # coerced, defaults filled in
+    assert cfg.plugin_options["rec"] == {"coef": "0.25"}                  # the caller's config: only read
 
 
 def test_loss_term_named_like_a_stream_is_rejected(jit_one_step):
@@ -511,9 +512,8 @@ class Pep604Options:
 
 def test_pep604_optional_plugin_option_is_type_checked(tmp_path):
     rec = RecordingPlugin("pep604", returns={"jit_options": Pep604Options})
-    cfg = tiny_config(**{"pep604.n": "3"})
-    one_step(extra_plugins=[rec], config=cfg, run_dir=tmp_path)
-    assert cfg.plugin_options["pep604"]["n"] == 3
+    setup = tiny_setup(extra_plugins=[rec], config=tiny_config(**{"pep604.n": "3"}), run_dir=tmp_path / "a")
+    assert setup.config.plugin_options["pep604"].n == 3
     with pytest.raises(ConfigError, match="pep604.n"):
         one_step(extra_plugins=[rec], config=tiny_config(**{"pep604.n": "abc"}), run_dir=tmp_path)
 
@@ -544,11 +544,10 @@ def test_a_plugin_can_be_given_as_a_py_file(tmp_path):
 
 
 def test_a_plugin_loaded_by_module_path_can_be_given_options(myplug):
-    from jit_core.config import set_key, validate_plugin_options
+    from jit_core.config import resolve, set_key
     cfg = tiny_config(["jit_myplug.plugin"])
     set_key(cfg, "jit_myplug.plugin.coef", "0.25")
-    validate_plugin_options(cfg, Plugins(cfg.plugins).option_schemas())
-    assert cfg.plugin_options["jit_myplug.plugin"]["coef"] == 0.25
+    assert resolve(cfg, Plugins(cfg.plugins).option_schemas()).plugin_options["jit_myplug.plugin"].coef == 0.25
 
 
 def test_jit_plugins_fails_for_a_plugin_that_does_not_load(jit_cli):

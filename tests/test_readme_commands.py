@@ -29,12 +29,14 @@ NEEDS_HUB = "needs the Hugging Face Hub (the same path through a local Hub cache
 
 # (regex on the README line, action): "run" as written + budget; ("skip", why); ("fails", text of its one-line error)
 RULES: list[tuple[str, object]] = [
-    (r"^bash scripts/demo\.sh", ("skip", "the full demo (~11 min): its study runs at a tiny budget below")),
+    (r"^bash scripts/demo\.sh", ("skip", "the full demo (~17 min): its study runs at a tiny budget below")),
     (r"^bash scripts/test\.sh", ("skip", "the test suite itself")),
     (r"^source ", ("skip", "a shell built-in")),
     (r"^jit study --list", "run"),
     (r"^jit study vco-tiny --dry-run", "run"),
     (r"^jit study vco-tiny$", "study"),
+    (r"^jit study vco-tiny --quick$", ("skip", "the line above at the study's quick budget, which tests/test_study.py "
+                                               "checks (the runs here are cut to 2 steps anyway)")),
     (r"^jit slurm study vco-b16", ("skip", NEEDS_IMAGENET + " on a SLURM cluster (tests/slurm run the local one)")),
     (r"^jit study vco-b16 .*--report-only", ("skip", "needs the finished ImageNet runs of the line above")),
     (r"^jit --version|^jit models|^jit presets", "run"),

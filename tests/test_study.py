@@ -25,7 +25,9 @@ def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path)
     study = get_study("vco-tiny")
     elements = expand(study, tmp_path, seeds=[0])
     configs = {e.arm.name: e.config for e in elements}
-    expected = {"null: label drop": ["vco.null_branch"], "null: input dropout": ["vco.null_branch"],
+    expected = {"arch: direct addition": ["vco.fusion"], "arch: channel concat": ["vco.fusion"],
+                "arch: token concat": ["vco.fusion"], "null: label drop": ["vco.null_branch"],
+                "null: input dropout": ["vco.null_branch"],
                 "aux: none": ["vco.drift_coef"], "calib: none": ["vco.calibration"],
                 "calib: time shift": ["vco.calibration"], "calib: time shift (corrected)": ["vco.calibration"]}
     for arm, keys in expected.items():
@@ -37,7 +39,25 @@ def test_every_vco_ablation_differs_from_vco_in_exactly_its_ingredient(tmp_path)
     assert config_changes(configs["JiT"], configs["V-Co"])[0] == "plugins"   # JiT: the same run without V-Co
     assert all(k == "plugins" or k.startswith("vco.") for k in config_changes(configs["JiT"], configs["V-Co"]))
     assert {e.config["train"]["seed"] for e in expand(study, tmp_path, seeds=[3, 4], arms=["JiT"])} == {3, 4}
-    assert {e.config["train"]["max_steps"] for e in elements} == {150}
+    assert {e.config["train"]["max_steps"] for e in elements} == {300}
+
+
+def test_the_default_budget_reaches_recognisable_samples_and_quick_is_the_short_look(cli, tmp_path):
+    """300 steps by default (classifier accuracy on the samples 64-68 %, docs/embedded-comparison.md), 150 under
+    --quick; a user's override still wins; a study without a quick budget refuses it."""
+    for name in ("vco-tiny", "vco-tiny-pair"):
+        study = get_study(name)
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0])} == {300}
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0], quick=True)} == {150}
+        assert {e.config["train"]["max_steps"] for e in expand(study, tmp_path, seeds=[0], quick=True,
+                                                               overrides=["train.max_steps=7"])} == {7}
+    with pytest.raises(StudyError, match="has no quick budget: run it without --quick"):
+        expand(get_study("vco-b16"), tmp_path, seeds=[0], quick=True)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["study", "vco-tiny-pair", "--dry-run"])
+    assert res.exit_code == 0 and "budget per run: 300 steps of 64 images" in res.output, res.output
+    res = runner.invoke(cli, ["study", "vco-tiny-pair", "--dry-run", "--quick"])
+    assert res.exit_code == 0 and "budget per run: 150 steps of 64 images" in res.output, res.output
 
 
 def test_an_arm_that_changes_more_than_its_ingredient_or_nothing_is_refused(tmp_path):
@@ -68,8 +88,11 @@ def test_cli_list_and_dry_run_and_unknown_study(cli, tmp_path):
     assert res.exit_code == 0 and "vco-tiny " in res.output and "vco-b16" in res.output
     res = runner.invoke(cli, ["study", "vco-tiny", "--dry-run", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert "10 arms x 3 seeds = 30 runs" in res.output and "changes: vco.null_branch" in res.output
+    assert "13 arms x 3 seeds = 39 runs" in res.output and "changes: vco.null_branch" in res.output
     assert "JiT widened" in res.output and "changes: model" in res.output
+    for name in ("direct addition", "channel concat", "token concat"):     # V-Co Table 1's architectures
+        assert f"arch: {name}" in res.output and f"fully dual-stream -> {name}" in res.output
+    assert res.output.count("changes: vco.fusion  [paper: worse than V-Co]") == 3
     assert not (tmp_path / "s").exists()
     res = runner.invoke(cli, ["study", "nope"])
     assert res.exit_code == 1 and "no study named 'nope'" in res.stderr
@@ -102,6 +125,28 @@ def test_two_arms_two_seeds_end_to_end(cli, tmp_path):
     assert "V-Co" in (out / "study.md").read_text()
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0 and "0 of 4 runs to do (4 done)" in res.output
+
+
+@pytest.mark.parametrize("name", ["vco-tiny", "vco-b16"])
+def test_the_architecture_arms_change_only_the_fusion_with_table_1s_direction(name, tmp_path):
+    """Each architecture arm is V-Co with vco.fusion set to one of Table 1's single-stream fusions (nothing else:
+    the one-ingredient check of the resolved configs), the paper's direction 'worse' and its FID beside 8.86."""
+    study = get_study(name)
+    arms = {"arch: direct addition": ("add", "15.15"), "arch: channel concat": ("channel_concat", "14.33"),
+            "arch: token concat": ("token_concat", "14.70")}
+    elements = {e.arm.name: e for e in expand(study, tmp_path, seeds=[0], arms=["V-Co", *arms])}
+    assert elements["V-Co"].config["plugin_options"]["vco"]["fusion"] == "dual"
+    for arm, (fusion, fid) in arms.items():
+        e = elements[arm]
+        assert config_changes(elements["V-Co"].config, e.config) == ["vco.fusion"], arm
+        assert e.config["plugin_options"]["vco"]["fusion"] == fusion
+        assert e.arm.reference == "V-Co" and e.arm.changes == ("vco.fusion",) and e.arm.paper == "worse"
+        assert fid in e.arm.paper_note and "8.86" in e.arm.paper_note
+    # the check itself refuses an architecture arm that changes more than the fusion
+    leaky = Arm("arch: leaky", study.arm("V-Co").preset, overrides=("vco.fusion=add", "vco.drift_coef=0"),
+                reference="V-Co", ingredient="fully dual-stream -> direct addition", changes=("vco.fusion",))
+    with pytest.raises(StudyError, match="also differs in vco.drift_coef"):
+        expand(Study("s", "", (study.arm("V-Co"), leaky), baseline="V-Co"), tmp_path, seeds=[0])
 
 
 def test_runs_train_exactly_the_checked_config(tmp_path):

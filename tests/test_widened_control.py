@@ -6,8 +6,8 @@ import pytest
 
 from jit_core.config import get_preset
 from jit_core.model import budget, get_model_config
+from jit_core.plugins import resolve_run
 from jit_core.study.spec import config_changes, expand
-from jit_core.training.startup import load_plugins
 
 # (widened preset, the plain JiT preset it widens, the V-Co preset whose size it matches)
 PAIRS = [("jit-tiny-wide", "tiny", "vco-tiny"), ("jit-b16-wide", "jit-b16", "vco-b16")]
@@ -17,7 +17,8 @@ def _size(preset: str) -> tuple[int, int]:
     """(trainable parameters, streams) of the run ``preset`` as `jit models` counts them, with its own streams."""
     cfg = get_preset(preset)
     mc = get_model_config(cfg.model, **cfg.model_overrides)
-    streams = load_plugins(cfg).streams(cfg, mc)
+    resolved, plugins = resolve_run(cfg)
+    streams = plugins.streams(resolved, mc)
     return budget.params(mc, streams).trainable, len(streams)
 
 

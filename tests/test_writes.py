@@ -177,6 +177,11 @@ def _calibration(d):
     save_stats(FeatureStats(var=torch.ones(2, 3), rms_factor=1.0), d / "stats.safetensors")
 
 
+def _classifier_reference(d):
+    from jit_core.eval.classifier import save_reference
+    save_reference(d / "reference.npz", np.zeros(2), np.eye(2), 10, {150: 0.5})
+
+
 def _tensorboard(d):
     from jit_core.trackers.tensorboard import TensorBoardSink
     pytest.importorskip("tensorboard")
@@ -221,6 +226,7 @@ WRITERS = [
     Writer("V-Co statistics", "stats.safetensors", _calibration),
     Writer("V-Co statistics summary", "stats.json", _calibration),
     Writer("SLURM job records", "jobs.jsonl", _slurm_record),
+    Writer("classifier reference statistics", "reference.npz", _classifier_reference),
     Writer("TensorBoard folder", "tb", _tensorboard, folder=True),
 ]
 

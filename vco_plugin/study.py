@@ -1,12 +1,16 @@
-"""V-Co's study (paper §4 and Tables 1-4): JiT, V-Co, V-Co without each of its ingredients, and JiT widened
-to V-Co's parameter count (Table 1's control; its reference is JiT, its ingredient the width).
+"""V-Co's study (paper §4 and Tables 1-4): JiT, V-Co, V-Co without each of its ingredients (the architecture
+of Table 1 first), and JiT widened to V-Co's parameter count (Table 1's control; its reference is JiT, its
+ingredient the width).
 
 Every ablation arm is V-Co with exactly one ingredient replaced (``jit study`` checks the resolved
 configs); ``paper`` is the direction the paper reports for the arm against V-Co (V-Co, arXiv 2603.16792,
-B/16 guided FID: recipe 2.52) and ``paper_note`` the figures. Registered through ``jit_studies``:
+B/16 guided FID: recipe 2.52; Table 1's architectures without guidance) and ``paper_note`` the figures.
+Registered through ``jit_studies``; the embedded studies run 300 steps per run (recognisable samples) and
+``--quick`` 150 (wall times on an idle 2-core machine, docs/embedded-comparison.md §4):
 
-- ``vco-tiny``       10 arms x 3 seeds on the embedded Fashion-MNIST (2 CPU cores, about an hour);
-- ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``);
+- ``vco-tiny``       13 arms x 3 seeds on the embedded Fashion-MNIST: about 2.1 h, ``--quick`` about 1.1 h;
+- ``vco-tiny-pair``  JiT vs V-Co, the demo (``scripts/demo.sh``): about 16.5 min from a fresh clone, runs about
+                     13 min (``--quick``: 11 min measured);
 - ``vco-b16``        the same arms at ImageNet 256 / B/16 on SLURM (``jit slurm study vco-b16``).
 """
 from __future__ import annotations
@@ -16,8 +20,27 @@ from jit_core.study import Arm, Study
 VCO = "V-Co"
 
 
+ARCHITECTURES = (   # vco.fusion, arm name, Table 1's B/16 FID-50K without guidance (fully dual-stream: 8.86)
+    ("add", "direct addition", "15.15"),
+    ("channel_concat", "channel concat", "14.33"),
+    ("token_concat", "token concat", "14.70"),
+)
+
+
+def architecture_arms(vco_preset: str) -> tuple[Arm, ...]:
+    """Ingredient 1, the architecture: V-Co with the fully dual-stream net replaced by each single-stream fusion
+    of Table 1 (``vco.fusion``; docs/co-denoising-architectures.md). Where no attention spans the streams the
+    structured null branch zeroes the feature input instead of masking (vco_plugin/null_branch.py), so the arm's
+    one config change is ``vco.fusion``."""
+    return tuple(Arm(f"arch: {name}", vco_preset, overrides=(f"vco.fusion={fusion}",), reference=VCO,
+                     ingredient=f"fully dual-stream -> {name}", changes=("vco.fusion",), paper="worse",
+                     paper_note=f"{name} {fid} vs fully dual-stream 8.86, B/16 FID-50K without guidance (Table 1; "
+                                "widened JiT 22.67, 261M)")
+                 for fusion, name, fid in ARCHITECTURES)
+
+
 def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[Arm, ...]:
-    """V-Co without each ingredient, in the paper's order (null branch, auxiliary loss, calibration).
+    """V-Co without each ingredient, in the paper's order (architecture, null branch, auxiliary loss, calibration).
 
     REPA is the example plugin with the paper's table3_vco_repa weight 0.1, after block 4 of 12 (0-based),
     plus ``repa_options``. The paper's REPA ablation aligns to the DINOv2 tokens V-Co co-denoises; on the
@@ -28,6 +51,7 @@ def ablation_arms(vco_preset: str, repa_options: tuple[str, ...] = ()) -> tuple[
         return Arm(name, vco_preset, overrides=tuple(overrides), plugins=tuple(plugins), reference=VCO,
                    ingredient=ingredient, changes=tuple(changes), paper=paper, paper_note=note)
     return (
+        *architecture_arms(vco_preset),
         arm("null: label drop", "structured null -> plain label drop", ["vco.null_branch=label_drop"],
             ["vco.null_branch"], "worse", "no exact row; every other null branch is worse: 3.59-6.69 vs 3.18 guided"),
         arm("null: input dropout", "structured null -> input dropout", ["vco.null_branch=input_dropout"],
@@ -64,7 +88,8 @@ SHOWS = ("Shown: each arm's mean over its seeds with a 95 % interval of that mea
 
 
 def tiny_studies() -> dict[str, Study]:
-    budget = ("train.max_steps=150",)   # 10 arms x 3 seeds fit about an hour on 2 cores (docs/embedded-comparison.md)
+    # 300 steps: samples are recognisable (classifier accuracy 64-68 %; 20-30 % at 150 steps, the --quick look)
+    budget, quick = ("train.max_steps=300",), ("train.max_steps=150",)
     jit = Arm("JiT", "tiny", paper="worse", paper_note="JiT-B/16 3.66 (600 ep) vs V-Co-B/16 2.52 (200 ep)")
     vco = Arm(VCO, "vco-tiny", paper="", paper_note="reference: the recipe (8 class groups of 8 per step)")
     pair = (Arm("JiT", "tiny"), Arm(VCO, "vco-tiny", paper="better",
@@ -72,14 +97,14 @@ def tiny_studies() -> dict[str, Study]:
     return {
         "vco-tiny": Study("vco-tiny", "JiT, V-Co, V-Co without each ingredient and JiT widened to V-Co's size on the "
                           "embedded Fashion-MNIST "
-                          "(tiny: JiT-S/4 32 px, 150 steps of 64 images, EfficientNet-Lite0 features)",
+                          "(tiny: JiT-S/4 32 px, 300 steps of 64 images, --quick 150, EfficientNet-Lite0 features)",
                           (jit, vco, *ablation_arms("vco-tiny", ("repa.encoder=efficientnet_lite0_s8",
                                                                                   "repa.block=1")),
                            widened_arm("jit-tiny-wide")),
                           baseline=VCO, seeds=(0, 1, 2), num_images=200,
-                          overrides=budget, what_it_shows=SHOWS),
+                          overrides=budget, quick=quick, what_it_shows=SHOWS),
         "vco-tiny-pair": Study("vco-tiny-pair", "JiT vs V-Co on the embedded Fashion-MNIST (the demo)", pair,
-                               baseline="JiT", seeds=(0, 1, 2), num_images=150, overrides=budget,
+                               baseline="JiT", seeds=(0, 1, 2), num_images=150, overrides=budget, quick=quick,
                                what_it_shows=SHOWS.replace("from V-Co", "from JiT")),
     }
 

@@ -200,8 +200,29 @@ def arm_table(arms: dict[str, list[str]], records: dict[str, dict | None], basel
             row["paper"] = paper.get(arm, "")
             row["ours"] = agreement(row["verdicts"].get(primary), arm, row["paper"])
         rows.append(row)
+    for row in rows:
+        row["params"] = trainable_params(evaluated[row["arm"]])
     return {"primary_metric": primary, "metrics": metrics, "rows": rows,
             "flags": comparability_flags(evaluated, summaries)}
+
+
+def trainable_params(records: list[dict]) -> int | None:
+    """The trainable parameter count the arm's evaluations record (None: unrecorded, or the seeds disagree)."""
+    counts = {(r.get("model") or {}).get("trainable_params") if isinstance(r.get("model"), dict) else None
+              for r in records}
+    return counts.pop() if len(counts) == 1 and _number(c := next(iter(counts))) and c > 0 else None
+
+
+SIZE_TOLERANCE = 0.02   # a parameter-matched control is within 2 % (arXiv 2603.16792, Table 1's widened JiT)
+
+
+def size_note(row: dict, baseline: dict | None) -> str:
+    """`` ARM has 1.96x BASE's trainable parameters (1,424,024 vs 728,368).`` when the sizes differ by more than
+    :data:`SIZE_TOLERANCE`, so that a verdict between networks of different sizes says so; else empty."""
+    p, q = row.get("params"), (baseline or {}).get("params")
+    if not (p and q) or abs(p / q - 1) <= SIZE_TOLERANCE:
+        return ""
+    return f" {row['arm']} has {p / q:.2f}x {baseline['arm']}'s trainable parameters ({p:,} vs {q:,})."
 
 
 def agreement(verdict: dict | None, arm: str, paper_direction: str) -> str:
@@ -220,7 +241,8 @@ def agreement(verdict: dict | None, arm: str, paper_direction: str) -> str:
 
 def top_sentence(table: dict) -> str:
     m = table["primary_metric"]
-    parts = [r["verdicts"][m]["sentence"] for r in table["rows"] if m and m in r["verdicts"]]
+    base = next((r for r in table["rows"] if r.get("baseline")), None)
+    parts = [r["verdicts"][m]["sentence"] + size_note(r, base) for r in table["rows"] if m and m in r["verdicts"]]
     flags = "".join(f"Caution, {f}. " for f in table.get("flags", ()))
     if not parts:
         return flags + "No verdict: " + ("not every arm has an evaluation with the same settings." if m else

@@ -11,7 +11,8 @@ dataset's train split and cached, provides:
   the samples), i.e. the floor a perfect generator would reach at this sample count.
 
 Cache: ``${JIT_CACHE_DIR:-~/.cache/jit-vco}/classifier-<dataset>-<size>.safetensors`` + ``.json`` (test accuracy,
-epochs, seed, date). Training takes about a minute on 2 CPU cores for Fashion-MNIST (two epochs).
+epochs, seed, date), and ``.reference-<sha>.npz`` beside it (the held-out statistics and the real-train floors of
+that classifier file). Training takes about a minute on 2 CPU cores for Fashion-MNIST (two epochs).
 """
 from __future__ import annotations
 
@@ -206,11 +207,7 @@ def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: 
     ref_feats, _ = _reference_features(dataset_name, size, info["sha256"], device)
     mu_r, sigma_r = ref_feats
     fd = frechet_distance_to_features(feats, mu_r, sigma_r)
-    train_x, train_y = load_split(dataset_name, size, "train")
-    floor = None
-    if len(images_u8) <= len(train_x):
-        real = predict(model, train_x[_balanced_subset(train_y, len(images_u8))])[0]
-        floor = frechet_distance_to_features(real, mu_r, sigma_r)
+    floor = _real_train_floor(dataset_name, size, info["sha256"], model, len(images_u8), mu_r, sigma_r)
     correct = (logits.argmax(1) == labels).double().numpy()
     intervals, method = {}, None
     if n_boot:
@@ -240,9 +237,79 @@ def fmnist_metrics(images_u8: torch.Tensor, labels: torch.Tensor, dataset_name: 
     }
 
 
+# ----------------------------------------------------------------------------------- the reference, cached
+# Every evaluation needs the held-out split's feature statistics and the real-train floor at its sample count; both
+# depend only on the classifier file, yet computing them (loading both splits, 10k + N predictions) took 5-7 s of
+# a 30 s tiny evaluation. They are cached beside the classifier, keyed by its SHA-256, and recomputed whenever the
+# file is absent, unreadable or not what save_reference writes.
+def reference_path(dataset_name: str, image_size: int, classifier_sha: str) -> Path:
+    return cache_dir() / f"classifier-{dataset_name}-{image_size}.reference-{classifier_sha[:16]}.npz"
+
+
+def save_reference(path: Path, mu: np.ndarray, sigma: np.ndarray, n: int, floors: dict[int, float]) -> None:
+    """The reference statistics (``mu``, ``sigma`` over ``n`` held-out images) and the real-train floor per
+    sample count, in one npz (written atomically)."""
+    durable.save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), n=np.int64(n),
+                     **{f"floor_{k}": np.float64(v) for k, v in floors.items()})
+
+
+def read_reference(path: Path, dim: int = FEATURE_DIM) -> dict | None:
+    """``{"mu", "sigma", "n", "floors"}`` from :func:`save_reference`'s file, or None when it is absent or holds
+    anything else (wrong keys, shapes, types, non-finite values): the caller recomputes and rewrites it."""
+    import zipfile
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    mu, sigma, n = data.get("mu"), data.get("sigma"), data.get("n")
+    arrays_ok = all(isinstance(a, np.ndarray) and a.dtype == np.float64 and np.isfinite(a).all() for a in (mu, sigma))
+    if not arrays_ok or mu.shape != (dim,) or sigma.shape != (dim, dim) or not isinstance(n, np.ndarray) or \
+            n.shape != () or n.dtype != np.int64 or int(n) < 2:
+        return None
+    floors = {}
+    for key, value in data.items():
+        count = key.removeprefix("floor_")
+        if key.startswith("floor_") and count.isdigit() and value.shape == () and value.dtype == np.float64 and \
+                np.isfinite(value):
+            floors[int(count)] = float(value)
+    return {"mu": mu, "sigma": sigma, "n": int(n), "floors": floors}
+
+
 @functools.lru_cache(maxsize=8)
 def _reference_features(dataset_name: str, image_size: int, classifier_sha: str, device="cpu"):
-    """Mean and covariance of the held-out split's classifier features (cached per classifier file)."""
+    """Mean and covariance of the held-out split's classifier features (cached per classifier file, on disk too)."""
+    path = reference_path(dataset_name, image_size, classifier_sha)
+    cached = read_reference(path)
+    if cached is not None:
+        return (cached["mu"], cached["sigma"]), cached["n"]
     model, _ = get_classifier(dataset_name, image_size, device)
     xt, _ = load_split(dataset_name, image_size, "test")
-    return feature_stats(predict(model, xt)[0]), len(xt)
+    mu, sigma = feature_stats(predict(model, xt)[0])
+    durable.ensure_dir(path.parent)
+    save_reference(path, mu, sigma, len(xt), {})
+    return (mu, sigma), len(xt)
+
+
+def _real_train_floor(dataset_name: str, image_size: int, classifier_sha: str, model, n: int, mu_r, sigma_r):
+    """The distance of ``n`` class-balanced real train images to the reference (None: the split has fewer)."""
+    path = reference_path(dataset_name, image_size, classifier_sha)
+    cached = read_reference(path)
+    if cached is not None and n in cached["floors"]:
+        return cached["floors"][n]
+    train_x, train_y = load_split(dataset_name, image_size, "train")
+    if n > len(train_x):
+        return None
+    real = predict(model, train_x[_balanced_subset(train_y, n)])[0]
+    floor = frechet_distance_to_features(real, mu_r, sigma_r)
+    if cached is not None:      # another process may have added floors meanwhile: at worst one is computed again
+        save_reference(path, cached["mu"], cached["sigma"], cached["n"], {**cached["floors"], n: floor})
+    return floor
+
+
+def prepare_reference(dataset_name: str, image_size: int) -> None:
+    """The classifier and its reference statistics, computed and cached now (``jit study`` before its lanes)."""
+    _, info = get_classifier(dataset_name, image_size)
+    _reference_features(dataset_name, image_size, info["sha256"])

@@ -3,17 +3,7 @@ from __future__ import annotations
 
 import json
 
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):  # an empty dict contributes no keys
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
+from jit_core.config import flatten
 
 NOT_SET = "(not set)"   # a key one run's config does not have (e.g. another plugin's option)
 
@@ -27,7 +17,7 @@ def config_diff(configs: dict[str, dict]) -> list[tuple[str, dict[str, object]]]
 
     ``plugin_options.<plugin>.<option>`` and ``plugins`` are included; ``run_dir`` is ignored.
     """
-    flat = {name: flatten(c) for name, c in configs.items()}
+    flat = {name: flatten(c, plugin_prefix="plugin_options.") for name, c in configs.items()}
     keys = sorted({k for f in flat.values() for k in f} - {"run_dir"})
     missing = object()
     rows = []

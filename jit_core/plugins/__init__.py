@@ -12,6 +12,7 @@ from jit_core.plugins.manager import (
     installed_module_names,
     installed_plugins,
 )
+from jit_core.plugins.resolve import resolve_run
 
 __all__ = ["DISABLE_ENV", "ENTRY_POINT_GROUP", "PluginError", "PluginInfo", "Plugins", "check_run_plugins",
-           "describe_all", "installed_module_names", "installed_plugins"]
+           "describe_all", "installed_module_names", "installed_plugins", "resolve_run"]

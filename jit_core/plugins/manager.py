@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pluggy
 
 from jit_core import hookspecs, trackers
-from jit_core.config import ConfigError, _suggest
+from jit_core.config import ConfigError, suggest
 from jit_core.errors import PluginError
 from jit_core.hookcalls import RUN_SUFFIX, call_each, call_one
 from jit_core.logsinks import LogSinks
@@ -149,7 +149,7 @@ class Plugins:
             self._register(name, module, f"module {getattr(module, '__file__', name)}",
                            getattr(module, "__version__", ""))
         else:
-            hint = _suggest(name, self._installed)
+            hint = suggest(name, self._installed)
             extra = "" if not os.environ.get(DISABLE_ENV) else f" ({DISABLE_ENV} is set: entry points are ignored)"
             raise PluginError(f"unknown plugin {name!r}{hint}{extra}; installed: "
                               f"{', '.join(sorted(self._installed)) or 'none'}; a module path (my_pkg.my_plugin) also works")
@@ -164,7 +164,7 @@ class Plugins:
         if stray:
             self.pm.unregister(module)
             raise PluginError(f"plugin {name!r} defines {', '.join(stray)} without @jit_core.hookimpl or with an "
-                              f"unknown hook name{_suggest(stray[0], self.hook_names())}; known hooks: "
+                              f"unknown hook name{suggest(stray[0], self.hook_names())}; known hooks: "
                               f"{', '.join(self.hook_names())}")
         try:
             self.pm.check_pending()
@@ -220,7 +220,7 @@ class Plugins:
         if stray:
             self.pm.unregister(obj)
             raise PluginError(f"plugin {name!r}: its run object defines {', '.join(stray)} without @jit_core.hookimpl "
-                              f"or with an unknown hook name{_suggest(stray[0], self.hook_names())}")
+                              f"or with an unknown hook name{suggest(stray[0], self.hook_names())}")
         self.pm.check_pending()
         self.runs[name] = obj
 

@@ -31,7 +31,9 @@ def load_hub_run(name: str, ema: str = "ema1", device="cpu", trust_plugins=()) -
     except ConfigError as e:
         raise ConfigError(f"{repo.file(CONFIG)}: {e}; was the repository written by jit push?") from None
     check_run_plugins(config.plugins, trust_plugins, repo.file(CONFIG))
+    config.run_dir = None
     model, plugins = build_model_for(config, device=device)
+    config = plugins.run_config             # resolved: the config the plugins' run objects were made for
     weights_path = hub.fetch(str(repo.file(CHECKPOINT)))
     weights = import_official(weights_path)[ema]
     check_compatible(weights, model, str(repo.file(CHECKPOINT)))
@@ -43,5 +45,4 @@ def load_hub_run(name: str, ema: str = "ema1", device="cpu", trust_plugins=()) -
         step = int(info.get("step", 0)) if isinstance(info, dict) else 0
     except (hub.HubError, ValueError, TypeError):
         pass    # the step is a label; a repository without jit-run.json still loads
-    config.run_dir = None
     return LoadedRun(Path(config_path).parent, config, model, plugins, step, weights_path, ema)

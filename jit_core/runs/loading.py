@@ -13,12 +13,12 @@ from typing import Optional
 import torch
 
 from jit_core.clioptions import trust_options  # noqa: F401 -- re-exported: the commands' --trust-plugin
-from jit_core.config import Config, ConfigError, check_values, read_config_file, validate_plugin_options
+from jit_core.config import Config, ConfigError, check_values, evolve, read_config_file
 from jit_core.diffusion.generate import SampleSpec, generate_images
 from jit_core.hookspecs import RunContext
-from jit_core.model import JiT, get_model_config
+from jit_core.model import JiT
 from jit_core.official.layout import import_official
-from jit_core.plugins import Plugins, check_run_plugins
+from jit_core.plugins import Plugins, check_run_plugins, resolve_run
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.compat import check_compatible
 from jit_core.runs.network import build_network
@@ -36,9 +36,9 @@ class LoadedRun:
 
 
 def load_run_config(run_dir: str | Path, trust_plugins=()) -> Config:
-    """A run folder's saved config. Plugins it names that are not installed entry points (module paths,
-    ``.py`` files) must be in ``trust_plugins`` (or ``trust_plugins=True``): see
-    :func:`jit_core.plugins.check_run_plugins`."""
+    """A run folder's saved config, as saved (not resolved: a resume may still override keys). Plugins it names
+    that are not installed entry points (module paths, ``.py`` files) must be in ``trust_plugins`` (or
+    ``trust_plugins=True``): see :func:`jit_core.plugins.check_run_plugins`."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); pass the folder given to jit train")
@@ -55,11 +55,15 @@ def load_run_config(run_dir: str | Path, trust_plugins=()) -> Config:
 def build_model_for(config: Config, plugins: Optional[Plugins] = None, device="cpu") -> tuple[JiT, Plugins]:
     """The (randomly initialised) network a config describes, with its plugins' streams, and the plugins set up
     to sample (``jit_setup`` with ``training=False``): :func:`jit_core.runs.network.build_network` once the
-    plugins are ready."""
-    plugins = plugins or Plugins(config.plugins)
-    validate_plugin_options(config, plugins.option_schemas())
-    mc = get_model_config(config.model, **config.model_overrides)
-    plugins.start_run(config)
+    plugins are ready.
+
+    The config is resolved here unless it already is, for these plugins; the resolved config is
+    ``plugins.run_config`` (what the plugins' run objects were made for: pass that one to their hooks)."""
+    if not (config.resolved and plugins is not None and plugins.run_config is config):
+        # a saved run may have trained on another machine's device and data: neither is looked for here
+        config, plugins = resolve_run(config, plugins=plugins or Plugins(config.plugins), read_data=False,
+                                      device_here=False)
+    mc = config.model_config
     plugins.setup(RunContext(config=config, model_config=mc, device=torch.device(device),
                              run_dir=Path(config.run_dir) if config.run_dir else None))   # to sample: training False
     return build_network(config, plugins, mc, device=device), plugins
@@ -74,9 +78,9 @@ def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: s
     if ema not in ("model", "ema1", "ema2"):
         raise ValueError(f"unknown weights {ema!r}: use model, ema1 or ema2")
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir, trust_plugins)
-    config.run_dir = str(run_dir)  # the folder may have moved since training
+    config = evolve(load_run_config(run_dir, trust_plugins), run_dir=str(run_dir))  # the folder may have moved
     model, plugins = build_model_for(config, device=device)
+    config = plugins.run_config             # resolved: the config the plugins' run objects were made for
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")

@@ -29,9 +29,13 @@ def parse_list(text: str | None, cast=str) -> list | None:
 def describe(study: Study, elements: list[Element]) -> str:
     """The dry run's table: each arm, its ingredient, the config keys it changes and the paper's direction."""
     configs = {e.arm.name: e.config for e in elements}
+    budgets = {(e.config["train"]["max_steps"], e.config["train"]["epochs"], e.config["optim"]["batch_size"])
+               for e in elements}
+    budget = ", ".join(f"{s} steps of {b} images" if s is not None else f"{n} epochs of {b} images per step"
+                       for s, n, b in sorted(budgets, key=str))
     lines = [f"study {study.name}: {study.description}", f"baseline: {study.baseline}; "
              f"{len({e.arm.name for e in elements})} arms x {len({e.seed for e in elements})} seeds = "
-             f"{len(elements)} runs", ""]
+             f"{len(elements)} runs; budget per run: {budget}", ""]
     for arm in dict.fromkeys(e.arm for e in elements):
         changed = (", ".join(config_changes(configs[arm.reference], configs[arm.name]))
                    if arm.reference in configs else "-")
@@ -96,7 +100,9 @@ def study_command():
     @click.command("study")
     @click.argument("name", required=False)
     @click.argument("overrides", nargs=-1)
-    @click.option("--out", type=click.Path(file_okay=False), help="Study folder (default runs/study-NAME).")
+    @click.option("--out", type=click.Path(file_okay=False),
+                  help="Study folder (default runs/study-NAME, runs/study-NAME-quick with --quick).")
+    @click.option("--quick", is_flag=True, help="The study's shorter budget, for a first look (its own default folder).")
     @click.option("--seeds", help="Comma-separated seeds (default: the study's).")
     @click.option("--arms", help="Comma-separated arm names (default: all).")
     @click.option("--lanes", default=2, show_default=True, help="Runs at a time (each gets cores / lanes threads).")
@@ -104,7 +110,7 @@ def study_command():
     @click.option("--list", "list_", is_flag=True, help="List the installed studies and exit.")
     @click.option("--dry-run", is_flag=True, help="Resolve and check every arm, print what each changes; run nothing.")
     @click.option("--report-only", is_flag=True, help="Only (re)write the report from the finished runs.")
-    def cmd(name, overrides, out, seeds, arms, lanes, num_images, list_, dry_run, report_only):
+    def cmd(name, overrides, out, quick, seeds, arms, lanes, num_images, list_, dry_run, report_only):
         """Train and evaluate a named study's arms x seeds, then report them with intervals.
 
         OVERRIDES (KEY=VALUE) apply to every arm (a plugin's options only to arms enabling it).
@@ -113,6 +119,7 @@ def study_command():
         jit study --list
         jit study vco-tiny-pair                       # JiT vs V-Co on the embedded data (the demo)
         jit study vco-tiny --seeds 0,1,2              # V-Co's ablations, 3 seeds
+        jit study vco-tiny --quick                    # the same at the study's shorter budget: a first look
         """
         from .local import StudyInterrupted, run_local
         from .registry import available_studies, get_study
@@ -121,9 +128,9 @@ def study_command():
                 click.echo(f"{key:<16} {len(st.arms)} arms x {len(st.seeds)} seeds  {st.description}")
             return
         study = get_study(name)
-        out_dir = Path(out or f"runs/study-{name}")
+        out_dir = Path(out or f"runs/study-{name}" + ("-quick" if quick else ""))
         elements = expand(study, out_dir, seeds=parse_list(seeds, int), arms=parse_list(arms),
-                          overrides=overrides)
+                          overrides=overrides, quick=quick)
         for note in sorted({n for e in elements for n in e.notes}):
             click.echo(f"note: {note}", err=True)
         if dry_run:

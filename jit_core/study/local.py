@@ -196,15 +196,16 @@ def write_done(run_dir, record: dict) -> None:
 
 
 def prepare_metrics(elements: Sequence[Element], echo: Callable[[str], None]) -> None:
-    """Train (or find) the embedded metric's classifier once, with every core, before the lanes start (each lane
-    would otherwise train its own copy at the same time)."""
-    from jit_core.eval.classifier import classifier_path, get_classifier
+    """Train (or find) the embedded metric's classifier and its reference statistics once, with every core, before
+    the lanes start (each lane would otherwise compute its own copy at the same time)."""
+    from jit_core.eval.classifier import classifier_path, prepare_reference
     from jit_core.eval.evaluate import CLASSIFIER_DATASETS
     for name, size in sorted({(e.config["data"]["name"], e.config["data"]["image_size"]) for e in elements
                               if not e.config["data"].get("path")}):
-        if name in CLASSIFIER_DATASETS and not classifier_path(name, size).is_file():
-            echo(f"training the metric's {name} classifier once (cached in {classifier_path(name, size).parent})")
-            get_classifier(name, size)
+        if name in CLASSIFIER_DATASETS:
+            if not classifier_path(name, size).is_file():
+                echo(f"training the metric's {name} classifier once (cached in {classifier_path(name, size).parent})")
+            prepare_reference(name, size)    # and its reference statistics, which every evaluation reads
 
 
 def run_local(elements: Sequence[Element], study: Study, *, num_images: int, lanes: int = 2,

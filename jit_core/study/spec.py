@@ -5,7 +5,8 @@ An :class:`Arm` is a preset plus overrides (and extra plugins). An ablation arm 
 (``changes``, shell-style patterns such as ``repa.*``); :func:`expand` resolves every arm as the
 trainer will see it (plugin options checked, defaults filled in) and refuses an arm whose resolved
 config differs from its reference's in anything else, or in nothing. The study's ``overrides``
-apply to every arm; options of a plugin an arm does not enable are dropped for that arm (and said).
+apply to every arm (its budget); ``quick`` overrides (``jit study NAME --quick``) replace that budget by a shorter
+one for a first look. Options of a plugin an arm does not enable are dropped for that arm (and said).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jit_core.config import ConfigError, flat_config, parse_override
+from jit_core.config import ConfigError, flatten, parse_override
 
 PAPER_DIRECTIONS = ("worse", "better", "")
 
@@ -46,7 +47,8 @@ class Arm:
 
 @dataclass(frozen=True)
 class Study:
-    """A named grid. ``baseline``: the arm every other arm is compared with in the report."""
+    """A named grid. ``baseline``: the arm every other arm is compared with in the report. ``overrides``: the
+    budget every arm runs at; ``quick``: overrides applied after them under ``--quick`` (a shorter first look)."""
     name: str
     description: str
     arms: tuple[Arm, ...]
@@ -56,6 +58,7 @@ class Study:
     overrides: tuple[str, ...] = ()
     eval_args: tuple[str, ...] = ()
     what_it_shows: str = ""
+    quick: tuple[str, ...] = ()
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -80,7 +83,7 @@ class Element:
 
 def config_changes(a: dict, b: dict) -> list[str]:
     """The dotted keys whose values differ between two resolved configs."""
-    fa, fb = flat_config(a), flat_config(b)
+    fa, fb = flatten(a, without=("run_dir",)), flatten(b, without=("run_dir",))
     return sorted(k for k in set(fa) | set(fb)
                   if json.dumps(fa.get(k, "<unset>"), sort_keys=True) != json.dumps(fb.get(k, "<unset>"), sort_keys=True))
 
@@ -90,15 +93,16 @@ def _namespace(key: str) -> str | None:
     return head if dot else None
 
 
-def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: Sequence[str]):
+def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: Sequence[str], quick: bool = False):
     """The arm's config as the trainer will see it, with the options of plugins it does not enable dropped."""
     from jit_core.config import Config, set_key
+    from jit_core.plugins import resolve_run
     from jit_core.plugins.presets import build_config
-    from jit_core.training.startup import load_plugins
     cfg = build_config(arm.preset, None, arm.plugins, arm.overrides, run_dir)
     core_sections = set(Config().to_dict())
     notes = []
-    for text in [*study.overrides, *user_overrides, f"train.seed={seed}"]:
+    budget = [*study.overrides, *(study.quick if quick else ())]
+    for text in [*budget, *user_overrides, f"train.seed={seed}"]:
         key, value = parse_override(text)
         ns = _namespace(key)
         if ns and ns not in core_sections and ns not in cfg.plugins:
@@ -108,10 +112,10 @@ def _resolve(arm: Arm, seed: int, study: Study, run_dir: Path, user_overrides: S
     for ns in [ns for ns in cfg.plugin_options if ns not in cfg.plugins]:   # e.g. a V-Co preset with plugins=none
         cfg.plugin_options.pop(ns)
     try:
-        load_plugins(cfg)
+        resolved, _ = resolve_run(cfg, read_data=False)    # a data folder only a cluster's nodes mount is not read
     except ConfigError as exc:
         raise StudyError(f"study {study.name!r}, arm {arm.name!r}: {exc}") from None
-    return cfg.to_dict(), notes
+    return resolved.to_dict(), notes
 
 
 def check_arms(study: Study, resolved: dict[str, dict]) -> None:
@@ -132,8 +136,9 @@ def check_arms(study: Study, resolved: dict[str, dict]) -> None:
 
 
 def expand(study: Study, out: str | Path, *, seeds: Sequence[int] | None = None, arms: Sequence[str] | None = None,
-           overrides: Sequence[str] = ()) -> list[Element]:
-    """The study's (arm, seed) elements in ``out/<arm>/seed-<n>``, checked (:func:`check_arms`).
+           overrides: Sequence[str] = (), quick: bool = False) -> list[Element]:
+    """The study's (arm, seed) elements in ``out/<arm>/seed-<n>``, checked (:func:`check_arms`); ``quick``: at the
+    study's quick budget.
 
     References of the selected arms are resolved for the check even when not selected.
     """
@@ -142,9 +147,12 @@ def expand(study: Study, out: str | Path, *, seeds: Sequence[int] | None = None,
     seeds = list(study.seeds if seeds is None else seeds)
     if not seeds:
         raise StudyError("no seeds: pass e.g. --seeds 0,1,2")
+    if quick and not study.quick:
+        raise StudyError(f"study {study.name!r} has no quick budget: run it without --quick (or pass overrides such "
+                         "as train.max_steps=N)")
     def element(arm: Arm, seed: int) -> Element:
         run_dir = out / arm.slug / f"seed-{seed}"
-        return Element(arm, seed, run_dir, *_resolve(arm, seed, study, run_dir, overrides))
+        return Element(arm, seed, run_dir, *_resolve(arm, seed, study, run_dir, overrides, quick))
 
     elements = [element(arm, seed) for arm in chosen for seed in seeds]
     resolved = {e.arm.name: e.config for e in elements if e.seed == seeds[0]}

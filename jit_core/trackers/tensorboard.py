@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jit_core.config import flatten
 from jit_core.hookspecs import hookimpl
 from jit_core.logsinks import LogSink, result_scalars
 
 FOLDER = "tb"
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-    return out
 
 
 class TensorBoardSink(LogSink):
@@ -36,9 +27,11 @@ class TensorBoardSink(LogSink):
     def log_config(self, config: dict) -> None:
         from torch.utils.tensorboard.summary import hparams
         self.writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "))
+        # TensorBoard's hyper-parameters are scalars or text: a list or dict value is shown as its JSON
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flatten(config).items()}
         file_writer = self.writer.file_writer
         assert file_writer is not None, "SummaryWriter opens its FileWriter in __init__"
-        for summary in hparams(_flat(config), {}):
+        for summary in hparams(flat, {}):
             file_writer.add_summary(summary)
         self.writer.flush()
 

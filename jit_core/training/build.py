@@ -31,7 +31,6 @@ def resolve_model_config(config: Config, dataset) -> Any:
         raise ConfigError(f"data.image_size={config.data.image_size} but model {config.model} takes "
                           f"{mc.image_size} px images: set data.image_size={mc.image_size} or "
                           f"model_overrides={{\"image_size\": {config.data.image_size}}}")
-    config.model_overrides = {**config.model_overrides, "in_channels": mc.in_channels, "num_classes": mc.num_classes}
     return mc
 
 

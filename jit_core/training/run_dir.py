@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from jit_core.config import Config, ConfigError
+from jit_core.config import Config, ConfigError, flatten
 from jit_core.distributed import DistInfo, any_rank
 from jit_core.durable import WriteError, append_text, ensure_dir, write_text
 from jit_core.runs import checkpoint as ckpt
@@ -45,20 +45,10 @@ def config_diff(a: dict, b: dict, prefix: str = "", allowed: Iterable[str] = ())
             if not k.startswith(RESUMABLE_CHANGES) and k not in allowed]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "model_overrides" and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def allowed_keys(config: Config, keys: Iterable[str]) -> tuple[str, ...]:
     """``--allow-change KEY`` names as config.json spells them (``vco.x`` -> ``plugin_options.vco.x``); an unknown
     key is refused (a typo would silently allow nothing)."""
-    flat, out = _flat(json.loads(config.to_json())), []
+    flat, out = flatten(json.loads(config.to_json()), plugin_prefix="plugin_options."), []
     for key in keys:
         full = key if key in flat else f"plugin_options.{key}"
         if full not in flat:

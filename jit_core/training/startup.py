@@ -3,6 +3,7 @@
 1. the plugins load (names, hook names) and their options check (types, choices, ranges, ``check(config)``);
 2. the core's config fields (choices, ranges) and cross-field checks (:func:`jit_core.config.check_config`),
    and the packages of the switched-on trackers (:func:`jit_core.trackers.check`);
+   1 and 2 are the run's resolve step, :func:`jit_core.plugins.resolve_run`, which the caller runs first;
 3. the run folder's name fits the file system;
 4. the dataset (name, path, images), the model config it implies (model name, image size);
 5. the batch sampler (at most one plugin's; at least one batch per epoch);
@@ -23,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from jit_core import trackers
-from jit_core.config import Config, ConfigError, check_config, validate_plugin_options
+from jit_core.config import Config, ConfigError
 from jit_core.data import build_dataset
 from jit_core.distributed import DistInfo
 from jit_core.hookspecs import RunContext
 from jit_core.model import budget
-from jit_core.plugins import Plugins
+from jit_core.plugins import Plugins, resolve_run
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training.batches import ResumableBatches
 from jit_core.training.build import make_batches, resolve_model_config
@@ -60,16 +60,6 @@ def check_run_folder_name(run_dir: str | os.PathLike) -> None:
                               f"allows {NAME_MAX} per folder name: choose a shorter --run-dir")
 
 
-def load_plugins(config: Config, extra_plugins=()) -> Plugins:
-    """Steps 1 and 2: the enabled plugins with their options checked, then the core's config checks."""
-    plugins = Plugins(config.plugins, extra=extra_plugins)
-    validate_plugin_options(config, plugins.option_schemas())
-    check_config(config)
-    trackers.check(config)
-    plugins.start_run(config)       # each plugin's per-run object (jit_run_plugin), made once for this config
-    return plugins
-
-
 def setup_plugins(startup: Startup, config: Config, run_dir: Optional[str | os.PathLike], dist: DistInfo, *,
                   dry_run: bool = False) -> None:
     """Every plugin's ``jit_setup`` for this training run (under a forked RNG: see :meth:`Plugins.setup`); a dry
@@ -89,7 +79,8 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
     """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 8.
     ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling);
     ``gpu_here``: whether a GPU is installed (None: probe the machine, :func:`.devices.gpu_present`)."""
-    plugins = plugins or load_plugins(config, extra_plugins)
+    if plugins is None:     # steps 1 and 2 (and the model config): the run's one resolve step
+        config, plugins = resolve_run(config, extra_plugins)
     if run_dir is not None:
         check_run_folder_name(run_dir)
     dataset = build_dataset(config.data, train=True, seed=config.train.seed)

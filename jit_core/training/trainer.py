@@ -22,12 +22,13 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from jit_core.config import Config, ConfigError
+from jit_core.config import Config, ConfigError, evolve
 from jit_core.data import to_model_range
 from jit_core.distributed import DistInfo, any_rank, barrier, init_distributed
 from jit_core.logsinks import LogSinks
 from jit_core.model import JiT
 from jit_core.model.compile import compile_model
+from jit_core.plugins import resolve_run
 from jit_core.progress import Progress
 from jit_core.runs import checkpoint as ckpt
 from jit_core.runs.network import build_network
@@ -40,7 +41,7 @@ from jit_core.training.nonfinite import NonFiniteLossError, find_nonfinite
 from jit_core.training.optim import lr_at, peak_lr
 from jit_core.training.run_dir import allowed_keys, lock_run_dir, record_changes, write_config
 from jit_core.training.signals import STOP_SIGNALS, StopSignals
-from jit_core.training.startup import discard_unused_run_dir, load_plugins, setup_plugins, start_checks
+from jit_core.training.startup import discard_unused_run_dir, setup_plugins, start_checks
 from jit_core.training.state import EMA
 from jit_core.training.train_state import TrainState
 
@@ -65,14 +66,14 @@ class Trainer:
                  allow_changes: Iterable[str] = ()):
         """``allow_changes``: config keys a resume may change (``jit train --resume --allow-change KEY``), recorded
         in ``history.jsonl``. From here until :meth:`fit` returns, the trainer holds the run folder's lock."""
-        self.config = config
         run_dir = run_dir or config.run_dir
         if run_dir is None:
             raise ConfigError("no run folder: pass --run-dir DIR (or set run_dir in the config)")
         self.run_dir = Path(run_dir)
-        config.run_dir = str(self.run_dir)
         self.progress = progress
-        self.plugins = load_plugins(config, extra_plugins)   # options and config checked before any work
+        # the run's one resolve step (options and config checked before any work): from here the config is frozen
+        self.config, self.plugins = resolve_run(evolve(config, run_dir=str(self.run_dir)), extra_plugins)
+        config = self.config
         self.allow_changes = allowed_keys(config, allow_changes)
         self.dist = dist or init_distributed(config.train.device)
         self.device = self.dist.device

@@ -184,6 +184,34 @@ def test_classifier_metric_separates_real_from_noise(digits_classifier):
     assert real["fd_classifier_real_train"] is not None and real["classifier_test_accuracy"] > 0.6
 
 
+def test_the_reference_statistics_and_floor_are_cached_beside_the_classifier(digits_classifier, monkeypatch):
+    """A second evaluation (another process: the in-memory cache cleared) reads the held-out statistics and the
+    real-train floor from disk, loading no split, with the same numbers; a damaged cache file is recomputed."""
+    _, info = digits_classifier
+    x, y = C.load_split("digits", 16, "test")
+    C._reference_features.cache_clear()
+    first = C.fmnist_metrics(x[:60], y[:60], "digits", n_boot=0)
+    path = C.reference_path("digits", 16, info["sha256"])
+    cached = C.read_reference(path)
+    assert cached is not None and cached["floors"] == {60: first["fd_classifier_real_train"]}
+    C._reference_features.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(C, "load_split", lambda *a: (_ for _ in ()).throw(AssertionError("a split was loaded")))
+        again = C.fmnist_metrics(x[:60], y[:60], "digits", n_boot=0)
+    assert again["fd_classifier"] == first["fd_classifier"]
+    assert again["fd_classifier_real_train"] == first["fd_classifier_real_train"]
+    for damage in (b"not an npz", None):
+        if damage is None:      # a well-formed npz of the wrong shapes
+            C.save_reference(path, np.zeros(3), np.eye(3), 10, {})
+        else:
+            path.write_bytes(damage)
+        assert C.read_reference(path) is None
+        C._reference_features.cache_clear()
+        redone = C.fmnist_metrics(x[:60], y[:60], "digits", n_boot=0)
+        assert redone["fd_classifier"] == pytest.approx(first["fd_classifier"], rel=1e-6)
+        assert C.read_reference(path) is not None
+
+
 @pytest.mark.slow
 def test_fashion_mnist_classifier_reaches_88_percent(monkeypatch, tmp_path):
     from jit_core.data import DataError, find_fashion_mnist_dir

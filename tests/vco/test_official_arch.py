@@ -205,8 +205,7 @@ def test_vco_fusion_option_builds_the_variant_and_its_null_branch_zeroes_the_fea
     from jit_core.plugins.recording import RecordingPlugin
     rec = RecordingPlugin()
     pl = Plugins(enabled=["vco"], extra=[rec])
-    cfg = small_config(pl, stats=stats_file, fusion="add")
-    cfg.diffusion.label_drop_prob = 0.5
+    cfg = small_config(pl, core=[("diffusion.label_drop_prob", 0.5)], stats=stats_file, fusion="add")
     model = build(pl, cfg)
     assert model.fusion.kind == "add" and model.streams[1].fusion == "add"
     x, labels = images(8), torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])

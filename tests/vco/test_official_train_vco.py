@@ -15,10 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jit_core.config import get_preset, validate_plugin_options
+from jit_core.config import get_preset
 from jit_core.diffusion.flow import logit_normal_t, training_losses
-from jit_core.model import get_model_config
 from jit_core.official.layout import from_official, to_official
+from jit_core.plugins import resolve_run
 from jit_core.runs.network import build_network
 from jit_core.training.optim import param_groups, peak_lr
 from tests.official_fixtures import compact, dinov2_tiny_path
@@ -45,13 +45,13 @@ def setup(vco, tmp_path_factory):
     """The recipe's config on the tiny net, and our network holding the official weights."""
     cfg = get_preset("vco-b16")
     cfg.model = "JiT-T/4"
-    cfg.model_overrides = {**cfg.model_overrides, "image_size": 256, "patch_size": 16}
+    cfg.model_overrides = {**cfg.model_overrides, "image_size": 256, "patch_size": 16, "num_classes": 10}  # the fixture's
     cfg.data.image_size = 256
     cfg.plugin_options["vco"].update(
         encoder="dinov2", encoder_weights=str(dinov2_tiny_path()), stats=official_stats_file(tmp_path_factory.mktemp("s")),
         rms_factor=0.485, class_balanced=False)   # the official hybrid loss groups by the true labels
-    validate_plugin_options(cfg, vco.option_schemas())
-    model = build_network(cfg, vco, get_model_config(cfg.model, **cfg.model_overrides))
+    cfg, _ = resolve_run(cfg, plugins=vco)
+    model = build_network(cfg, vco, cfg.model_config)
     sd, layout = from_official(compact("vco_tiny").weights())
     assert layout == "vco"
     model.load_state_dict(sd, strict=True)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from jit_core.config import ConfigError, get_preset, set_key, validate_plugin_options
+from jit_core.config import ConfigError, evolve, get_preset, resolve, set_key
 from jit_core.diffusion import StepState, guidance_scales, per_sample_v_loss, sample, training_losses, unconditional_form
 from jit_core.hookcalls import call_each
 from jit_core.model import JiT, get_model_config
-from jit_core.plugins import Plugins
+from jit_core.plugins import Plugins, resolve_run
 from jit_core.plugins.recording import RecordingPlugin
 from vco_plugin import plugin
 from vco_plugin.batches import GroupedClassBatchSampler
@@ -42,13 +42,15 @@ def stats_file(tmp_path_factory):
     return str(path)
 
 
-def small_config(pl, **options):
-    """vco-tiny on the small JiT-T/4 (32 px, grid 8) with 1-channel images."""
+def small_config(pl, core=(), **options):
+    """vco-tiny on the small JiT-T/4 (32 px, grid 8) with 1-channel images, resolved; ``core``: (key, value)
+    pairs of core keys (``("diffusion.label_drop_prob", 0.5)``)."""
     cfg = get_preset("vco-tiny")
     cfg.model, cfg.model_overrides = "JiT-T/4", {"in_channels": 1}
     cfg.plugin_options["vco"].update(options)
-    validate_plugin_options(cfg, pl.option_schemas())
-    pl.start_run(cfg)                   # the run objects of this config answer from here on
+    for key, value in dict(core).items():
+        set_key(cfg, key, value)
+    cfg, _ = resolve_run(cfg, plugins=pl)   # the run objects of this config answer from here on
     return cfg
 
 
@@ -88,8 +90,7 @@ def test_options_are_typed_and_checked(vco):
     set_key(cfg, "vco.drift_coef", "5", schemas)
     set_key(cfg, "vco.cfg_feature", "none", schemas)
     set_key(cfg, "vco.symmetric_mask", "true", schemas)
-    validate_plugin_options(cfg, schemas)
-    opts = plugin.options(cfg)
+    opts = plugin.options(resolve(cfg, schemas))
     assert opts.drift_coef == 5.0 and opts.cfg_feature is None and opts.symmetric_mask is True
     with pytest.raises(ConfigError, match="drift_coef"):
         set_key(cfg, "vco.drift_cof", "5", schemas)
@@ -99,7 +100,7 @@ def test_options_are_typed_and_checked(vco):
         bad = get_preset("vco-tiny")
         bad.plugin_options["vco"][key] = value
         with pytest.raises(ConfigError, match=message):
-            validate_plugin_options(bad, schemas)
+            resolve(bad, schemas)
 
 
 def test_presets(vco):
@@ -215,8 +216,7 @@ def test_time_shift_arms_follow_their_formulas(vco, stats_file, calibration):
 
 
 def test_auto_statistics_saved_once_and_reused(vco, tmp_path, monkeypatch):
-    cfg = small_config(vco, calib_images=6)
-    cfg.run_dir = str(tmp_path / "run")
+    cfg = small_config(vco, {"run_dir": str(tmp_path / "run")}, calib_images=6)
     stream = vco.streams(cfg, get_model_config(cfg.model, **cfg.model_overrides))[1]
     z = stream.clean(images(), {})
     out = stream.normalize(z)
@@ -239,7 +239,7 @@ def test_missing_stats_file_is_a_config_error(vco, tmp_path):
 
 # ----------------------------------------------------------------------------------- training objective
 def _losses(vco, cfg, drop_prob, seed=0):
-    cfg.diffusion.label_drop_prob = drop_prob
+    cfg = evolve(cfg, {"diffusion.label_drop_prob": drop_prob})
     model = build(vco, cfg)
     torch.manual_seed(seed)
     total, losses = training_losses(model, model.streams, images(), torch.tensor([0, 0, 3, 3]), cfg, vco.hook)
@@ -264,8 +264,7 @@ def test_feature_loss_is_zero_for_dropped_samples(vco, stats_file):
 def test_mixed_drop_counts_only_kept_samples_in_feature_loss(vco, stats_file):
     rec = RecordingPlugin()
     pl = Plugins(enabled=["vco"], extra=[rec])
-    cfg = small_config(pl, stats=stats_file)
-    cfg.diffusion.label_drop_prob = 0.5
+    cfg = small_config(pl, {"diffusion.label_drop_prob": 0.5}, stats=stats_file)
     model = build(pl, cfg)
     x, labels = images(8), torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])
     for seed in range(20):
