@@ -7,6 +7,7 @@ result into the run's frozen config. A run folder's saved config is read by
 from __future__ import annotations
 
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Optional
@@ -17,10 +18,10 @@ from .keys import parse_override, set_key
 from .presets import get_preset
 from .schema import Config
 
-try:                 # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib  # type: ignore[no-redef, import-not-found]
+else:                # Python 3.10: the same parser, from PyPI (mypy checks this branch: python_version 3.10)
+    import tomli as tomllib
 
 
 def load_config(preset: Optional[str] = None, file: Optional[str | Path] = None,

@@ -219,10 +219,11 @@ SIZE_TOLERANCE = 0.02   # a parameter-matched control is within 2 % (arXiv 2603.
 def size_note(row: dict, baseline: dict | None) -> str:
     """`` ARM has 1.96x BASE's trainable parameters (1,424,024 vs 728,368).`` when the sizes differ by more than
     :data:`SIZE_TOLERANCE`, so that a verdict between networks of different sizes says so; else empty."""
-    p, q = row.get("params"), (baseline or {}).get("params")
+    base = baseline or {}
+    p, q = row.get("params"), base.get("params")
     if not (p and q) or abs(p / q - 1) <= SIZE_TOLERANCE:
         return ""
-    return f" {row['arm']} has {p / q:.2f}x {baseline['arm']}'s trainable parameters ({p:,} vs {q:,})."
+    return f" {row['arm']} has {p / q:.2f}x {base['arm']}'s trainable parameters ({p:,} vs {q:,})."
 
 
 def agreement(verdict: dict | None, arm: str, paper_direction: str) -> str:

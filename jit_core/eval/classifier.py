@@ -265,6 +265,8 @@ def read_reference(path: Path, dim: int = FEATURE_DIM) -> dict | None:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
     mu, sigma, n = data.get("mu"), data.get("sigma"), data.get("n")
+    if mu is None or sigma is None:
+        return None
     arrays_ok = all(isinstance(a, np.ndarray) and a.dtype == np.float64 and np.isfinite(a).all() for a in (mu, sigma))
     if not arrays_ok or mu.shape != (dim,) or sigma.shape != (dim, dim) or not isinstance(n, np.ndarray) or \
             n.shape != () or n.dtype != np.int64 or int(n) < 2:

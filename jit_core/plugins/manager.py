@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pluggy
 
 from jit_core import hookspecs, trackers
-from jit_core.config import ConfigError, suggest
+from jit_core.config import Config, ConfigError, suggest
 from jit_core.errors import PluginError
 from jit_core.hookcalls import RUN_SUFFIX, call_each, call_one
 from jit_core.logsinks import LogSinks
@@ -118,7 +118,7 @@ class Plugins:
         self.infos: dict[str, PluginInfo] = {}
         self._installed = installed_plugins()
         self.runs: dict[str, Any] = {}          # plugin name -> its per-run object (jit_run_plugin)
-        self.run_config = None                  # the config the per-run objects were made for
+        self.run_config: Config | None = None   # the config the per-run objects were made for
         for name in enabled:
             self.enable(name)
         for obj in extra:  # objects registered directly (tests, notebooks)
@@ -203,6 +203,12 @@ class Plugins:
             if name in made:
                 self._register_run_object(name, made[name])
         return dict(self.runs)
+
+    def resolved_config(self) -> Config:
+        """The resolved config this run's plugin objects were made for (:meth:`start_run`'s)."""
+        if self.run_config is None:
+            raise PluginError("no run started yet: build the network (build_model_for) before asking for its config")
+        return self.run_config
 
     def ensure_run(self, config) -> None:
         """Start the run for ``config`` unless its objects are already made (for this very config object)."""

@@ -33,7 +33,7 @@ def load_hub_run(name: str, ema: str = "ema1", device="cpu", trust_plugins=()) -
     check_run_plugins(config.plugins, trust_plugins, repo.file(CONFIG))
     config.run_dir = None
     model, plugins = build_model_for(config, device=device)
-    config = plugins.run_config             # resolved: the config the plugins' run objects were made for
+    config = plugins.resolved_config()      # resolved: the config the plugins' run objects were made for
     weights_path = hub.fetch(str(repo.file(CHECKPOINT)))
     weights = import_official(weights_path)[ema]
     check_compatible(weights, model, str(repo.file(CHECKPOINT)))

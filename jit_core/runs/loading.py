@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, ema: str = "ema1", device="cpu", checkpoint: s
     run_dir = Path(run_dir)
     config = evolve(load_run_config(run_dir, trust_plugins), run_dir=str(run_dir))  # the folder may have moved
     model, plugins = build_model_for(config, device=device)
-    config = plugins.run_config             # resolved: the config the plugins' run objects were made for
+    config = plugins.resolved_config()      # resolved: the config the plugins' run objects were made for
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
