@@ -7,7 +7,6 @@ result into the run's frozen config. A run folder's saved config is read by
 from __future__ import annotations
 
 import json
-import sys
 import typing
 from pathlib import Path
 from typing import Optional
@@ -18,9 +17,9 @@ from .keys import parse_override, set_key
 from .presets import get_preset
 from .schema import Config
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:                # Python 3.10: the same parser, from PyPI (mypy checks this branch: python_version 3.10)
+try:                 # Python >= 3.11 (mypy checks as Python 3.10, which lacks it)
+    import tomllib  # type: ignore[import-not-found,unused-ignore]
+except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 
