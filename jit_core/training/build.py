@@ -1,37 +1,19 @@
-"""What a run trains: the model config from the data, the objective (model + plugin modules as one module, so
+"""What a run trains: the objective (model + plugin modules as one module, so
 that DDP averages every gradient), the batches and the optimizer. The network itself is built by
 :func:`jit_core.runs.network.build_network`, the one place a run's network is built."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
-from jit_core.config import Config, ConfigError
+from jit_core.config import Config
 from jit_core.diffusion import training_losses
 from jit_core.distributed import data_rank_and_world
-from jit_core.model import JiT, get_model_config
+from jit_core.model import JiT
 from jit_core.plugins import Plugins
 from jit_core.training.accumulate import VirtualRankSampler
 from jit_core.training.batches import DefaultBatchSampler, ResumableBatches
 from jit_core.training.optim import param_groups
-
-
-def resolve_model_config(config: Config, dataset) -> Any:
-    """The model config for this run: the named config, with channels/classes taken from the data."""
-    overrides = dict(config.model_overrides)
-    overrides.setdefault("in_channels", dataset.channels)
-    overrides.setdefault("num_classes", dataset.num_classes)
-    try:
-        mc = get_model_config(config.model, **overrides)
-    except (ValueError, TypeError) as e:  # ModelConfig.validate / an unknown field in model_overrides
-        raise ConfigError(f"model {config.model} with model_overrides={config.model_overrides}: {e}") from e
-    if mc.image_size != config.data.image_size:
-        raise ConfigError(f"data.image_size={config.data.image_size} but model {config.model} takes "
-                          f"{mc.image_size} px images: set data.image_size={mc.image_size} or "
-                          f"model_overrides={{\"image_size\": {config.data.image_size}}}")
-    return mc
 
 
 class Objective(nn.Module):

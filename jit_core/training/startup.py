@@ -32,7 +32,7 @@ from jit_core.model import budget
 from jit_core.plugins import Plugins, resolve_run
 from jit_core.runs import checkpoint as ckpt
 from jit_core.training.batches import ResumableBatches
-from jit_core.training.build import make_batches, resolve_model_config
+from jit_core.training.build import make_batches
 from jit_core.training.devices import check_device_choice
 from jit_core.training.memory_plan import MemoryPlan, check_memory
 from jit_core.training.run_dir import check_run_dir
@@ -79,12 +79,12 @@ def start_checks(config: Config, run_dir: Optional[str | os.PathLike], dist: Dis
     """Run every start-up check (module docstring) without writing anything; ``run_dir`` None skips 3 and 8.
     ``allow_changes``: saved-config keys this resume may change (already in config.json's spelling);
     ``gpu_here``: whether a GPU is installed (None: probe the machine, :func:`.devices.gpu_present`)."""
-    if plugins is None:     # steps 1 and 2 (and the model config): the run's one resolve step
-        config, plugins = resolve_run(config, extra_plugins)
+    if plugins is None or not config.resolved:   # steps 1 and 2 (and the model config): the one resolve step
+        config, plugins = resolve_run(config, extra_plugins, plugins=plugins)
     if run_dir is not None:
         check_run_folder_name(run_dir)
     dataset = build_dataset(config.data, train=True, seed=config.train.seed)
-    model_config = resolve_model_config(config, dataset)
+    model_config = config.model_config      # resolved with the data's channels and classes (plugins/resolve.py)
     batches = make_batches(dataset, config, plugins, dist)
     if len(batches) == 0:
         raise ConfigError(f"the dataset ({len(dataset)} images) is smaller than one global batch "
