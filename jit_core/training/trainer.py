@@ -182,12 +182,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def train_step(self, images_u8: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        # the official schedule is a function of the fractional epoch, set before every step (warmup, then constant/cosine)
         lr = lr_at(self.config, self.step / self.steps_per_epoch, self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = to_model_range(images_u8.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
+        # one backward per virtual rank (train.grad_accum), each drawing its own randomness as that DDP rank would
         total, losses = accumulate_gradients(self.objective, images, labels, self.ranks, self._forward)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.config.optim.grad_clip
@@ -196,11 +198,12 @@ class Trainer:
         if clip or self.config.train.grad_norm == "step" or logged:   # train.grad_norm=log: one pass less
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         problem = find_nonfinite(losses, total, grad_norm)
+        # every rank must take the same branch: a rank that stepped while another stopped would hang DDP
         if any_rank(problem is not None, self.dist):
             self._handle_nonfinite(problem or "another rank saw a non-finite value")
             return {}
         self.optimizer.step()
-        for ema in self.emas:
+        for ema in self.emas:          # after the step, as the official loop does (EMA of the updated weights)
             ema.update(self.model)
         self.state.step += 1
         out = {f"loss/{k}": v.detach() for k, v in losses.items()}
