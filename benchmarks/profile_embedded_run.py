@@ -89,7 +89,7 @@ def instrument(preset_has_vco: bool) -> None:
     timed(torch.optim.AdamW, "step", "AdamW")
     timed(state.EMA, "update", "EMA updates")
     timed(checkpointing, "save", "checkpoint")
-    timed(evaluate, "_generate", "eval: sampler")
+    timed(evaluate, "generate_blocks", "eval: sampler")
     timed(classifier, "get_classifier", "eval: classifier (load)")
     timed(classifier, "_reference_features", "eval: reference statistics")
     timed(classifier, "predict", "eval: classifier features")

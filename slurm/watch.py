@@ -80,6 +80,23 @@ def _tres(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
 
 
+def live_pending_reason(job_id: str) -> str | None:
+    """Why a pending job waits, from the controller (``squeue``); None when squeue is missing or knows no reason.
+
+    sacct's Reason is what slurmdbd last recorded, which for a pending job can stay "None" until the job
+    changes state: the scheduler names the reason (BeginTime, Resources, ...) after the record was sent.
+    """
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    reason = proc.stdout.strip().splitlines()[0].strip() if proc.returncode == 0 and proc.stdout.strip() else ""
+    return reason if reason and reason != "None" else None
+
+
 def slurm_job_info(job_id: str, usage: bool = True) -> dict:
     """One job from sacct: ``State`` and the other fields of its last attempt, ``requeues`` (attempts - 1),
     ``elapsed_s`` over all attempts, ``gpus`` allocated; with ``usage`` also from its steps ``cpu_s`` (all
@@ -266,7 +283,7 @@ def run_status(run_dir: str | Path) -> dict:
                     gpus=sinfo.get("gpus"), gpu_mem=sinfo.get("gpu_mem"), gpu_util=sinfo.get("gpu_util"),
                     nodes=sinfo.get("NodeList"), mem_per_task_gb=latest.get("mem_per_task_gb"))
         if state == "PENDING":
-            info["pending_reason"] = sinfo.get("Reason")
+            info["pending_reason"] = live_pending_reason(job_id) or sinfo.get("Reason")
     else:
         state, requeues = job_state(job_id, executor, run_dir), max(0, len(starts) - 1)
     end = end_event(run_dir, job_id)

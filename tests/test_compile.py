@@ -99,11 +99,18 @@ def test_compiled_model_stays_compiled(fresh_dynamo, attention, backend):
     assert counts["sampling"] - counts["training"] >= 2, counts    # sampling runs the compiled blocks too
 
 
-def test_compile_model_raises_the_recompile_limit(fresh_dynamo, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    model = edges_model("fast").model
-    compile_model(model, backend="eager")
-    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
+def test_compile_model_raises_the_recompile_limit(fresh_dynamo):
+    # set and restored by hand: pytest's monkeypatch undoes a module attribute with delattr here, which makes
+    # dynamo's config entry vanish for every later test of the session
+    config = torch._dynamo.config
+    old = config.recompile_limit
+    config.recompile_limit = 8
+    try:
+        model = edges_model("fast").model
+        compile_model(model, backend="eager")
+        assert config.recompile_limit == RECOMPILE_LIMIT
+    finally:
+        config.recompile_limit = old
     assert all(block._compiled_call_impl is not None for block in model.blocks)
     assert all(head._compiled_call_impl is not None for head in model.heads.values())
 
